@@ -1,0 +1,497 @@
+//! Reading a config file: YAML syntax, `${ENV}` interpolation, typed sections, and the place of every node.
+//!
+//! Two parsers look at the text. `yaml-rust2`'s event parser gives the line and column of every key and
+//! value, stored by field path in [`Locations`]; `serde_yaml_ng` turns the text into a value tree that the
+//! typed sections are deserialized from, with `serde_path_to_error` naming the field that failed. Each
+//! upstream and each route is deserialized on its own, so one bad route does not hide the next one's problem.
+
+use std::collections::HashMap;
+
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use super::diag::{Diagnostic, Diagnostics, Severity};
+use super::raw::{RawConfig, RouteConfig, ServerConfig, UpstreamConfig, TOP_LEVEL_KEYS};
+
+/// Line and column (1-based) of every key and value in a file, by field path (`routes[0].match.path`).
+#[derive(Debug, Default, Clone)]
+pub struct Locations {
+    file: String,
+    values: HashMap<String, (usize, usize)>,
+    keys: HashMap<String, (usize, usize)>,
+}
+
+impl Locations {
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Where the value at `path` is, or else its nearest ancestor that has a place.
+    pub fn value(&self, path: &str) -> (usize, usize) {
+        let mut p = path;
+        loop {
+            if let Some(loc) = self.values.get(p) {
+                return *loc;
+            }
+            match parent_path(p) {
+                Some(parent) => p = parent,
+                None => return (1, 1),
+            }
+        }
+    }
+
+    /// Where the key that introduces `path` is (falls back to the value's place).
+    pub fn key(&self, path: &str) -> (usize, usize) {
+        self.keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.value(path))
+    }
+
+    /// A diagnostic at the value of `path`.
+    pub fn error(&self, path: &str, message: impl Into<String>) -> Diagnostic {
+        self.diag(path, message, Severity::Error, false)
+    }
+
+    /// A warning at the value of `path`.
+    pub fn warning(&self, path: &str, message: impl Into<String>) -> Diagnostic {
+        self.diag(path, message, Severity::Warning, false)
+    }
+
+    fn diag(&self, path: &str, message: impl Into<String>, severity: Severity, at_key: bool) -> Diagnostic {
+        let (line, col) = if at_key { self.key(path) } else { self.value(path) };
+        Diagnostic {
+            file: self.file.clone(),
+            line,
+            col,
+            path: path.to_string(),
+            message: message.into(),
+            severity,
+        }
+    }
+}
+
+/// `routes[0].match` → `routes[0]` → `routes` → None.
+fn parent_path(p: &str) -> Option<&str> {
+    if p.is_empty() {
+        return None;
+    }
+    let cut = p.rfind(['.', '[']).unwrap_or(0);
+    Some(&p[..cut])
+}
+
+fn join_key(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+enum Frame {
+    /// `fresh`: no key seen yet (the map's own place is then moved to its first key, which is where
+    /// a reader looks; the parser marks a block mapping at its first `:`).
+    Map { path: String, key: Option<String>, fresh: bool },
+    Seq { path: String, index: usize },
+}
+
+/// Builds [`Locations`] from parser events.
+struct Indexer {
+    stack: Vec<Frame>,
+    values: HashMap<String, (usize, usize)>,
+    keys: HashMap<String, (usize, usize)>,
+}
+
+impl Indexer {
+    /// The path a new node takes, or `None` when the node is a mapping key (recorded here).
+    fn place(&mut self, mark: Marker, scalar: Option<&str>) -> Option<String> {
+        let pos = (mark.line(), mark.col() + 1);
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Seq { path, index }) => {
+                let p = format!("{path}[{index}]");
+                *index += 1;
+                Some(p)
+            }
+            Some(Frame::Map { path, key, fresh }) => match key.take() {
+                Some(k) => Some(join_key(path, &k)),
+                None => {
+                    // This node is a key. Complex keys (maps as keys) are not used by our config.
+                    let k = scalar.unwrap_or("?").to_string();
+                    if std::mem::take(fresh) {
+                        self.values.insert(path.clone(), pos);
+                    }
+                    self.keys.insert(join_key(path, &k), pos);
+                    *key = Some(k);
+                    None
+                }
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Indexer {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = (mark.line(), mark.col() + 1);
+        match ev {
+            Event::Scalar(ref s, ..) => {
+                if let Some(p) = self.place(mark, Some(s)) {
+                    self.values.insert(p, pos);
+                }
+            }
+            Event::Alias(_) => {
+                if let Some(p) = self.place(mark, None) {
+                    self.values.insert(p, pos);
+                }
+            }
+            Event::MappingStart(..) => {
+                if let Some(p) = self.place(mark, None) {
+                    self.values.insert(p.clone(), pos);
+                    self.stack.push(Frame::Map { path: p, key: None, fresh: true });
+                }
+            }
+            Event::SequenceStart(..) => {
+                if let Some(p) = self.place(mark, None) {
+                    self.values.insert(p.clone(), pos);
+                    self.stack.push(Frame::Seq { path: p, index: 0 });
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A file parsed, interpolated and deserialized as far as it could be.
+pub struct Loaded {
+    pub config: RawConfig,
+    pub locations: Locations,
+    /// Problems found so far (type errors, unknown fields, unset variables). The config is still
+    /// returned so that the semantic checks can report their problems too, in the same run.
+    pub diagnostics: Diagnostics,
+}
+
+/// Read and parse `path`. Errors carry the file name as given.
+pub fn load_file(path: &str) -> Result<Loaded, Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic {
+            file: path.to_string(),
+            line: 0,
+            col: 0,
+            path: String::new(),
+            message: format!("cannot read file: {e}"),
+            severity: Severity::Error,
+        }])
+    })?;
+    load_str(path, &text, &|k| std::env::var(k).ok())
+}
+
+/// Parse config text. `env` resolves `${VAR}` (a seam for tests).
+pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Diagnostics> {
+    let mut indexer = Indexer {
+        stack: Vec::new(),
+        values: HashMap::new(),
+        keys: HashMap::new(),
+    };
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut indexer, false) {
+        let m = e.marker();
+        return Err(Diagnostics(vec![Diagnostic {
+            file: file.to_string(),
+            line: m.line(),
+            col: m.col() + 1,
+            path: String::new(),
+            message: format!("YAML syntax error: {}", e.info()),
+            severity: Severity::Error,
+        }]));
+    }
+    let locations = Locations {
+        file: file.to_string(),
+        values: indexer.values,
+        keys: indexer.keys,
+    };
+
+    let mut root: Value = if text.trim().is_empty() {
+        Value::Mapping(Default::default())
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| {
+            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            Diagnostics(vec![Diagnostic {
+                file: file.to_string(),
+                line,
+                col,
+                path: String::new(),
+                message: format!("YAML error: {e}"),
+                severity: Severity::Error,
+            }])
+        })?
+    };
+    if let Err(e) = root.apply_merge() {
+        return Err(Diagnostics(vec![locations.error("", format!("YAML merge key error: {e}"))]));
+    }
+
+    let mut diags = Diagnostics::default();
+    interpolate(&mut root, "", env, &locations, &mut diags);
+    // A value whose interpolation failed is already reported; its type error would only repeat it.
+    let failed: Vec<String> = diags.0.iter().map(|d| d.path.clone()).collect();
+
+    let config = typed(root, &locations, &mut diags);
+    diags.0.retain(|d| !(d.message.starts_with("invalid type") && failed.contains(&d.path)));
+    Ok(Loaded {
+        config,
+        locations,
+        diagnostics: diags,
+    })
+}
+
+/// Deserialize the tree section by section, collecting every problem.
+fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
+    let mut cfg = RawConfig::default();
+    let Value::Mapping(map) = root else {
+        diags.0.push(locs.error("", "the config must be a mapping with `server`, `upstreams` and `routes`"));
+        return cfg;
+    };
+    for (k, v) in map {
+        let Some(key) = k.as_str().map(str::to_string) else {
+            diags.0.push(locs.error("", format!("top-level keys must be strings, found {k:?}")));
+            continue;
+        };
+        match key.as_str() {
+            "server" => {
+                if let Some(s) = section::<ServerConfig>(v, "server", locs, diags) {
+                    cfg.server = s;
+                }
+            }
+            "upstreams" => match v {
+                Value::Mapping(ups) => {
+                    for (name, up) in ups {
+                        let name = yaml_key(&name);
+                        let path = join_key("upstreams", &name);
+                        match section::<UpstreamConfig>(up, &path, locs, diags) {
+                            Some(u) => {
+                                cfg.upstreams.insert(name, u);
+                            }
+                            None => {
+                                cfg.broken_upstreams.insert(name);
+                            }
+                        }
+                    }
+                }
+                Value::Null => {}
+                _ => diags.0.push(locs.error("upstreams", "expected a mapping of upstream name to upstream")),
+            },
+            "routes" => match v {
+                Value::Sequence(routes) => {
+                    for (i, r) in routes.into_iter().enumerate() {
+                        let path = format!("routes[{i}]");
+                        if let Some(r) = section::<RouteConfig>(r, &path, locs, diags) {
+                            cfg.routes.push(r);
+                        }
+                    }
+                }
+                Value::Null => {}
+                _ => diags.0.push(locs.error("routes", "expected a list of routes")),
+            },
+            other => {
+                let mut d = locs.diag(
+                    other,
+                    format!("unknown field `{other}`, expected one of {}", quoted(TOP_LEVEL_KEYS)),
+                    Severity::Error,
+                    true,
+                );
+                d.path = other.to_string();
+                diags.0.push(d);
+            }
+        }
+    }
+    cfg
+}
+
+fn yaml_key(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => serde_yaml_ng::to_string(other)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+fn quoted(keys: &[&str]) -> String {
+    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Deserialize one section; on failure push a diagnostic at the failing field and return None.
+fn section<T: DeserializeOwned>(v: Value, base: &str, locs: &Locations, diags: &mut Diagnostics) -> Option<T> {
+    // An absent section body (`server:` with nothing after it) means "all defaults".
+    let v = if v.is_null() { Value::Mapping(Default::default()) } else { v };
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let mut path = base.to_string();
+            for seg in e.path().iter() {
+                use serde_path_to_error::Segment;
+                match seg {
+                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                    Segment::Map { key } => path = join_key(&path, key),
+                    Segment::Enum { variant } => path = join_key(&path, variant),
+                    Segment::Unknown => {}
+                }
+            }
+            let msg = e.inner().to_string();
+            // serde_yaml_ng appends its own (meaningless, value-tree) position; drop it.
+            let msg = match msg.find(" at line ") {
+                Some(i) => msg[..i].to_string(),
+                None => msg,
+            };
+            let at_key = msg.starts_with("unknown field");
+            diags.0.push(locs.diag(&path, msg, Severity::Error, at_key));
+            None
+        }
+    }
+}
+
+/// Replace `${VAR}` and `${VAR:-default}` in every string value. `$${` is a literal `${`.
+/// A value that is exactly one `${VAR}` is re-read as YAML, so `port: ${PORT}` becomes a number.
+fn interpolate(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>, locs: &Locations, diags: &mut Diagnostics) {
+    match v {
+        Value::String(s) if s.contains('$') => match expand(s, env) {
+            Ok((out, whole)) => {
+                if whole {
+                    match serde_yaml_ng::from_str::<Value>(&out) {
+                        Ok(parsed @ (Value::Number(_) | Value::Bool(_))) => *v = parsed,
+                        _ => *s = out,
+                    }
+                } else {
+                    *s = out;
+                }
+            }
+            Err(msg) => diags.0.push(locs.error(path, msg)),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(item, &format!("{path}[{i}]"), env, locs, diags);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                interpolate(item, &join_key(path, &yaml_key(k)), env, locs, diags);
+            }
+        }
+        Value::Tagged(t) => interpolate(&mut t.value, path, env, locs, diags),
+        _ => {}
+    }
+}
+
+/// Expand one string. Returns the result and whether the input was a single `${...}` and nothing else.
+pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool), String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut refs = 0;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
+            let inner = &after[..end];
+            let (name, default) = match inner.find(":-") {
+                Some(j) => (&inner[..j], Some(&inner[j + 2..])),
+                None => (inner, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{inner}}}` is not a valid variable reference (use ${{NAME}} or ${{NAME:-default}})"));
+            }
+            match (env(name), default) {
+                (Some(val), _) => out.push_str(&val),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable `{name}` is not set (set it, or give a default with ${{{name}:-value}})"
+                    ))
+                }
+            }
+            refs += 1;
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    let whole = refs == 1 && s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
+    Ok((out, whole))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "PORT" => Some("8081".into()),
+            "SECRET" => Some("s3cr3t".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_variables() {
+        assert_eq!(expand("${SECRET}", &env).unwrap(), ("s3cr3t".into(), true));
+        assert_eq!(expand("a-${SECRET}-b", &env).unwrap(), ("a-s3cr3t-b".into(), false));
+        assert_eq!(expand("${NOPE:-x}", &env).unwrap(), ("x".into(), true));
+        assert_eq!(expand("$${SECRET}", &env).unwrap(), ("${SECRET}".into(), false));
+        assert_eq!(expand("cost $5", &env).unwrap(), ("cost $5".into(), false));
+        assert!(expand("${NOPE}", &env).unwrap_err().contains("`NOPE` is not set"));
+        assert!(expand("${BAD NAME}", &env).is_err());
+        assert!(expand("${OPEN", &env).is_err());
+    }
+
+    #[test]
+    fn locations_point_at_keys_and_values() {
+        let text = "server:\n  listen: [\"127.0.0.1:1\"]\nroutes:\n  - name: a\n    match: { path: /x }\n    upstream: u\n";
+        let l = load_str("f.yaml", text, &env).unwrap();
+        assert_eq!(l.locations.value("routes[0].name"), (4, 11));
+        assert_eq!(l.locations.key("routes[0].upstream"), (6, 5));
+        assert_eq!(l.locations.value("routes[0].match.path"), (5, 20));
+        assert_eq!(l.locations.value("server.listen[0]"), (2, 12));
+        assert_eq!(l.locations.value("routes[0].nonexistent"), (4, 5));
+    }
+
+    #[test]
+    fn reports_every_section_problem() {
+        let text = "upstreams:\n  u:\n    targets: [{ addr: a, weight: x }]\nroutes:\n  - name: a\n    matchh: {}\n  - name: b\n    upstream: 5\n";
+        let errs = load_str("f.yaml", text, &env).unwrap().diagnostics;
+        let lines: Vec<String> = errs.0.iter().map(|d| d.to_string()).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].starts_with("f.yaml:3:34: upstreams.u.targets[0].weight: invalid type"), "{}", lines[0]);
+        assert!(lines[1].starts_with("f.yaml:6:5: routes[0].matchh: unknown field `matchh`"), "{}", lines[1]);
+        assert!(lines[2].starts_with("f.yaml:8:15: routes[1].upstream: invalid type: integer `5`"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn env_number_and_missing_var() {
+        let text = "upstreams:\n  u:\n    targets: [{ addr: a, weight: \"${PORT}\" }]\n    retries: ${MISSING}\n";
+        let errs = load_str("f.yaml", text, &env).unwrap().diagnostics;
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        assert_eq!(errs.0[0].path, "upstreams.u.retries");
+        assert_eq!((errs.0[0].line, errs.0[0].col), (4, 14));
+        let ok = load_str("f.yaml", "upstreams:\n  u:\n    targets: [{ addr: a, weight: \"${PORT}\" }]\n", &env).unwrap();
+        assert_eq!(ok.config.upstreams["u"].targets[0].weight, 8081);
+    }
+
+    #[test]
+    fn syntax_error_has_place() {
+        let errs = load_str("f.yaml", "routes:\n  - name: a\n   bad: [\n", &env).err().unwrap();
+        assert_eq!(errs.0.len(), 1);
+        assert!(errs.0[0].line >= 2, "{}", errs);
+        assert!(errs.0[0].message.contains("syntax"), "{}", errs);
+    }
+}

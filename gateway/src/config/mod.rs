@@ -1,0 +1,9 @@
+//! Configuration: the YAML file as written ([`raw`]), how it is read ([`load`]), and the problems found
+//! in it ([`diag`]). Turning it into runtime structures is [`crate::snapshot`]'s job.
+
+pub mod diag;
+pub mod load;
+pub mod raw;
+pub mod units;
+
+pub use diag::{Diagnostic, Diagnostics, Severity};

@@ -1,0 +1,253 @@
+//! The config file as written: serde types that mirror the YAML one to one.
+//!
+//! Every struct denies unknown fields, so a typo is a load-time error rather than a setting that silently
+//! never applies. Defaults live here, next to the field they belong to, and are repeated in the README's
+//! config reference. These types are turned into validated runtime types by `crate::snapshot`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, HumanDuration};
+
+/// The whole file. Sections are deserialized one by one by the loader so that a problem in one does not
+/// hide problems in another; this type documents the shape and is what the loader assembles.
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    pub server: ServerConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Upstreams whose definition did not parse (already reported), so routes naming them are not
+    /// reported a second time as referring to an unknown upstream.
+    pub broken_upstreams: std::collections::BTreeSet<String>,
+}
+
+/// Top-level keys the loader knows; anything else is an unknown-field error.
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses of the public listener(s).
+    pub listen: Vec<String>,
+    /// Worker threads per listener service. Default: the number of CPUs.
+    pub threads: Option<usize>,
+    /// CIDRs whose `X-Forwarded-For` is believed. Everyone else's is replaced.
+    pub trusted_proxies: Vec<String>,
+    pub access_log: AccessLogConfig,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["0.0.0.0:8080".into()],
+            threads: None,
+            trusted_proxies: Vec::new(),
+            access_log: AccessLogConfig::default(),
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    /// File to append to; stdout when absent.
+    pub path: Option<String>,
+    /// Only `json` today; the field exists so that adding a format is not a breaking change.
+    pub format: AccessLogFormat,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            path: None,
+            format: AccessLogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    Json,
+}
+
+/// Request limits. Defaults follow Envoy's: 60 KiB of headers, 100 headers, 8 KiB of URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_header_bytes: ByteSize,
+    pub max_headers: usize,
+    pub max_uri_bytes: ByteSize,
+    /// Total time a client has to send its request line and headers (per request).
+    pub header_read_timeout: HumanDuration,
+    /// How long an idle keep-alive client connection is kept open.
+    pub keepalive_timeout: HumanDuration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_header_bytes: ByteSize(60 * 1024),
+            max_headers: 100,
+            max_uri_bytes: ByteSize(8 * 1024),
+            header_read_timeout: HumanDuration::secs(10),
+            keepalive_timeout: HumanDuration::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, keep accepting for this long so load balancers can notice (Pingora's grace period).
+    pub grace_period: HumanDuration,
+    /// Then give in-flight requests at most this long to finish.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period: HumanDuration::secs(0),
+            timeout: HumanDuration::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// What consistent hashing hashes: `client_ip`, `header:NAME` or `cookie:NAME`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Extra attempts after a failed *connect* (nothing was sent, so replay is always safe).
+    #[serde(default)]
+    pub retries: u32,
+    /// Keep the client's Host header instead of the target's address.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub addr: String,
+    #[serde(default = "one")]
+    pub weight: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Every target in turn, weights ignored.
+    #[default]
+    RoundRobin,
+    /// Round robin in proportion to each target's `weight`.
+    Weighted,
+    /// Ketama consistent hashing on `hash_on`.
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: HumanDuration,
+    pub timeout: HumanDuration,
+    /// Consecutive successes before a target is healthy again.
+    pub healthy: i64,
+    /// Consecutive failures before a target is taken out.
+    pub unhealthy: i64,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: "/healthz".into(),
+            interval: HumanDuration::secs(5),
+            timeout: HumanDuration::secs(1),
+            healthy: 2,
+            unhealthy: 3,
+        }
+    }
+}
+
+/// Upstream timeouts. Pingora has no read timeout by default; a gateway must, or a hung service holds
+/// client connections forever.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    pub connect: HumanDuration,
+    pub read: HumanDuration,
+    pub write: HumanDuration,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle: HumanDuration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: HumanDuration::secs(2),
+            read: HumanDuration::secs(30),
+            write: HumanDuration::secs(30),
+            idle: HumanDuration::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// New upstream path; `{name}` is replaced by a captured template parameter or regex group.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Overrides the upstream's `preserve_host` for this route.
+    #[serde(default)]
+    pub preserve_host: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Exact host or `*.example.com`; any host when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Exact path, or a template when it holds `{param}` segments.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Segment-aware prefix: `/api` matches `/api` and `/api/x`, never `/apix`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// A regular expression over the normalized path, anchored at both ends.
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header name → exact value the request must carry.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}

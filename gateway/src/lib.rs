@@ -1,0 +1,17 @@
+//! Tollgate: an API gateway on Pingora.
+//!
+//! The library holds everything the `tollgate` binary runs, split so each piece can be tested without a
+//! socket: [`config`] reads YAML, [`snapshot`] compiles it, [`router`] and [`path`] decide where a request
+//! goes, [`proxy`] is the thin Pingora glue, [`server`] assembles the process.
+
+pub mod access_log;
+pub mod config;
+pub mod error;
+pub mod forwarded;
+pub mod headers;
+pub mod path;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,368 @@
+//! The Pingora `ProxyHttp` implementation. Phases stay thin: each one asks a small module for a decision
+//! and acts on it. Every answer the gateway makes itself goes through [`Gateway::respond`].
+//!
+//! Phase by phase:
+//! - `early_request_filter`: request id, trusted client IP, keep-alive timeout;
+//! - `request_filter`: size limits, path normalization, routing (404/405/400/414/431 answered here);
+//! - `upstream_peer`: a healthy target of the route's upstream (503 when none);
+//! - `upstream_request_filter`: upstream path, hop-by-hop headers, `X-Forwarded-*`, `X-Request-Id`, Host;
+//! - `response_filter`: hop-by-hop headers out, `X-Request-Id` in;
+//! - `fail_to_connect` / `fail_to_proxy`: retries on connect failure, 502/503/504 as JSON;
+//! - `logging`: one access-log line.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::access_log::{self, AccessLog};
+use crate::error::{self, GatewayError};
+use crate::forwarded;
+use crate::headers;
+use crate::path;
+use crate::router::{Found, Params};
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::{ip_key, HashOn};
+
+const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// The proxy. Holds the current config snapshot; each request pins the one it started with.
+pub struct Gateway {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    log: Option<AccessLog>,
+}
+
+impl Gateway {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        let s = snapshot.load();
+        let log = s.settings.access_log.then(|| AccessLog::new(s.settings.access_log_path.clone()));
+        Gateway { snapshot, log }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    snapshot: Option<Arc<Snapshot>>,
+    start: Instant,
+    request_id: String,
+    client_ip: IpAddr,
+    peer_trusted: bool,
+    route: Option<Arc<Route>>,
+    /// Normalized path plus query, as sent upstream (after strip/rewrite).
+    upstream_uri: Option<String>,
+    /// Normalized request path, for the log.
+    path: String,
+    target: Option<SocketAddr>,
+    upstream_start: Option<Instant>,
+    upstream_ms: Option<f64>,
+    connect_tries: u32,
+    /// What the gateway answered with, when it answered itself.
+    error: Option<GatewayError>,
+}
+
+impl Gateway {
+    /// Write a gateway error as JSON. Returns `Ok(true)`: the response is sent, stop processing.
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<bool> {
+        let body = err.body(&ctx.request_id);
+        let mut resp = ResponseHeader::build(err.status, Some(4))?;
+        resp.insert_header(CONTENT_TYPE, "application/json")?;
+        resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header(X_REQUEST_ID, &ctx.request_id)?;
+        if let Some(allow) = err.allow_header() {
+            resp.insert_header(http::header::ALLOW, allow)?;
+        }
+        // Errors about the request itself may leave junk on the connection; don't reuse it.
+        if matches!(err.status, 400 | 408 | 413 | 414 | 431) {
+            session.set_keepalive(None);
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        ctx.error = Some(err);
+        session.write_response_header(Box::new(resp), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
+    /// Size limits on the request head.
+    fn check_limits(s: &Snapshot, req: &RequestHeader) -> Option<GatewayError> {
+        let set = &s.settings;
+        if req.raw_path().len() > set.max_uri_bytes {
+            return Some(GatewayError::new(414, "uri_too_long", format!("the request URI exceeds {} bytes", set.max_uri_bytes)));
+        }
+        if req.headers.len() > set.max_headers {
+            return Some(GatewayError::new(431, "too_many_headers", format!("the request has more than {} headers", set.max_headers)));
+        }
+        let bytes: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        if bytes > set.max_header_bytes {
+            return Some(GatewayError::new(431, "headers_too_large", format!("the request headers exceed {} bytes", set.max_header_bytes)));
+        }
+        None
+    }
+
+    /// Normalize, route, and build the upstream URI. Errors are what to answer.
+    fn route(s: &Snapshot, req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), GatewayError> {
+        let raw = req.uri.path();
+        let norm = path::normalize(raw).map_err(|e| GatewayError::new(400, "invalid_path", e.message()))?;
+        let host = req.uri.host().or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()));
+        match s.router.find(host, &req.method, &norm, &req.headers) {
+            Found::Route(i, params) => {
+                let route = s.routes[i].clone();
+                ctx.upstream_uri = Some(upstream_uri(&route, &norm, &params, req.uri.query()));
+                ctx.route = Some(route);
+                ctx.path = norm.into_owned();
+                Ok(())
+            }
+            Found::MethodNotAllowed(allow) => {
+                ctx.path = norm.into_owned();
+                Err(GatewayError::method_not_allowed(allow))
+            }
+            Found::NotFound => {
+                ctx.path = norm.into_owned();
+                Err(GatewayError::not_found())
+            }
+        }
+    }
+}
+
+fn upstream_uri(route: &Route, norm: &str, params: &Params, query: Option<&str>) -> String {
+    let p = route.upstream_path(norm, params);
+    match query {
+        Some(q) => {
+            let mut s = String::with_capacity(p.len() + q.len() + 1);
+            s.push_str(&p);
+            s.push('?');
+            s.push_str(q);
+            s
+        }
+        None => p.into_owned(),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snapshot: None,
+            start: Instant::now(),
+            request_id: String::new(),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            peer_trusted: false,
+            route: None,
+            upstream_uri: None,
+            path: String::new(),
+            target: None,
+            upstream_start: None,
+            upstream_ms: None,
+            connect_tries: 0,
+            error: None,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let snap = self.snapshot.load_full();
+        ctx.start = Instant::now();
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(X_REQUEST_ID) {
+            Some(v) if headers::valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => headers::new_request_id(),
+        };
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let trusted = &snap.settings.trusted_proxies;
+        ctx.peer_trusted = !trusted.is_empty() && forwarded::is_trusted(peer, trusted);
+        ctx.client_ip = if ctx.peer_trusted {
+            let xff = req.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+            forwarded::client_ip(peer, xff, trusted)
+        } else {
+            peer
+        };
+        session.set_keepalive(Some(snap.settings.keepalive_timeout.as_secs()));
+        ctx.snapshot = Some(snap);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = ctx.snapshot.clone().expect("set in early_request_filter");
+        if let Some(err) = Self::check_limits(&snap, session.req_header()) {
+            return self.respond(session, ctx, err).await;
+        }
+        if let Err(err) = Self::route(&snap, session.req_header(), ctx) {
+            return self.respond(session, ctx, err).await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx.route.clone().expect("request_filter routed the request");
+        let up = &route.upstream;
+        let mut ipbuf = [0u8; 16];
+        let key: &[u8] = match &up.hash_on {
+            None => b"",
+            Some(HashOn::ClientIp) => ip_key(ctx.client_ip, &mut ipbuf),
+            Some(HashOn::Header(h)) => session.req_header().headers.get(h).map(|v| v.as_bytes()).unwrap_or(b""),
+            Some(HashOn::Cookie(name)) => cookie(session.req_header(), name).unwrap_or(b""),
+        };
+        let Some(addr) = up.select(key) else {
+            ctx.error = Some(GatewayError::no_healthy_upstream(&up.name));
+            return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream target"));
+        };
+        ctx.target = Some(addr);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(up.peer(addr)))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        // Nothing was sent on a failed connect, so another target may be tried whatever the method.
+        let retries = ctx.route.as_ref().map_or(0, |r| r.upstream.retries);
+        if ctx.connect_tries < retries {
+            ctx.connect_tries += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(uri) = ctx.upstream_uri.take() {
+            let parsed: http::Uri = uri
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "upstream uri"))?;
+            up.set_uri(parsed);
+        }
+        for name in headers::hop_by_hop_present(&up.headers) {
+            up.remove_header(&name);
+        }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let original_host = session.req_header().headers.get(HOST).cloned();
+        // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
+        let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
+        let xff = if ctx.peer_trusted {
+            let prior: Vec<&str> = up.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+            if prior.is_empty() {
+                peer_s
+            } else {
+                format!("{}, {peer_s}", prior.join(", "))
+            }
+        } else {
+            peer_s
+        };
+        up.insert_header(X_FORWARDED_FOR, xff)?;
+        if !(ctx.peer_trusted && up.headers.contains_key(X_FORWARDED_PROTO)) {
+            up.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if !(ctx.peer_trusted && up.headers.contains_key(X_FORWARDED_HOST)) {
+            match &original_host {
+                Some(h) => up.insert_header(X_FORWARDED_HOST, h.clone())?,
+                None => {
+                    up.remove_header(X_FORWARDED_HOST);
+                }
+            }
+        }
+        up.insert_header(X_REQUEST_ID, &ctx.request_id)?;
+        let route = ctx.route.as_ref().expect("routed");
+        if !route.preserve_host {
+            if let Some(t) = ctx.target {
+                up.insert_header(HOST, t.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(start) = ctx.upstream_start {
+            ctx.upstream_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            for name in headers::hop_by_hop_present(&resp.headers) {
+                resp.remove_header(&name);
+            }
+        }
+        resp.insert_header(X_REQUEST_ID, HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-")))?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = match ctx.error.take() {
+            Some(err) => Some(err),
+            None => error::from_pingora(e),
+        };
+        let Some(err) = err else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        let code = err.status;
+        if session.response_written().is_none() {
+            if let Err(we) = self.respond(session, ctx, err).await {
+                log::debug!("could not send error response: {we}");
+            }
+        } else {
+            ctx.error = Some(err);
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(log) = &self.log else { return };
+        let req = session.req_header();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.error.as_ref().map(|e| e.status))
+            .unwrap_or(0);
+        let route = ctx.route.as_deref();
+        let path = if ctx.path.is_empty() { req.uri.path() } else { &ctx.path };
+        let entry = access_log::Entry {
+            time: access_log::rfc3339_now(),
+            request_id: &ctx.request_id,
+            client_ip: ctx.client_ip.to_string(),
+            method: req.method.as_str(),
+            path,
+            route: route.map(|r| r.name.as_str()),
+            upstream: route.map(|r| r.upstream.name.as_str()),
+            target: ctx.target.map(|t| t.to_string()),
+            status,
+            duration_ms: round3(ctx.start.elapsed().as_secs_f64() * 1000.0),
+            upstream_ms: ctx.upstream_ms.map(round3),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            user_agent: req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+            error: ctx.error.as_ref().map(|e| e.code),
+        };
+        if let Ok(line) = serde_json::to_string(&entry) {
+            log.write(line);
+        }
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    for v in req.headers.get_all(http::header::COOKIE) {
+        let s = v.to_str().ok()?;
+        for pair in s.split(';') {
+            if let Some((k, val)) = pair.trim().split_once('=') {
+                if k == name {
+                    return Some(val.as_bytes());
+                }
+            }
+        }
+    }
+    None
+}
