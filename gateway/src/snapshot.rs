@@ -94,12 +94,17 @@ pub struct Snapshot {
 impl Snapshot {
     /// Load, validate and compile a file. On success also returns warnings.
     pub fn from_file(path: &str) -> Result<(Snapshot, Diagnostics), Diagnostics> {
-        let loaded = load::load_file(path)?;
-        let parse_problems = loaded.diagnostics;
+        let mut loaded = load::load_file(path)?;
+        let parse_ok = !loaded.diagnostics.has_errors();
         match Snapshot::compile(&loaded.config, &loaded.locations) {
-            Ok((snap, warnings)) if !parse_problems.has_errors() => Ok((snap, merge(parse_problems, warnings))),
-            Ok((_, warnings)) => Err(merge(parse_problems, warnings)),
-            Err(errs) => Err(merge(parse_problems, errs)),
+            Ok((snap, warnings)) if parse_ok => {
+                loaded.add(warnings);
+                Ok((snap, loaded.diagnostics))
+            }
+            Ok((_, more)) | Err(more) => {
+                loaded.add(more);
+                Err(loaded.diagnostics)
+            }
         }
     }
 
@@ -253,12 +258,6 @@ impl Snapshot {
             d,
         ))
     }
-}
-
-fn merge(mut a: Diagnostics, b: Diagnostics) -> Diagnostics {
-    a.0.extend(b.0);
-    a.sort();
-    a
 }
 
 fn positive(locs: &Locations, d: &mut Diagnostics, path: &str, v: i64) {

@@ -173,6 +173,22 @@ pub struct Loaded {
     /// Problems found so far (type errors, unknown fields, unset variables). The config is still
     /// returned so that the semantic checks can report their problems too, in the same run.
     pub diagnostics: Diagnostics,
+    /// Paths whose `${VAR}` could not be resolved. Any later complaint about these values would only
+    /// repeat that problem in other words, so [`Loaded::add`] drops it.
+    unresolved: Vec<String>,
+}
+
+impl Loaded {
+    /// Add later diagnostics (e.g. from compiling), except those about unresolved values.
+    pub fn add(&mut self, more: Diagnostics) {
+        for d in more.0 {
+            let repeat = self.unresolved.contains(&d.path) && !d.message.starts_with("environment variable");
+            if !repeat {
+                self.diagnostics.0.push(d);
+            }
+        }
+        self.diagnostics.sort();
+    }
 }
 
 /// Read and parse `path`. Errors carry the file name as given.
@@ -236,16 +252,17 @@ pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
 
     let mut diags = Diagnostics::default();
     interpolate(&mut root, "", env, &locations, &mut diags);
-    // A value whose interpolation failed is already reported; its type error would only repeat it.
-    let failed: Vec<String> = diags.0.iter().map(|d| d.path.clone()).collect();
+    let unresolved: Vec<String> = diags.0.iter().map(|d| d.path.clone()).collect();
 
     let config = typed(root, &locations, &mut diags);
-    diags.0.retain(|d| !(d.message.starts_with("invalid type") && failed.contains(&d.path)));
-    Ok(Loaded {
+    let mut loaded = Loaded {
         config,
         locations,
-        diagnostics: diags,
-    })
+        diagnostics: Diagnostics::default(),
+        unresolved,
+    };
+    loaded.add(diags);
+    Ok(loaded)
 }
 
 /// Deserialize the tree section by section, collecting every problem.

@@ -1,0 +1,141 @@
+//! The command line: `validate`, `routes`, `run` with a broken file, `--version`.
+
+mod common;
+
+use common::tollgate;
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn validate_reports_every_problem_with_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "broken.yaml",
+        r#"server:
+  listen: ["127.0.0.1:8080"]
+  limits: { max_headers: 0, header_read_timeout: 10 }
+upstreams:
+  users:
+    targets: [{ addr: "127.0.0.1:8081", weight: 0 }]
+  orders:
+    targets: [{ addr: "127.0.0.1:8083" }]
+    balanse: round_robin
+routes:
+  - name: users
+    match: { path_prefix: /api/users, methods: [GET, "BAD METHOD"] }
+    upstream: userz
+  - name: users
+    match: { path_regex: "/v(" }
+    upstream: users
+  - name: orders
+    match: { path_prefix: /api/orders }
+    upstream: orders
+    retries: 3
+"#,
+    );
+    let (code, out, _) = tollgate(&["validate", &f]);
+    assert_eq!(code, 1);
+    let want = [
+        format!("{f}:3:50: server.limits.header_read_timeout: duration `10` needs a unit: write `10s` or `10ms`"),
+        format!("{f}:6:49: upstreams.users.targets[0].weight: weight must be at least 1, got 0"),
+        format!("{f}:9:5: upstreams.orders.balanse: unknown field `balanse`, expected one of `targets`, `balance`, `hash_on`, `health_check`, `timeouts`, `retries`, `preserve_host`"),
+        format!("{f}:12:54: routes[0].match.methods[1]: `BAD METHOD` is not an HTTP method"),
+        format!("{f}:13:15: routes[0].upstream: unknown upstream `userz` (defined: orders, users)"),
+        format!("{f}:14:11: routes[1].name: duplicate route name `users` (first used by routes[0])"),
+        format!("{f}:15:26: routes[1].match.path_regex: invalid regex: error: unclosed group"),
+        format!("{f}:20:5: routes[2].retries: unknown field `retries`, expected one of `name`, `match`, `upstream`, `strip_prefix`, `rewrite`, `preserve_host`"),
+    ];
+    let lines: Vec<&str> = out.lines().collect();
+    for w in &want {
+        assert!(lines.contains(&w.as_str()), "missing line:\n{w}\n--- got:\n{out}");
+    }
+}
+
+#[test]
+fn validate_syntax_and_env_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(&dir, "syntax.yaml", "routes:\n  - name: a\n    match: { path: /x\n");
+    let (code, out, _) = tollgate(&["validate", &f]);
+    assert_eq!(code, 1);
+    assert!(out.starts_with(&format!("{f}:4:1: YAML syntax error")), "{out}");
+
+    let g = write(&dir, "env.yaml", "upstreams:\n  u:\n    targets: [{ addr: \"${TOLLGATE_TEST_UNSET_VAR}\" }]\n");
+    let (code, out, _) = tollgate(&["validate", &g]);
+    assert_eq!(code, 1);
+    assert_eq!(out.lines().filter(|l| !l.contains(": warning: ")).count(), 1, "one problem, reported once: {out}");
+    assert!(
+        out.contains(&format!("{g}:3:23: upstreams.u.targets[0].addr: environment variable `TOLLGATE_TEST_UNSET_VAR` is not set")),
+        "{out}"
+    );
+    let (code, _, _) = tollgate(&["validate", "/nonexistent/file.yaml"]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn validate_accepts_shipped_configs_and_warns_on_shadowing() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+    for entry in std::fs::read_dir(root).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "yaml") {
+            let (code, out, err) = tollgate(&["validate", p.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {out}{err}", p.display());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "shadow.yaml",
+        "upstreams:\n  u: { targets: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { name: a, match: { path_prefix: /a }, upstream: u }\n  - { name: b, match: { path_prefix: /a, methods: [GET] }, upstream: u }\n",
+    );
+    let (code, _, err) = tollgate(&["validate", &f]);
+    assert_eq!(code, 0);
+    assert!(err.contains(&format!("{f}:5:7: warning: routes[1]: route `b` is never matched: route `a` (routes[0])")), "{err}");
+}
+
+#[test]
+fn routes_prints_match_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "r.yaml",
+        r#"upstreams:
+  u: { targets: [{ addr: "127.0.0.1:1" }] }
+routes:
+  - { name: root, match: { path_prefix: / }, upstream: u }
+  - { name: api, match: { path_prefix: /api }, upstream: u }
+  - { name: user, match: { path: "/api/users/{id}", methods: [GET] }, upstream: u }
+  - { name: me, match: { path: /api/users/me }, upstream: u }
+  - { name: host, match: { host: api.example.com, path_prefix: / }, upstream: u }
+"#,
+    );
+    let (code, out, _) = tollgate(&["routes", &f]);
+    assert_eq!(code, 0);
+    let names: Vec<&str> = out.lines().skip(1).map(|l| l.split_whitespace().nth(1).unwrap()).collect();
+    assert_eq!(names, ["host", "me", "user", "api", "root"], "{out}");
+}
+
+#[test]
+fn run_refuses_a_broken_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(&dir, "bad.yaml", "server:\n  listen: [\"127.0.0.1:1\"]\n  bogus: 1\n");
+    let (code, _, err) = tollgate(&["run", "-c", &f]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{f}:3:3: server.bogus: unknown field `bogus`")), "{err}");
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = tollgate(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("tollgate "), "{out}");
+    let (code, out, _) = tollgate(&["--help"]);
+    assert_eq!(code, 0);
+    for sub in ["run", "validate", "routes"] {
+        assert!(out.contains(sub));
+    }
+}

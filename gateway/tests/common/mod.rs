@@ -1,0 +1,301 @@
+//! Test harness: real upstream servers on 127.0.0.1:0, the real `tollgate` binary, a raw HTTP client.
+//!
+//! The client writes request bytes as given, so path vectors like `/%2e%2e/` reach the gateway unaltered
+//! (a URL library would normalize them first and the test would prove nothing).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a test backend behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Answer every request with a JSON echo of what it received.
+    Echo,
+    /// Read the request and never answer.
+    Hang,
+}
+
+/// A tiny HTTP/1.1 upstream. `/healthz` answers 200 or 503 depending on `healthy`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub healthy: Arc<AtomicBool>,
+    pub hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub fn start(name: &str, mode: Mode) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, n, s, nm) = (healthy.clone(), hits.clone(), stop.clone(), name.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (h, n, nm) = (h.clone(), n.clone(), nm.clone());
+                std::thread::spawn(move || serve(conn, &nm, mode, &h, &n));
+            }
+        });
+        Backend { addr, name: name.to_string(), healthy, hits, stop }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(conn: TcpStream, name: &str, mode: Mode, healthy: &AtomicBool, hits: &AtomicUsize) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if target == "/healthz" {
+            let ok = healthy.load(Ordering::Relaxed);
+            let status = if ok { "200 OK" } else { "503 Service Unavailable" };
+            let _ = write!(conn, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            continue;
+        }
+        hits.fetch_add(1, Ordering::Relaxed);
+        if mode == Mode::Hang {
+            std::thread::sleep(Duration::from_secs(60));
+            return;
+        }
+        let mut hmap = serde_json::Map::new();
+        for (k, v) in &headers {
+            match hmap.get_mut(k) {
+                Some(serde_json::Value::String(s)) => {
+                    s.push_str(", ");
+                    s.push_str(v);
+                }
+                _ => {
+                    hmap.insert(k.clone(), serde_json::Value::String(v.clone()));
+                }
+            }
+        }
+        let echo = serde_json::json!({
+            "backend": name, "method": method, "path": target, "headers": hmap,
+            "body": String::from_utf8_lossy(&body),
+        })
+        .to_string();
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nkeep-alive: timeout=5\r\nx-backend: {name}\r\n\r\n{echo}",
+            echo.len()
+        );
+        if conn.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A running `tollgate run` process. Killed on drop.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// A port that was free a moment ago (Pingora binds by address, so the test picks one).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Gateway {
+    /// Start the gateway with `config`, where `{listen}` is replaced by the chosen address.
+    pub fn start(config: &str) -> Gateway {
+        for _attempt in 0..3 {
+            let port = free_port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let cfg_path = dir.path().join("tollgate.yaml");
+            std::fs::write(&cfg_path, config.replace("{listen}", &addr.to_string())).unwrap();
+            let stdout = dir.path().join("stdout.log");
+            let stderr = dir.path().join("stderr.log");
+            let child = Command::new(bin())
+                .args(["run", "-c", cfg_path.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&stdout).unwrap())
+                .stderr(std::fs::File::create(&stderr).unwrap())
+                .spawn()
+                .expect("spawn tollgate");
+            let mut g = Gateway { addr, child, dir, stdout, stderr };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = g.child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(addr).is_ok() {
+                    return g;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            eprintln!("gateway did not come up on {addr}: {}", g.stderr_text());
+        }
+        panic!("gateway failed to start three times");
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Access-log lines written so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Poll the access log until `pred` holds for some line (the writer is asynchronous).
+    pub fn wait_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self.access_log().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no matching access-log line in {:?}", self.access_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"))
+    }
+
+    pub fn send(&self, raw: &str) -> Response {
+        send(self.addr, raw.as_bytes())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+    /// For echo responses: the header as the upstream received it.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name.to_ascii_lowercase()].as_str().map(str::to_string)
+    }
+    /// The JSON error code of a gateway error.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        assert_eq!(v["error"]["status"].as_u64(), Some(self.status as u64), "status in body");
+        v["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Send raw bytes, read the response until the server closes (requests say `Connection: close`).
+pub fn send(addr: SocketAddr, raw: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).expect("connect gateway");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> Response {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = BTreeMap::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut body = buf[split + 4..].to_vec();
+    if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Response { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[end + 2..end + 2 + n]);
+        b = &b[end + 4 + n..];
+    }
+}
+
+/// Run `tollgate` with arguments; returns (exit code, stdout, stderr).
+pub fn tollgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().expect("run tollgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

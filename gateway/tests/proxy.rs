@@ -1,0 +1,358 @@
+//! The real `tollgate` binary in front of real upstreams on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{Backend, Gateway, Mode};
+
+fn one_backend_config(be: &Backend, extra_routes: &str) -> String {
+    format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}], timeouts: {{ read: 5s }} }}
+routes:
+  - {{ name: catch-all, match: {{ path_prefix: / }}, upstream: be }}
+{extra_routes}
+"#,
+        be.addr
+    )
+}
+
+#[test]
+fn proxies_and_routes_by_priority() {
+    let be = Backend::start("be", Mode::Echo);
+    let routes = r#"
+  - { name: header, match: { path_prefix: /api, headers: { x-canary: "yes" } }, upstream: be }
+  - { name: prefix, match: { path_prefix: /api }, upstream: be }
+  - { name: longer-prefix, match: { path_prefix: /api/users }, upstream: be }
+  - { name: regex, match: { path_regex: "/api/users/v[0-9]+/.*" }, upstream: be }
+  - { name: template, match: { path: "/api/users/{id}" }, upstream: be }
+  - { name: exact, match: { path: /api/users/me }, upstream: be }
+  - { name: host, match: { host: "*.example.com", path_prefix: /api }, upstream: be }
+"#;
+    let gw = Gateway::start(&one_backend_config(&be, routes));
+    let cases = [
+        ("/api/users/me", "test.local", "", "exact"),
+        ("/api/users/42", "test.local", "", "template"),
+        ("/api/users/v2/x", "test.local", "", "regex"),
+        ("/api/users/42/orders", "test.local", "", "longer-prefix"),
+        ("/api/products", "test.local", "", "prefix"),
+        ("/apix", "test.local", "", "catch-all"),
+        ("/api/products", "shop.example.com", "", "host"),
+        ("/api/products", "test.local", "x-canary: yes\r\n", "header"),
+    ];
+    for (i, (path, host, extra, want)) in cases.iter().enumerate() {
+        let rid = format!("case-{i}");
+        let r = gw.send(&format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: {rid}\r\n{extra}Connection: close\r\n\r\n"));
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json()["path"], *path);
+        let line = gw.wait_log(|l| l["request_id"] == rid.as_str());
+        assert_eq!(line["route"], *want, "{path} on {host}");
+    }
+}
+
+#[test]
+fn strip_prefix_and_rewrite() {
+    let be = Backend::start("be", Mode::Echo);
+    let routes = r#"
+  - { name: strip, match: { path_prefix: /api/users }, upstream: be, strip_prefix: /api }
+  - { name: rewrite, match: { path: "/v1/orders/{id}/items/{item}" }, upstream: be, rewrite: "/orders/{id}?item={item}" }
+  - { name: regex-rewrite, match: { path_regex: "/legacy/(?P<rest>.*)" }, upstream: be, rewrite: "/modern/{rest}" }
+"#;
+    let gw = Gateway::start(&one_backend_config(&be, routes));
+    assert_eq!(gw.get("/api/users/7?x=1").json()["path"], "/users/7?x=1");
+    assert_eq!(gw.get("/api/users").json()["path"], "/users");
+    assert_eq!(gw.get("/v1/orders/9/items/3").json()["path"], "/orders/9?item=3");
+    assert_eq!(gw.get("/legacy/a/b").json()["path"], "/modern/a/b");
+}
+
+#[test]
+fn round_robin_weighted_and_consistent_hash_spread() {
+    let bes: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("b{i}"), Mode::Echo)).collect();
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  rr: {{ targets: [{{ addr: "{a}" }}, {{ addr: "{b}" }}, {{ addr: "{c}" }}] }}
+  w:  {{ balance: weighted, targets: [{{ addr: "{a}", weight: 1 }}, {{ addr: "{b}", weight: 2 }}, {{ addr: "{c}", weight: 3 }}] }}
+  ch: {{ balance: consistent_hash, hash_on: "header:x-user", targets: [{{ addr: "{a}" }}, {{ addr: "{b}" }}, {{ addr: "{c}" }}] }}
+routes:
+  - {{ name: rr, match: {{ path_prefix: /rr }}, upstream: rr }}
+  - {{ name: w, match: {{ path_prefix: /w }}, upstream: w }}
+  - {{ name: ch, match: {{ path_prefix: /ch }}, upstream: ch }}
+"#,
+        a = bes[0].addr,
+        b = bes[1].addr,
+        c = bes[2].addr
+    );
+    let gw = Gateway::start(&cfg);
+    let count = |path: &str, n: usize, extra: &str| {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for _ in 0..n {
+            let r = gw.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n"));
+            *m.entry(r.header("x-backend").unwrap().to_string()).or_default() += 1;
+        }
+        m
+    };
+    let rr = count("/rr", 30, "");
+    assert_eq!((rr["b0"], rr["b1"], rr["b2"]), (10, 10, 10), "{rr:?}");
+    let w = count("/w", 60, "");
+    assert_eq!((w["b0"], w["b1"], w["b2"]), (10, 20, 30), "{w:?}");
+    // The same key always lands on the same target; different keys spread.
+    let mut seen = std::collections::HashSet::new();
+    for u in 0..20 {
+        let m = count("/ch", 5, &format!("x-user: user-{u}\r\n"));
+        assert_eq!(m.len(), 1, "key user-{u} went to {m:?}");
+        seen.insert(m.keys().next().unwrap().clone());
+    }
+    assert!(seen.len() >= 2, "20 keys all hashed to {seen:?}");
+}
+
+#[test]
+fn health_checks_eject_and_restore_targets() {
+    let good = Backend::start("good", Mode::Echo);
+    let flaky = Backend::start("flaky", Mode::Echo);
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  u:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}]
+    health_check: {{ path: /healthz, interval: 100ms, timeout: 500ms, healthy: 2, unhealthy: 2 }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: u }}
+"#,
+        good.addr, flaky.addr
+    );
+    let gw = Gateway::start(&cfg);
+    let spread = |n: usize| {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for _ in 0..n {
+            *m.entry(gw.get("/x").header("x-backend").unwrap().to_string()).or_default() += 1;
+        }
+        m
+    };
+    assert_eq!(spread(10).len(), 2, "both targets serve while healthy");
+    flaky.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = spread(10);
+        if m.get("flaky").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "flaky target never ejected: {m:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stays out.
+    assert_eq!(spread(20).get("flaky"), None);
+    flaky.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if spread(10).contains_key("flaky") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "flaky target never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // All targets unhealthy → 503 JSON.
+    good.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    flaky.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = gw.get("/x");
+        if r.status == 503 {
+            assert_eq!(r.error_code(), "no_healthy_upstream");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never 503 with every target down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn closed_port_is_502_and_hanging_upstream_is_504() {
+    let hang = Backend::start("hang", Mode::Hang);
+    let closed = common::free_port();
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  closed: {{ targets: [{{ addr: "127.0.0.1:{closed}" }}], timeouts: {{ connect: 1s }} }}
+  hang: {{ targets: [{{ addr: "{}" }}], timeouts: {{ read: 1s }} }}
+routes:
+  - {{ name: closed, match: {{ path_prefix: /closed }}, upstream: closed }}
+  - {{ name: hang, match: {{ path_prefix: /hang }}, upstream: hang }}
+"#,
+        hang.addr
+    );
+    let gw = Gateway::start(&cfg);
+    let r = gw.get("/closed");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.error_code(), "upstream_unavailable");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+
+    let t = Instant::now();
+    let r = gw.get("/hang");
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "upstream_timeout");
+    // Bounded by the configured read timeout (1s), not by the upstream (60s).
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "took {took:?}");
+    let line = gw.wait_log(|l| l["route"] == "hang");
+    assert_eq!(line["status"], 504);
+    assert_eq!(line["error"], "upstream_timeout");
+}
+
+#[test]
+fn path_normalization_vectors() {
+    let be = Backend::start("be", Mode::Echo);
+    let routes = r#"
+  - { name: public, match: { path_prefix: /public }, upstream: be }
+  - { name: admin, match: { path_prefix: /admin, methods: [DELETE] }, upstream: be }
+"#;
+    let gw = Gateway::start(&one_backend_config(&be, routes));
+    // (request path, what the upstream must receive, route that must be chosen)
+    let ok = [
+        ("/public/a/../b", "/public/b", "public"),
+        ("/public/%2e%2e/admin", "/admin", "catch-all"),
+        ("/public/%2E%2e/admin", "/admin", "catch-all"),
+        ("//public//x", "/public/x", "public"),
+        ("/public/./x/.", "/public/x/", "public"),
+        ("/%70ublic/x", "/public/x", "public"),
+        ("/public/a%20b", "/public/a%20b", "public"),
+        ("/../../public", "/public", "public"),
+        ("/public/x?q=/../y", "/public/x?q=/../y", "public"),
+    ];
+    for (i, (path, want, route)) in ok.iter().enumerate() {
+        let rid = format!("norm-{i}");
+        let r = gw.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n"));
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json()["path"], *want, "{path}");
+        assert_eq!(gw.wait_log(|l| l["request_id"] == rid.as_str())["route"], *route, "{path}");
+    }
+    // Every spelling of a path is routed exactly as its normal form: DELETE reaches `admin`,
+    // GET falls through to the catch-all, and the upstream always sees `/admin/x`.
+    for (i, p) in ["/admin/x", "//admin/x", "/public/../admin/x", "/public/%2e%2e/admin/x", "/ADMIN/../admin/x", "/%61dmin/x"].iter().enumerate() {
+        for method in ["GET", "DELETE"] {
+            let rid = format!("spell-{i}-{method}");
+            let r = gw.send(&format!("{method} {p} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n"));
+            assert_eq!(r.status, 200, "{method} {p}");
+            assert_eq!(r.json()["path"], "/admin/x", "{method} {p}");
+            let want = if method == "DELETE" { "admin" } else { "catch-all" };
+            assert_eq!(gw.wait_log(|l| l["request_id"] == rid.as_str())["route"], want, "{method} {p}");
+        }
+    }
+    for p in ["/public/a%2fb", "/public/a%2Fb", "/public/%00", "/public/a%5cb", "/public/a\\b", "/public/%zz"] {
+        let r = gw.send(&format!("GET {p} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        assert_eq!(r.status, 400, "{p}");
+        assert_eq!(r.error_code(), "invalid_path", "{p}");
+    }
+}
+
+#[test]
+fn forwarded_headers_trust_only_configured_proxies() {
+    let be = Backend::start("be", Mode::Echo);
+    let untrusted = Gateway::start(&one_backend_config(&be, ""));
+    let spoof = "GET /x HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\nX-Request-Id: xff-1\r\nConnection: close\r\n\r\n";
+    let r = untrusted.send(spoof);
+    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.upstream_header("x-forwarded-host").as_deref(), Some("shop.test"));
+    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(untrusted.wait_log(|l| l["request_id"] == "xff-1")["client_ip"], "127.0.0.1");
+
+    let trusted_cfg = one_backend_config(&be, "").replace("threads: 1", "threads: 1, trusted_proxies: [127.0.0.1/32]");
+    let trusted = Gateway::start(&trusted_cfg);
+    let r = trusted.send(spoof);
+    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("6.6.6.6, 127.0.0.1"));
+    assert_eq!(r.upstream_header("x-forwarded-host").as_deref(), Some("evil"));
+    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(trusted.wait_log(|l| l["request_id"] == "xff-1")["client_ip"], "6.6.6.6");
+}
+
+#[test]
+fn hop_by_hop_headers_are_stripped_and_request_id_kept_or_made() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&one_backend_config(&be, ""));
+    let r = gw.send("GET /x HTTP/1.1\r\nHost: t\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\nProxy-Authorization: Basic x\r\nX-Kept: yes\r\nX-Request-Id: my-id.1\r\n\r\n");
+    assert_eq!(r.status, 200);
+    for h in ["x-secret", "keep-alive", "te", "proxy-authorization"] {
+        assert_eq!(r.upstream_header(h), None, "{h} reached the upstream");
+    }
+    assert_eq!(r.upstream_header("x-kept").as_deref(), Some("yes"));
+    assert_eq!(r.upstream_header("x-request-id").as_deref(), Some("my-id.1"));
+    assert_eq!(r.header("x-request-id"), Some("my-id.1"));
+    // The upstream's own hop-by-hop response headers do not reach the client.
+    assert_eq!(r.header("keep-alive"), None);
+
+    let r = gw.send("GET /x HTTP/1.1\r\nHost: t\r\nX-Request-Id: bad id with spaces\r\nConnection: close\r\n\r\n");
+    let made = r.header("x-request-id").unwrap().to_string();
+    assert_eq!(made.len(), 32);
+    assert_eq!(r.upstream_header("x-request-id"), Some(made.clone()));
+    let line = gw.wait_log(|l| l["request_id"] == made.as_str());
+    for field in ["time", "client_ip", "method", "path", "route", "upstream", "target", "status", "duration_ms", "upstream_ms", "bytes_in", "bytes_out"] {
+        assert!(!line[field].is_null(), "access log lacks {field}: {line}");
+    }
+    // Errors made by the gateway carry the id too.
+    let r = gw.send("GET /%2f HTTP/1.1\r\nHost: t\r\nX-Request-Id: err-1\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.json()["error"]["request_id"], "err-1");
+}
+
+#[test]
+fn header_and_uri_limits() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&one_backend_config(&be, ""));
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = gw.send(&format!("GET /x HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n"));
+    assert_eq!(r.status, 431);
+    assert_eq!(r.error_code(), "too_many_headers");
+
+    let big = "a".repeat(61 * 1024);
+    let r = gw.send(&format!("GET /x HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(r.status, 431);
+    assert_eq!(r.error_code(), "headers_too_large");
+
+    let long = "b".repeat(9 * 1024);
+    let r = gw.send(&format!("GET /x/{long} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    assert_eq!(r.status, 414);
+    assert_eq!(r.error_code(), "uri_too_long");
+
+    // Just under the limits is fine.
+    let r = gw.send(&format!("GET /x/{} HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(7 * 1024), "a".repeat(50 * 1024)));
+    assert_eq!(r.status, 200);
+
+    // Limits are configurable.
+    let tight = one_backend_config(&be, "").replace("threads: 1", "threads: 1, limits: { max_headers: 5, max_uri_bytes: 64 }");
+    let gw = Gateway::start(&tight);
+    let r = gw.send("GET /x HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 431);
+    let r = gw.get(&format!("/{}", "c".repeat(80)));
+    assert_eq!(r.status, 414);
+}
+
+#[test]
+fn not_found_and_head_and_malformed() {
+    let be = Backend::start("be", Mode::Echo);
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: only, match: {{ path: /only, methods: [GET] }}, upstream: be }}
+"#,
+        be.addr
+    );
+    let gw = Gateway::start(&cfg);
+    let r = gw.get("/nope");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "route_not_found");
+    let r = gw.send("HEAD /only HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    // Garbage on the wire gets a 4xx, never a hang or a crash.
+    let r = common::send(gw.addr, b"NOT HTTP AT ALL\r\n\r\n");
+    assert!((400..500).contains(&r.status), "{}", r.status);
+    assert_eq!(gw.get("/only").status, 200, "still serving");
+}
