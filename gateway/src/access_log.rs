@@ -21,7 +21,10 @@ pub struct AccessLog {
 impl AccessLog {
     /// `path`: append to this file; stdout when `None`.
     pub fn new(path: Option<String>) -> Self {
-        AccessLog { path, tx: OnceLock::new() }
+        AccessLog {
+            path,
+            tx: OnceLock::new(),
+        }
     }
 
     fn sender(&self) -> Option<&SyncSender<String>> {
@@ -29,7 +32,11 @@ impl AccessLog {
             .get_or_init(|| {
                 let out: Box<dyn Write + Send> = match &self.path {
                     None => Box::new(std::io::stdout()),
-                    Some(p) => match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+                    Some(p) => match std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                    {
                         Ok(f) => Box::new(f),
                         Err(e) => {
                             log::error!("access log: cannot open {p}: {e}; access logging is off");

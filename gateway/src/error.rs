@@ -34,17 +34,33 @@ impl GatewayError {
     pub fn method_not_allowed(allow: Vec<Method>) -> Self {
         GatewayError {
             allow,
-            ..Self::new(405, "method_not_allowed", "this route does not accept the request method")
+            ..Self::new(
+                405,
+                "method_not_allowed",
+                "this route does not accept the request method",
+            )
         }
     }
     pub fn no_healthy_upstream(upstream: &str) -> Self {
-        Self::new(503, "no_healthy_upstream", format!("upstream `{upstream}` has no healthy target"))
+        Self::new(
+            503,
+            "no_healthy_upstream",
+            format!("upstream `{upstream}` has no healthy target"),
+        )
     }
     pub fn bad_gateway() -> Self {
-        Self::new(502, "upstream_unavailable", "the upstream could not be reached or sent an invalid response")
+        Self::new(
+            502,
+            "upstream_unavailable",
+            "the upstream could not be reached or sent an invalid response",
+        )
     }
     pub fn gateway_timeout() -> Self {
-        Self::new(504, "upstream_timeout", "the upstream did not answer in time")
+        Self::new(
+            504,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        )
     }
 
     /// `Allow` header value, when there is one.
@@ -100,16 +116,21 @@ pub fn from_pingora(e: &pingora_error::Error) -> Option<GatewayError> {
                 c => GatewayError::new(c, "bad_request", "the request was refused"),
             }
         }
-        ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => GatewayError::gateway_timeout(),
-        ConnectTimedout => GatewayError::gateway_timeout(),
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | TLSHandshakeFailure | InvalidCert | HandshakeError => {
-            GatewayError::bad_gateway()
+        ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            GatewayError::gateway_timeout()
         }
+        ConnectTimedout => GatewayError::gateway_timeout(),
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | InvalidCert | HandshakeError => GatewayError::bad_gateway(),
         _ => match e.esource() {
             ErrorSource::Upstream => GatewayError::bad_gateway(),
             ErrorSource::Downstream => match t {
                 ReadError | WriteError | ConnectionClosed => return None,
-                ReadTimedout => GatewayError::new(408, "request_timeout", "the request was not received in time"),
+                ReadTimedout => GatewayError::new(
+                    408,
+                    "request_timeout",
+                    "the request was not received in time",
+                ),
                 _ => GatewayError::new(400, "bad_request", "the request is malformed"),
             },
             _ => GatewayError::new(500, "internal_error", "internal error"),

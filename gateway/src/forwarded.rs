@@ -34,7 +34,11 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 }
 
 /// The client's IP as the gateway should believe it.
-pub fn client_ip<'a>(peer: IpAddr, xff: impl Iterator<Item = &'a str>, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    xff: impl Iterator<Item = &'a str>,
+    trusted: &[IpNet],
+) -> IpAddr {
     let peer = canonical(peer);
     if trusted.is_empty() || !is_trusted(peer, trusted) {
         return peer;
@@ -68,20 +72,40 @@ mod tests {
 
     #[test]
     fn untrusted_peer_is_the_client() {
-        let ip = client_ip("203.0.113.9".parse().unwrap(), ["1.2.3.4"].into_iter(), &nets(&["10.0.0.0/8"]));
+        let ip = client_ip(
+            "203.0.113.9".parse().unwrap(),
+            ["1.2.3.4"].into_iter(),
+            &nets(&["10.0.0.0/8"]),
+        );
         assert_eq!(ip, "203.0.113.9".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn trusted_chain_is_walked_from_the_right() {
         let t = nets(&["10.0.0.0/8"]);
-        let ip = client_ip("10.0.0.1".parse().unwrap(), ["6.6.6.6, 198.51.100.7, 10.1.1.1"].into_iter(), &t);
+        let ip = client_ip(
+            "10.0.0.1".parse().unwrap(),
+            ["6.6.6.6, 198.51.100.7, 10.1.1.1"].into_iter(),
+            &t,
+        );
         assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
-        let ip = client_ip("10.0.0.1".parse().unwrap(), ["6.6.6.6", "198.51.100.7:5555"].into_iter(), &t);
+        let ip = client_ip(
+            "10.0.0.1".parse().unwrap(),
+            ["6.6.6.6", "198.51.100.7:5555"].into_iter(),
+            &t,
+        );
         assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
-        let ip = client_ip("10.0.0.1".parse().unwrap(), ["junk, 10.2.2.2"].into_iter(), &t);
+        let ip = client_ip(
+            "10.0.0.1".parse().unwrap(),
+            ["junk, 10.2.2.2"].into_iter(),
+            &t,
+        );
         assert_eq!(ip, "10.2.2.2".parse::<IpAddr>().unwrap());
-        let ip = client_ip("::ffff:10.0.0.1".parse().unwrap(), ["[2001:db8::1]:80"].into_iter(), &t);
+        let ip = client_ip(
+            "::ffff:10.0.0.1".parse().unwrap(),
+            ["[2001:db8::1]:80"].into_iter(),
+            &t,
+        );
         assert_eq!(ip, "2001:db8::1".parse::<IpAddr>().unwrap());
     }
 }

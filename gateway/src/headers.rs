@@ -4,7 +4,16 @@ use http::header::{HeaderMap, HeaderName, CONNECTION, UPGRADE};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1). `Transfer-Encoding` is
 /// also hop-by-hop but Pingora re-frames bodies from it, so the proxy leaves it to Pingora.
-pub const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade"];
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// Names listed in `Connection` headers (lower-case), minus `close`/`keep-alive`/`upgrade` tokens that
 /// name no header of their own.
@@ -23,7 +32,10 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
         && h.get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// The hop-by-hop headers present in `h`, to be removed. Returns nothing in the common case without
@@ -45,7 +57,10 @@ pub fn hop_by_hop_present(h: &HeaderMap) -> Vec<HeaderName> {
                 continue;
             }
             // Never let `Connection: host` or similar take away what the proxy itself needs.
-            if t == http::header::HOST || t == http::header::CONTENT_LENGTH || t == http::header::TRANSFER_ENCODING {
+            if t == http::header::HOST
+                || t == http::header::CONTENT_LENGTH
+                || t == http::header::TRANSFER_ENCODING
+            {
                 continue;
             }
             if !out.contains(&t) {
@@ -58,7 +73,10 @@ pub fn hop_by_hop_present(h: &HeaderMap) -> Vec<HeaderName> {
 
 /// A client's request id is kept when it is 1..=128 characters of `[A-Za-z0-9._:-]`; otherwise we make one.
 pub fn valid_request_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// A new random request id: 32 lower-case hex characters (128 bits).

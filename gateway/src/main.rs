@@ -9,7 +9,11 @@ use tollgate::snapshot::Snapshot;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "A fast, safe API gateway built on Pingora")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A fast, safe API gateway built on Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,7 +74,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .init();
             let snap = match Snapshot::from_file(&config) {
                 Ok((snap, warnings)) => {
                     for w in warnings.0 {
@@ -106,7 +111,13 @@ fn route_table(snap: &Snapshot) -> String {
         .iter()
         .map(|r| {
             let (host, _, path) = &r.describe;
-            let host_rank = if host == "*" { 2 } else if host.starts_with("*.") { 1 } else { 0 };
+            let host_rank = if host == "*" {
+                2
+            } else if host.starts_with("*.") {
+                1
+            } else {
+                0
+            };
             let (kind, len) = if path.starts_with("= ") {
                 (0, 0)
             } else if path.starts_with("~ ") {
@@ -120,10 +131,21 @@ fn route_table(snap: &Snapshot) -> String {
         })
         .collect();
     rows.sort_by_key(|(h, k, l, i, _)| (*h, *k, *l, *i));
-    let mut out = format!("{:<4} {:<24} {:<20} {:<16} {:<32} {}\n", "#", "NAME", "HOST", "METHODS", "PATH", "UPSTREAM");
+    let mut out = format!(
+        "{:<4} {:<24} {:<20} {:<16} {:<32} {}\n",
+        "#", "NAME", "HOST", "METHODS", "PATH", "UPSTREAM"
+    );
     for (n, (_, _, _, _, r)) in rows.iter().enumerate() {
         let (host, methods, path) = &r.describe;
-        out.push_str(&format!("{:<4} {:<24} {:<20} {:<16} {:<32} {}\n", n + 1, r.name, host, methods, path, r.upstream.name));
+        out.push_str(&format!(
+            "{:<4} {:<24} {:<20} {:<16} {:<32} {}\n",
+            n + 1,
+            r.name,
+            host,
+            methods,
+            path,
+            r.upstream.name
+        ));
     }
     out
 }

@@ -83,7 +83,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             0 => return Err(PathError::Nul),
             b'\\' => return Err(PathError::Backslash),
             b'%' => {
-                let (h, l) = match (raw.get(i + 1).and_then(|&x| hex(x)), raw.get(i + 2).and_then(|&x| hex(x))) {
+                let (h, l) = match (
+                    raw.get(i + 1).and_then(|&x| hex(x)),
+                    raw.get(i + 2).and_then(|&x| hex(x)),
+                ) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(PathError::BadEscape),
                 };
@@ -95,7 +98,11 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                     c if is_unreserved(c) => decoded.push(c),
                     c => {
                         const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                        decoded.extend_from_slice(&[b'%', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
+                        decoded.extend_from_slice(&[
+                            b'%',
+                            HEX[(c >> 4) as usize],
+                            HEX[(c & 15) as usize],
+                        ]);
                     }
                 }
                 i += 3;

@@ -45,7 +45,10 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
         let s = snapshot.load();
-        let log = s.settings.access_log.then(|| AccessLog::new(s.settings.access_log_path.clone()));
+        let log = s
+            .settings
+            .access_log
+            .then(|| AccessLog::new(s.settings.access_log_path.clone()));
         Gateway { snapshot, log }
     }
 }
@@ -72,7 +75,12 @@ pub struct Ctx {
 
 impl Gateway {
     /// Write a gateway error as JSON. Returns `Ok(true)`: the response is sent, stop processing.
-    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: GatewayError) -> Result<bool> {
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        err: GatewayError,
+    ) -> Result<bool> {
         let body = err.body(&ctx.request_id);
         let mut resp = ResponseHeader::build(err.status, Some(4))?;
         resp.insert_header(CONTENT_TYPE, "application/json")?;
@@ -87,7 +95,9 @@ impl Gateway {
         }
         let head_only = session.req_header().method == http::Method::HEAD;
         ctx.error = Some(err);
-        session.write_response_header(Box::new(resp), head_only).await?;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
         if !head_only {
             session.write_response_body(Some(body), true).await?;
         }
@@ -98,23 +108,47 @@ impl Gateway {
     fn check_limits(s: &Snapshot, req: &RequestHeader) -> Option<GatewayError> {
         let set = &s.settings;
         if req.raw_path().len() > set.max_uri_bytes {
-            return Some(GatewayError::new(414, "uri_too_long", format!("the request URI exceeds {} bytes", set.max_uri_bytes)));
+            return Some(GatewayError::new(
+                414,
+                "uri_too_long",
+                format!("the request URI exceeds {} bytes", set.max_uri_bytes),
+            ));
         }
         if req.headers.len() > set.max_headers {
-            return Some(GatewayError::new(431, "too_many_headers", format!("the request has more than {} headers", set.max_headers)));
+            return Some(GatewayError::new(
+                431,
+                "too_many_headers",
+                format!("the request has more than {} headers", set.max_headers),
+            ));
         }
-        let bytes: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let bytes: usize = req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
         if bytes > set.max_header_bytes {
-            return Some(GatewayError::new(431, "headers_too_large", format!("the request headers exceed {} bytes", set.max_header_bytes)));
+            return Some(GatewayError::new(
+                431,
+                "headers_too_large",
+                format!("the request headers exceed {} bytes", set.max_header_bytes),
+            ));
         }
         None
     }
 
     /// Normalize, route, and build the upstream URI. Errors are what to answer.
-    fn route(s: &Snapshot, req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), GatewayError> {
+    fn route(
+        s: &Snapshot,
+        req: &RequestHeader,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), GatewayError> {
         let raw = req.uri.path();
-        let norm = path::normalize(raw).map_err(|e| GatewayError::new(400, "invalid_path", e.message()))?;
-        let host = req.uri.host().or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()));
+        let norm = path::normalize(raw)
+            .map_err(|e| GatewayError::new(400, "invalid_path", e.message()))?;
+        let host = req
+            .uri
+            .host()
+            .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()));
         match s.router.find(host, &req.method, &norm, &req.headers) {
             Found::Route(i, params) => {
                 let route = s.routes[i].clone();
@@ -176,7 +210,9 @@ impl ProxyHttp for Gateway {
         ctx.start = Instant::now();
         let req = session.req_header();
         ctx.request_id = match req.headers.get(X_REQUEST_ID) {
-            Some(v) if headers::valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if headers::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
             _ => headers::new_request_id(),
         };
         let peer = session
@@ -187,7 +223,11 @@ impl ProxyHttp for Gateway {
         let trusted = &snap.settings.trusted_proxies;
         ctx.peer_trusted = !trusted.is_empty() && forwarded::is_trusted(peer, trusted);
         ctx.client_ip = if ctx.peer_trusted {
-            let xff = req.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+            let xff = req
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
             forwarded::client_ip(peer, xff, trusted)
         } else {
             peer
@@ -209,25 +249,42 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let route = ctx.route.clone().expect("request_filter routed the request");
+        let route = ctx
+            .route
+            .clone()
+            .expect("request_filter routed the request");
         let up = &route.upstream;
         let mut ipbuf = [0u8; 16];
         let key: &[u8] = match &up.hash_on {
             None => b"",
             Some(HashOn::ClientIp) => ip_key(ctx.client_ip, &mut ipbuf),
-            Some(HashOn::Header(h)) => session.req_header().headers.get(h).map(|v| v.as_bytes()).unwrap_or(b""),
+            Some(HashOn::Header(h)) => session
+                .req_header()
+                .headers
+                .get(h)
+                .map(|v| v.as_bytes())
+                .unwrap_or(b""),
             Some(HashOn::Cookie(name)) => cookie(session.req_header(), name).unwrap_or(b""),
         };
         let Some(addr) = up.select(key) else {
             ctx.error = Some(GatewayError::no_healthy_upstream(&up.name));
-            return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream target"));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy upstream target",
+            ));
         };
         ctx.target = Some(addr);
         ctx.upstream_start = Some(Instant::now());
         Ok(Box::new(up.peer(addr)))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // Nothing was sent on a failed connect, so another target may be tried whatever the method.
         let retries = ctx.route.as_ref().map_or(0, |r| r.upstream.retries);
         if ctx.connect_tries < retries {
@@ -237,7 +294,12 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(uri) = ctx.upstream_uri.take() {
             let parsed: http::Uri = uri
                 .parse()
@@ -247,12 +309,20 @@ impl ProxyHttp for Gateway {
         for name in headers::hop_by_hop_present(&up.headers) {
             up.remove_header(&name);
         }
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let original_host = session.req_header().headers.get(HOST).cloned();
         // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
         let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
         let xff = if ctx.peer_trusted {
-            let prior: Vec<&str> = up.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+            let prior: Vec<&str> = up
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
             if prior.is_empty() {
                 peer_s
             } else {
@@ -283,7 +353,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(start) = ctx.upstream_start {
             ctx.upstream_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
         }
@@ -292,7 +367,10 @@ impl ProxyHttp for Gateway {
                 resp.remove_header(&name);
             }
         }
-        resp.insert_header(X_REQUEST_ID, HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-")))?;
+        resp.insert_header(
+            X_REQUEST_ID,
+            HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-")),
+        )?;
         Ok(())
     }
 
@@ -302,7 +380,10 @@ impl ProxyHttp for Gateway {
             None => error::from_pingora(e),
         };
         let Some(err) = err else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         let code = err.status;
         if session.response_written().is_none() {
@@ -312,7 +393,10 @@ impl ProxyHttp for Gateway {
         } else {
             ctx.error = Some(err);
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
@@ -324,7 +408,11 @@ impl ProxyHttp for Gateway {
             .or(ctx.error.as_ref().map(|e| e.status))
             .unwrap_or(0);
         let route = ctx.route.as_deref();
-        let path = if ctx.path.is_empty() { req.uri.path() } else { &ctx.path };
+        let path = if ctx.path.is_empty() {
+            req.uri.path()
+        } else {
+            &ctx.path
+        };
         let entry = access_log::Entry {
             time: access_log::rfc3339_now(),
             request_id: &ctx.request_id,

@@ -160,7 +160,8 @@ impl Router {
                 PathMatch::Regex(_) => table.regex_routes.push(i),
             }
         }
-        r.wildcard_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        r.wildcard_hosts
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         let tables = std::iter::once(&mut r.any_host)
             .chain(r.exact_hosts.values_mut())
             .chain(r.wildcard_hosts.iter_mut().map(|(_, t)| t));
@@ -186,7 +187,13 @@ impl Router {
     }
 
     /// Find the route for a request. `host` may carry a port and any case; `path` must be normalized.
-    pub fn find(&self, host: Option<&str>, method: &Method, path: &str, headers: &HeaderMap) -> Found {
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Found {
         let mut allow: Vec<Method> = Vec::new();
         let host = host.map(normalize_host);
         let host = host.as_deref();
@@ -216,7 +223,14 @@ impl Router {
 
     /// `Some(Found::Route)` on a full match; `None` when nothing in this table matched fully
     /// (path-only matches add their methods to `allow`).
-    fn find_in(&self, t: &Table, method: &Method, path: &str, headers: &HeaderMap, allow: &mut Vec<Method>) -> Option<Found> {
+    fn find_in(
+        &self,
+        t: &Table,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        allow: &mut Vec<Method>,
+    ) -> Option<Found> {
         if let Some(ids) = t.exact.get(path) {
             for &i in ids {
                 if self.accepts(i, method, headers, allow) {
@@ -228,7 +242,9 @@ impl Router {
             let mut caps: Vec<(usize, usize)> = Vec::new();
             let base = path.as_ptr() as usize;
             let segs: Vec<&str> = segments(path).collect();
-            if let Some((i, ranges)) = self.walk_templates(&t.templates, &segs, base, &mut caps, method, headers, allow) {
+            if let Some((i, ranges)) =
+                self.walk_templates(&t.templates, &segs, base, &mut caps, method, headers, allow)
+            {
                 return Some(Found::Route(
                     i,
                     Params {
@@ -302,7 +318,8 @@ impl Router {
             return None;
         };
         if let Some(child) = node.literal.get(*first) {
-            if let Some(hit) = self.walk_templates(child, rest, base, caps, method, headers, allow) {
+            if let Some(hit) = self.walk_templates(child, rest, base, caps, method, headers, allow)
+            {
                 return Some(hit);
             }
         }
@@ -318,9 +335,19 @@ impl Router {
         None
     }
 
-    fn accepts(&self, i: usize, method: &Method, headers: &HeaderMap, allow: &mut Vec<Method>) -> bool {
+    fn accepts(
+        &self,
+        i: usize,
+        method: &Method,
+        headers: &HeaderMap,
+        allow: &mut Vec<Method>,
+    ) -> bool {
         let r = &self.routes[i];
-        if !r.headers.iter().all(|(n, v)| headers.get_all(n).iter().any(|x| x == v)) {
+        if !r
+            .headers
+            .iter()
+            .all(|(n, v)| headers.get_all(n).iter().any(|x| x == v))
+        {
             return false;
         }
         if r.methods.is_empty() || r.methods.iter().any(|m| m == method) {
@@ -386,10 +413,26 @@ mod tests {
         let r = Router::new(vec![
             m(HostMatch::Any, PathMatch::Prefix("/".into()), &[]),
             m(HostMatch::Any, PathMatch::Prefix("/api".into()), &[]),
-            m(HostMatch::Any, PathMatch::Regex(Regex::new("^/api/v[0-9]+/.*$").unwrap()), &[]),
-            m(HostMatch::Any, PathMatch::Template("/api/v1/users/{id}".into()), &[]),
-            m(HostMatch::Any, PathMatch::Exact("/api/v1/users/me".into()), &[]),
-            m(HostMatch::Any, PathMatch::Template("/api/v1/{what}/{id}".into()), &[]),
+            m(
+                HostMatch::Any,
+                PathMatch::Regex(Regex::new("^/api/v[0-9]+/.*$").unwrap()),
+                &[],
+            ),
+            m(
+                HostMatch::Any,
+                PathMatch::Template("/api/v1/users/{id}".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Any,
+                PathMatch::Exact("/api/v1/users/me".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Any,
+                PathMatch::Template("/api/v1/{what}/{id}".into()),
+                &[],
+            ),
         ])
         .unwrap();
         assert_eq!(idx(find(&r, "x", Method::GET, "/api/v1/users/me")), 4);
@@ -404,7 +447,12 @@ mod tests {
 
     #[test]
     fn params_are_captured() {
-        let r = Router::new(vec![m(HostMatch::Any, PathMatch::Template("/users/{id}/orders/{oid}".into()), &[])]).unwrap();
+        let r = Router::new(vec![m(
+            HostMatch::Any,
+            PathMatch::Template("/users/{id}/orders/{oid}".into()),
+            &[],
+        )])
+        .unwrap();
         let path = "/users/42/orders/abc";
         match find(&r, "h", Method::GET, path) {
             Found::Route(0, p) => {
@@ -413,19 +461,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(find(&r, "h", Method::GET, "/users/42/orders"), Found::NotFound);
-        assert_eq!(find(&r, "h", Method::GET, "/users//orders/x"), Found::NotFound);
+        assert_eq!(
+            find(&r, "h", Method::GET, "/users/42/orders"),
+            Found::NotFound
+        );
+        assert_eq!(
+            find(&r, "h", Method::GET, "/users//orders/x"),
+            Found::NotFound
+        );
     }
 
     #[test]
     fn hosts_and_fallthrough() {
         let r = Router::new(vec![
             m(HostMatch::Any, PathMatch::Prefix("/".into()), &[]),
-            m(HostMatch::Suffix(".example.com".into()), PathMatch::Prefix("/".into()), &[]),
-            m(HostMatch::Exact("api.example.com".into()), PathMatch::Prefix("/v1".into()), &[]),
+            m(
+                HostMatch::Suffix(".example.com".into()),
+                PathMatch::Prefix("/".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Exact("api.example.com".into()),
+                PathMatch::Prefix("/v1".into()),
+                &[],
+            ),
         ])
         .unwrap();
-        assert_eq!(idx(find(&r, "API.example.com:8080", Method::GET, "/v1/x")), 2);
+        assert_eq!(
+            idx(find(&r, "API.example.com:8080", Method::GET, "/v1/x")),
+            2
+        );
         assert_eq!(idx(find(&r, "api.example.com", Method::GET, "/v2")), 1);
         assert_eq!(idx(find(&r, "www.example.com", Method::GET, "/v1")), 1);
         assert_eq!(idx(find(&r, "example.com", Method::GET, "/v1")), 0);
@@ -435,22 +500,40 @@ mod tests {
     #[test]
     fn methods_and_405() {
         let r = Router::new(vec![
-            m(HostMatch::Any, PathMatch::Exact("/a".into()), &[Method::GET]),
-            m(HostMatch::Any, PathMatch::Prefix("/a".into()), &[Method::POST]),
+            m(
+                HostMatch::Any,
+                PathMatch::Exact("/a".into()),
+                &[Method::GET],
+            ),
+            m(
+                HostMatch::Any,
+                PathMatch::Prefix("/a".into()),
+                &[Method::POST],
+            ),
         ])
         .unwrap();
         assert_eq!(idx(find(&r, "h", Method::GET, "/a")), 0);
         assert_eq!(idx(find(&r, "h", Method::HEAD, "/a")), 0);
         assert_eq!(idx(find(&r, "h", Method::POST, "/a")), 1);
-        assert_eq!(find(&r, "h", Method::DELETE, "/a"), Found::MethodNotAllowed(vec![Method::GET, Method::POST]));
+        assert_eq!(
+            find(&r, "h", Method::DELETE, "/a"),
+            Found::MethodNotAllowed(vec![Method::GET, Method::POST])
+        );
         assert_eq!(find(&r, "h", Method::GET, "/b"), Found::NotFound);
     }
 
     #[test]
     fn headers_must_match() {
         let mut route = m(HostMatch::Any, PathMatch::Prefix("/".into()), &[]);
-        route.headers = vec![(HeaderName::from_static("x-canary"), HeaderValue::from_static("1"))];
-        let r = Router::new(vec![route, m(HostMatch::Any, PathMatch::Prefix("/".into()), &[])]).unwrap();
+        route.headers = vec![(
+            HeaderName::from_static("x-canary"),
+            HeaderValue::from_static("1"),
+        )];
+        let r = Router::new(vec![
+            route,
+            m(HostMatch::Any, PathMatch::Prefix("/".into()), &[]),
+        ])
+        .unwrap();
         let mut h = HeaderMap::new();
         assert_eq!(idx(r.find(None, &Method::GET, "/", &h)), 1);
         h.insert("x-canary", HeaderValue::from_static("1"));

@@ -43,7 +43,11 @@ pub fn run(snapshot: Snapshot) -> ! {
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let conf = ServerConf {
-        threads: settings.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        threads: settings.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
         grace_period_seconds: Some(settings.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(settings.shutdown_timeout.as_secs()),
         upstream_keepalive_pool_size: 512,
@@ -53,11 +57,18 @@ pub fn run(snapshot: Snapshot) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(shared.clone()), "tollgate");
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "tollgate",
+    );
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
-    server.add_service(background_service("health checks", HealthChecks { snapshot: shared }));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks { snapshot: shared },
+    ));
     server.run_forever()
 }

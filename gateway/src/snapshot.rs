@@ -109,7 +109,10 @@ impl Snapshot {
     }
 
     /// Validate and compile a parsed config. Reports every problem found.
-    pub fn compile(cfg: &RawConfig, locs: &Locations) -> Result<(Snapshot, Diagnostics), Diagnostics> {
+    pub fn compile(
+        cfg: &RawConfig,
+        locs: &Locations,
+    ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
         let mut d = Diagnostics::default();
         let settings = settings(&cfg.server, locs, &mut d);
 
@@ -118,7 +121,10 @@ impl Snapshot {
             let base = format!("upstreams.{name}");
             let mut targets = Vec::new();
             if u.targets.is_empty() {
-                d.0.push(locs.error(&format!("{base}.targets"), "an upstream needs at least one target"));
+                d.0.push(locs.error(
+                    &format!("{base}.targets"),
+                    "an upstream needs at least one target",
+                ));
             }
             for (i, t) in u.targets.iter().enumerate() {
                 let addr = match resolve(&t.addr) {
@@ -129,7 +135,10 @@ impl Snapshot {
                     }
                 };
                 if t.weight < 1 {
-                    d.0.push(locs.error(&format!("{base}.targets[{i}].weight"), format!("weight must be at least 1, got {}", t.weight)));
+                    d.0.push(locs.error(
+                        &format!("{base}.targets[{i}].weight"),
+                        format!("weight must be at least 1, got {}", t.weight),
+                    ));
                 }
                 if let Some(a) = addr {
                     targets.push((a, t.weight.max(1) as usize));
@@ -148,7 +157,10 @@ impl Snapshot {
                     None
                 }
                 (Some(_), _) => {
-                    d.0.push(locs.warning(&format!("{base}.hash_on"), "`hash_on` has no effect unless `balance: consistent_hash`"));
+                    d.0.push(locs.warning(
+                        &format!("{base}.hash_on"),
+                        "`hash_on` has no effect unless `balance: consistent_hash`",
+                    ));
                     None
                 }
                 (None, _) => None,
@@ -168,7 +180,10 @@ impl Snapshot {
             nonzero(locs, &mut d, &format!("{tb}.read"), u.timeouts.read.0);
             nonzero(locs, &mut d, &format!("{tb}.write"), u.timeouts.write.0);
             if !d.has_errors() {
-                upstreams.insert(name.clone(), Arc::new(Upstream::build(name, u, targets, hash_on)));
+                upstreams.insert(
+                    name.clone(),
+                    Arc::new(Upstream::build(name, u, targets, hash_on)),
+                );
             }
         }
 
@@ -180,18 +195,41 @@ impl Snapshot {
             if r.name.trim().is_empty() {
                 d.0.push(locs.error(&format!("{base}.name"), "a route needs a name"));
             } else if let Some(first) = names.insert(&r.name, i) {
-                d.0.push(locs.error(&format!("{base}.name"), format!("duplicate route name `{}` (first used by routes[{first}])", r.name)));
+                d.0.push(locs.error(
+                    &format!("{base}.name"),
+                    format!(
+                        "duplicate route name `{}` (first used by routes[{first}])",
+                        r.name
+                    ),
+                ));
                 names.insert(&r.name, first);
             }
             let upstream = match upstreams.get(&r.upstream) {
                 Some(u) => Some(u.clone()),
-                None if cfg.upstreams.contains_key(&r.upstream) || cfg.broken_upstreams.contains(&r.upstream) => None, // already reported
+                None if cfg.upstreams.contains_key(&r.upstream)
+                    || cfg.broken_upstreams.contains(&r.upstream) =>
+                {
+                    None
+                } // already reported
                 None => {
-                    let mut known: Vec<&str> = cfg.upstreams.keys().chain(cfg.broken_upstreams.iter()).map(String::as_str).collect();
+                    let mut known: Vec<&str> = cfg
+                        .upstreams
+                        .keys()
+                        .chain(cfg.broken_upstreams.iter())
+                        .map(String::as_str)
+                        .collect();
                     known.sort_unstable();
                     d.0.push(locs.error(
                         &format!("{base}.upstream"),
-                        format!("unknown upstream `{}` (defined: {})", r.upstream, if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                        format!(
+                            "unknown upstream `{}` (defined: {})",
+                            r.upstream,
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
                     ));
                     None
                 }
@@ -211,10 +249,16 @@ impl Snapshot {
             });
             if let Some(sp) = &r.strip_prefix {
                 if !sp.starts_with('/') || sp.len() < 2 || sp.ends_with('/') {
-                    d.0.push(locs.error(&format!("{base}.strip_prefix"), "must start with '/', not end with '/', and not be just '/'"));
+                    d.0.push(locs.error(
+                        &format!("{base}.strip_prefix"),
+                        "must start with '/', not end with '/', and not be just '/'",
+                    ));
                 }
                 if r.rewrite.is_some() {
-                    d.0.push(locs.warning(&format!("{base}.strip_prefix"), "ignored: `rewrite` sets the whole upstream path"));
+                    d.0.push(locs.warning(
+                        &format!("{base}.strip_prefix"),
+                        "ignored: `rewrite` sets the whole upstream path",
+                    ));
                 }
             }
             let describe = describe(&matcher, r);
@@ -281,7 +325,10 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
     for (i, l) in s.listen.iter().enumerate() {
         match l.parse::<SocketAddr>() {
             Ok(a) => listen.push(a),
-            Err(_) => d.0.push(locs.error(&format!("server.listen[{i}]"), format!("`{l}` is not an address like `0.0.0.0:8080`"))),
+            Err(_) => d.0.push(locs.error(
+                &format!("server.listen[{i}]"),
+                format!("`{l}` is not an address like `0.0.0.0:8080`"),
+            )),
         }
     }
     if s.threads == Some(0) {
@@ -289,14 +336,23 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
     }
     let mut trusted = Vec::new();
     for (i, c) in s.trusted_proxies.iter().enumerate() {
-        match c.parse::<IpNet>().or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from)) {
+        match c
+            .parse::<IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
             Ok(n) => trusted.push(n.trunc()),
-            Err(_) => d.0.push(locs.error(&format!("server.trusted_proxies[{i}]"), format!("`{c}` is not a CIDR like `10.0.0.0/8` or an IP"))),
+            Err(_) => d.0.push(locs.error(
+                &format!("server.trusted_proxies[{i}]"),
+                format!("`{c}` is not a CIDR like `10.0.0.0/8` or an IP"),
+            )),
         }
     }
     let l = &s.limits;
     if l.max_header_bytes.0 == 0 {
-        d.0.push(locs.error("server.limits.max_header_bytes", "must be greater than zero"));
+        d.0.push(locs.error(
+            "server.limits.max_header_bytes",
+            "must be greater than zero",
+        ));
     }
     if l.max_headers == 0 {
         d.0.push(locs.error("server.limits.max_headers", "must be greater than zero"));
@@ -304,7 +360,12 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
     if l.max_uri_bytes.0 == 0 {
         d.0.push(locs.error("server.limits.max_uri_bytes", "must be greater than zero"));
     }
-    nonzero(locs, d, "server.limits.header_read_timeout", l.header_read_timeout.0);
+    nonzero(
+        locs,
+        d,
+        "server.limits.header_read_timeout",
+        l.header_read_timeout.0,
+    );
     if d.0.len() > before {
         return None;
     }
@@ -325,7 +386,12 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
 }
 
 /// Build the router's view of a route; returns it with the names it captures.
-fn route_matcher(r: &RouteConfig, base: &str, locs: &Locations, d: &mut Diagnostics) -> Option<(RouteMatcher, Vec<String>)> {
+fn route_matcher(
+    r: &RouteConfig,
+    base: &str,
+    locs: &Locations,
+    d: &mut Diagnostics,
+) -> Option<(RouteMatcher, Vec<String>)> {
     let m = &r.matcher;
     let mb = format!("{base}.match");
     let before = d.0.len();
@@ -333,23 +399,44 @@ fn route_matcher(r: &RouteConfig, base: &str, locs: &Locations, d: &mut Diagnost
         None => HostMatch::Any,
         Some(h) => {
             let h = h.to_ascii_lowercase();
-            let valid = |s: &str| !s.is_empty() && s.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            let valid = |s: &str| {
+                !s.is_empty()
+                    && s.split('.').all(|l| {
+                        !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    })
+            };
             if let Some(suffix) = h.strip_prefix("*.") {
                 if !valid(suffix) {
-                    d.0.push(locs.error(&format!("{mb}.host"), format!("`{h}` is not a valid wildcard host")));
+                    d.0.push(locs.error(
+                        &format!("{mb}.host"),
+                        format!("`{h}` is not a valid wildcard host"),
+                    ));
                 }
                 HostMatch::Suffix(format!(".{suffix}"))
             } else {
                 if !valid(&h) {
-                    d.0.push(locs.error(&format!("{mb}.host"), format!("`{h}` is not a valid host (exact, or `*.example.com`)")));
+                    d.0.push(locs.error(
+                        &format!("{mb}.host"),
+                        format!("`{h}` is not a valid host (exact, or `*.example.com`)"),
+                    ));
                 }
                 HostMatch::Exact(h)
             }
         }
     };
-    let kinds = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()].iter().filter(|x| **x).count();
+    let kinds = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if kinds != 1 {
-        d.0.push(locs.error(&mb, "give exactly one of `path`, `path_prefix` or `path_regex`"));
+        d.0.push(locs.error(
+            &mb,
+            "give exactly one of `path`, `path_prefix` or `path_regex`",
+        ));
         return None;
     }
     let mut captures = Vec::new();
@@ -386,7 +473,11 @@ fn route_matcher(r: &RouteConfig, base: &str, locs: &Locations, d: &mut Diagnost
         }
         check_normalized(p, &at, locs, d);
         let trimmed = p.trim_end_matches('/');
-        PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.to_string() })
+        PathMatch::Prefix(if trimmed.is_empty() {
+            "/".into()
+        } else {
+            trimmed.to_string()
+        })
     } else {
         let p = m.path_regex.as_deref().unwrap_or_default();
         let anchored = format!("^(?:{})$", p.trim_start_matches('^').trim_end_matches('$'));
@@ -412,29 +503,48 @@ fn route_matcher(r: &RouteConfig, base: &str, locs: &Locations, d: &mut Diagnost
                     methods.push(mm)
                 }
             }
-            _ => d.0.push(locs.error(&format!("{mb}.methods[{i}]"), format!("`{meth}` is not an HTTP method"))),
+            _ => d.0.push(locs.error(
+                &format!("{mb}.methods[{i}]"),
+                format!("`{meth}` is not an HTTP method"),
+            )),
         }
     }
     let mut headers = Vec::new();
     for (name, value) in &m.headers {
         let at = format!("{mb}.headers.{name}");
-        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             (Ok(n), Ok(v)) => headers.push((n, v)),
-            (Err(_), _) => d.0.push(locs.error(&at, format!("`{name}` is not a valid header name"))),
+            (Err(_), _) => {
+                d.0.push(locs.error(&at, format!("`{name}` is not a valid header name")))
+            }
             (_, Err(_)) => d.0.push(locs.error(&at, "not a valid header value")),
         }
     }
     if d.0.len() > before {
         return None;
     }
-    Some((RouteMatcher { host, path, methods, headers }, captures))
+    Some((
+        RouteMatcher {
+            host,
+            path,
+            methods,
+            headers,
+        },
+        captures,
+    ))
 }
 
 /// A configured path that normalization would change can never match; say so at load time.
 fn check_normalized(p: &str, at: &str, locs: &Locations, d: &mut Diagnostics) {
     match crate::path::normalize(p) {
         Ok(n) if n != p && n.trim_end_matches('/') != p.trim_end_matches('/') => {
-            d.0.push(locs.error(at, format!("`{p}` is not a normalized path and would never match; write `{n}`")))
+            d.0.push(locs.error(
+                at,
+                format!("`{p}` is not a normalized path and would never match; write `{n}`"),
+            ))
         }
         Err(e) => d.0.push(locs.error(at, e.message())),
         _ => {}
@@ -457,7 +567,10 @@ fn parse_rewrite(rw: &str, captures: &[String]) -> Result<Vec<Part>, String> {
             return Err(if captures.is_empty() {
                 format!("`{{{name}}}`: this route captures no parameters (use a `{{param}}` path or a regex with named groups)")
             } else {
-                format!("`{{{name}}}` is not captured by the route's path (captured: {})", captures.join(", "))
+                format!(
+                    "`{{{name}}}` is not captured by the route's path (captured: {})",
+                    captures.join(", ")
+                )
             });
         }
         parts.push(Part::Param(name.to_string()));
@@ -481,25 +594,40 @@ fn describe(m: &RouteMatcher, r: &RouteConfig) -> (String, String, String) {
     let methods = if m.methods.is_empty() {
         "ANY".to_string()
     } else {
-        m.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+        m.methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let path = match &m.path {
         PathMatch::Exact(p) => format!("= {p}"),
         PathMatch::Template(p) => format!("~ {p}"),
         PathMatch::Prefix(p) => format!("{p}*"),
-        PathMatch::Regex(_) => format!("regex {}", r.matcher.path_regex.as_deref().unwrap_or_default()),
+        PathMatch::Regex(_) => format!(
+            "regex {}",
+            r.matcher.path_regex.as_deref().unwrap_or_default()
+        ),
     };
     (host, methods, path)
 }
 
 /// Warn about a route that can never be chosen because an earlier one with the same host and path
 /// accepts every request it would.
-fn warn_shadowed(matchers: &[(usize, RouteMatcher)], cfg: &RawConfig, locs: &Locations, d: &mut Diagnostics) {
+fn warn_shadowed(
+    matchers: &[(usize, RouteMatcher)],
+    cfg: &RawConfig,
+    locs: &Locations,
+    d: &mut Diagnostics,
+) {
     let key = |m: &RouteMatcher| -> String {
         let p = match &m.path {
             PathMatch::Exact(p) => format!("e:{p}"),
             PathMatch::Template(p) => {
-                let shape: Vec<&str> = p.split('/').map(|s| if template_param(s).is_some() { "{}" } else { s }).collect();
+                let shape: Vec<&str> = p
+                    .split('/')
+                    .map(|s| if template_param(s).is_some() { "{}" } else { s })
+                    .collect();
                 format!("t:{}", shape.join("/"))
             }
             PathMatch::Prefix(p) => format!("p:{p}"),
@@ -512,7 +640,8 @@ fn warn_shadowed(matchers: &[(usize, RouteMatcher)], cfg: &RawConfig, locs: &Loc
     for (i, m) in matchers {
         let k = key(m);
         for (k2, earlier, j) in &seen {
-            let methods_covered = earlier.methods.is_empty() || (!m.methods.is_empty() && m.methods.iter().all(|x| earlier.methods.contains(x)));
+            let methods_covered = earlier.methods.is_empty()
+                || (!m.methods.is_empty() && m.methods.iter().all(|x| earlier.methods.contains(x)));
             let headers_covered = earlier.headers.iter().all(|h| m.headers.contains(h));
             if *k2 == k && methods_covered && headers_covered && warned.insert(*i) {
                 d.0.push(locs.warning(
@@ -548,9 +677,18 @@ mod tests {
         );
         let errs = compile(&text).err().unwrap();
         let s = errs.to_string();
-        assert!(s.contains("t.yaml:7:15: routes[0].upstream: unknown upstream `nope` (defined: u)"), "{s}");
-        assert!(s.contains("t.yaml:8:11: routes[1].name: duplicate route name `a`"), "{s}");
-        assert!(s.contains("routes[1].match.path_regex: invalid regex"), "{s}");
+        assert!(
+            s.contains("t.yaml:7:15: routes[0].upstream: unknown upstream `nope` (defined: u)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("t.yaml:8:11: routes[1].name: duplicate route name `a`"),
+            "{s}"
+        );
+        assert!(
+            s.contains("routes[1].match.path_regex: invalid regex"),
+            "{s}"
+        );
         assert!(s.contains("routes[2].match: give exactly one of"), "{s}");
     }
 
@@ -559,7 +697,10 @@ mod tests {
         let text = "server:\n  listen: [nowhere]\nupstreams:\n  u:\n    targets: [{ addr: \"127.0.0.1:1\", weight: 0 }]\n";
         let s = compile(text).err().unwrap().to_string();
         assert!(s.contains("t.yaml:2:12: server.listen[0]"), "{s}");
-        assert!(s.contains("upstreams.u.targets[0].weight: weight must be at least 1, got 0"), "{s}");
+        assert!(
+            s.contains("upstreams.u.targets[0].weight: weight must be at least 1, got 0"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -567,7 +708,10 @@ mod tests {
         let text = format!("{UP}routes:\n  - name: a\n    match: {{ path_prefix: /a }}\n    upstream: u\n  - name: b\n    match: {{ path_prefix: /a/, methods: [GET] }}\n    upstream: u\n");
         let (_, warnings) = compile(&text).unwrap();
         let w = warnings.to_string();
-        assert!(w.contains("warning: routes[1]: route `b` is never matched: route `a`"), "{w}");
+        assert!(
+            w.contains("warning: routes[1]: route `b` is never matched: route `a`"),
+            "{w}"
+        );
     }
 
     #[test]
@@ -578,13 +722,24 @@ mod tests {
         let (snap, _) = compile(&text).unwrap();
         let h = http::HeaderMap::new();
         let p = "/v1/users/7";
-        let crate::router::Found::Route(i, params) = snap.router.find(None, &Method::GET, p, &h) else { panic!() };
+        let crate::router::Found::Route(i, params) = snap.router.find(None, &Method::GET, p, &h)
+        else {
+            panic!()
+        };
         assert_eq!(snap.routes[i].upstream_path(p, &params), "/users/7/profile");
         for (req, want) in [("/api/x", "/x"), ("/api", "/"), ("/api/", "/")] {
-            let crate::router::Found::Route(i, params) = snap.router.find(None, &Method::GET, req, &h) else { panic!() };
+            let crate::router::Found::Route(i, params) =
+                snap.router.find(None, &Method::GET, req, &h)
+            else {
+                panic!()
+            };
             assert_eq!(snap.routes[i].upstream_path(req, &params), want);
         }
         let bad = format!("{UP}routes:\n  - name: a\n    match: {{ path: /x }}\n    upstream: u\n    rewrite: \"/y/{{id}}\"\n");
-        assert!(compile(&bad).err().unwrap().to_string().contains("routes[0].rewrite: `{id}`: this route captures no parameters"));
+        assert!(compile(&bad)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("routes[0].rewrite: `{id}`: this route captures no parameters"));
     }
 }

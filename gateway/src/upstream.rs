@@ -15,11 +15,11 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures::FutureExt;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
-use pingora_http::RequestHeader;
 
 use crate::config::raw::{Balance, HealthCheckConfig, UpstreamConfig};
 
@@ -85,7 +85,9 @@ impl HashOn {
             }
             return Ok(HashOn::Cookie(c.trim().to_string()));
         }
-        Err(format!("`{s}` is not a hash key: use `client_ip`, `header:NAME` or `cookie:NAME`"))
+        Err(format!(
+            "`{s}` is not a hash key: use `client_ip`, `header:NAME` or `cookie:NAME`"
+        ))
     }
 }
 
@@ -125,11 +127,20 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 impl Upstream {
     /// Build from a validated config. `targets` are resolved addresses with weights.
-    pub fn build(name: &str, cfg: &UpstreamConfig, targets: Vec<(SocketAddr, usize)>, hash_on: Option<HashOn>) -> Upstream {
+    pub fn build(
+        name: &str,
+        cfg: &UpstreamConfig,
+        targets: Vec<(SocketAddr, usize)>,
+        hash_on: Option<HashOn>,
+    ) -> Upstream {
         let backends: BTreeSet<Backend> = targets
             .iter()
             .map(|(addr, w)| {
-                let weight = if cfg.balance == Balance::RoundRobin { 1 } else { *w };
+                let weight = if cfg.balance == Balance::RoundRobin {
+                    1
+                } else {
+                    *w
+                };
                 Backend {
                     addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(*addr),
                     weight,
@@ -140,7 +151,9 @@ impl Upstream {
         let discovery = Arc::new(Discovery::new(backends));
         let make = || Backends::new(Box::new(SharedDiscovery(discovery.clone())));
         let mut pool = match cfg.balance {
-            Balance::RoundRobin | Balance::Weighted => Pool::RoundRobin(LoadBalancer::from_backends(make())),
+            Balance::RoundRobin | Balance::Weighted => {
+                Pool::RoundRobin(LoadBalancer::from_backends(make()))
+            }
             Balance::ConsistentHash => Pool::Consistent(LoadBalancer::from_backends(make())),
         };
         if let Some(hc) = &cfg.health_check {
@@ -238,7 +251,8 @@ impl Upstream {
             return;
         }
         let interval = hc.interval.0.as_millis() as u32;
-        self.next_check_ms.store(now.saturating_add(interval), Ordering::Relaxed);
+        self.next_check_ms
+            .store(now.saturating_add(interval), Ordering::Relaxed);
         let me = self.clone();
         tokio::spawn(async move {
             me.backends().run_health_check(true).await;

@@ -1,4 +1,5 @@
 //! The command line: `validate`, `routes`, `run` with a broken file, `--version`.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -52,22 +53,40 @@ routes:
     ];
     let lines: Vec<&str> = out.lines().collect();
     for w in &want {
-        assert!(lines.contains(&w.as_str()), "missing line:\n{w}\n--- got:\n{out}");
+        assert!(
+            lines.contains(&w.as_str()),
+            "missing line:\n{w}\n--- got:\n{out}"
+        );
     }
 }
 
 #[test]
 fn validate_syntax_and_env_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(&dir, "syntax.yaml", "routes:\n  - name: a\n    match: { path: /x\n");
+    let f = write(
+        &dir,
+        "syntax.yaml",
+        "routes:\n  - name: a\n    match: { path: /x\n",
+    );
     let (code, out, _) = tollgate(&["validate", &f]);
     assert_eq!(code, 1);
-    assert!(out.starts_with(&format!("{f}:4:1: YAML syntax error")), "{out}");
+    assert!(
+        out.starts_with(&format!("{f}:4:1: YAML syntax error")),
+        "{out}"
+    );
 
-    let g = write(&dir, "env.yaml", "upstreams:\n  u:\n    targets: [{ addr: \"${TOLLGATE_TEST_UNSET_VAR}\" }]\n");
+    let g = write(
+        &dir,
+        "env.yaml",
+        "upstreams:\n  u:\n    targets: [{ addr: \"${TOLLGATE_TEST_UNSET_VAR}\" }]\n",
+    );
     let (code, out, _) = tollgate(&["validate", &g]);
     assert_eq!(code, 1);
-    assert_eq!(out.lines().filter(|l| !l.contains(": warning: ")).count(), 1, "one problem, reported once: {out}");
+    assert_eq!(
+        out.lines().filter(|l| !l.contains(": warning: ")).count(),
+        1,
+        "one problem, reported once: {out}"
+    );
     assert!(
         out.contains(&format!("{g}:3:23: upstreams.u.targets[0].addr: environment variable `TOLLGATE_TEST_UNSET_VAR` is not set")),
         "{out}"
@@ -94,7 +113,12 @@ fn validate_accepts_shipped_configs_and_warns_on_shadowing() {
     );
     let (code, _, err) = tollgate(&["validate", &f]);
     assert_eq!(code, 0);
-    assert!(err.contains(&format!("{f}:5:7: warning: routes[1]: route `b` is never matched: route `a` (routes[0])")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}:5:7: warning: routes[1]: route `b` is never matched: route `a` (routes[0])"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -115,17 +139,28 @@ routes:
     );
     let (code, out, _) = tollgate(&["routes", &f]);
     assert_eq!(code, 0);
-    let names: Vec<&str> = out.lines().skip(1).map(|l| l.split_whitespace().nth(1).unwrap()).collect();
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
     assert_eq!(names, ["host", "me", "user", "api", "root"], "{out}");
 }
 
 #[test]
 fn run_refuses_a_broken_config() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(&dir, "bad.yaml", "server:\n  listen: [\"127.0.0.1:1\"]\n  bogus: 1\n");
+    let f = write(
+        &dir,
+        "bad.yaml",
+        "server:\n  listen: [\"127.0.0.1:1\"]\n  bogus: 1\n",
+    );
     let (code, _, err) = tollgate(&["run", "-c", &f]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("{f}:3:3: server.bogus: unknown field `bogus`")), "{err}");
+    assert!(
+        err.contains(&format!("{f}:3:3: server.bogus: unknown field `bogus`")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
 //! The real `tollgate` binary in front of real upstreams on loopback.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -65,13 +66,18 @@ fn strip_prefix_and_rewrite() {
     let gw = Gateway::start(&one_backend_config(&be, routes));
     assert_eq!(gw.get("/api/users/7?x=1").json()["path"], "/users/7?x=1");
     assert_eq!(gw.get("/api/users").json()["path"], "/users");
-    assert_eq!(gw.get("/v1/orders/9/items/3").json()["path"], "/orders/9?item=3");
+    assert_eq!(
+        gw.get("/v1/orders/9/items/3").json()["path"],
+        "/orders/9?item=3"
+    );
     assert_eq!(gw.get("/legacy/a/b").json()["path"], "/modern/a/b");
 }
 
 #[test]
 fn round_robin_weighted_and_consistent_hash_spread() {
-    let bes: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("b{i}"), Mode::Echo)).collect();
+    let bes: Vec<Backend> = (0..3)
+        .map(|i| Backend::start(&format!("b{i}"), Mode::Echo))
+        .collect();
     let cfg = format!(
         r#"
 server: {{ listen: ["{{listen}}"], threads: 1 }}
@@ -92,8 +98,11 @@ routes:
     let count = |path: &str, n: usize, extra: &str| {
         let mut m: HashMap<String, usize> = HashMap::new();
         for _ in 0..n {
-            let r = gw.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n"));
-            *m.entry(r.header("x-backend").unwrap().to_string()).or_default() += 1;
+            let r = gw.send(&format!(
+                "GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n"
+            ));
+            *m.entry(r.header("x-backend").unwrap().to_string())
+                .or_default() += 1;
         }
         m
     };
@@ -131,24 +140,32 @@ routes:
     let spread = |n: usize| {
         let mut m: HashMap<String, usize> = HashMap::new();
         for _ in 0..n {
-            *m.entry(gw.get("/x").header("x-backend").unwrap().to_string()).or_default() += 1;
+            *m.entry(gw.get("/x").header("x-backend").unwrap().to_string())
+                .or_default() += 1;
         }
         m
     };
     assert_eq!(spread(10).len(), 2, "both targets serve while healthy");
-    flaky.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    flaky
+        .healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = spread(10);
-        if m.get("flaky").is_none() {
+        if !m.contains_key("flaky") {
             break;
         }
-        assert!(Instant::now() < deadline, "flaky target never ejected: {m:?}");
+        assert!(
+            Instant::now() < deadline,
+            "flaky target never ejected: {m:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Stays out.
     assert_eq!(spread(20).get("flaky"), None);
-    flaky.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    flaky
+        .healthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if spread(10).contains_key("flaky") {
@@ -158,8 +175,11 @@ routes:
         std::thread::sleep(Duration::from_millis(100));
     }
     // All targets unhealthy → 503 JSON.
-    good.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
-    flaky.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    good.healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    flaky
+        .healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = gw.get("/x");
@@ -167,7 +187,10 @@ routes:
             assert_eq!(r.error_code(), "no_healthy_upstream");
             break;
         }
-        assert!(Instant::now() < deadline, "never 503 with every target down");
+        assert!(
+            Instant::now() < deadline,
+            "never 503 with every target down"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -200,7 +223,10 @@ routes:
     assert_eq!(r.status, 504, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.error_code(), "upstream_timeout");
     // Bounded by the configured read timeout (1s), not by the upstream (60s).
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
     let line = gw.wait_log(|l| l["route"] == "hang");
     assert_eq!(line["status"], 504);
     assert_eq!(line["error"], "upstream_timeout");
@@ -228,25 +254,58 @@ fn path_normalization_vectors() {
     ];
     for (i, (path, want, route)) in ok.iter().enumerate() {
         let rid = format!("norm-{i}");
-        let r = gw.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n"));
+        let r = gw.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n"
+        ));
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.json()["path"], *want, "{path}");
-        assert_eq!(gw.wait_log(|l| l["request_id"] == rid.as_str())["route"], *route, "{path}");
+        assert_eq!(
+            gw.wait_log(|l| l["request_id"] == rid.as_str())["route"],
+            *route,
+            "{path}"
+        );
     }
     // Every spelling of a path is routed exactly as its normal form: DELETE reaches `admin`,
     // GET falls through to the catch-all, and the upstream always sees `/admin/x`.
-    for (i, p) in ["/admin/x", "//admin/x", "/public/../admin/x", "/public/%2e%2e/admin/x", "/ADMIN/../admin/x", "/%61dmin/x"].iter().enumerate() {
+    for (i, p) in [
+        "/admin/x",
+        "//admin/x",
+        "/public/../admin/x",
+        "/public/%2e%2e/admin/x",
+        "/ADMIN/../admin/x",
+        "/%61dmin/x",
+    ]
+    .iter()
+    .enumerate()
+    {
         for method in ["GET", "DELETE"] {
             let rid = format!("spell-{i}-{method}");
             let r = gw.send(&format!("{method} {p} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n"));
             assert_eq!(r.status, 200, "{method} {p}");
             assert_eq!(r.json()["path"], "/admin/x", "{method} {p}");
-            let want = if method == "DELETE" { "admin" } else { "catch-all" };
-            assert_eq!(gw.wait_log(|l| l["request_id"] == rid.as_str())["route"], want, "{method} {p}");
+            let want = if method == "DELETE" {
+                "admin"
+            } else {
+                "catch-all"
+            };
+            assert_eq!(
+                gw.wait_log(|l| l["request_id"] == rid.as_str())["route"],
+                want,
+                "{method} {p}"
+            );
         }
     }
-    for p in ["/public/a%2fb", "/public/a%2Fb", "/public/%00", "/public/a%5cb", "/public/a\\b", "/public/%zz"] {
-        let r = gw.send(&format!("GET {p} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    for p in [
+        "/public/a%2fb",
+        "/public/a%2Fb",
+        "/public/%00",
+        "/public/a%5cb",
+        "/public/a\\b",
+        "/public/%zz",
+    ] {
+        let r = gw.send(&format!(
+            "GET {p} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        ));
         assert_eq!(r.status, 400, "{p}");
         assert_eq!(r.error_code(), "invalid_path", "{p}");
     }
@@ -258,18 +317,43 @@ fn forwarded_headers_trust_only_configured_proxies() {
     let untrusted = Gateway::start(&one_backend_config(&be, ""));
     let spoof = "GET /x HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\nX-Request-Id: xff-1\r\nConnection: close\r\n\r\n";
     let r = untrusted.send(spoof);
-    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-    assert_eq!(r.upstream_header("x-forwarded-host").as_deref(), Some("shop.test"));
-    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(untrusted.wait_log(|l| l["request_id"] == "xff-1")["client_ip"], "127.0.0.1");
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("shop.test")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        untrusted.wait_log(|l| l["request_id"] == "xff-1")["client_ip"],
+        "127.0.0.1"
+    );
 
-    let trusted_cfg = one_backend_config(&be, "").replace("threads: 1", "threads: 1, trusted_proxies: [127.0.0.1/32]");
+    let trusted_cfg = one_backend_config(&be, "")
+        .replace("threads: 1", "threads: 1, trusted_proxies: [127.0.0.1/32]");
     let trusted = Gateway::start(&trusted_cfg);
     let r = trusted.send(spoof);
-    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("6.6.6.6, 127.0.0.1"));
-    assert_eq!(r.upstream_header("x-forwarded-host").as_deref(), Some("evil"));
-    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("https"));
-    assert_eq!(trusted.wait_log(|l| l["request_id"] == "xff-1")["client_ip"], "6.6.6.6");
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("6.6.6.6, 127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("evil")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    assert_eq!(
+        trusted.wait_log(|l| l["request_id"] == "xff-1")["client_ip"],
+        "6.6.6.6"
+    );
 }
 
 #[test]
@@ -282,7 +366,10 @@ fn hop_by_hop_headers_are_stripped_and_request_id_kept_or_made() {
         assert_eq!(r.upstream_header(h), None, "{h} reached the upstream");
     }
     assert_eq!(r.upstream_header("x-kept").as_deref(), Some("yes"));
-    assert_eq!(r.upstream_header("x-request-id").as_deref(), Some("my-id.1"));
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some("my-id.1")
+    );
     assert_eq!(r.header("x-request-id"), Some("my-id.1"));
     // The upstream's own hop-by-hop response headers do not reach the client.
     assert_eq!(r.header("keep-alive"), None);
@@ -292,11 +379,25 @@ fn hop_by_hop_headers_are_stripped_and_request_id_kept_or_made() {
     assert_eq!(made.len(), 32);
     assert_eq!(r.upstream_header("x-request-id"), Some(made.clone()));
     let line = gw.wait_log(|l| l["request_id"] == made.as_str());
-    for field in ["time", "client_ip", "method", "path", "route", "upstream", "target", "status", "duration_ms", "upstream_ms", "bytes_in", "bytes_out"] {
+    for field in [
+        "time",
+        "client_ip",
+        "method",
+        "path",
+        "route",
+        "upstream",
+        "target",
+        "status",
+        "duration_ms",
+        "upstream_ms",
+        "bytes_in",
+        "bytes_out",
+    ] {
         assert!(!line[field].is_null(), "access log lacks {field}: {line}");
     }
     // Errors made by the gateway carry the id too.
-    let r = gw.send("GET /%2f HTTP/1.1\r\nHost: t\r\nX-Request-Id: err-1\r\nConnection: close\r\n\r\n");
+    let r =
+        gw.send("GET /%2f HTTP/1.1\r\nHost: t\r\nX-Request-Id: err-1\r\nConnection: close\r\n\r\n");
     assert_eq!(r.json()["error"]["request_id"], "err-1");
 }
 
@@ -305,26 +406,39 @@ fn header_and_uri_limits() {
     let be = Backend::start("be", Mode::Echo);
     let gw = Gateway::start(&one_backend_config(&be, ""));
     let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let r = gw.send(&format!("GET /x HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n"));
+    let r = gw.send(&format!(
+        "GET /x HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n"
+    ));
     assert_eq!(r.status, 431);
     assert_eq!(r.error_code(), "too_many_headers");
 
     let big = "a".repeat(61 * 1024);
-    let r = gw.send(&format!("GET /x HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"));
+    let r = gw.send(&format!(
+        "GET /x HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+    ));
     assert_eq!(r.status, 431);
     assert_eq!(r.error_code(), "headers_too_large");
 
     let long = "b".repeat(9 * 1024);
-    let r = gw.send(&format!("GET /x/{long} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    let r = gw.send(&format!(
+        "GET /x/{long} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    ));
     assert_eq!(r.status, 414);
     assert_eq!(r.error_code(), "uri_too_long");
 
     // Just under the limits is fine.
-    let r = gw.send(&format!("GET /x/{} HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(7 * 1024), "a".repeat(50 * 1024)));
+    let r = gw.send(&format!(
+        "GET /x/{} HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(7 * 1024),
+        "a".repeat(50 * 1024)
+    ));
     assert_eq!(r.status, 200);
 
     // Limits are configurable.
-    let tight = one_backend_config(&be, "").replace("threads: 1", "threads: 1, limits: { max_headers: 5, max_uri_bytes: 64 }");
+    let tight = one_backend_config(&be, "").replace(
+        "threads: 1",
+        "threads: 1, limits: { max_headers: 5, max_uri_bytes: 64 }",
+    );
     let gw = Gateway::start(&tight);
     let r = gw.send("GET /x HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 431);

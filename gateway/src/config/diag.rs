@@ -50,7 +50,7 @@ impl Diagnostics {
         self.0.iter().filter(|d| d.severity == Severity::Warning)
     }
     pub fn sort(&mut self) {
-        self.0.sort_by(|a, b| (a.line, a.col).cmp(&(b.line, b.col)));
+        self.0.sort_by_key(|d| (d.line, d.col));
         self.0.dedup();
     }
 }

@@ -60,8 +60,18 @@ impl Locations {
         self.diag(path, message, Severity::Warning, false)
     }
 
-    fn diag(&self, path: &str, message: impl Into<String>, severity: Severity, at_key: bool) -> Diagnostic {
-        let (line, col) = if at_key { self.key(path) } else { self.value(path) };
+    fn diag(
+        &self,
+        path: &str,
+        message: impl Into<String>,
+        severity: Severity,
+        at_key: bool,
+    ) -> Diagnostic {
+        let (line, col) = if at_key {
+            self.key(path)
+        } else {
+            self.value(path)
+        };
         Diagnostic {
             file: self.file.clone(),
             line,
@@ -93,8 +103,15 @@ fn join_key(parent: &str, key: &str) -> String {
 enum Frame {
     /// `fresh`: no key seen yet (the map's own place is then moved to its first key, which is where
     /// a reader looks; the parser marks a block mapping at its first `:`).
-    Map { path: String, key: Option<String>, fresh: bool },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+        fresh: bool,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 /// Builds [`Locations`] from parser events.
@@ -149,7 +166,11 @@ impl MarkedEventReceiver for Indexer {
             Event::MappingStart(..) => {
                 if let Some(p) = self.place(mark, None) {
                     self.values.insert(p.clone(), pos);
-                    self.stack.push(Frame::Map { path: p, key: None, fresh: true });
+                    self.stack.push(Frame::Map {
+                        path: p,
+                        key: None,
+                        fresh: true,
+                    });
                 }
             }
             Event::SequenceStart(..) => {
@@ -182,7 +203,8 @@ impl Loaded {
     /// Add later diagnostics (e.g. from compiling), except those about unresolved values.
     pub fn add(&mut self, more: Diagnostics) {
         for d in more.0 {
-            let repeat = self.unresolved.contains(&d.path) && !d.message.starts_with("environment variable");
+            let repeat =
+                self.unresolved.contains(&d.path) && !d.message.starts_with("environment variable");
             if !repeat {
                 self.diagnostics.0.push(d);
             }
@@ -207,7 +229,11 @@ pub fn load_file(path: &str) -> Result<Loaded, Diagnostics> {
 }
 
 /// Parse config text. `env` resolves `${VAR}` (a seam for tests).
-pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Diagnostics> {
+pub fn load_str(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, Diagnostics> {
     let mut indexer = Indexer {
         stack: Vec::new(),
         values: HashMap::new(),
@@ -235,7 +261,10 @@ pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
         Value::Mapping(Default::default())
     } else {
         serde_yaml_ng::from_str(text).map_err(|e| {
-            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let (line, col) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
             Diagnostics(vec![Diagnostic {
                 file: file.to_string(),
                 line,
@@ -247,7 +276,9 @@ pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
         })?
     };
     if let Err(e) = root.apply_merge() {
-        return Err(Diagnostics(vec![locations.error("", format!("YAML merge key error: {e}"))]));
+        return Err(Diagnostics(vec![
+            locations.error("", format!("YAML merge key error: {e}"))
+        ]));
     }
 
     let mut diags = Diagnostics::default();
@@ -269,12 +300,17 @@ pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
 fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
     let mut cfg = RawConfig::default();
     let Value::Mapping(map) = root else {
-        diags.0.push(locs.error("", "the config must be a mapping with `server`, `upstreams` and `routes`"));
+        diags.0.push(locs.error(
+            "",
+            "the config must be a mapping with `server`, `upstreams` and `routes`",
+        ));
         return cfg;
     };
     for (k, v) in map {
         let Some(key) = k.as_str().map(str::to_string) else {
-            diags.0.push(locs.error("", format!("top-level keys must be strings, found {k:?}")));
+            diags
+                .0
+                .push(locs.error("", format!("top-level keys must be strings, found {k:?}")));
             continue;
         };
         match key.as_str() {
@@ -299,7 +335,10 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                     }
                 }
                 Value::Null => {}
-                _ => diags.0.push(locs.error("upstreams", "expected a mapping of upstream name to upstream")),
+                _ => diags.0.push(locs.error(
+                    "upstreams",
+                    "expected a mapping of upstream name to upstream",
+                )),
             },
             "routes" => match v {
                 Value::Sequence(routes) => {
@@ -311,12 +350,17 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                     }
                 }
                 Value::Null => {}
-                _ => diags.0.push(locs.error("routes", "expected a list of routes")),
+                _ => diags
+                    .0
+                    .push(locs.error("routes", "expected a list of routes")),
             },
             other => {
                 let mut d = locs.diag(
                     other,
-                    format!("unknown field `{other}`, expected one of {}", quoted(TOP_LEVEL_KEYS)),
+                    format!(
+                        "unknown field `{other}`, expected one of {}",
+                        quoted(TOP_LEVEL_KEYS)
+                    ),
                     Severity::Error,
                     true,
                 );
@@ -338,13 +382,25 @@ fn yaml_key(v: &Value) -> String {
 }
 
 fn quoted(keys: &[&str]) -> String {
-    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Deserialize one section; on failure push a diagnostic at the failing field and return None.
-fn section<T: DeserializeOwned>(v: Value, base: &str, locs: &Locations, diags: &mut Diagnostics) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    v: Value,
+    base: &str,
+    locs: &Locations,
+    diags: &mut Diagnostics,
+) -> Option<T> {
     // An absent section body (`server:` with nothing after it) means "all defaults".
-    let v = if v.is_null() { Value::Mapping(Default::default()) } else { v };
+    let v = if v.is_null() {
+        Value::Mapping(Default::default())
+    } else {
+        v
+    };
     match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -373,7 +429,13 @@ fn section<T: DeserializeOwned>(v: Value, base: &str, locs: &Locations, diags: &
 
 /// Replace `${VAR}` and `${VAR:-default}` in every string value. `$${` is a literal `${`.
 /// A value that is exactly one `${VAR}` is re-read as YAML, so `port: ${PORT}` becomes a number.
-fn interpolate(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>, locs: &Locations, diags: &mut Diagnostics) {
+fn interpolate(
+    v: &mut Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    locs: &Locations,
+    diags: &mut Diagnostics,
+) {
     match v {
         Value::String(s) if s.contains('$') => match expand(s, env) {
             Ok((out, whole)) => {
@@ -443,7 +505,8 @@ pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, 
         }
     }
     out.push_str(rest);
-    let whole = refs == 1 && s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
+    let whole =
+        refs == 1 && s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
     Ok((out, whole))
 }
 
@@ -462,11 +525,19 @@ mod tests {
     #[test]
     fn expands_variables() {
         assert_eq!(expand("${SECRET}", &env).unwrap(), ("s3cr3t".into(), true));
-        assert_eq!(expand("a-${SECRET}-b", &env).unwrap(), ("a-s3cr3t-b".into(), false));
+        assert_eq!(
+            expand("a-${SECRET}-b", &env).unwrap(),
+            ("a-s3cr3t-b".into(), false)
+        );
         assert_eq!(expand("${NOPE:-x}", &env).unwrap(), ("x".into(), true));
-        assert_eq!(expand("$${SECRET}", &env).unwrap(), ("${SECRET}".into(), false));
+        assert_eq!(
+            expand("$${SECRET}", &env).unwrap(),
+            ("${SECRET}".into(), false)
+        );
         assert_eq!(expand("cost $5", &env).unwrap(), ("cost $5".into(), false));
-        assert!(expand("${NOPE}", &env).unwrap_err().contains("`NOPE` is not set"));
+        assert!(expand("${NOPE}", &env)
+            .unwrap_err()
+            .contains("`NOPE` is not set"));
         assert!(expand("${BAD NAME}", &env).is_err());
         assert!(expand("${OPEN", &env).is_err());
     }
@@ -488,9 +559,21 @@ mod tests {
         let errs = load_str("f.yaml", text, &env).unwrap().diagnostics;
         let lines: Vec<String> = errs.0.iter().map(|d| d.to_string()).collect();
         assert_eq!(lines.len(), 3, "{lines:#?}");
-        assert!(lines[0].starts_with("f.yaml:3:34: upstreams.u.targets[0].weight: invalid type"), "{}", lines[0]);
-        assert!(lines[1].starts_with("f.yaml:6:5: routes[0].matchh: unknown field `matchh`"), "{}", lines[1]);
-        assert!(lines[2].starts_with("f.yaml:8:15: routes[1].upstream: invalid type: integer `5`"), "{}", lines[2]);
+        assert!(
+            lines[0].starts_with("f.yaml:3:34: upstreams.u.targets[0].weight: invalid type"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("f.yaml:6:5: routes[0].matchh: unknown field `matchh`"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with("f.yaml:8:15: routes[1].upstream: invalid type: integer `5`"),
+            "{}",
+            lines[2]
+        );
     }
 
     #[test]
@@ -500,13 +583,20 @@ mod tests {
         assert_eq!(errs.0.len(), 1, "{errs}");
         assert_eq!(errs.0[0].path, "upstreams.u.retries");
         assert_eq!((errs.0[0].line, errs.0[0].col), (4, 14));
-        let ok = load_str("f.yaml", "upstreams:\n  u:\n    targets: [{ addr: a, weight: \"${PORT}\" }]\n", &env).unwrap();
+        let ok = load_str(
+            "f.yaml",
+            "upstreams:\n  u:\n    targets: [{ addr: a, weight: \"${PORT}\" }]\n",
+            &env,
+        )
+        .unwrap();
         assert_eq!(ok.config.upstreams["u"].targets[0].weight, 8081);
     }
 
     #[test]
     fn syntax_error_has_place() {
-        let errs = load_str("f.yaml", "routes:\n  - name: a\n   bad: [\n", &env).err().unwrap();
+        let errs = load_str("f.yaml", "routes:\n  - name: a\n   bad: [\n", &env)
+            .err()
+            .unwrap();
         assert_eq!(errs.0.len(), 1);
         assert!(errs.0[0].line >= 2, "{}", errs);
         assert!(errs.0[0].message.contains("syntax"), "{}", errs);

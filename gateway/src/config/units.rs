@@ -41,7 +41,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration `{s}` needs a unit: ms, s, m or h (e.g. `5s`)"))?;
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("`{s}` is not a duration (expected e.g. `250ms`, `5s`, `1m`)"));
+        return Err(format!(
+            "`{s}` is not a duration (expected e.g. `250ms`, `5s`, `1m`)"
+        ));
     }
     let value: f64 = num
         .parse()
@@ -81,10 +83,14 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Err(E::custom(format!("duration `{v}` must be positive and have a unit")))
+                Err(E::custom(format!(
+                    "duration `{v}` must be positive and have a unit"
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!("duration `{v}` needs a unit such as `s`")))
+                Err(E::custom(format!(
+                    "duration `{v}` needs a unit such as `s`"
+                )))
             }
         }
         d.deserialize_any(V)
@@ -116,7 +122,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("`{s}` is not a size (expected e.g. `64KiB`, `1MiB`)"));
+        return Err(format!(
+            "`{s}` is not a size (expected e.g. `64KiB`, `1MiB`)"
+        ));
     }
     let value: f64 = num
         .parse()

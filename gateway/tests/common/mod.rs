@@ -2,7 +2,7 @@
 //!
 //! The client writes request bytes as given, so path vectors like `/%2e%2e/` reach the gateway unaltered
 //! (a URL library would normalize them first and the test would prove nothing).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,7 +38,12 @@ impl Backend {
         let healthy = Arc::new(AtomicBool::new(true));
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, n, s, nm) = (healthy.clone(), hits.clone(), stop.clone(), name.to_string());
+        let (h, n, s, nm) = (
+            healthy.clone(),
+            hits.clone(),
+            stop.clone(),
+            name.to_string(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
@@ -49,7 +54,13 @@ impl Backend {
                 std::thread::spawn(move || serve(conn, &nm, mode, &h, &n));
             }
         });
-        Backend { addr, name: name.to_string(), healthy, hits, stop }
+        Backend {
+            addr,
+            name: name.to_string(),
+            healthy,
+            hits,
+            stop,
+        }
     }
 }
 
@@ -86,14 +97,22 @@ fn serve(conn: TcpStream, name: &str, mode: Mode, healthy: &AtomicBool, hits: &A
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; len];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
         if target == "/healthz" {
             let ok = healthy.load(Ordering::Relaxed);
-            let status = if ok { "200 OK" } else { "503 Service Unavailable" };
+            let status = if ok {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
             let _ = write!(conn, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
             continue;
         }
@@ -144,7 +163,11 @@ pub fn bin() -> &'static str {
 
 /// A port that was free a moment ago (Pingora binds by address, so the test picks one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Gateway {
@@ -166,7 +189,13 @@ impl Gateway {
                 .stderr(std::fs::File::create(&stderr).unwrap())
                 .spawn()
                 .expect("spawn tollgate");
-            let mut g = Gateway { addr, child, dir, stdout, stderr };
+            let mut g = Gateway {
+                addr,
+                child,
+                dir,
+                stdout,
+                stderr,
+            };
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = g.child.try_wait() {
@@ -202,13 +231,19 @@ impl Gateway {
             if let Some(l) = self.access_log().into_iter().find(|l| pred(l)) {
                 return l;
             }
-            assert!(Instant::now() < deadline, "no matching access-log line in {:?}", self.access_log());
+            assert!(
+                Instant::now() < deadline,
+                "no matching access-log line in {:?}",
+                self.access_log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn get(&self, path: &str) -> Response {
-        self.send(&format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"))
+        self.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"
+        ))
     }
 
     pub fn send(&self, raw: &str) -> Response {
@@ -232,19 +267,28 @@ pub struct Response {
 
 impl Response {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
     /// For echo responses: the header as the upstream received it.
     pub fn upstream_header(&self, name: &str) -> Option<String> {
-        self.json()["headers"][name.to_ascii_lowercase()].as_str().map(str::to_string)
+        self.json()["headers"][name.to_ascii_lowercase()]
+            .as_str()
+            .map(str::to_string)
     }
     /// The JSON error code of a gateway error.
     pub fn error_code(&self) -> String {
         let v = self.json();
-        assert_eq!(v["error"]["status"].as_u64(), Some(self.status as u64), "status in body");
+        assert_eq!(
+            v["error"]["status"].as_u64(),
+            Some(self.status as u64),
+            "status in body"
+        );
         v["error"]["code"].as_str().unwrap_or_default().to_string()
     }
 }
@@ -260,10 +304,20 @@ pub fn send(addr: SocketAddr, raw: &[u8]) -> Response {
 }
 
 pub fn parse_response(buf: &[u8]) -> Response {
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut headers = BTreeMap::new();
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
@@ -271,16 +325,25 @@ pub fn parse_response(buf: &[u8]) -> Response {
         }
     }
     let mut body = buf[split + 4..].to_vec();
-    if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(end) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let Some(end) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
         let n = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16).unwrap_or(0);
         if n == 0 {
             return out;
@@ -292,7 +355,10 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 /// Run `tollgate` with arguments; returns (exit code, stdout, stderr).
 pub fn tollgate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().expect("run tollgate");
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run tollgate");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
