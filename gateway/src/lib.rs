@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod forwarded;
 pub mod headers;

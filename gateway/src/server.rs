@@ -10,6 +10,9 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 
+use pingora_core::services::listening::Service;
+
+use crate::deadline::HeaderDeadline;
 use crate::proxy::Gateway;
 use crate::snapshot::Snapshot;
 
@@ -57,11 +60,14 @@ pub fn run(snapshot: Snapshot) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "tollgate",
-    );
+    let mut http =
+        pingora_proxy::HttpProxy::new(Gateway::new(shared.clone()), server.configuration.clone());
+    http.handle_init_modules();
+    let app = HeaderDeadline {
+        inner: Arc::new(http),
+        timeout: settings.header_read_timeout,
+    };
+    let mut proxy = Service::new("tollgate".to_string(), app);
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
     }

@@ -470,3 +470,62 @@ routes:
     assert!((400..500).contains(&r.status), "{}", r.status);
     assert_eq!(gw.get("/only").status, 200, "still serving");
 }
+
+#[test]
+fn slow_request_heads_are_cut_off_but_idle_keepalive_is_not() {
+    use std::io::{Read, Write};
+    let be = Backend::start("be", Mode::Echo);
+    let cfg = one_backend_config(&be, "").replace(
+        "threads: 1",
+        "threads: 1, limits: { header_read_timeout: 1s }",
+    );
+    let gw = Gateway::start(&cfg);
+
+    // Slowloris: a byte at a time, each well within Pingora's per-read timeout, never finishing.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let start = Instant::now();
+    let mut cut = false;
+    for b in
+        b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter()
+    {
+        if s.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if start.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(cut || !buf.is_empty(), "connection was never cut");
+    if !buf.is_empty() {
+        let r = common::parse_response(&buf);
+        assert_eq!(r.status, 408);
+        assert_eq!(r.json()["error"]["code"], "request_timeout");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "cut after {:?}",
+        start.elapsed()
+    );
+
+    // Keep-alive: an idle gap longer than the head deadline between two requests is fine.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let n = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let r = common::parse_response(&rest);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/two");
+}

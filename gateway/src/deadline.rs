@@ -1,0 +1,317 @@
+//! A total deadline for reading each request's head (request line + headers).
+//!
+//! Pingora times out each *read* of the head (60 s), so a client that sends one byte every 59 s holds a
+//! connection forever (slowloris). This module wraps every accepted connection in [`DeadlineStream`],
+//! which watches the bytes the HTTP parser reads: from the start of a request head until its blank line
+//! the client has `header_read_timeout` in total. Past it the client gets a `408` JSON answer (if any
+//! byte of the request arrived) and the connection is closed.
+//!
+//! For the first request the clock starts at accept; for later keep-alive requests it starts at their first
+//! byte, so idle keep-alive time is governed by the keep-alive timeout alone. A new head is expected once
+//! the gateway has written a response and the client sends again.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
+};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{sleep, Sleep};
+
+/// The answer a client gets when it was too slow to send its request head.
+const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 119\r\n\r\n{\"error\":{\"status\":408,\"code\":\"request_timeout\",\"message\":\"the request head was not received in time\",\"request_id\":\"\"}}";
+
+/// Wraps a Pingora app so that every connection it serves has a request-head deadline.
+pub struct HeaderDeadline<A> {
+    pub inner: Arc<A>,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.timeout));
+        self.inner.process_new(wrapped, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// A connection whose request heads must arrive within a deadline.
+pub struct DeadlineStream {
+    inner: Stream,
+    timeout: Duration,
+    /// Running while a head is being read.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Reading a head (vs. a body, or waiting after a response).
+    in_head: bool,
+    /// Bytes of the current head seen (0: none yet).
+    head_bytes: usize,
+    /// How much of `\r\n\r\n` the last bytes matched.
+    terminator: u8,
+    /// A response was written since the last head completed.
+    responded: bool,
+}
+
+impl std::fmt::Debug for DeadlineStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineStream")
+            .field("inner", &self.inner)
+            .field("in_head", &self.in_head)
+            .finish()
+    }
+}
+
+impl DeadlineStream {
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        DeadlineStream {
+            inner,
+            timeout,
+            deadline: Some(Box::pin(sleep(timeout))),
+            in_head: true,
+            head_bytes: 0,
+            terminator: 0,
+            responded: false,
+        }
+    }
+
+    /// Feed bytes the parser just read; ends the head phase at the blank line.
+    fn scan(&mut self, bytes: &[u8]) {
+        if !self.in_head {
+            return;
+        }
+        if self.head_bytes == 0 && !bytes.is_empty() && self.deadline.is_none() {
+            self.deadline = Some(Box::pin(sleep(self.timeout)));
+        }
+        for (i, &b) in bytes.iter().enumerate() {
+            self.terminator = match (self.terminator, b) {
+                (0 | 2, b'\r') => self.terminator + 1,
+                (1 | 3, b'\n') => self.terminator + 1,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+            // A bare "\n\n" also ends a head for lenient parsers.
+            if self.terminator == 4 {
+                self.in_head = false;
+                self.deadline = None;
+                self.terminator = 0;
+                self.head_bytes = 0;
+                let _ = i;
+                return;
+            }
+        }
+        self.head_bytes += bytes.len();
+    }
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.in_head && this.responded {
+            // The client is sending again after our response: a new request head starts.
+            this.in_head = true;
+            this.responded = false;
+            this.deadline = None;
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut *this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled()[before..].to_vec();
+                this.scan(&filled);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if this.in_head {
+                    if let Some(d) = this.deadline.as_mut() {
+                        if d.as_mut().poll(cx).is_ready() {
+                            if this.head_bytes > 0 {
+                                // Best effort: tell the client why, without waiting on it.
+                                let _ = Pin::new(&mut *this.inner).poll_write(cx, TIMEOUT_RESPONSE);
+                                let _ = Pin::new(&mut *this.inner).poll_flush(cx);
+                            }
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "request head not received in time",
+                            )));
+                        }
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for DeadlineStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.in_head {
+            self.responded = true;
+        }
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if !self.in_head {
+            self.responded = true;
+        }
+        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for DeadlineStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for DeadlineStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for DeadlineStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for DeadlineStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for DeadlineStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for DeadlineStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.inner.set_socket_digest(d)
+    }
+}
+
+#[async_trait]
+impl Peek for DeadlineStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair(timeout: Duration) -> (DeadlineStream, tokio::io::DuplexStream) {
+        let (a, b) = tokio::io::duplex(4096);
+        (DeadlineStream::new(Box::new(a), timeout), b)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_times_out() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let mut answer = vec![0u8; TIMEOUT_RESPONSE.len()];
+        client.read_exact(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 408"));
+        let body = &TIMEOUT_RESPONSE[TIMEOUT_RESPONSE
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap()
+            + 4..];
+        assert_eq!(body.len(), 119, "content-length matches the body");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn complete_head_stops_the_clock_and_keepalive_idle_is_free() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Idle for longer than the head deadline, then a second request: fine.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        // A body read after the head is not under the deadline.
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client
+            .write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        s.read(&mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        client.write_all(b"hello").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 5);
+    }
+}
