@@ -14,6 +14,7 @@
 //! the same at 10 routes and at 10,000; regexes are tried through one `RegexSet`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::{Regex, RegexSet};
@@ -52,15 +53,17 @@ pub struct RouteMatcher {
 /// Captured path parameters of a match, as byte ranges into the matched path.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Params {
-    pub names: Vec<String>,
-    pub ranges: Vec<(usize, usize)>,
+    /// Shared with the route (a match clones a reference count, not the names).
+    pub names: Arc<[String]>,
+    /// Byte range of each name's value; `None` for a regex group that did not take part.
+    pub ranges: Vec<Option<(usize, usize)>>,
 }
 
 impl Params {
     /// Value of parameter `name` in `path` (the same path that was matched).
     pub fn get<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
         let i = self.names.iter().position(|n| n == name)?;
-        let (s, e) = *self.ranges.get(i)?;
+        let (s, e) = (*self.ranges.get(i)?)?;
         path.get(s..e)
     }
 }
@@ -95,8 +98,8 @@ struct Table {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<RouteMatcher>,
-    /// Parameter names of template routes, by route index.
-    template_names: Vec<Vec<String>>,
+    /// Parameter names of template and regex routes (named groups, in group order), by route index.
+    param_names: Vec<Arc<[String]>>,
     exact_hosts: HashMap<Box<str>, Table>,
     /// (suffix, table), longest suffix first.
     wildcard_hosts: Vec<(String, Table)>,
@@ -116,10 +119,8 @@ pub fn template_param(seg: &str) -> Option<&str> {
 impl Router {
     /// Build from routes in file order (their index is their identity and their tie-break).
     pub fn new(routes: Vec<RouteMatcher>) -> Result<Router, regex::Error> {
-        let mut r = Router {
-            template_names: vec![Vec::new(); routes.len()],
-            ..Default::default()
-        };
+        let mut r = Router::default();
+        let mut names: Vec<Vec<String>> = vec![Vec::new(); routes.len()];
         for (i, route) in routes.iter().enumerate() {
             let table = match &route.host {
                 HostMatch::Any => &mut r.any_host,
@@ -142,7 +143,7 @@ impl Router {
                     for seg in segments(t) {
                         node = match template_param(seg) {
                             Some(name) => {
-                                r.template_names[i].push(name.to_string());
+                                names[i].push(name.to_string());
                                 node.param.get_or_insert_with(Default::default)
                             }
                             None => node.literal.entry(seg.into()).or_default(),
@@ -157,7 +158,10 @@ impl Router {
                     }
                     node.routes.push(i);
                 }
-                PathMatch::Regex(_) => table.regex_routes.push(i),
+                PathMatch::Regex(re) => {
+                    names[i] = re.capture_names().flatten().map(str::to_string).collect();
+                    table.regex_routes.push(i)
+                }
             }
         }
         r.wildcard_hosts
@@ -174,6 +178,7 @@ impl Router {
                 t.regex_set = Some(RegexSet::new(pats)?);
             }
         }
+        r.param_names = names.into_iter().map(Arc::from).collect();
         r.routes = routes;
         Ok(r)
     }
@@ -239,17 +244,22 @@ impl Router {
             }
         }
         if !t.templates.literal.is_empty() || t.templates.param.is_some() {
-            let mut caps: Vec<(usize, usize)> = Vec::new();
-            let base = path.as_ptr() as usize;
-            let segs: Vec<&str> = segments(path).collect();
-            if let Some((i, ranges)) =
-                self.walk_templates(&t.templates, &segs, base, &mut caps, method, headers, allow)
-            {
+            let mut caps: Vec<Option<(usize, usize)>> = Vec::new();
+            let rest = path.strip_prefix('/').unwrap_or(path);
+            if let Some(i) = self.walk_templates(
+                &t.templates,
+                rest,
+                path.len() - rest.len(),
+                &mut caps,
+                method,
+                headers,
+                allow,
+            ) {
                 return Some(Found::Route(
                     i,
                     Params {
-                        names: self.template_names[i].clone(),
-                        ranges,
+                        names: self.param_names[i].clone(),
+                        ranges: caps,
                     },
                 ));
             }
@@ -258,13 +268,17 @@ impl Router {
             for k in set.matches(path).iter() {
                 let i = t.regex_routes[k];
                 if self.accepts(i, method, headers, allow) {
-                    let mut params = Params::default();
+                    let mut params = Params {
+                        names: self.param_names[i].clone(),
+                        ranges: Vec::new(),
+                    };
                     if let PathMatch::Regex(re) = &self.routes[i].path {
-                        if let Some(c) = re.captures(path) {
-                            for (gi, name) in re.capture_names().enumerate() {
-                                if let (Some(name), Some(m)) = (name, c.get(gi)) {
-                                    params.names.push(name.to_string());
-                                    params.ranges.push((m.start(), m.end()));
+                        if !params.names.is_empty() {
+                            if let Some(c) = re.captures(path) {
+                                for (gi, name) in re.capture_names().enumerate() {
+                                    if name.is_some() {
+                                        params.ranges.push(c.get(gi).map(|m| (m.start(), m.end())));
+                                    }
                                 }
                             }
                         }
@@ -298,38 +312,51 @@ impl Router {
         None
     }
 
+    /// Depth-first over the template trie, literal children before the parameter child. `rest` is the
+    /// unmatched remainder of the path (without its leading '/') and `offset` its position in the path;
+    /// `None` when the path is used up. On success `caps` holds the parameter ranges.
     #[allow(clippy::too_many_arguments)]
     fn walk_templates(
         &self,
         node: &SegTrie,
-        segs: &[&str],
-        base: usize,
-        caps: &mut Vec<(usize, usize)>,
+        rest: &str,
+        offset: usize,
+        caps: &mut Vec<Option<(usize, usize)>>,
         method: &Method,
         headers: &HeaderMap,
         allow: &mut Vec<Method>,
-    ) -> Option<(usize, Vec<(usize, usize)>)> {
-        let Some((first, rest)) = segs.split_first() else {
-            for &i in &node.routes {
-                if self.accepts(i, method, headers, allow) {
-                    return Some((i, caps.clone()));
-                }
-            }
-            return None;
+    ) -> Option<usize> {
+        let (seg, tail, done) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..], false),
+            None => (rest, "", true),
         };
-        if let Some(child) = node.literal.get(*first) {
-            if let Some(hit) = self.walk_templates(child, rest, base, caps, method, headers, allow)
-            {
+        let next_offset = offset + seg.len() + 1;
+        let descend = |child: &SegTrie,
+                       caps: &mut Vec<Option<(usize, usize)>>,
+                       allow: &mut Vec<Method>|
+         -> Option<usize> {
+            if done {
+                child
+                    .routes
+                    .iter()
+                    .copied()
+                    .find(|&i| self.accepts(i, method, headers, allow))
+            } else {
+                self.walk_templates(child, tail, next_offset, caps, method, headers, allow)
+            }
+        };
+        if let Some(child) = node.literal.get(seg) {
+            if let Some(hit) = descend(child, caps, allow) {
                 return Some(hit);
             }
         }
         if let Some(child) = &node.param {
-            if !first.is_empty() {
-                let start = first.as_ptr() as usize - base;
-                caps.push((start, start + first.len()));
-                let hit = self.walk_templates(child, rest, base, caps, method, headers, allow);
+            if !seg.is_empty() {
+                caps.push(Some((offset, offset + seg.len())));
+                if let Some(hit) = descend(child, caps, allow) {
+                    return Some(hit);
+                }
                 caps.pop();
-                return hit;
             }
         }
         None
