@@ -42,3 +42,37 @@ ensure_rust_components() {
     cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
   fi
 }
+
+# A throwaway PostgreSQL server for the tests: its own cluster in a temp dir, on 127.0.0.1:$PG_PORT,
+# trust auth, user `tollgate`. Installs the server with apt when absent. Exports TEST_POSTGRES_URL.
+# A TEST_POSTGRES_URL already set is used as is. Call stop_postgres (e.g. from a trap) to stop it.
+PG_DIR=""
+start_postgres() {
+  if [ -n "${TEST_POSTGRES_URL:-}" ]; then return 0; fi
+  if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    step "installing PostgreSQL"
+    apt_install postgresql
+  fi
+  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  local port=${PG_PORT:-55432}
+  PG_DIR=$(mktemp -d /tmp/tollgate-pg.XXXXXX)
+  local as=()
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres: "$PG_DIR"
+    as=(runuser -u postgres --)
+  fi
+  step "starting PostgreSQL on 127.0.0.1:$port"
+  "${as[@]}" "$bin/initdb" -D "$PG_DIR/data" -U tollgate -A trust --no-sync >/dev/null
+  "${as[@]}" "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=off -c max_connections=300" start >/dev/null
+  export TEST_POSTGRES_URL="postgres://tollgate@127.0.0.1:$port/postgres"
+  PG_BIN=$bin
+  PG_AS=("${as[@]}")
+}
+
+stop_postgres() {
+  if [ -n "$PG_DIR" ] && [ -d "$PG_DIR/data" ]; then
+    "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+  fi
+}

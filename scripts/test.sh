@@ -21,6 +21,9 @@ cargo build --workspace --all-targets --locked
 step "validate config/*.yaml"
 ./target/debug/tollgate validate config/*.yaml
 
+start_postgres
+trap stop_postgres EXIT
+
 step "tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -1,0 +1,13 @@
+//! What every Tollgate reference service shares: the JSON error envelope (the gateway's shape),
+//! pagination, `/healthz` and `/readyz`, database setup with migrations and busy retries, settings,
+//! tracing, graceful shutdown, and the harness their tests use to run them as real processes.
+
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod pagination;
+pub mod server;
+pub mod testing;
+
+pub use error::{ApiError, ApiResult, FieldError};
+pub use pagination::{Page, PageParams};

@@ -1,0 +1,193 @@
+//! Test harness for the services and the demo: run a binary as a real process, learn its address from
+//! its `listening on` line, and give it a fresh database (a temporary SQLite file, or a new database on
+//! the PostgreSQL server at `TEST_POSTGRES_URL`, which `scripts/test.sh` starts).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Where the workspace's binaries are: next to the test executable's `deps/` folder.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` (scripts/test.sh does) first",
+        p.display()
+    );
+    p
+}
+
+/// A running service. Killed (SIGKILL) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+impl Proc {
+    /// Start `bin` with `args` and wait (up to 60 s) for its `listening on http://ADDR` line.
+    pub fn spawn(bin: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(bin_path(bin))
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(a) = line.strip_prefix("listening on http://") {
+                        let _ = tx.send(a.trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("{bin} did not start listening within 60 s");
+            }
+        };
+        Proc {
+            child,
+            addr,
+            name: bin.to_string(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: no cleanup, no graceful anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh database for one test.
+pub enum TestDb {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
+}
+
+/// The PostgreSQL server tests use.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://tollgate:tollgate@127.0.0.1:5432/postgres".into())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+impl TestDb {
+    pub fn sqlite(name: &str) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/{name}.db", dir.path().display());
+        TestDb::Sqlite { _dir: dir, url }
+    }
+
+    /// A new, empty database on the test PostgreSQL server. Fails loudly when there is no server:
+    /// run `scripts/test.sh`, which installs and starts one.
+    pub fn postgres(name: &str) -> TestDb {
+        use sqlx::Connection;
+        let admin_url = postgres_admin_url();
+        let db = format!("t_{name}_{:08x}", fastrand::u32(..));
+        block_on(async {
+            let mut c = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+                panic!("no PostgreSQL at {admin_url} ({e}); scripts/test.sh installs and starts one, or set TEST_POSTGRES_URL")
+            });
+            sqlx::query(&format!("CREATE DATABASE {db}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        });
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin_url);
+        TestDb::Postgres {
+            url: format!("{base}/{db}"),
+            admin_url,
+            name: db,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres {
+            admin_url, name, ..
+        } = self
+        {
+            use sqlx::Connection;
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            block_on(async move {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+/// A blocking HTTP client for tests (no proxy from the environment, short timeouts).
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
