@@ -1,1 +1,508 @@
+//! Products: CRUD with price in minor units and stock, and reservations that take and give back stock
+//! atomically. Owns its own database.
+//!
+//! Stock never goes negative whatever the concurrency: a reservation decrements with
+//! `UPDATE ... SET stock = stock - q WHERE id = ? AND stock >= q` inside one transaction for all its items,
+//! so it either takes everything it asked for or nothing (and a `CHECK (stock >= 0)` backs this up).
 
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use service_kit::db::{self, retry};
+use service_kit::error::{ErrorBody, JsonBody, PathParam, Query};
+use service_kit::{ApiError, ApiResult, FieldError, Page, PageParams};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, FromRow};
+use utoipa::{OpenApi, ToSchema};
+
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+
+const MAX_PRICE: i64 = 1_000_000_000_000;
+const MAX_STOCK: i64 = 1_000_000_000;
+
+#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
+pub struct Product {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    /// Price in minor units (cents).
+    pub price_cents: i64,
+    pub stock: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub price_cents: i64,
+    pub stock: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price_cents: Option<i64>,
+    pub stock: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationItem {
+    pub product_id: i64,
+    pub qty: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReservation {
+    /// Chosen by the caller (e.g. the order id); reserving twice with the same id and items is a no-op.
+    pub id: String,
+    pub items: Vec<ReservationItem>,
+}
+
+#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
+pub struct ReservedItem {
+    pub product_id: i64,
+    pub qty: i64,
+    pub unit_price_cents: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Reservation {
+    pub id: String,
+    /// `active` or `released`.
+    pub status: String,
+    pub items: Vec<ReservedItem>,
+    pub total_cents: i64,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "product-service", description = "Tollgate reference service: products and stock reservations"),
+    paths(create_product, get_product, list_products, update_product, delete_product, reserve, get_reservation, release),
+    components(schemas(Product, NewProduct, ProductPatch, ReservationItem, NewReservation, ReservedItem, Reservation, ErrorBody, Page<Product>))
+)]
+pub struct ApiDoc;
+
+pub async fn app(database_url: &str) -> anyhow::Result<Router> {
+    let (pool, _) = db::connect(database_url, &SQLITE, &POSTGRES).await?;
+    Ok(router(pool))
+}
+
+pub fn router(pool: AnyPool) -> Router {
+    Router::new()
+        .route("/products", get(list_products).post(create_product))
+        .route(
+            "/products/{id}",
+            get(get_product)
+                .patch(update_product)
+                .delete(delete_product),
+        )
+        .route("/reservations", axum::routing::post(reserve))
+        .route("/reservations/{id}", get(get_reservation).delete(release))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .with_state(pool.clone())
+        .merge(service_kit::health::routes(pool))
+}
+
+macro_rules! columns {
+    () => {
+        "id, name, description, price_cents, stock, created_at, updated_at"
+    };
+}
+
+fn product_not_found(id: i64) -> ApiError {
+    ApiError::not_found("product_not_found", format!("product {id} does not exist"))
+}
+
+fn validate(
+    name: Option<&str>,
+    description: Option<&str>,
+    price: Option<i64>,
+    stock: Option<i64>,
+) -> Result<(), ApiError> {
+    let mut f = Vec::new();
+    if let Some(n) = name {
+        let len = n.trim().chars().count();
+        if len == 0 || len > 200 {
+            f.push(FieldError::new("name", "must be 1 to 200 characters"));
+        }
+    }
+    if description.is_some_and(|d| d.chars().count() > 2000) {
+        f.push(FieldError::new(
+            "description",
+            "must be at most 2000 characters",
+        ));
+    }
+    if price.is_some_and(|p| !(0..=MAX_PRICE).contains(&p)) {
+        f.push(FieldError::new(
+            "price_cents",
+            format!("must be between 0 and {MAX_PRICE}"),
+        ));
+    }
+    if stock.is_some_and(|s| !(0..=MAX_STOCK).contains(&s)) {
+        f.push(FieldError::new(
+            "stock",
+            format!("must be between 0 and {MAX_STOCK}"),
+        ));
+    }
+    if f.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(f))
+    }
+}
+
+#[utoipa::path(post, path = "/products", request_body = NewProduct, responses((status = 201, body = Product), (status = 422, body = ErrorBody)))]
+async fn create_product(
+    State(pool): State<AnyPool>,
+    JsonBody(p): JsonBody<NewProduct>,
+) -> ApiResult<impl IntoResponse> {
+    validate(
+        Some(&p.name),
+        Some(&p.description),
+        Some(p.price_cents),
+        Some(p.stock),
+    )?;
+    let now = db::now();
+    let name = p.name.trim().to_string();
+    let product: Product = retry(|| {
+        sqlx::query_as(concat!(
+            "INSERT INTO products (name, description, price_cents, stock, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+            columns!()
+        ))
+        .bind(&name)
+        .bind(&p.description)
+        .bind(p.price_cents)
+        .bind(p.stock)
+        .bind(&now)
+        .bind(&now)
+        .fetch_one(&pool)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/products/{}", product.id))],
+        Json(product),
+    ))
+}
+
+#[utoipa::path(get, path = "/products/{id}", responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
+async fn get_product(
+    State(pool): State<AnyPool>,
+    PathParam(id): PathParam<i64>,
+) -> ApiResult<Json<Product>> {
+    let p: Option<Product> = retry(|| {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM products WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&pool)
+    })
+    .await?;
+    p.map(Json).ok_or_else(|| product_not_found(id))
+}
+
+#[utoipa::path(get, path = "/products", params(PageParams), responses((status = 200, body = Page<Product>)))]
+async fn list_products(
+    State(pool): State<AnyPool>,
+    Query(page): Query<PageParams>,
+) -> ApiResult<Json<Page<Product>>> {
+    let (limit, offset) = page.resolve()?;
+    let items: Vec<Product> = retry(|| {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM products ORDER BY id LIMIT $1 OFFSET $2"
+        ))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&pool)
+    })
+    .await?;
+    let (total,): (i64,) =
+        retry(|| sqlx::query_as("SELECT COUNT(*) FROM products").fetch_one(&pool)).await?;
+    Ok(Json(Page::new(items, limit, offset, total)))
+}
+
+#[utoipa::path(patch, path = "/products/{id}", request_body = ProductPatch,
+    responses((status = 200, body = Product), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn update_product(
+    State(pool): State<AnyPool>,
+    PathParam(id): PathParam<i64>,
+    JsonBody(p): JsonBody<ProductPatch>,
+) -> ApiResult<Json<Product>> {
+    validate(
+        p.name.as_deref(),
+        p.description.as_deref(),
+        p.price_cents,
+        p.stock,
+    )?;
+    let now = db::now();
+    let name = p.name.map(|n| n.trim().to_string());
+    let product: Option<Product> = retry(|| {
+        sqlx::query_as(concat!(
+            "UPDATE products SET name = COALESCE($1, name), description = COALESCE($2, description), ",
+            "price_cents = COALESCE($3, price_cents), stock = COALESCE($4, stock), updated_at = $5 WHERE id = $6 RETURNING ",
+            columns!()
+        ))
+        .bind(name.clone())
+        .bind(p.description.clone())
+        .bind(p.price_cents)
+        .bind(p.stock)
+        .bind(&now)
+        .bind(id)
+        .fetch_optional(&pool)
+    })
+    .await?;
+    product.map(Json).ok_or_else(|| product_not_found(id))
+}
+
+#[utoipa::path(delete, path = "/products/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_product(
+    State(pool): State<AnyPool>,
+    PathParam(id): PathParam<i64>,
+) -> ApiResult<StatusCode> {
+    let done = retry(|| {
+        sqlx::query("DELETE FROM products WHERE id = $1")
+            .bind(id)
+            .execute(&pool)
+    })
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(product_not_found(id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Items merged by product and sorted, so equal requests hash equally and rows are always locked in
+/// the same order (no deadlocks between concurrent reservations on PostgreSQL).
+fn canonical(items: &[ReservationItem]) -> Vec<ReservationItem> {
+    let mut merged: std::collections::BTreeMap<i64, i64> = Default::default();
+    for it in items {
+        *merged.entry(it.product_id).or_default() += it.qty;
+    }
+    merged
+        .into_iter()
+        .map(|(product_id, qty)| ReservationItem { product_id, qty })
+        .collect()
+}
+
+fn request_hash(items: &[ReservationItem]) -> String {
+    items
+        .iter()
+        .map(|i| format!("{}x{}", i.product_id, i.qty))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn load_reservation(
+    pool: &AnyPool,
+    id: &str,
+) -> Result<Option<(Reservation, String)>, sqlx::Error> {
+    let head: Option<(String, String, i64)> =
+        sqlx::query_as("SELECT status, request_hash, total_cents FROM reservations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    let Some((status, hash, total_cents)) = head else {
+        return Ok(None);
+    };
+    let items: Vec<ReservedItem> = sqlx::query_as("SELECT product_id, qty, unit_price_cents FROM reservation_items WHERE reservation_id = $1 ORDER BY product_id")
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
+    Ok(Some((
+        Reservation {
+            id: id.to_string(),
+            status,
+            items,
+            total_cents,
+        },
+        hash,
+    )))
+}
+
+/// Reserve stock for all items, or none.
+#[utoipa::path(post, path = "/reservations", request_body = NewReservation,
+    responses((status = 201, body = Reservation), (status = 200, description = "replay of an existing reservation", body = Reservation),
+              (status = 404, body = ErrorBody), (status = 409, description = "insufficient stock", body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn reserve(
+    State(pool): State<AnyPool>,
+    JsonBody(req): JsonBody<NewReservation>,
+) -> ApiResult<(StatusCode, Json<Reservation>)> {
+    let mut fields = Vec::new();
+    if req.id.is_empty()
+        || req.id.len() > 64
+        || !req
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        fields.push(FieldError::new(
+            "id",
+            "must be 1 to 64 characters of letters, digits, '-' or '_'",
+        ));
+    }
+    if req.items.is_empty() || req.items.len() > 100 {
+        fields.push(FieldError::new("items", "must have 1 to 100 items"));
+    }
+    for (i, it) in req.items.iter().enumerate() {
+        if !(1..=MAX_STOCK).contains(&it.qty) {
+            fields.push(FieldError::new(
+                &format!("items[{i}].qty"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if !fields.is_empty() {
+        return Err(ApiError::invalid(fields));
+    }
+    let items = canonical(&req.items);
+    let hash = request_hash(&items);
+    let now = db::now();
+
+    enum Outcome {
+        Created(i64, Vec<ReservedItem>),
+        Exists,
+        Refused(ApiError),
+    }
+    let outcome = retry(|| async {
+        let mut tx = pool.begin().await?;
+        let inserted = sqlx::query("INSERT INTO reservations (id, status, request_hash, total_cents, created_at) VALUES ($1, 'active', $2, 0, $3)")
+            .bind(&req.id)
+            .bind(&hash)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await;
+        match inserted {
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(Outcome::Exists),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        let mut reserved = Vec::with_capacity(items.len());
+        let mut total = 0i64;
+        for it in &items {
+            let price: Option<(i64,)> = sqlx::query_as("UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1 RETURNING price_cents")
+                .bind(it.qty)
+                .bind(it.product_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((unit,)) = price else {
+                let stock: Option<(i64,)> = sqlx::query_as("SELECT stock FROM products WHERE id = $1").bind(it.product_id).fetch_optional(&mut *tx).await?;
+                let err = match stock {
+                    None => product_not_found(it.product_id),
+                    Some((available,)) => ApiError::conflict(
+                        "insufficient_stock",
+                        format!("product {} has {available} in stock, {} requested", it.product_id, it.qty),
+                    ),
+                };
+                return Ok(Outcome::Refused(err)); // dropping tx rolls back
+            };
+            sqlx::query("INSERT INTO reservation_items (reservation_id, product_id, qty, unit_price_cents) VALUES ($1, $2, $3, $4)")
+                .bind(&req.id)
+                .bind(it.product_id)
+                .bind(it.qty)
+                .bind(unit)
+                .execute(&mut *tx)
+                .await?;
+            total += unit * it.qty;
+            reserved.push(ReservedItem { product_id: it.product_id, qty: it.qty, unit_price_cents: unit });
+        }
+        sqlx::query("UPDATE reservations SET total_cents = $1 WHERE id = $2").bind(total).bind(&req.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Outcome::Created(total, reserved))
+    })
+    .await?;
+
+    match outcome {
+        Outcome::Created(total_cents, items) => Ok((
+            StatusCode::CREATED,
+            Json(Reservation {
+                id: req.id,
+                status: "active".into(),
+                items,
+                total_cents,
+            }),
+        )),
+        Outcome::Refused(e) => Err(e),
+        Outcome::Exists => {
+            let (existing, existing_hash) = retry(|| load_reservation(&pool, &req.id))
+                .await?
+                .ok_or_else(ApiError::internal)?;
+            if existing_hash != hash {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "reservation_id_reused",
+                    "a reservation with this id exists with different items",
+                ));
+            }
+            Ok((StatusCode::OK, Json(existing)))
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/reservations/{id}", responses((status = 200, body = Reservation), (status = 404, body = ErrorBody)))]
+async fn get_reservation(
+    State(pool): State<AnyPool>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<Reservation>> {
+    match retry(|| load_reservation(&pool, &id)).await? {
+        Some((r, _)) => Ok(Json(r)),
+        None => Err(ApiError::not_found(
+            "reservation_not_found",
+            format!("reservation {id} does not exist"),
+        )),
+    }
+}
+
+/// Give the stock back. Idempotent: releasing twice gives it back once.
+#[utoipa::path(delete, path = "/reservations/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn release(
+    State(pool): State<AnyPool>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<StatusCode> {
+    let now = db::now();
+    let found = retry(|| async {
+        let mut tx = pool.begin().await?;
+        let done = sqlx::query("UPDATE reservations SET status = 'released', released_at = $1 WHERE id = $2 AND status = 'active'")
+            .bind(&now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            let exists: Option<(String,)> = sqlx::query_as("SELECT status FROM reservations WHERE id = $1").bind(&id).fetch_optional(&mut *tx).await?;
+            return Ok(exists.is_some());
+        }
+        let items: Vec<(i64, i64)> = sqlx::query_as("SELECT product_id, qty FROM reservation_items WHERE reservation_id = $1 ORDER BY product_id")
+            .bind(&id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (product_id, qty) in items {
+            sqlx::query("UPDATE products SET stock = stock + $1 WHERE id = $2").bind(qty).bind(product_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    })
+    .await?;
+    if found {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "reservation_not_found",
+            format!("reservation {id} does not exist"),
+        ))
+    }
+}

@@ -1,1 +1,30 @@
-fn main() {}
+//! `product-service`: the products reference service.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "product-service",
+    version,
+    about = "Tollgate reference service: products"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8082")]
+    listen: String,
+    /// `sqlite://FILE` (default) or `postgres://...`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/products.db"
+    )]
+    database_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    service_kit::server::init_tracing();
+    let args = Args::parse();
+    let app = product_service::app(&args.database_url).await?;
+    service_kit::server::serve("product-service", &args.listen, app).await
+}
