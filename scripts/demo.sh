@@ -1,10 +1,100 @@
 #!/usr/bin/env bash
-# Start the demo: the gateway with config/tollgate.yaml on 127.0.0.1:8080. Ctrl-C stops it.
+# The whole demo stack in one command: users (:8081), products (:8082) and orders (:8083), each with its
+# own SQLite database under $DEMO_DIR (default .demo/), and the gateway on :8080 in front of them with
+# config/tollgate.yaml. Seeds demo data the first time; a second start reuses the data. Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+
+DEMO_DIR=${DEMO_DIR:-.demo}
+GATEWAY=${TOLLGATE_LISTEN:-127.0.0.1:8080}
+USERS=127.0.0.1:8081
+PRODUCTS=127.0.0.1:8082
+ORDERS=127.0.0.1:8083
+
 ensure_build_deps
+have curl || { step "installing curl"; apt_install curl ca-certificates; }
+
 step "building (release)"
-cargo build --release --locked -p tollgate
-step "starting tollgate on http://127.0.0.1:8080"
-exec ./target/release/tollgate run -c config/tollgate.yaml
+cargo build --release --locked -p tollgate -p user-service -p product-service -p order-service
+
+for addr in "$GATEWAY" "$USERS" "$PRODUCTS" "$ORDERS"; do
+  if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
+    echo "something is already listening on $addr: stop it first (an earlier demo?)" >&2
+    exit 1
+  fi
+done
+
+mkdir -p "$DEMO_DIR/logs"
+PIDS=()
+stop_all() {
+  trap - INT TERM EXIT
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    step "stopping"
+    kill -TERM "${PIDS[@]}" 2>/dev/null || true
+    wait "${PIDS[@]}" 2>/dev/null || true
+  fi
+}
+trap stop_all INT TERM EXIT
+
+bin=./target/release
+start() { # name, log file, command...
+  local name=$1 log=$2; shift 2
+  "$@" >>"$DEMO_DIR/logs/$log" 2>&1 &
+  PIDS+=($!)
+  echo "  $name (pid $!), log: $DEMO_DIR/logs/$log"
+}
+
+wait_ready() { # url
+  for _ in $(seq 1 150); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "not ready after 30 s: $1 (see $DEMO_DIR/logs/)" >&2
+  exit 1
+}
+
+step "starting the services"
+start user-service users.log "$bin/user-service" --listen "$USERS" --database-url "sqlite://$DEMO_DIR/users.db"
+start product-service products.log "$bin/product-service" --listen "$PRODUCTS" --database-url "sqlite://$DEMO_DIR/products.db"
+start order-service orders.log "$bin/order-service" --listen "$ORDERS" --database-url "sqlite://$DEMO_DIR/orders.db" \
+  --users-url "http://$USERS" --products-url "http://$PRODUCTS"
+for a in "$USERS" "$PRODUCTS" "$ORDERS"; do wait_ready "http://$a/readyz"; done
+
+post() { curl -fsS -o /dev/null -H 'content-type: application/json' -d "$2" "$1"; }
+if curl -fsS "http://$PRODUCTS/products?limit=1" | grep -q '"total":0'; then
+  step "seeding demo data (first start)"
+  post "http://$USERS/users" '{"name":"Ada Lovelace","email":"ada@example.com"}'
+  post "http://$USERS/users" '{"name":"Grace Hopper","email":"grace@example.com"}'
+  post "http://$PRODUCTS/products" '{"name":"Mechanical keyboard","description":"Tactile switches","price_cents":12900,"stock":25}'
+  post "http://$PRODUCTS/products" '{"name":"USB-C cable","description":"1 m, braided","price_cents":1200,"stock":200}'
+  post "http://$PRODUCTS/products" '{"name":"Desk lamp","description":"Warm white","price_cents":3900,"stock":10}'
+else
+  step "reusing the data in $DEMO_DIR"
+fi
+
+step "starting the gateway"
+start tollgate gateway.log env TOLLGATE_LISTEN="$GATEWAY" USERS_ADDR="$USERS" PRODUCTS_ADDR="$PRODUCTS" \
+  ORDERS_ADDR="$ORDERS" "$bin/tollgate" run -c config/tollgate.yaml
+for _ in $(seq 1 150); do
+  (exec 3<>"/dev/tcp/${GATEWAY%:*}/${GATEWAY#*:}") 2>/dev/null && break
+  sleep 0.2
+done
+
+cat <<EOF
+
+Tollgate is up on http://$GATEWAY  (services: users $USERS, products $PRODUCTS, orders $ORDERS)
+
+  curl -s http://$GATEWAY/api/products
+  curl -s http://$GATEWAY/api/users/1
+  curl -s -X POST http://$GATEWAY/api/orders -H 'content-type: application/json' \\
+       -H 'idempotency-key: demo-1' -d '{"user_id":1,"items":[{"product_id":1,"qty":1}]}'
+  curl -s 'http://$GATEWAY/api/orders?user_id=1'
+  curl -s http://$GATEWAY/nope          # a JSON 404 from the gateway
+
+Access log: $DEMO_DIR/logs/gateway.log. Ctrl-C stops everything.
+EOF
+
+# Exit (and stop the rest) as soon as any process dies, or on Ctrl-C.
+wait -n "${PIDS[@]}" || true
+echo "a process exited; see $DEMO_DIR/logs/" >&2

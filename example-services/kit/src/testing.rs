@@ -191,3 +191,130 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .unwrap()
 }
+
+/// Which database a [`Stack`] gives its services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DbKind {
+    pub fn db(self, name: &str) -> TestDb {
+        match self {
+            DbKind::Sqlite => TestDb::sqlite(name),
+            DbKind::Postgres => TestDb::postgres(name),
+        }
+    }
+}
+
+/// The three reference services as real processes, each with its own fresh database.
+pub struct Stack {
+    pub users: Proc,
+    pub products: Proc,
+    pub orders: Proc,
+    pub users_db: TestDb,
+    pub products_db: TestDb,
+    pub orders_db: TestDb,
+    /// Extra `order-service` flags used at start, reused by [`Stack::restart_orders`].
+    pub order_flags: Vec<String>,
+}
+
+impl Stack {
+    /// Start users, products and orders; `order_flags` are extra flags for `order-service`.
+    pub fn start(kind: DbKind, order_flags: &[&str]) -> Stack {
+        let users_db = kind.db("users");
+        let products_db = kind.db("products");
+        let orders_db = kind.db("orders");
+        let users = Proc::spawn(
+            "user-service",
+            &["--listen", "127.0.0.1:0", "--database-url", users_db.url()],
+        );
+        let products = Proc::spawn(
+            "product-service",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                products_db.url(),
+            ],
+        );
+        let order_flags: Vec<String> = order_flags.iter().map(|s| s.to_string()).collect();
+        let orders = Self::spawn_orders(&users, &products, &orders_db, &order_flags);
+        Stack {
+            users,
+            products,
+            orders,
+            users_db,
+            products_db,
+            orders_db,
+            order_flags,
+        }
+    }
+
+    fn spawn_orders(users: &Proc, products: &Proc, db: &TestDb, extra: &[String]) -> Proc {
+        let users_url = format!("http://{}", users.addr);
+        let products_url = format!("http://{}", products.addr);
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            db.url(),
+            "--users-url",
+            &users_url,
+            "--products-url",
+            &products_url,
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        Proc::spawn("order-service", &args)
+    }
+
+    /// Start `order-service` again on the same database (after [`Proc::kill9`], say).
+    pub fn restart_orders(&mut self) {
+        self.orders.kill9();
+        self.orders = Self::spawn_orders(
+            &self.users,
+            &self.products,
+            &self.orders_db,
+            &self.order_flags,
+        );
+    }
+
+    /// Create a user; returns its id.
+    pub fn user(&self, name: &str, email: &str) -> i64 {
+        let r = client()
+            .post(self.users.url("/users"))
+            .json(&serde_json::json!({"name": name, "email": email}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "create user");
+        r.json::<serde_json::Value>().unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Create a product; returns its id.
+    pub fn product(&self, name: &str, price_cents: i64, stock: i64) -> i64 {
+        let r = client()
+            .post(self.products.url("/products"))
+            .json(&serde_json::json!({"name": name, "price_cents": price_cents, "stock": stock}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "create product");
+        r.json::<serde_json::Value>().unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// A product's current stock.
+    pub fn stock(&self, id: i64) -> i64 {
+        client()
+            .get(self.products.url(&format!("/products/{id}")))
+            .send()
+            .unwrap()
+            .json::<serde_json::Value>()
+            .unwrap()["stock"]
+            .as_i64()
+            .unwrap()
+    }
+}

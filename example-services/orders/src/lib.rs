@@ -1,1 +1,728 @@
+//! Orders: place an order (checks the user with the users service, reserves stock with the products
+//! service, stores a price snapshot), read them, cancel them. Owns its own database and reaches the other
+//! services over HTTP only.
+//!
+//! No stock leaks, whatever fails when:
+//! 1. the order is stored `pending` (with a lease) before anything else is called;
+//! 2. stock is reserved under the order's id (idempotent at the products service);
+//! 3. the order becomes `confirmed` only if it is still `pending`.
+//!
+//! Any refusal or failure marks it `rejected`/`failed` and releases the reservation. If the process dies
+//! in between, the recovery loop fails pending orders whose lease has run out and releases their stock;
+//! releasing is idempotent and retried until the products service confirms it.
+//!
+//! `Idempotency-Key`: a repeat with the same key and body gets the stored response; the same key with a
+//! different body gets 422; a repeat while the first is still running gets 409.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use service_kit::db::{self, retry};
+use service_kit::error::{ErrorBody, JsonBody, PathParam, Query};
+use service_kit::{ApiError, ApiResult, FieldError, Page, PageParams};
+use sha2::{Digest, Sha256};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, FromRow};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Where the other services are, and how long to wait for them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub users_url: String,
+    pub products_url: String,
+    pub pending_timeout: Duration,
+    pub call_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pool: AnyPool,
+    http: reqwest::Client,
+    settings: Arc<Settings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrderItem {
+    pub product_id: i64,
+    pub qty: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    pub user_id: i64,
+    pub items: Vec<NewOrderItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]
+pub struct OrderItem {
+    pub product_id: i64,
+    pub qty: i64,
+    /// Price per unit when the order was placed, in minor units.
+    pub unit_price_cents: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Order {
+    pub id: String,
+    pub user_id: i64,
+    /// `pending`, `confirmed`, `rejected`, `failed` or `cancelled`.
+    pub status: String,
+    pub total_cents: i64,
+    pub items: Vec<OrderItem>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, FromRow)]
+struct OrderRow {
+    id: String,
+    user_id: i64,
+    status: String,
+    total_cents: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    pub user_id: Option<i64>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "order-service", description = "Tollgate reference service: orders"),
+    paths(create_order, get_order, list_orders, cancel_order),
+    components(schemas(NewOrder, NewOrderItem, Order, OrderItem, ErrorBody, Page<Order>))
+)]
+pub struct ApiDoc;
+
+/// `250ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        return Err(format!("`{s}`: use a unit, e.g. 500ms, 5s, 1m"));
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration"))?;
+    Ok(Duration::from_millis(n * mult))
+}
+
+pub async fn app(database_url: &str, settings: Settings) -> anyhow::Result<Router> {
+    let (pool, _) = db::connect(database_url, &SQLITE, &POSTGRES).await?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(settings.call_timeout.min(Duration::from_secs(2)))
+        .timeout(settings.call_timeout)
+        .build()?;
+    let state = AppState {
+        pool: pool.clone(),
+        http,
+        settings: Arc::new(settings),
+    };
+    // Settle what a previous run left behind before taking new orders, then keep doing it.
+    recover(&state).await;
+    let bg = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            recover(&bg).await;
+        }
+    });
+    Ok(router(state))
+}
+
+pub fn router(state: AppState) -> Router {
+    let pool = state.pool.clone();
+    Router::new()
+        .route("/orders", get(list_orders).post(create_order))
+        .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .with_state(state)
+        .merge(service_kit::health::routes(pool))
+}
+
+fn lease(settings: &Settings) -> String {
+    db::rfc3339(std::time::SystemTime::now() + settings.pending_timeout)
+}
+
+/// Validate and canonicalize (merge equal products, sort) a new order.
+fn canonical(o: &NewOrder) -> Result<NewOrder, ApiError> {
+    let mut f = Vec::new();
+    if o.user_id < 1 {
+        f.push(FieldError::new("user_id", "must be a user id"));
+    }
+    if o.items.is_empty() || o.items.len() > 50 {
+        f.push(FieldError::new("items", "must have 1 to 50 items"));
+    }
+    for (i, it) in o.items.iter().enumerate() {
+        if it.product_id < 1 {
+            f.push(FieldError::new(
+                &format!("items[{i}].product_id"),
+                "must be a product id",
+            ));
+        }
+        if !(1..=1000).contains(&it.qty) {
+            f.push(FieldError::new(
+                &format!("items[{i}].qty"),
+                "must be between 1 and 1000",
+            ));
+        }
+    }
+    if !f.is_empty() {
+        return Err(ApiError::invalid(f));
+    }
+    let mut merged: std::collections::BTreeMap<i64, i64> = Default::default();
+    for it in &o.items {
+        *merged.entry(it.product_id).or_default() += it.qty;
+    }
+    Ok(NewOrder {
+        user_id: o.user_id,
+        items: merged
+            .into_iter()
+            .map(|(product_id, qty)| NewOrderItem { product_id, qty })
+            .collect(),
+    })
+}
+
+fn hash(o: &NewOrder) -> String {
+    let json = serde_json::to_vec(o).unwrap_or_default();
+    hex::encode(Sha256::digest(&json))
+}
+
+/// A response as stored for idempotent replay.
+fn stored(status: StatusCode, body: String, replayed: bool) -> Response {
+    let mut r = (status, [("content-type", "application/json")], body).into_response();
+    if replayed {
+        r.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r
+}
+
+async fn load_order(pool: &AnyPool, id: &str) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> = sqlx::query_as(
+        "SELECT id, user_id, status, total_cents, created_at, updated_at FROM orders WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let items: Vec<OrderItem> = sqlx::query_as("SELECT product_id, qty, unit_price_cents FROM order_items WHERE order_id = $1 ORDER BY product_id")
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
+    Ok(Some(Order {
+        id: r.id,
+        user_id: r.user_id,
+        status: r.status,
+        total_cents: r.total_cents,
+        items,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }))
+}
+
+/// What an earlier request with the same idempotency key says.
+enum Earlier {
+    None,
+    Replay(StatusCode, String),
+    Mismatch,
+    InProgress,
+}
+
+async fn earlier(pool: &AnyPool, key: &str, hash: &str) -> Result<Earlier, sqlx::Error> {
+    let row: Option<(String, Option<i64>, Option<String>)> =
+        sqlx::query_as("SELECT request_hash, response_status, response_body FROM orders WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        None => Earlier::None,
+        Some((h, _, _)) if h != hash => Earlier::Mismatch,
+        Some((_, Some(status), Some(body))) => Earlier::Replay(
+            StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK),
+            body,
+        ),
+        Some(_) => Earlier::InProgress,
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= 255 => Ok(Some(s.to_string())),
+        _ => Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// Place an order.
+#[utoipa::path(post, path = "/orders", request_body = NewOrder,
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    responses((status = 201, body = Order), (status = 409, description = "insufficient stock, or the same key is in progress", body = ErrorBody),
+              (status = 422, description = "invalid fields, unknown user or product, or a reused key", body = ErrorBody),
+              (status = 503, description = "users or products service unavailable", body = ErrorBody)))]
+async fn create_order(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<NewOrder>,
+) -> ApiResult<Response> {
+    let order = canonical(&req)?;
+    let key = idempotency_key(&headers)?;
+    let h = hash(&order);
+    let pool = &st.pool;
+
+    let check = |k: &str| {
+        let k = k.to_string();
+        let h = h.clone();
+        async move {
+            match retry(|| earlier(pool, &k, &h)).await? {
+                Earlier::None => Ok(None),
+                Earlier::Replay(status, body) => Ok(Some(stored(status, body, true))),
+                Earlier::Mismatch => Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                )),
+                Earlier::InProgress => Err(ApiError::conflict(
+                    "request_in_progress",
+                    "a request with this Idempotency-Key is still being processed",
+                )),
+            }
+        }
+    };
+    if let Some(k) = &key {
+        if let Some(resp) = check(k).await? {
+            return Ok(resp);
+        }
+    }
+
+    // 1. Pending, before any other service is touched.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let now = db::now();
+    let lease_until = lease(&st.settings);
+    let inserted = retry(|| {
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, status, idempotency_key, request_hash, lease_until, created_at, updated_at) \
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)",
+        )
+        .bind(&id)
+        .bind(order.user_id)
+        .bind(key.clone())
+        .bind(&h)
+        .bind(&lease_until)
+        .bind(&now)
+        .bind(&now)
+        .execute(pool)
+    })
+    .await;
+    match inserted {
+        Ok(_) => {}
+        // Another request with the same key got in first.
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() && key.is_some() => {
+            let k = key.as_deref().unwrap_or_default();
+            return match check(k).await? {
+                Some(resp) => Ok(resp),
+                None => Err(ApiError::conflict(
+                    "request_in_progress",
+                    "a request with this Idempotency-Key is still being processed",
+                )),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let outcome = place(&st, &id, &order).await;
+    finish(&st, &id, &order, &now, outcome).await
+}
+
+/// What placing an order came to.
+enum Outcome {
+    Confirmed(Vec<OrderItem>, i64),
+    /// Refused for a reason that will not change on retry (unknown user, no stock): stored for replay.
+    Rejected(ApiError),
+    /// A dependency failed: not stored for replay; the key may be retried.
+    Failed(ApiError),
+}
+
+/// Steps 2–3: check the user, reserve the stock.
+async fn place(st: &AppState, id: &str, order: &NewOrder) -> Outcome {
+    let s = &st.settings;
+    match st
+        .http
+        .get(format!("{}/users/{}", s.users_url, order.user_id))
+        .send()
+        .await
+    {
+        Ok(r) if r.status() == 200 => {}
+        Ok(r) if r.status() == 404 => {
+            let mut e = ApiError::invalid(vec![FieldError::new(
+                "user_id",
+                format!("user {} does not exist", order.user_id),
+            )]);
+            e.code = "unknown_user";
+            e.message = "the user does not exist".into();
+            return Outcome::Rejected(e);
+        }
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), "users service answered unexpectedly");
+            return Outcome::Failed(ApiError::unavailable(
+                "users_unavailable",
+                "the users service is unavailable",
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "users service unreachable");
+            return Outcome::Failed(ApiError::unavailable(
+                "users_unavailable",
+                "the users service is unavailable",
+            ));
+        }
+    }
+    #[derive(Deserialize)]
+    struct Reserved {
+        items: Vec<OrderItem>,
+        total_cents: i64,
+    }
+    #[derive(Deserialize)]
+    struct Remote {
+        error: RemoteError,
+    }
+    #[derive(Deserialize)]
+    struct RemoteError {
+        message: String,
+    }
+    let body = serde_json::json!({ "id": id, "items": order.items });
+    match st
+        .http
+        .post(format!("{}/reservations", s.products_url))
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(r) if r.status() == 201 || r.status() == 200 => match r.json::<Reserved>().await {
+            Ok(res) => Outcome::Confirmed(res.items, res.total_cents),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable reservation");
+                Outcome::Failed(ApiError::unavailable(
+                    "products_unavailable",
+                    "the products service is unavailable",
+                ))
+            }
+        },
+        Ok(r) if r.status() == 409 => {
+            let msg = r
+                .json::<Remote>()
+                .await
+                .map(|e| e.error.message)
+                .unwrap_or_else(|_| "insufficient stock".into());
+            Outcome::Rejected(ApiError::conflict("insufficient_stock", msg))
+        }
+        Ok(r) if r.status() == 404 => {
+            let msg = r
+                .json::<Remote>()
+                .await
+                .map(|e| e.error.message)
+                .unwrap_or_else(|_| "unknown product".into());
+            let mut e = ApiError::invalid(vec![FieldError::new("items", msg)]);
+            e.code = "unknown_product";
+            e.message = "an ordered product does not exist".into();
+            Outcome::Rejected(e)
+        }
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), "products service answered unexpectedly");
+            Outcome::Failed(ApiError::unavailable(
+                "products_unavailable",
+                "the products service is unavailable",
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "products service unreachable");
+            Outcome::Failed(ApiError::unavailable(
+                "products_unavailable",
+                "the products service is unavailable",
+            ))
+        }
+    }
+}
+
+/// Step 4: record the outcome; on anything but confirmation, give back what may be reserved.
+async fn finish(
+    st: &AppState,
+    id: &str,
+    req: &NewOrder,
+    created_at: &str,
+    outcome: Outcome,
+) -> ApiResult<Response> {
+    let pool = &st.pool;
+    let now = db::now();
+    match outcome {
+        Outcome::Confirmed(mut items, total) => {
+            items.sort_by_key(|it| it.product_id);
+            let order = Order {
+                id: id.to_string(),
+                user_id: req.user_id,
+                status: "confirmed".into(),
+                total_cents: total,
+                items,
+                created_at: created_at.to_string(),
+                updated_at: now.clone(),
+            };
+            let body = serde_json::to_string(&order).unwrap_or_default();
+            // Confirmation, items and the stored response commit together: a crash leaves either a
+            // pending order (which recovery fails and releases) or a complete one a repeat can replay.
+            let confirmed = retry(|| async {
+                let mut tx = pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE orders SET status = 'confirmed', total_cents = $1, response_status = 201, \
+                     response_body = $2, updated_at = $3 WHERE id = $4 AND status = 'pending'",
+                )
+                .bind(total)
+                .bind(&body)
+                .bind(&now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false); // recovery failed it meanwhile
+                }
+                for it in &order.items {
+                    sqlx::query(
+                        "INSERT INTO order_items (order_id, product_id, qty, unit_price_cents) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(id)
+                    .bind(it.product_id)
+                    .bind(it.qty)
+                    .bind(it.unit_price_cents)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            })
+            .await;
+            match confirmed {
+                Ok(true) => {
+                    let mut resp = stored(StatusCode::CREATED, body, false);
+                    if let Ok(v) = HeaderValue::from_str(&format!("/orders/{id}")) {
+                        resp.headers_mut().insert("location", v);
+                    }
+                    Ok(resp)
+                }
+                Ok(false) => {
+                    release(st, id).await;
+                    Err(ApiError::unavailable(
+                        "order_expired",
+                        "the order took too long and was cancelled; try again",
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, order = id, "could not confirm order");
+                    fail(st, id).await;
+                    Err(ApiError::unavailable(
+                        "database_busy",
+                        "the order could not be stored; try again",
+                    ))
+                }
+            }
+        }
+        Outcome::Rejected(err) => {
+            // Nothing was reserved (reservations are all-or-nothing), so nothing to give back.
+            let body = serde_json::to_string(&err.body()).unwrap_or_default();
+            retry(|| {
+                sqlx::query(
+                    "UPDATE orders SET status = 'rejected', stock_released = 1, response_status = $1, response_body = $2, updated_at = $3 \
+                     WHERE id = $4 AND status = 'pending'",
+                )
+                .bind(i64::from(err.status.as_u16()))
+                .bind(&body)
+                .bind(&now)
+                .bind(id)
+                .execute(pool)
+            })
+            .await?;
+            Err(err)
+        }
+        Outcome::Failed(err) => {
+            fail(st, id).await;
+            Err(err)
+        }
+    }
+}
+
+/// Mark a pending order failed (freeing its idempotency key for a retry) and release its stock.
+async fn fail(st: &AppState, id: &str) {
+    let now = db::now();
+    let r = retry(|| {
+        sqlx::query("UPDATE orders SET status = 'failed', idempotency_key = NULL, updated_at = $1 WHERE id = $2 AND status = 'pending'")
+            .bind(&now)
+            .bind(id)
+            .execute(&st.pool)
+    })
+    .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, order = id, "could not mark order failed; recovery will");
+        return;
+    }
+    release(st, id).await;
+}
+
+/// Give back the stock of a failed or cancelled order; on success remember it. Idempotent.
+async fn release(st: &AppState, id: &str) -> bool {
+    let url = format!("{}/reservations/{id}", st.settings.products_url);
+    match st.http.delete(url).send().await {
+        Ok(r) if r.status() == 204 || r.status() == 404 => {
+            let done = retry(|| {
+                sqlx::query("UPDATE orders SET stock_released = 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&st.pool)
+            })
+            .await;
+            done.is_ok()
+        }
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), order = id, "release refused; will retry");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, order = id, "release failed; will retry");
+            false
+        }
+    }
+}
+
+/// Fail pending orders whose lease ran out, and release stock still held by failed or cancelled orders.
+pub async fn recover(st: &AppState) {
+    let now = db::now();
+    let expired: Result<Vec<(String,)>, _> = retry(|| {
+        sqlx::query_as("SELECT id FROM orders WHERE status = 'pending' AND lease_until < $1")
+            .bind(&now)
+            .fetch_all(&st.pool)
+    })
+    .await;
+    for (id,) in expired.unwrap_or_default() {
+        tracing::info!(order = %id, "failing an order left pending");
+        let _ = retry(|| {
+            sqlx::query("UPDATE orders SET status = 'failed', idempotency_key = NULL, updated_at = $1 WHERE id = $2 AND status = 'pending'")
+                .bind(&now)
+                .bind(&id)
+                .execute(&st.pool)
+        })
+        .await;
+    }
+    let unreleased: Result<Vec<(String,)>, _> = retry(|| {
+        sqlx::query_as(
+            "SELECT id FROM orders WHERE status IN ('failed', 'cancelled') AND stock_released = 0",
+        )
+        .fetch_all(&st.pool)
+    })
+    .await;
+    for (id,) in unreleased.unwrap_or_default() {
+        release(st, &id).await;
+    }
+}
+
+#[utoipa::path(get, path = "/orders/{id}", responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
+async fn get_order(
+    State(st): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<Order>> {
+    retry(|| load_order(&st.pool, &id))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("order_not_found", format!("order {id} does not exist")))
+}
+
+#[utoipa::path(get, path = "/orders", params(ListParams), responses((status = 200, body = Page<Order>)))]
+async fn list_orders(
+    State(st): State<AppState>,
+    Query(q): Query<ListParams>,
+) -> ApiResult<Json<Page<Order>>> {
+    let (limit, offset) = PageParams {
+        limit: q.limit,
+        offset: q.offset,
+    }
+    .resolve()?;
+    let ids: Vec<(String,)> = retry(|| {
+        sqlx::query_as(
+            "SELECT id FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR status = $2) \
+             ORDER BY created_at, id LIMIT $3 OFFSET $4",
+        )
+        .bind(q.user_id)
+        .bind(q.status.clone())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&st.pool)
+    })
+    .await?;
+    let (total,): (i64,) = retry(|| {
+        sqlx::query_as("SELECT COUNT(*) FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR status = $2)")
+            .bind(q.user_id)
+            .bind(q.status.clone())
+            .fetch_one(&st.pool)
+    })
+    .await?;
+    let mut items = Vec::with_capacity(ids.len());
+    for (id,) in ids {
+        if let Some(o) = retry(|| load_order(&st.pool, &id)).await? {
+            items.push(o);
+        }
+    }
+    Ok(Json(Page::new(items, limit, offset, total)))
+}
+
+/// Cancel a confirmed order and give its stock back. Cancelling twice is fine.
+#[utoipa::path(post, path = "/orders/{id}/cancel", responses((status = 200, body = Order), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn cancel_order(
+    State(st): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<Order>> {
+    let now = db::now();
+    let done = retry(|| {
+        sqlx::query("UPDATE orders SET status = 'cancelled', stock_released = 0, updated_at = $1 WHERE id = $2 AND status = 'confirmed'")
+            .bind(&now)
+            .bind(&id)
+            .execute(&st.pool)
+    })
+    .await?;
+    let order = retry(|| load_order(&st.pool, &id)).await?.ok_or_else(|| {
+        ApiError::not_found("order_not_found", format!("order {id} does not exist"))
+    })?;
+    if done.rows_affected() == 1 {
+        // If this fails the recovery loop retries it.
+        release(&st, &id).await;
+    } else if order.status != "cancelled" {
+        return Err(ApiError::conflict(
+            "not_cancellable",
+            format!("an order in status `{}` cannot be cancelled", order.status),
+        ));
+    }
+    Ok(Json(order))
+}

@@ -1,0 +1,283 @@
+//! The demo stack as a user runs it: three services as real processes, each with its own database,
+//! orders calling users and products over HTTP, and the `tollgate` binary in front with the shipped
+//! `config/tollgate.yaml`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use service_kit::testing::{bin_path, client, DbKind, Stack};
+
+/// 50 concurrent orders for a product with stock 10: exactly 10 succeed, stock ends at 0, no 5xx.
+fn fifty_orders_for_ten_in_stock(kind: DbKind) {
+    let s = Stack::start(kind, &[]);
+    let ada = s.user("Ada", "ada@example.com");
+    let hot = s.product("Hot item", 500, 10);
+    let url = s.orders.url("/orders");
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                client()
+                    .post(url)
+                    .json(&json!({"user_id": ada, "items": [{"product_id": hot, "qty": 1}]}))
+                    .send()
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 201).count(), 10, "{codes:?}");
+    assert!(codes.iter().all(|&c| c == 201 || c == 409), "{codes:?}");
+    assert_eq!(s.stock(hot), 0);
+    let confirmed: Value = client()
+        .get(s.orders.url("/orders?status=confirmed"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(confirmed["total"], 10);
+}
+
+#[test]
+fn concurrent_orders_never_oversell_on_sqlite() {
+    fifty_orders_for_ten_in_stock(DbKind::Sqlite);
+}
+
+#[test]
+fn concurrent_orders_never_oversell_on_postgres() {
+    fifty_orders_for_ten_in_stock(DbKind::Postgres);
+}
+
+/// `kill -9` the orders service in the middle of a write loop, start it again: every order that was
+/// acknowledged with 201 is there, confirmed, and the stock agrees with the confirmed orders once the
+/// orders that were in flight have been settled.
+#[test]
+fn orders_survive_kill_9() {
+    const STOCK: i64 = 100_000;
+    let mut s = Stack::start(DbKind::Sqlite, &["--pending-timeout", "2s"]);
+    let ada = s.user("Ada", "ada@example.com");
+    let item = s.product("Widget", 250, STOCK);
+    let url = s.orders.url("/orders");
+    let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Bounded: at most 3,000 requests and 60 s, whichever comes first; writers stop at the first error.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, acked, sent, stop) = (url.clone(), acked.clone(), sent.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed)
+                    && sent.fetch_add(1, Ordering::Relaxed) < 3000
+                    && Instant::now() < deadline
+                {
+                    n += 1;
+                    let qty = 1 + (w + n) % 3;
+                    let r = c
+                        .post(&url)
+                        .json(&json!({"user_id": ada, "items": [{"product_id": item, "qty": qty}]}))
+                        .send();
+                    match r {
+                        Ok(r) if r.status() == 201 => {
+                            let v: Value = match r.json() {
+                                Ok(v) => v,
+                                Err(_) => return, // cut off mid-body: not acknowledged
+                            };
+                            acked
+                                .lock()
+                                .unwrap()
+                                .push((v["id"].as_str().unwrap().to_string(), qty as i64));
+                        }
+                        Ok(r) => panic!("unexpected status {} before the kill", r.status()),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill once a good number of orders are through (or the loop is nearly done).
+    while acked.lock().unwrap().len() < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.orders.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 40,
+        "only {} orders before the kill",
+        acked.len()
+    );
+
+    s.restart_orders();
+    let c = client();
+    // Every acknowledged order is there, confirmed, with what was ordered.
+    for (id, qty) in &acked {
+        let o: Value = c
+            .get(s.orders.url(&format!("/orders/{id}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(o["status"], "confirmed", "{o}");
+        assert_eq!(o["items"][0]["qty"], *qty);
+    }
+    // Orders caught in flight are failed after their lease and their stock given back: then the
+    // stock is exactly what the confirmed orders took.
+    let settle = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut confirmed_qty = 0;
+        let mut offset = 0;
+        let pending: Value = c
+            .get(s.orders.url("/orders?status=pending"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        loop {
+            let page: Value = c
+                .get(s.orders.url(&format!(
+                    "/orders?status=confirmed&limit=100&offset={offset}"
+                )))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            for o in page["items"].as_array().unwrap() {
+                confirmed_qty += o["items"][0]["qty"].as_i64().unwrap();
+            }
+            match page["next_offset"].as_i64() {
+                Some(n) => offset = n,
+                None => break,
+            }
+        }
+        let stock = s.stock(item);
+        if pending["total"] == 0 && stock == STOCK - confirmed_qty {
+            break;
+        }
+        assert!(
+            Instant::now() < settle,
+            "not settled: stock {stock}, confirmed {confirmed_qty}, pending {}",
+            pending["total"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A free loopback port (the gateway binds by address).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tollgate run` with the shipped demo config, pointed at `s` through the config's variables.
+fn gateway(s: &Stack) -> Gateway {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let addr = free_addr();
+    let vars: BTreeMap<&str, String> = BTreeMap::from([
+        ("TOLLGATE_LISTEN", addr.to_string()),
+        ("USERS_ADDR", s.users.addr.to_string()),
+        ("PRODUCTS_ADDR", s.products.addr.to_string()),
+        ("ORDERS_ADDR", s.orders.addr.to_string()),
+    ]);
+    let mut child = Command::new(bin_path("tollgate"))
+        .args(["run", "-c", "config/tollgate.yaml"])
+        .current_dir(&root)
+        .envs(&vars)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(addr).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "tollgate exited");
+        assert!(
+            Instant::now() < deadline,
+            "tollgate did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Gateway { child, addr }
+}
+
+#[test]
+fn end_to_end_through_the_gateway() {
+    let s = Stack::start(DbKind::Sqlite, &[]);
+    let g = gateway(&s);
+    let c = client();
+    let api = |p: &str| format!("http://{}/api{p}", g.addr);
+
+    let r = c
+        .post(api("/users"))
+        .json(&json!({"name": "Grace", "email": "grace@example.com"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().contains_key("x-request-id"));
+    let user = r.json::<Value>().unwrap()["id"].as_i64().unwrap();
+    let r = c
+        .post(api("/products"))
+        .json(&json!({"name": "Compiler", "price_cents": 4200, "stock": 3}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let product = r.json::<Value>().unwrap()["id"].as_i64().unwrap();
+    let r = c
+        .post(api("/orders"))
+        .json(&json!({"user_id": user, "items": [{"product_id": product, "qty": 2}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let order: Value = r.json().unwrap();
+    assert_eq!(order["total_cents"], 8400);
+    let got: Value = c
+        .get(api(&format!("/orders/{}", order["id"].as_str().unwrap())))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(got, order);
+    let p: Value = c
+        .get(api(&format!("/products/{product}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(p["stock"], 1);
+    // A service's own error comes through in the same envelope as the gateway's.
+    let r = c.get(api("/users/999999")).send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().unwrap()["error"]["status"], 404);
+    let r = c.get(format!("http://{}/nowhere", g.addr)).send().unwrap();
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "route_not_found"
+    );
+}
