@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderName, HeaderValue, Method};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
@@ -16,6 +16,8 @@ pub struct GatewayError {
     pub message: Cow<'static, str>,
     /// For 405: the methods to list in `Allow`.
     pub allow: Vec<Method>,
+    /// Extra response headers, e.g. `WWW-Authenticate` on a 401 or `Retry-After` on a 429.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl GatewayError {
@@ -25,7 +27,14 @@ impl GatewayError {
             code,
             message: message.into(),
             allow: Vec::new(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error with one more response header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn not_found() -> Self {

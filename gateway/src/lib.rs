@@ -5,12 +5,14 @@
 //! goes, [`proxy`] is the thin Pingora glue, [`server`] assembles the process.
 
 pub mod access_log;
+pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
 pub mod path;
+pub mod plugin;
 pub mod proxy;
 pub mod router;
 pub mod server;

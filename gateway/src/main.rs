@@ -34,6 +34,33 @@ enum Command {
     },
     /// Print the compiled route table in match order.
     Routes { file: String },
+    /// Mint a development token (HS256/384/512) with a JWT provider's secret from a config file.
+    Token {
+        /// Config file with the provider.
+        #[arg(short, long, default_value = "config/tollgate.yaml")]
+        config: String,
+        /// Provider under `auth.jwt` (default: the only one with a `secret`).
+        #[arg(long)]
+        provider: Option<String>,
+        /// The `sub` claim.
+        #[arg(long, default_value = "1")]
+        sub: String,
+        /// A scope to grant (repeat for more); written as the `scope` claim.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A role to grant (repeat for more); written as the `roles` claim.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Another claim, `name=value` (value read as JSON when it parses, else as a string).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// Lifetime, e.g. `15m`, `1h`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Print the SHA-256 of an API key, as `auth.api_keys.*.keys[].sha256` wants it. Without a key,
+    /// generate a random one and print both.
+    HashKey { key: Option<String> },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +100,41 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Token {
+            config,
+            provider,
+            sub,
+            scopes,
+            roles,
+            claims,
+            ttl,
+        } => match tollgate::cli::mint_token(
+            &config,
+            provider.as_deref(),
+            &sub,
+            &scopes,
+            &roles,
+            &claims,
+            &ttl,
+        ) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate token: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::HashKey { key } => {
+            let key = key.unwrap_or_else(|| {
+                let k = format!("tg_{:032x}", fastrand::u128(..));
+                println!("key:    {k}");
+                k
+            });
+            println!("sha256: {}", tollgate::plugin::apikey::hash_key(&key));
+            ExitCode::SUCCESS
+        }
         Command::Run { config } => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .init();
@@ -132,19 +194,21 @@ fn route_table(snap: &Snapshot) -> String {
         .collect();
     rows.sort_by_key(|(h, k, l, i, _)| (*h, *k, *l, *i));
     let mut out = format!(
-        "{:<4} {:<24} {:<20} {:<16} {:<32} {}\n",
-        "#", "NAME", "HOST", "METHODS", "PATH", "UPSTREAM"
+        "{:<4} {:<24} {:<20} {:<22} {:<32} {:<12} {}\n",
+        "#", "NAME", "HOST", "METHODS", "PATH", "UPSTREAM", "PLUGINS"
     );
     for (n, (_, _, _, _, r)) in rows.iter().enumerate() {
         let (host, methods, path) = &r.describe;
+        let plugins = r.chain.names().join(",");
         out.push_str(&format!(
-            "{:<4} {:<24} {:<20} {:<16} {:<32} {}\n",
+            "{:<4} {:<24} {:<20} {:<22} {:<32} {:<12} {}\n",
             n + 1,
             r.name,
             host,
             methods,
             path,
-            r.upstream.name
+            r.upstream.name,
+            if plugins.is_empty() { "-" } else { &plugins }
         ));
     }
     out

@@ -27,6 +27,7 @@ use crate::error::{self, GatewayError};
 use crate::forwarded;
 use crate::headers;
 use crate::path;
+use crate::plugin::{cors, Decision, PluginState, Reply, RequestView};
 use crate::router::{Found, Params};
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{ip_key, HashOn};
@@ -71,6 +72,8 @@ pub struct Ctx {
     connect_tries: u32,
     /// What the gateway answered with, when it answered itself.
     error: Option<GatewayError>,
+    /// State of the route's plugin chain.
+    plugins: PluginState,
 }
 
 impl Gateway {
@@ -89,6 +92,14 @@ impl Gateway {
         if let Some(allow) = err.allow_header() {
             resp.insert_header(http::header::ALLOW, allow)?;
         }
+        for (name, value) in &err.headers {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+        if let Some(route) = &ctx.route {
+            route
+                .chain
+                .response(&mut resp, session.req_header(), &ctx.plugins);
+        }
         // Errors about the request itself may leave junk on the connection; don't reuse it.
         if matches!(err.status, 400 | 408 | 413 | 414 | 431) {
             session.set_keepalive(None);
@@ -102,6 +113,63 @@ impl Gateway {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(true)
+    }
+
+    /// Write a plugin's own response (e.g. a CORS preflight). Returns `Ok(true)`: stop processing.
+    async fn reply(&self, session: &mut Session, ctx: &mut Ctx, r: Reply) -> Result<bool> {
+        let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
+        for (name, value) in r.headers {
+            resp.append_header(name, value)?;
+        }
+        resp.insert_header(CONTENT_LENGTH, r.body.len().to_string())?;
+        resp.insert_header(X_REQUEST_ID, &ctx.request_id)?;
+        if let Some(route) = &ctx.route {
+            route
+                .chain
+                .response(&mut resp, session.req_header(), &ctx.plugins);
+        }
+        let empty = r.body.is_empty();
+        session.write_response_header(Box::new(resp), empty).await?;
+        if !empty {
+            session.write_response_body(Some(r.body), true).await?;
+        }
+        Ok(true)
+    }
+
+    /// Run the route's plugins. `Ok(true)`: a plugin answered.
+    async fn run_plugins(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(false);
+        };
+        if route.chain.is_empty() {
+            return Ok(false);
+        }
+        let view = RequestView {
+            req: session.req_header(),
+            client_ip: ctx.client_ip,
+            path: &ctx.path,
+            route: &route.name,
+        };
+        match route.chain.request(&view, &mut ctx.plugins).await {
+            Decision::Continue => {}
+            Decision::Deny(err) => return self.respond(session, ctx, err).await,
+            Decision::Reply(r) => return self.reply(session, ctx, r).await,
+        }
+        // Credentials given in the query (API keys, tokens) never reach the upstream.
+        if !ctx.plugins.query_remove.is_empty() {
+            if let (Some(uri), Some(q)) =
+                (ctx.upstream_uri.as_mut(), session.req_header().uri.query())
+            {
+                if let Some(base) = uri.strip_suffix(q).and_then(|b| b.strip_suffix('?')) {
+                    let base = base.to_string();
+                    *uri = match crate::plugin::strip_query(q, &ctx.plugins.query_remove) {
+                        Some(kept) => format!("{base}?{kept}"),
+                        None => base,
+                    };
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Size limits on the request head.
@@ -149,7 +217,17 @@ impl Gateway {
             .uri
             .host()
             .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()));
-        match s.router.find(host, &req.method, &norm, &req.headers) {
+        let mut found = s.router.find(host, &req.method, &norm, &req.headers);
+        // A CORS preflight goes where the request it announces would go, if that route does CORS.
+        if let Some(m) = cors::preflight_method(req) {
+            if let Found::Route(i, params) = s.router.find(host, &m, &norm, &req.headers) {
+                if s.routes[i].chain.answers_preflight() {
+                    ctx.plugins.preflight = true;
+                    found = Found::Route(i, params);
+                }
+            }
+        }
+        match found {
             Found::Route(i, params) => {
                 let route = s.routes[i].clone();
                 ctx.upstream_uri = Some(upstream_uri(&route, &norm, &params, req.uri.query()));
@@ -202,6 +280,7 @@ impl ProxyHttp for Gateway {
             upstream_ms: None,
             connect_tries: 0,
             error: None,
+            plugins: PluginState::default(),
         }
     }
 
@@ -245,7 +324,27 @@ impl ProxyHttp for Gateway {
         if let Err(err) = Self::route(&snap, session.req_header(), ctx) {
             return self.respond(session, ctx, err).await;
         }
-        Ok(false)
+        self.run_plugins(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(route) = &ctx.route {
+            if let Err(err) = route.chain.request_body(body.as_ref(), &mut ctx.plugins) {
+                let status = err.status;
+                ctx.error = Some(err);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "refused by a plugin while reading the body",
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -350,12 +449,20 @@ impl ProxyHttp for Gateway {
                 up.insert_header(HOST, t.to_string())?;
             }
         }
+        let p = &ctx.plugins;
+        for name in &p.upstream_remove {
+            up.remove_header(name);
+        }
+        for (name, value) in &p.upstream_set {
+            up.insert_header(name.clone(), value.clone())?;
+        }
+        route.chain.upstream_request(up, p);
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -371,6 +478,11 @@ impl ProxyHttp for Gateway {
             X_REQUEST_ID,
             HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-")),
         )?;
+        if let Some(route) = &ctx.route {
+            route
+                .chain
+                .response(resp, session.req_header(), &ctx.plugins);
+        }
         Ok(())
     }
 

@@ -40,6 +40,37 @@ impl BackgroundService for HealthChecks {
     }
 }
 
+/// Fetches and refreshes the JWKS of the *current* snapshot's JWT providers (at start, then every
+/// `jwks_refresh`; sooner after a failure).
+pub struct JwksRefresh {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    running.retain(|h| !h.is_finished());
+                    if !running.is_empty() {
+                        continue;
+                    }
+                    let snap = self.snapshot.load_full();
+                    for p in snap.jwt.values().filter(|p| p.has_jwks()) {
+                        let p = p.clone();
+                        running.push(tokio::spawn(async move { p.refresh_if_due().await }));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Build the Pingora server for `snapshot` and run it until shutdown. Never returns.
 pub fn run(snapshot: Snapshot) -> ! {
     let settings = snapshot.settings.clone();
@@ -74,7 +105,13 @@ pub fn run(snapshot: Snapshot) -> ! {
     server.add_service(proxy);
     server.add_service(background_service(
         "health checks",
-        HealthChecks { snapshot: shared },
+        HealthChecks {
+            snapshot: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        JwksRefresh { snapshot: shared },
     ));
     server.run_forever()
 }

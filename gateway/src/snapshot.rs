@@ -14,8 +14,9 @@ use ipnet::IpNet;
 use regex::Regex;
 
 use crate::config::diag::Diagnostics;
-use crate::config::load::{self, Locations};
+use crate::config::load::{self, sub_path, Locations};
 use crate::config::raw::{Balance, RawConfig, RouteConfig, ServerConfig};
+use crate::plugin::{apikey, jwt, BuildContext, Chain, Plugin, Registry};
 use crate::router::{template_param, HostMatch, Params, PathMatch, RouteMatcher, Router};
 use crate::upstream::{resolve, HashOn, Upstream};
 
@@ -52,6 +53,8 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     rewrite: Option<Vec<Part>>,
     pub preserve_host: bool,
+    /// Global plugins, then the route's own.
+    pub chain: Chain,
     /// Human description for `tollgate routes`: (host, methods, path).
     pub describe: (String, String, String),
 }
@@ -89,14 +92,24 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<Arc<Route>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// JWT providers, for the JWKS refresh and `tollgate token`.
+    pub jwt: BTreeMap<String, Arc<jwt::Provider>>,
 }
 
 impl Snapshot {
-    /// Load, validate and compile a file. On success also returns warnings.
+    /// Load, validate and compile a file with the built-in plugins. On success also returns warnings.
     pub fn from_file(path: &str) -> Result<(Snapshot, Diagnostics), Diagnostics> {
+        Self::from_file_with(path, &Registry::builtin())
+    }
+
+    /// Load, validate and compile a file with the plugins of `registry`.
+    pub fn from_file_with(
+        path: &str,
+        registry: &Registry,
+    ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
         let mut loaded = load::load_file(path)?;
         let parse_ok = !loaded.diagnostics.has_errors();
-        match Snapshot::compile(&loaded.config, &loaded.locations) {
+        match Snapshot::compile_with(&loaded.config, &loaded.locations, registry) {
             Ok((snap, warnings)) if parse_ok => {
                 loaded.add(warnings);
                 Ok((snap, loaded.diagnostics))
@@ -108,13 +121,24 @@ impl Snapshot {
         }
     }
 
-    /// Validate and compile a parsed config. Reports every problem found.
+    /// Validate and compile a parsed config with the built-in plugins.
     pub fn compile(
         cfg: &RawConfig,
         locs: &Locations,
     ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
+        Self::compile_with(cfg, locs, &Registry::builtin())
+    }
+
+    /// Validate and compile a parsed config. Reports every problem found.
+    pub fn compile_with(
+        cfg: &RawConfig,
+        locs: &Locations,
+        registry: &Registry,
+    ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
         let mut d = Diagnostics::default();
         let settings = settings(&cfg.server, locs, &mut d);
+        let auth = auth_providers(cfg, locs, &mut d);
+        let global = plugins(&cfg.plugins, "plugins", registry, &auth, locs, &mut d);
 
         let mut upstreams = BTreeMap::new();
         for (name, u) in &cfg.upstreams {
@@ -262,6 +286,15 @@ impl Snapshot {
                 }
             }
             let describe = describe(&matcher, r);
+            let mut chain = global.clone();
+            chain.extend(plugins(
+                &r.plugins,
+                &format!("{base}.plugins"),
+                registry,
+                &auth,
+                locs,
+                &mut d,
+            ));
             if let Some(up) = upstream {
                 let preserve_host = r.preserve_host.unwrap_or(up.preserve_host);
                 routes.push(Arc::new(Route {
@@ -271,6 +304,7 @@ impl Snapshot {
                     strip_prefix: r.strip_prefix.clone(),
                     rewrite,
                     preserve_host,
+                    chain: Chain::new(chain),
                     describe,
                 }));
             }
@@ -298,10 +332,97 @@ impl Snapshot {
                 router,
                 routes,
                 upstreams,
+                jwt: auth.jwt,
             },
             d,
         ))
     }
+}
+
+/// Compile `auth.jwt` and `auth.api_keys`. Key files are read relative to the config file's folder.
+fn auth_providers(cfg: &RawConfig, locs: &Locations, d: &mut Diagnostics) -> BuildContext {
+    let dir = std::path::Path::new(locs.file())
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let read = |f: &str| std::fs::read(dir.join(f));
+    let mut ctx = BuildContext {
+        failed: cfg.auth.broken.clone(),
+        ..BuildContext::default()
+    };
+    for (name, p) in &cfg.auth.jwt {
+        match jwt::Provider::build(name, p, &read) {
+            Ok(p) => {
+                ctx.jwt.insert(name.clone(), Arc::new(p));
+            }
+            Err(errs) => {
+                ctx.failed.insert(name.clone());
+                for (field, msg) in errs {
+                    d.0.push(locs.error(&sub_path(&format!("auth.jwt.{name}"), &field), msg));
+                }
+            }
+        }
+    }
+    for (name, k) in &cfg.auth.api_keys {
+        match apikey::KeySet::build(name, k) {
+            Ok(k) => {
+                ctx.api_keys.insert(name.clone(), Arc::new(k));
+            }
+            Err(errs) => {
+                ctx.failed.insert(name.clone());
+                for (field, msg) in errs {
+                    d.0.push(locs.error(&sub_path(&format!("auth.api_keys.{name}"), &field), msg));
+                }
+            }
+        }
+    }
+    ctx
+}
+
+/// Build a list of plugin entries at `base` (`plugins` or `routes[3].plugins`).
+fn plugins(
+    entries: &[serde_yaml_ng::Value],
+    base: &str,
+    registry: &Registry,
+    ctx: &BuildContext,
+    locs: &Locations,
+    d: &mut Diagnostics,
+) -> Vec<Arc<dyn Plugin>> {
+    let mut out = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("{base}[{i}]");
+        match registry.build(entry, ctx) {
+            Ok(p) => out.push(p),
+            // A provider that failed to compile was reported already; don't say it is unknown too.
+            Err(e)
+                if e.path.ends_with("provider")
+                    && e.message.starts_with("unknown")
+                    && provider_broken(entry, ctx) => {}
+            Err(e) => {
+                let path = sub_path(&at, &e.path);
+                let at_key = e.message.starts_with("unknown field");
+                let mut diag = locs.diag(
+                    &path,
+                    e.message,
+                    crate::config::diag::Severity::Error,
+                    at_key,
+                );
+                diag.path = path;
+                d.0.push(diag);
+            }
+        }
+    }
+    out
+}
+
+/// Does this plugin entry name a provider that exists in the file but failed to compile?
+fn provider_broken(entry: &serde_yaml_ng::Value, ctx: &BuildContext) -> bool {
+    let name = entry
+        .as_mapping()
+        .and_then(|m| m.values().next())
+        .and_then(|v| v.get("provider"))
+        .and_then(|v| v.as_str());
+    name.is_some_and(|n| ctx.failed.contains(n))
 }
 
 fn positive(locs: &Locations, d: &mut Diagnostics, path: &str, v: i64) {

@@ -227,43 +227,115 @@ fn gateway(s: &Stack) -> Gateway {
     Gateway { child, addr }
 }
 
+/// `tollgate token` with the demo config, as the README tells a user to mint one.
+fn token(sub: &str, scopes: &[&str]) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut args = vec!["token", "-c", "config/tollgate.yaml", "--sub", sub];
+    for s in scopes {
+        args.extend(["--scope", s]);
+    }
+    let out = Command::new(bin_path("tollgate"))
+        .args(&args)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 #[test]
 fn end_to_end_through_the_gateway() {
     let s = Stack::start(DbKind::Sqlite, &[]);
     let g = gateway(&s);
     let c = client();
     let api = |p: &str| format!("http://{}/api{p}", g.addr);
+    let admin = format!("Bearer {}", token("0", &["admin"]));
 
+    // Users need a token; a missing one is a 401 with the Bearer challenge.
     let r = c
         .post(api("/users"))
+        .json(&json!({"name": "Grace", "email": "grace@example.com"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
+    let r = c
+        .post(api("/users"))
+        .header("authorization", &admin)
         .json(&json!({"name": "Grace", "email": "grace@example.com"}))
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
     assert!(r.headers().contains_key("x-request-id"));
     let user = r.json::<Value>().unwrap()["id"].as_i64().unwrap();
+    let grace = format!("Bearer {}", token(&user.to_string(), &["orders"]));
+
+    // Product writes need scope `admin`; reads are public.
+    let product_body = json!({"name": "Compiler", "price_cents": 4200, "stock": 3});
     let r = c
         .post(api("/products"))
-        .json(&json!({"name": "Compiler", "price_cents": 4200, "stock": 3}))
+        .header("authorization", &grace)
+        .json(&product_body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    let r = c
+        .post(api("/products"))
+        .header("authorization", &admin)
+        .json(&product_body)
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
     let product = r.json::<Value>().unwrap()["id"].as_i64().unwrap();
+
+    // Orders need scope `orders`, and the service is told who the caller is.
     let r = c
         .post(api("/orders"))
+        .header("authorization", &admin)
+        .json(&json!({"user_id": user, "items": [{"product_id": product, "qty": 2}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "an admin token without scope `orders`");
+    let r = c
+        .post(api("/orders"))
+        .header("authorization", &grace)
+        .header("x-user-id", "1") // a spoofed identity header never reaches the service
         .json(&json!({"user_id": user, "items": [{"product_id": product, "qty": 2}]}))
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
     let order: Value = r.json().unwrap();
     assert_eq!(order["total_cents"], 8400);
+    let r = c
+        .post(api("/orders"))
+        .header("authorization", &grace)
+        .json(&json!({"user_id": user + 1, "items": [{"product_id": product, "qty": 1}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "ordering for someone else");
     let got: Value = c
         .get(api(&format!("/orders/{}", order["id"].as_str().unwrap())))
+        .header("authorization", &grace)
         .send()
         .unwrap()
         .json()
         .unwrap();
     assert_eq!(got, order);
+    let other = format!("Bearer {}", token(&(user + 1).to_string(), &["orders"]));
+    let r = c
+        .get(api(&format!("/orders/{}", order["id"].as_str().unwrap())))
+        .header("authorization", &other)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404, "another user's order is not found");
     let p: Value = c
         .get(api(&format!("/products/{product}")))
         .send()
@@ -272,7 +344,11 @@ fn end_to_end_through_the_gateway() {
         .unwrap();
     assert_eq!(p["stock"], 1);
     // A service's own error comes through in the same envelope as the gateway's.
-    let r = c.get(api("/users/999999")).send().unwrap();
+    let r = c
+        .get(api("/users/999999"))
+        .header("authorization", &admin)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().unwrap()["error"]["status"], 404);
     let r = c.get(format!("http://{}/nowhere", g.addr)).send().unwrap();

@@ -293,6 +293,13 @@ async fn create_order(
     headers: HeaderMap,
     JsonBody(req): JsonBody<NewOrder>,
 ) -> ApiResult<Response> {
+    if caller(&headers)?.is_some_and(|c| c != req.user_id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "you may only place orders for yourself",
+        ));
+    }
     let order = canonical(&req)?;
     let key = idempotency_key(&headers)?;
     let h = hash(&order);
@@ -652,19 +659,53 @@ pub async fn recover(st: &AppState) {
 #[utoipa::path(get, path = "/orders/{id}", responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
 async fn get_order(
     State(st): State<AppState>,
+    headers: HeaderMap,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Order>> {
+    let who = caller(&headers)?;
     retry(|| load_order(&st.pool, &id))
         .await?
+        .filter(|o| who.is_none_or(|c| c == o.user_id))
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("order_not_found", format!("order {id} does not exist")))
+        .ok_or_else(|| order_not_found(&id))
+}
+
+fn order_not_found(id: &str) -> ApiError {
+    ApiError::not_found("order_not_found", format!("order {id} does not exist"))
+}
+
+/// The caller the gateway vouches for: `X-User-Id`, which Tollgate sets from a verified token's `sub`
+/// (and strips from what clients send). Absent when the service is called directly on its private
+/// address, as the other services and the tests do. With it, a caller sees and places only its own
+/// orders; another user's order is "not found" rather than "forbidden", so ids leak nothing.
+fn caller(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    match headers.get("x-user-id") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("X-User-Id must be a user id")),
+    }
 }
 
 #[utoipa::path(get, path = "/orders", params(ListParams), responses((status = 200, body = Page<Order>)))]
 async fn list_orders(
     State(st): State<AppState>,
-    Query(q): Query<ListParams>,
+    headers: HeaderMap,
+    Query(mut q): Query<ListParams>,
 ) -> ApiResult<Json<Page<Order>>> {
+    if let Some(c) = caller(&headers)? {
+        if q.user_id.is_some_and(|u| u != c) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "you may only list your own orders",
+            ));
+        }
+        q.user_id = Some(c);
+    }
     let (limit, offset) = PageParams {
         limit: q.limit,
         offset: q.offset,
@@ -702,8 +743,17 @@ async fn list_orders(
 #[utoipa::path(post, path = "/orders/{id}/cancel", responses((status = 200, body = Order), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel_order(
     State(st): State<AppState>,
+    headers: HeaderMap,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Order>> {
+    if let Some(c) = caller(&headers)? {
+        let owner = retry(|| load_order(&st.pool, &id))
+            .await?
+            .map(|o| o.user_id);
+        if owner != Some(c) {
+            return Err(order_not_found(&id));
+        }
+    }
     let now = db::now();
     let done = retry(|| {
         sqlx::query("UPDATE orders SET status = 'cancelled', stock_released = 0, updated_at = $1 WHERE id = $2 AND status = 'confirmed'")
@@ -712,9 +762,9 @@ async fn cancel_order(
             .execute(&st.pool)
     })
     .await?;
-    let order = retry(|| load_order(&st.pool, &id)).await?.ok_or_else(|| {
-        ApiError::not_found("order_not_found", format!("order {id} does not exist"))
-    })?;
+    let order = retry(|| load_order(&st.pool, &id))
+        .await?
+        .ok_or_else(|| order_not_found(&id))?;
     if done.rows_affected() == 1 {
         // If this fails the recovery loop retries it.
         release(&st, &id).await;

@@ -60,7 +60,7 @@ impl Locations {
         self.diag(path, message, Severity::Warning, false)
     }
 
-    fn diag(
+    pub fn diag(
         &self,
         path: &str,
         message: impl Into<String>,
@@ -92,7 +92,7 @@ fn parent_path(p: &str) -> Option<&str> {
     Some(&p[..cut])
 }
 
-fn join_key(parent: &str, key: &str) -> String {
+pub fn join_key(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
     } else {
@@ -340,6 +340,55 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                     "expected a mapping of upstream name to upstream",
                 )),
             },
+            "auth" => match v {
+                Value::Mapping(m) => {
+                    for (kind, providers) in m {
+                        let kind = yaml_key(&kind);
+                        let base = join_key("auth", &kind);
+                        match kind.as_str() {
+                            "jwt" => named(
+                                providers,
+                                &base,
+                                locs,
+                                diags,
+                                &mut cfg.auth.jwt,
+                                &mut cfg.auth.broken,
+                            ),
+                            "api_keys" => named(
+                                providers,
+                                &base,
+                                locs,
+                                diags,
+                                &mut cfg.auth.api_keys,
+                                &mut cfg.auth.broken,
+                            ),
+                            other => {
+                                let mut d = locs.diag(
+                                    &base,
+                                    format!(
+                                        "unknown field `{other}`, expected `jwt` or `api_keys`"
+                                    ),
+                                    Severity::Error,
+                                    true,
+                                );
+                                d.path = base.clone();
+                                diags.0.push(d);
+                            }
+                        }
+                    }
+                }
+                Value::Null => {}
+                _ => diags
+                    .0
+                    .push(locs.error("auth", "expected a mapping with `jwt` and/or `api_keys`")),
+            },
+            "plugins" => match v {
+                Value::Sequence(list) => cfg.plugins = list,
+                Value::Null => {}
+                _ => diags
+                    .0
+                    .push(locs.error("plugins", "expected a list of plugins")),
+            },
             "routes" => match v {
                 Value::Sequence(routes) => {
                     for (i, r) in routes.into_iter().enumerate() {
@@ -370,6 +419,36 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
         }
     }
     cfg
+}
+
+/// A mapping of name → `T`, each entry deserialized on its own; names of broken entries go to `broken`.
+fn named<T: DeserializeOwned>(
+    v: Value,
+    base: &str,
+    locs: &Locations,
+    diags: &mut Diagnostics,
+    out: &mut std::collections::BTreeMap<String, T>,
+    broken: &mut std::collections::BTreeSet<String>,
+) {
+    match v {
+        Value::Mapping(m) => {
+            for (name, item) in m {
+                let name = yaml_key(&name);
+                match section::<T>(item, &join_key(base, &name), locs, diags) {
+                    Some(t) => {
+                        out.insert(name, t);
+                    }
+                    None => {
+                        broken.insert(name);
+                    }
+                }
+            }
+        }
+        Value::Null => {}
+        _ => diags
+            .0
+            .push(locs.error(base, "expected a mapping of name to definition")),
+    }
 }
 
 fn yaml_key(v: &Value) -> String {
@@ -404,26 +483,46 @@ fn section<T: DeserializeOwned>(
     match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {
-            let mut path = base.to_string();
-            for seg in e.path().iter() {
-                use serde_path_to_error::Segment;
-                match seg {
-                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
-                    Segment::Map { key } => path = join_key(&path, key),
-                    Segment::Enum { variant } => path = join_key(&path, variant),
-                    Segment::Unknown => {}
-                }
-            }
-            let msg = e.inner().to_string();
-            // serde_yaml_ng appends its own (meaningless, value-tree) position; drop it.
-            let msg = match msg.find(" at line ") {
-                Some(i) => msg[..i].to_string(),
-                None => msg,
-            };
+            let path = sub_path(base, &serde_path(e.path()));
+            let msg = clean_message(&e.inner().to_string());
             let at_key = msg.starts_with("unknown field");
             diags.0.push(locs.diag(&path, msg, Severity::Error, at_key));
             None
         }
+    }
+}
+
+/// `base` + a relative path (`x.y`, `[0].y` or empty).
+pub fn sub_path(base: &str, rel: &str) -> String {
+    if rel.is_empty() {
+        base.to_string()
+    } else if rel.starts_with('[') {
+        format!("{base}{rel}")
+    } else {
+        join_key(base, rel)
+    }
+}
+
+/// A serde path as our field path: `targets[0].weight`.
+pub fn serde_path(p: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut path = String::new();
+    for seg in p.iter() {
+        match seg {
+            Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+            Segment::Map { key } => path = join_key(&path, key),
+            Segment::Enum { variant } => path = join_key(&path, variant),
+            Segment::Unknown => {}
+        }
+    }
+    path
+}
+
+/// serde_yaml_ng appends its own (meaningless, value-tree) position to messages; drop it.
+pub fn clean_message(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
     }
 }
 

@@ -17,13 +17,26 @@ pub struct RawConfig {
     pub server: ServerConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Named authentication providers the `jwt` and `api_key` plugins refer to.
+    pub auth: AuthConfig,
+    /// Plugins every route runs, before its own (entries as written; built by the plugin registry).
+    pub plugins: Vec<serde_yaml_ng::Value>,
     /// Upstreams whose definition did not parse (already reported), so routes naming them are not
     /// reported a second time as referring to an unknown upstream.
     pub broken_upstreams: std::collections::BTreeSet<String>,
 }
 
 /// Top-level keys the loader knows; anything else is an unknown-field error.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes", "auth", "plugins"];
+
+/// `auth:`: providers by name. Each provider is parsed on its own, like upstreams.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub jwt: BTreeMap<String, crate::plugin::jwt::ProviderConfig>,
+    pub api_keys: BTreeMap<String, crate::plugin::apikey::KeySetConfig>,
+    /// Providers whose definition did not parse (already reported).
+    pub broken: std::collections::BTreeSet<String>,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -228,6 +241,9 @@ pub struct RouteConfig {
     /// Overrides the upstream's `preserve_host` for this route.
     #[serde(default)]
     pub preserve_host: Option<bool>,
+    /// This route's plugins, run after the global ones.
+    #[serde(default)]
+    pub plugins: Vec<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -1,0 +1,114 @@
+//! `headers`: add, set or remove request headers (before proxying) and response headers (before the
+//! client sees them). Runs after the gateway's own header handling, so it can override `Host` or add to
+//! `X-Forwarded-*` deliberately.
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use pingora_http::{RequestHeader, ResponseHeader};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use super::{BuildContext, BuildError, Plugin, PluginState};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Replace (or create) these headers.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Append these headers (keeping existing values).
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderTransformConfig {
+    #[serde(default)]
+    pub request: HeaderOps,
+    #[serde(default)]
+    pub response: HeaderOps,
+}
+
+#[derive(Default)]
+struct Ops {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn compile(ops: &HeaderOps, base: &str) -> Result<Ops, BuildError> {
+    let pairs = |m: &BTreeMap<String, String>,
+                 field: &str|
+     -> Result<Vec<(HeaderName, HeaderValue)>, BuildError> {
+        m.iter()
+            .map(|(k, v)| {
+                let at = format!("{base}.{field}.{k}");
+                Ok((super::header_name(k, &at)?, super::header_value(v, &at)?))
+            })
+            .collect()
+    };
+    Ok(Ops {
+        remove: ops
+            .remove
+            .iter()
+            .enumerate()
+            .map(|(i, h)| super::header_name(h, &format!("{base}.remove[{i}]")))
+            .collect::<Result<_, _>>()?,
+        set: pairs(&ops.set, "set")?,
+        add: pairs(&ops.add, "add")?,
+    })
+}
+
+pub struct HeaderTransform {
+    request: Ops,
+    response: Ops,
+}
+
+impl HeaderTransform {
+    pub fn build(
+        cfg: HeaderTransformConfig,
+        _ctx: &BuildContext,
+    ) -> Result<HeaderTransform, BuildError> {
+        Ok(HeaderTransform {
+            request: compile(&cfg.request, "request")?,
+            response: compile(&cfg.response, "response")?,
+        })
+    }
+}
+
+#[async_trait]
+impl Plugin for HeaderTransform {
+    fn name(&self) -> &'static str {
+        "headers"
+    }
+
+    fn upstream_request(&self, up: &mut RequestHeader, _state: &PluginState) {
+        let o = &self.request;
+        for h in &o.remove {
+            up.remove_header(h);
+        }
+        for (k, v) in &o.set {
+            let _ = up.insert_header(k.clone(), v.clone());
+        }
+        for (k, v) in &o.add {
+            let _ = up.append_header(k.clone(), v.clone());
+        }
+    }
+
+    fn response(&self, resp: &mut ResponseHeader, _req: &RequestHeader, _state: &PluginState) {
+        let o = &self.response;
+        for h in &o.remove {
+            resp.remove_header(h);
+        }
+        for (k, v) in &o.set {
+            let _ = resp.insert_header(k.clone(), v.clone());
+        }
+        for (k, v) in &o.add {
+            let _ = resp.append_header(k.clone(), v.clone());
+        }
+    }
+}

@@ -1,0 +1,947 @@
+//! JWT authentication: named providers (keys, algorithms, issuer, audience) under `auth.jwt`, and the
+//! `jwt` plugin that a route uses to require a valid token, scopes, roles and claims.
+//!
+//! What makes it safe:
+//! - the algorithm comes from the provider's allowlist, never from the token alone: `alg: none` (in any
+//!   case) does not even parse, and a token's `alg` must be allowed *and* match the family of the key
+//!   that verifies it, so an HMAC token can never be checked against an RSA public key (key confusion);
+//! - keys are looked up by `kid` in memory only: a `kid` is never a path or URL, and the `jku`, `x5u`
+//!   and `jwk` header fields are ignored;
+//! - `exp` is required, `nbf` is enforced, `iss` and `aud` are checked when configured, all with an
+//!   explicit leeway (default 30 s);
+//! - symmetric (`oct`) keys are never taken from a JWKS URL;
+//! - a JWKS URL is fetched at start and refreshed in the background; an unknown `kid` triggers a refetch
+//!   at most once per `jwks_min_refetch`; when the endpoint fails the last good keys stay.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+
+use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
+use crate::config::units::HumanDuration;
+use crate::error::GatewayError;
+
+/// `auth.jwt.NAME` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Accepted algorithms, e.g. `[RS256]`. Required: there is no default algorithm.
+    pub algorithms: Vec<String>,
+    /// HMAC secret (HS256/384/512), usually `${ENV}`. At least 32 bytes.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A PEM public key (RSA, EC or Ed25519) or certificate.
+    #[serde(default)]
+    pub public_key_file: Option<String>,
+    /// A JSON file with one JWK or a JWKS (`{"keys": [...]}`).
+    #[serde(default)]
+    pub jwk_file: Option<String>,
+    /// A JWKS endpoint, fetched at start and refreshed.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh: HumanDuration,
+    /// Least time between two fetches caused by an unknown `kid`.
+    #[serde(default = "default_min_refetch")]
+    pub jwks_min_refetch: HumanDuration,
+    /// Timeout of one JWKS fetch.
+    #[serde(default = "default_jwks_timeout")]
+    pub jwks_timeout: HumanDuration,
+    /// Required `iss`, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted audiences: the token's `aud` must contain one of them. Required in the token when set.
+    #[serde(default)]
+    pub audience: OneOrMany,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+    /// Also accept the token from this cookie.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Also accept the token from this query parameter (it is then removed before proxying).
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn default_refresh() -> HumanDuration {
+    HumanDuration::secs(300)
+}
+fn default_min_refetch() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_jwks_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_leeway() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+/// One verification key.
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    /// The algorithms this key may verify (its family, narrowed by a JWK's `alg` or `crv`).
+    algs: Vec<Algorithm>,
+    key: DecodingKey,
+}
+
+/// The keys of a provider: static ones from config and files, and the last good JWKS.
+#[derive(Clone, Default)]
+struct KeySet {
+    keys: Vec<Key>,
+}
+
+impl KeySet {
+    /// Keys that may verify a token with this `alg` and `kid`. A token with a `kid` uses the key with
+    /// that id; when no key has it, keys without an id (secrets, PEM files) are tried.
+    fn candidates<'a>(&'a self, alg: Algorithm, kid: Option<&str>) -> Vec<&'a Key> {
+        let usable = |k: &&Key| k.algs.contains(&alg);
+        if let Some(kid) = kid {
+            let by_id: Vec<&Key> = self
+                .keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .filter(usable)
+                .collect();
+            if !by_id.is_empty() {
+                return by_id;
+            }
+        }
+        self.keys
+            .iter()
+            .filter(|k| k.kid.is_none())
+            .filter(usable)
+            .collect()
+    }
+}
+
+/// Why a token was refused (the `error_description` and the metric reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Missing,
+    Multiple,
+    Malformed,
+    AlgorithmNotAllowed,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    MissingExp,
+    WrongIssuer,
+    WrongAudience,
+    InvalidClaims,
+}
+
+impl Rejection {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::Missing => "missing",
+            Rejection::Multiple => "multiple_tokens",
+            Rejection::Malformed => "malformed",
+            Rejection::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Rejection::UnknownKey => "unknown_key",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::Expired => "expired",
+            Rejection::NotYetValid => "not_yet_valid",
+            Rejection::MissingExp => "missing_exp",
+            Rejection::WrongIssuer => "wrong_issuer",
+            Rejection::WrongAudience => "wrong_audience",
+            Rejection::InvalidClaims => "invalid_claims",
+        }
+    }
+    fn describe(self) -> &'static str {
+        match self {
+            Rejection::Missing => "a bearer token is required",
+            Rejection::Multiple => "more than one token was sent",
+            Rejection::Malformed => "the token is malformed",
+            Rejection::AlgorithmNotAllowed => "the token's algorithm is not accepted",
+            Rejection::UnknownKey => "the token's signing key is unknown",
+            Rejection::BadSignature => "the token's signature is invalid",
+            Rejection::Expired => "the token has expired",
+            Rejection::NotYetValid => "the token is not valid yet",
+            Rejection::MissingExp => "the token has no expiry",
+            Rejection::WrongIssuer => "the token's issuer is not accepted",
+            Rejection::WrongAudience => "the token's audience is not accepted",
+            Rejection::InvalidClaims => "the token's claims are invalid",
+        }
+    }
+
+    /// The 401 answer: `WWW-Authenticate: Bearer` per RFC 6750 (no error code when no token was sent).
+    pub fn to_error(self) -> GatewayError {
+        let www = if self == Rejection::Missing {
+            "Bearer realm=\"tollgate\"".to_string()
+        } else {
+            format!(
+                "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"{}\"",
+                self.describe()
+            )
+        };
+        let code = if self == Rejection::Missing {
+            "unauthenticated"
+        } else {
+            "invalid_token"
+        };
+        GatewayError::new(401, code, self.describe()).with_header(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&www).unwrap_or(HeaderValue::from_static("Bearer")),
+        )
+    }
+}
+
+/// A compiled `auth.jwt.NAME`.
+pub struct Provider {
+    pub name: String,
+    algorithms: Vec<Algorithm>,
+    static_keys: Vec<Key>,
+    keys: ArcSwap<KeySet>,
+    issuer: Option<String>,
+    audience: Vec<String>,
+    leeway: Duration,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+    jwks: Option<Jwks>,
+}
+
+/// JWKS fetching state of a provider.
+struct Jwks {
+    url: String,
+    refresh: Duration,
+    min_refetch: Duration,
+    timeout: Duration,
+    /// Single flight, and the time of the last attempt.
+    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    /// When the next background refresh is due (None: now).
+    next_due: std::sync::Mutex<Option<Instant>>,
+}
+
+fn parse_alg(s: &str) -> Option<Algorithm> {
+    // Exact, case-sensitive names as in RFC 7518; `none` is not an algorithm here.
+    s.parse::<Algorithm>().ok()
+}
+
+fn family_algs(f: AlgorithmFamily) -> Vec<Algorithm> {
+    f.algorithms().to_vec()
+}
+
+impl Provider {
+    /// Compile a provider. `read` reads a file (a seam for tests). Errors are `(field, message)`.
+    pub fn build(
+        name: &str,
+        cfg: &ProviderConfig,
+        read: &dyn Fn(&str) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Provider, Vec<(String, String)>> {
+        let mut errs = Vec::new();
+        let mut algorithms = Vec::new();
+        if cfg.algorithms.is_empty() {
+            errs.push((
+                "algorithms".into(),
+                "list at least one algorithm, e.g. [RS256]".into(),
+            ));
+        }
+        for (i, a) in cfg.algorithms.iter().enumerate() {
+            match parse_alg(a) {
+                Some(alg) => algorithms.push((i, alg)),
+                None => errs.push((
+                    format!("algorithms[{i}]"),
+                    format!("`{a}` is not a supported algorithm (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"),
+                )),
+            }
+        }
+        let mut static_keys = Vec::new();
+        if let Some(secret) = &cfg.secret {
+            if secret.len() < 32 {
+                errs.push((
+                    "secret".into(),
+                    format!(
+                        "an HMAC secret must be at least 32 bytes (this one has {})",
+                        secret.len()
+                    ),
+                ));
+            }
+            static_keys.push(Key {
+                kid: None,
+                algs: family_algs(AlgorithmFamily::Hmac),
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            });
+        }
+        if let Some(file) = &cfg.public_key_file {
+            match read(file) {
+                Ok(pem) => match pem_key(&pem) {
+                    Some(k) => static_keys.push(k),
+                    None => errs.push((
+                        "public_key_file".into(),
+                        format!("`{file}` holds no RSA, EC or Ed25519 public key in PEM form"),
+                    )),
+                },
+                Err(e) => errs.push((
+                    "public_key_file".into(),
+                    format!("cannot read `{file}`: {e}"),
+                )),
+            }
+        }
+        if let Some(file) = &cfg.jwk_file {
+            match read(file) {
+                Ok(bytes) => match parse_jwks(&bytes, true) {
+                    Ok(keys) if !keys.is_empty() => static_keys.extend(keys),
+                    Ok(_) => {
+                        errs.push(("jwk_file".into(), format!("`{file}` holds no usable key")))
+                    }
+                    Err(e) => errs.push(("jwk_file".into(), format!("`{file}`: {e}"))),
+                },
+                Err(e) => errs.push(("jwk_file".into(), format!("cannot read `{file}`: {e}"))),
+            }
+        }
+        let jwks = match &cfg.jwks_url {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                errs.push((
+                    "jwks_url".into(),
+                    "must be an http:// or https:// URL".into(),
+                ));
+                None
+            }
+            Some(url) => Some(Jwks {
+                url: url.clone(),
+                refresh: cfg.jwks_refresh.0,
+                min_refetch: cfg.jwks_min_refetch.0,
+                timeout: cfg.jwks_timeout.0,
+                last_attempt: tokio::sync::Mutex::new(None),
+                next_due: std::sync::Mutex::new(None),
+            }),
+            None => None,
+        };
+        if cfg.secret.is_none()
+            && cfg.public_key_file.is_none()
+            && cfg.jwk_file.is_none()
+            && jwks.is_none()
+        {
+            errs.push((
+                String::new(),
+                "give a key source: `secret`, `public_key_file`, `jwk_file` or `jwks_url`".into(),
+            ));
+        } else if jwks.is_none() {
+            // Every allowed algorithm needs a key that can verify it, or it is a typo waiting to bite.
+            for (i, alg) in &algorithms {
+                if !static_keys.iter().any(|k| k.algs.contains(alg)) {
+                    errs.push((
+                        format!("algorithms[{i}]"),
+                        format!("no configured key can verify {alg:?} tokens"),
+                    ));
+                }
+            }
+        }
+        for (field, d) in [
+            ("jwks_refresh", cfg.jwks_refresh),
+            ("jwks_timeout", cfg.jwks_timeout),
+        ] {
+            if d.0.is_zero() {
+                errs.push((field.into(), "must be greater than zero".into()));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Provider {
+            name: name.to_string(),
+            algorithms: algorithms.into_iter().map(|(_, a)| a).collect(),
+            keys: ArcSwap::from_pointee(KeySet {
+                keys: static_keys.clone(),
+            }),
+            static_keys,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.to_vec(),
+            leeway: cfg.leeway.0,
+            cookie: cfg.cookie.clone(),
+            query: cfg.query.clone(),
+            jwks,
+        })
+    }
+
+    /// The algorithms this provider accepts.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+    pub fn audience(&self) -> &[String] {
+        &self.audience
+    }
+    pub fn has_jwks(&self) -> bool {
+        self.jwks.is_some()
+    }
+
+    /// Verify a token. On success, its claims.
+    pub async fn verify(&self, token: &str) -> Result<Map<String, Json>, Rejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(Rejection::AlgorithmNotAllowed);
+        }
+        let kid = header.kid.as_deref();
+        let mut keys = self.keys.load_full();
+        if keys.candidates(header.alg, kid).is_empty() && self.refetch_for_unknown_kid().await {
+            keys = self.keys.load_full();
+        }
+        let candidates = keys.candidates(header.alg, kid);
+        if candidates.is_empty() {
+            return Err(Rejection::UnknownKey);
+        }
+        let mut v = Validation::new(header.alg);
+        v.leeway = self.leeway.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if self.audience.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&self.audience);
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
+        let mut last = Rejection::BadSignature;
+        for k in candidates {
+            match jsonwebtoken::decode::<Map<String, Json>>(token, &k.key, &v) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    last = match e.kind() {
+                        K::InvalidSignature
+                        | K::InvalidAlgorithm
+                        | K::InvalidKeyFormat
+                        | K::InvalidEcdsaKey
+                        | K::InvalidRsaKey(_) => Rejection::BadSignature,
+                        K::ExpiredSignature => Rejection::Expired,
+                        K::ImmatureSignature => Rejection::NotYetValid,
+                        K::MissingRequiredClaim(c) if c == "exp" => Rejection::MissingExp,
+                        K::MissingRequiredClaim(c) if c == "iss" => Rejection::WrongIssuer,
+                        K::MissingRequiredClaim(c) if c == "aud" => Rejection::WrongAudience,
+                        K::InvalidIssuer => Rejection::WrongIssuer,
+                        K::InvalidAudience => Rejection::WrongAudience,
+                        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => {
+                            Rejection::Malformed
+                        }
+                        _ => Rejection::InvalidClaims,
+                    };
+                    // Only a bad signature is worth trying the next key for.
+                    if last != Rejection::BadSignature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Fetch the JWKS now because a token named a key we lack, unless one was fetched (or tried)
+    /// less than `jwks_min_refetch` ago. Returns whether the keys may have changed.
+    async fn refetch_for_unknown_kid(&self) -> bool {
+        let Some(j) = &self.jwks else { return false };
+        let mut last = j.last_attempt.lock().await;
+        if last.is_some_and(|t| t.elapsed() < j.min_refetch) {
+            // Another request may have just fetched: its keys are already in place.
+            return true;
+        }
+        *last = Some(Instant::now());
+        self.fetch(j).await.is_ok()
+    }
+
+    /// The background refresh: fetch when due. A failure keeps the last good keys and retries after
+    /// `jwks_min_refetch`.
+    pub async fn refresh_if_due(&self) {
+        let Some(j) = &self.jwks else { return };
+        let due = j.next_due.lock().map(|d| *d).unwrap_or(None);
+        if due.is_some_and(|d| Instant::now() < d) {
+            return;
+        }
+        let mut last = j.last_attempt.lock().await;
+        *last = Some(Instant::now());
+        let next = match self.fetch(j).await {
+            Ok(()) => j.refresh,
+            Err(e) => {
+                log::warn!(
+                    "jwt provider `{}`: JWKS fetch from {} failed, keeping the last good keys: {e}",
+                    self.name,
+                    j.url
+                );
+                j.min_refetch.max(Duration::from_secs(1))
+            }
+        };
+        if let Ok(mut d) = j.next_due.lock() {
+            *d = Some(Instant::now() + next);
+        }
+    }
+
+    async fn fetch(&self, j: &Jwks) -> Result<(), String> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(j.timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client.get(&j.url).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let fetched = parse_jwks(&body, false)?;
+        if fetched.is_empty() {
+            return Err("the JWKS has no usable signing key".into());
+        }
+        let mut keys = self.static_keys.clone();
+        keys.extend(fetched);
+        self.keys.store(Arc::new(KeySet { keys }));
+        log::info!("jwt provider `{}`: loaded JWKS from {}", self.name, j.url);
+        Ok(())
+    }
+}
+
+/// A PEM public key of any supported family.
+fn pem_key(pem: &[u8]) -> Option<Key> {
+    let (key, family) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        (k, AlgorithmFamily::Rsa)
+    } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        (k, AlgorithmFamily::Ec)
+    } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        (k, AlgorithmFamily::Ed)
+    } else {
+        return None;
+    };
+    Some(Key {
+        kid: None,
+        algs: family_algs(family),
+        key,
+    })
+}
+
+/// Parse a JWKS (or a single JWK). Keys that cannot verify signatures are skipped; symmetric keys are
+/// accepted only when `allow_symmetric` (a local file, not a URL).
+fn parse_jwks(bytes: &[u8], allow_symmetric: bool) -> Result<Vec<Key>, String> {
+    let v: Json = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let list: Vec<Json> = match v {
+        Json::Object(mut o) if o.contains_key("keys") => match o.remove("keys") {
+            Some(Json::Array(a)) => a,
+            _ => return Err("`keys` must be a list".into()),
+        },
+        Json::Object(o) => vec![Json::Object(o)],
+        _ => return Err("expected a JWK or a JWKS object".into()),
+    };
+    let mut out = Vec::new();
+    for item in list {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(item) else {
+            continue; // an unsupported key type: not ours to use
+        };
+        if matches!(
+            jwk.common.public_key_use,
+            Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))
+        ) {
+            continue;
+        }
+        let family_algs = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => family_algs(AlgorithmFamily::Rsa),
+            AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                EllipticCurve::P256 => vec![Algorithm::ES256],
+                EllipticCurve::P384 => vec![Algorithm::ES384],
+                _ => continue,
+            },
+            AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+            AlgorithmParameters::OctetKey(_) if allow_symmetric => {
+                family_algs(AlgorithmFamily::Hmac)
+            }
+            AlgorithmParameters::OctetKey(_) => continue,
+        };
+        // A JWK that names its algorithm may verify only that one.
+        let algs = match jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+        {
+            Some(a) if family_algs.contains(&a) => vec![a],
+            Some(_) => continue,
+            None if jwk.common.key_algorithm.is_some() => continue,
+            None => family_algs,
+        };
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        out.push(Key {
+            kid: jwk.common.key_id.clone(),
+            algs,
+            key,
+        });
+    }
+    Ok(out)
+}
+
+/// A claim requirement: `equals` a value, or `contains` it (in an array, or as a word of a string).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum ClaimRule {
+    Equals(Json),
+    Contains(Json),
+}
+
+/// The `jwt` plugin's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Name under `auth.jwt`.
+    pub provider: String,
+    /// Every one of these scopes (from `scope`, space-separated, or `scp`, a list or string).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// At least one of these roles (from the `roles_claim`, default `roles`).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claim name → rule, all must hold.
+    #[serde(default)]
+    pub claims: BTreeMap<String, ClaimRule>,
+    /// Claim name → header to send upstream with its value. Client-sent copies are always removed.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+/// The `jwt` plugin.
+pub struct JwtAuth {
+    provider: Arc<Provider>,
+    scopes: Vec<String>,
+    roles: Vec<String>,
+    roles_claim: String,
+    claims: Vec<(String, ClaimRule)>,
+    forward: Vec<(String, HeaderName)>,
+    /// `scope="a b"` for the 403's `WWW-Authenticate`.
+    scope_hint: String,
+}
+
+impl JwtAuth {
+    pub fn build(cfg: JwtConfig, ctx: &BuildContext) -> Result<JwtAuth, BuildError> {
+        let provider = ctx.jwt_provider(&cfg.provider)?;
+        let mut forward = Vec::new();
+        for (claim, header) in &cfg.forward_claims {
+            forward.push((
+                claim.clone(),
+                super::header_name(header, &format!("forward_claims.{claim}"))?,
+            ));
+        }
+        Ok(JwtAuth {
+            provider,
+            scope_hint: cfg.scopes.join(" "),
+            scopes: cfg.scopes,
+            roles: cfg.roles,
+            roles_claim: cfg.roles_claim,
+            claims: cfg.claims.into_iter().collect(),
+            forward,
+        })
+    }
+
+    /// Does a verified token carry what this route requires?
+    fn authorize(&self, claims: &Map<String, Json>) -> Result<(), GatewayError> {
+        let granted = scopes(claims);
+        if let Some(missing) = self.scopes.iter().find(|s| !granted.contains(s.as_str())) {
+            return Err(self.forbidden(format!("the token lacks scope `{missing}`")));
+        }
+        if !self.roles.is_empty() {
+            let held = strings(claims.get(&self.roles_claim));
+            if !self.roles.iter().any(|r| held.contains(r.as_str())) {
+                return Err(self.forbidden(format!(
+                    "the token has none of the roles {}",
+                    self.roles.join(", ")
+                )));
+            }
+        }
+        for (name, rule) in &self.claims {
+            let v = claims.get(name);
+            let ok = match rule {
+                ClaimRule::Equals(want) => v == Some(want),
+                ClaimRule::Contains(want) => match (v, want) {
+                    (Some(Json::Array(a)), w) => a.contains(w),
+                    (Some(Json::String(s)), Json::String(w)) => s.split(' ').any(|x| x == w),
+                    _ => false,
+                },
+            };
+            if !ok {
+                return Err(
+                    self.forbidden(format!("claim `{name}` does not satisfy the route's rule"))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn forbidden(&self, message: String) -> GatewayError {
+        let mut www = "Bearer realm=\"tollgate\", error=\"insufficient_scope\"".to_string();
+        if !self.scope_hint.is_empty() {
+            www.push_str(&format!(", scope=\"{}\"", self.scope_hint));
+        }
+        GatewayError::new(403, "insufficient_scope", message).with_header(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&www).unwrap_or(HeaderValue::from_static("Bearer")),
+        )
+    }
+}
+
+/// Scopes granted by `scope` (space-separated string) and `scp` (list, or space-separated string).
+fn scopes(claims: &Map<String, Json>) -> HashSet<&str> {
+    let mut out = strings(claims.get("scp"));
+    if let Some(Json::String(s)) = claims.get("scope") {
+        out.extend(s.split(' ').filter(|x| !x.is_empty()));
+    }
+    out
+}
+
+fn strings(v: Option<&Json>) -> HashSet<&str> {
+    match v {
+        Some(Json::Array(a)) => a.iter().filter_map(Json::as_str).collect(),
+        Some(Json::String(s)) => s.split(' ').filter(|x| !x.is_empty()).collect(),
+        _ => HashSet::new(),
+    }
+}
+
+/// Find the one token of a request: `Authorization: Bearer`, or the provider's cookie or query
+/// parameter. Two or more tokens (even equal ones) are refused: which one would count is ambiguous.
+pub fn extract_token<'a>(
+    req: &'a pingora_http::RequestHeader,
+    p: &'a Provider,
+) -> Result<&'a str, Rejection> {
+    let mut found: Option<&str> = None;
+    let mut take = |t: &'a str| -> Result<(), Rejection> {
+        if found.replace(t).is_some() {
+            return Err(Rejection::Multiple);
+        }
+        Ok(())
+    };
+    for v in req.headers.get_all(http::header::AUTHORIZATION) {
+        let s = v.to_str().map_err(|_| Rejection::Malformed)?;
+        let (scheme, rest) = s.trim().split_once(' ').unwrap_or((s, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let t = rest.trim();
+            if t.is_empty() || t.contains(' ') || t.contains(',') {
+                return Err(Rejection::Malformed);
+            }
+            take(t)?;
+        }
+    }
+    if let Some(name) = &p.cookie {
+        for v in req.headers.get_all(http::header::COOKIE) {
+            let Ok(s) = v.to_str() else { continue };
+            for pair in s.split(';') {
+                if let Some((k, val)) = pair.trim().split_once('=') {
+                    if k == name {
+                        take(val)?;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(name) = &p.query {
+        for val in super::query_params(req.uri.query(), name) {
+            take(val)?;
+        }
+    }
+    found.ok_or(Rejection::Missing)
+}
+
+#[async_trait]
+impl Plugin for JwtAuth {
+    fn name(&self) -> &'static str {
+        "jwt"
+    }
+
+    async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
+        // Whatever happens, a client never gets to set the identity headers itself.
+        for (_, h) in &self.forward {
+            state.upstream_remove.push(h.clone());
+        }
+        if let Some(q) = &self.provider.query {
+            state.query_remove.push(q.clone());
+        }
+        let token = match extract_token(req.req, &self.provider) {
+            Ok(t) => t,
+            Err(r) => return Decision::Deny(r.to_error()),
+        };
+        let claims = match self.provider.verify(token).await {
+            Ok(c) => c,
+            Err(r) => return Decision::Deny(r.to_error()),
+        };
+        if let Err(e) = self.authorize(&claims) {
+            return Decision::Deny(e);
+        }
+        for (claim, header) in &self.forward {
+            let value = match claims.get(claim) {
+                Some(Json::String(s)) => HeaderValue::from_str(s).ok(),
+                Some(Json::Number(n)) => HeaderValue::from_str(&n.to_string()).ok(),
+                Some(Json::Bool(b)) => {
+                    Some(HeaderValue::from_static(if *b { "true" } else { "false" }))
+                }
+                Some(Json::Array(a)) => {
+                    let parts: Vec<&str> = a.iter().filter_map(Json::as_str).collect();
+                    HeaderValue::from_str(&parts.join(" ")).ok()
+                }
+                _ => None,
+            };
+            if let Some(v) = value {
+                state.upstream_set.push((header.clone(), v));
+            }
+        }
+        state.identity.subject = claims.get("sub").and_then(Json::as_str).map(str::to_string);
+        state.identity.claims = Some(Arc::new(claims));
+        Decision::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(yaml: &str) -> Provider {
+        let cfg: ProviderConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        Provider::build("t", &cfg, &|_| Err(std::io::Error::other("no files")))
+            .map_err(|e| format!("{e:?}"))
+            .unwrap()
+    }
+
+    fn hs(claims: serde_json::Value, alg: Algorithm, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    #[tokio::test]
+    async fn verifies_and_rejects() {
+        let p = provider(&format!(
+            "{{ algorithms: [HS256], secret: {SECRET}, issuer: me, audience: api }}"
+        ));
+        let good = hs(
+            serde_json::json!({"sub": "1", "exp": now() + 60, "iss": "me", "aud": "api"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(p.verify(&good).await.unwrap()["sub"], "1");
+        let cases = [
+            (
+                serde_json::json!({"exp": now() - 31, "iss": "me", "aud": "api"}),
+                Rejection::Expired,
+            ),
+            (
+                serde_json::json!({"iss": "me", "aud": "api"}),
+                Rejection::MissingExp,
+            ),
+            (
+                serde_json::json!({"exp": now() + 60, "nbf": now() + 60, "iss": "me", "aud": "api"}),
+                Rejection::NotYetValid,
+            ),
+            (
+                serde_json::json!({"exp": now() + 60, "iss": "you", "aud": "api"}),
+                Rejection::WrongIssuer,
+            ),
+            (
+                serde_json::json!({"exp": now() + 60, "iss": "me", "aud": "web"}),
+                Rejection::WrongAudience,
+            ),
+            (
+                serde_json::json!({"exp": now() + 60, "iss": "me"}),
+                Rejection::WrongAudience,
+            ),
+        ];
+        for (claims, want) in cases {
+            let t = hs(claims.clone(), Algorithm::HS256, SECRET);
+            assert_eq!(p.verify(&t).await.unwrap_err(), want, "{claims}");
+        }
+        // Within the leeway: fine.
+        let t = hs(
+            serde_json::json!({"exp": now() - 10, "iss": "me", "aud": "api"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert!(p.verify(&t).await.is_ok());
+        // Another HMAC algorithm than allowed.
+        let t = hs(
+            serde_json::json!({"exp": now() + 60, "iss": "me", "aud": "api"}),
+            Algorithm::HS512,
+            SECRET,
+        );
+        assert_eq!(
+            p.verify(&t).await.unwrap_err(),
+            Rejection::AlgorithmNotAllowed
+        );
+        // Wrong secret.
+        let t = hs(
+            serde_json::json!({"exp": now() + 60, "iss": "me", "aud": "api"}),
+            Algorithm::HS256,
+            "another-secret-another-secret-xx",
+        );
+        assert_eq!(p.verify(&t).await.unwrap_err(), Rejection::BadSignature);
+        assert_eq!(
+            p.verify("not.a.token").await.unwrap_err(),
+            Rejection::Malformed
+        );
+    }
+
+    #[test]
+    fn config_errors() {
+        let cfg: ProviderConfig =
+            serde_yaml_ng::from_str("{ algorithms: [HS256, none, RS256], secret: short }").unwrap();
+        let errs = Provider::build("t", &cfg, &|_| Err(std::io::Error::other("x")))
+            .err()
+            .unwrap();
+        let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["algorithms[1]", "secret", "algorithms[2]"],
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn scope_forms() {
+        let c: Map<String, Json> =
+            serde_json::from_value(serde_json::json!({"scope": "a b", "scp": ["c"]})).unwrap();
+        let s = scopes(&c);
+        assert!(s.contains("a") && s.contains("b") && s.contains("c"));
+    }
+}
