@@ -29,13 +29,15 @@ pub fn mint_token(
         None => match with_secret.as_slice() {
             [one] => (*one).clone(),
             [] => return Err(format!("{config} has no JWT provider with a `secret`")),
-            many => return Err(format!(
+            many => {
+                return Err(format!(
                 "{config} has several JWT providers with a secret ({}): pick one with --provider",
                 many.iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            )),
+            ))
+            }
         },
     };
     let p = providers

@@ -605,10 +605,12 @@ fn parse_jwks(bytes: &[u8], allow_symmetric: bool) -> Result<Vec<Key>, String> {
 
 /// A claim requirement: `equals` a value, or `contains` it (in an array, or as a word of a string).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum ClaimRule {
-    Equals(Json),
-    Contains(Json),
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    #[serde(default)]
+    pub equals: Option<Json>,
+    #[serde(default)]
+    pub contains: Option<Json>,
 }
 
 /// The `jwt` plugin's config.
@@ -652,6 +654,14 @@ pub struct JwtAuth {
 impl JwtAuth {
     pub fn build(cfg: JwtConfig, ctx: &BuildContext) -> Result<JwtAuth, BuildError> {
         let provider = ctx.jwt_provider(&cfg.provider)?;
+        for (name, rule) in &cfg.claims {
+            if rule.equals.is_none() && rule.contains.is_none() {
+                return Err(BuildError::at(
+                    format!("claims.{name}"),
+                    "give `equals` or `contains`",
+                ));
+            }
+        }
         let mut forward = Vec::new();
         for (claim, header) in &cfg.forward_claims {
             forward.push((
@@ -687,14 +697,13 @@ impl JwtAuth {
         }
         for (name, rule) in &self.claims {
             let v = claims.get(name);
-            let ok = match rule {
-                ClaimRule::Equals(want) => v == Some(want),
-                ClaimRule::Contains(want) => match (v, want) {
-                    (Some(Json::Array(a)), w) => a.contains(w),
-                    (Some(Json::String(s)), Json::String(w)) => s.split(' ').any(|x| x == w),
-                    _ => false,
-                },
-            };
+            let equals_ok = rule.equals.as_ref().is_none_or(|want| v == Some(want));
+            let contains_ok = rule.contains.as_ref().is_none_or(|want| match (v, want) {
+                (Some(Json::Array(a)), w) => a.contains(w),
+                (Some(Json::String(s)), Json::String(w)) => s.split(' ').any(|x| x == w),
+                _ => false,
+            });
+            let ok = equals_ok && contains_ok;
             if !ok {
                 return Err(
                     self.forbidden(format!("claim `{name}` does not satisfy the route's rule"))

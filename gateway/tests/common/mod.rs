@@ -365,3 +365,89 @@ pub fn tollgate(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A tiny HTTP server that answers every request with a status and body that a test can change, e.g.
+/// a JWKS endpoint. Counts requests.
+pub struct StaticServer {
+    pub addr: SocketAddr,
+    pub state: Arc<std::sync::Mutex<(u16, String)>>,
+    pub hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StaticServer {
+    pub fn start(status: u16, body: &str) -> StaticServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(std::sync::Mutex::new((status, body.to_string())));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, h, s) = (state.clone(), hits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                h.fetch_add(1, Ordering::Relaxed);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                let (code, body) = st.lock().unwrap().clone();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        StaticServer {
+            addr,
+            state,
+            hits,
+            stop,
+        }
+    }
+
+    pub fn set(&self, status: u16, body: &str) {
+        *self.state.lock().unwrap() = (status, body.to_string());
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// A request with extra header lines (`"Name: value"`) and an optional body, `Connection: close`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> Response {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
+    for h in headers {
+        raw.push_str(h);
+        raw.push_str("\r\n");
+    }
+    if let Some(b) = body {
+        raw.push_str(&format!("Content-Length: {}\r\n\r\n{b}", b.len()));
+    } else {
+        raw.push_str("\r\n");
+    }
+    send(addr, raw.as_bytes())
+}
+
+/// Where the test fixtures (keys) are.
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
