@@ -35,7 +35,8 @@ stop_all() {
     wait "${PIDS[@]}" 2>/dev/null || true
   fi
 }
-trap stop_all INT TERM EXIT
+trap stop_all EXIT
+trap 'stop_all; exit 0' INT TERM
 
 bin=./target/release
 start() { # name, log file, command...
@@ -81,16 +82,26 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 
+USER_TOKEN=$("$bin/tollgate" token -c config/tollgate.yaml --sub 1 --scope orders --ttl 12h)
+ADMIN_TOKEN=$("$bin/tollgate" token -c config/tollgate.yaml --sub 0 --scope admin --ttl 12h)
 cat <<EOF
 
 Tollgate is up on http://$GATEWAY  (services: users $USERS, products $PRODUCTS, orders $ORDERS)
 
+Product reads are public; everything else needs a token (mint more with ./target/release/tollgate token):
+
+  USER=$USER_TOKEN
+  ADMIN=$ADMIN_TOKEN
+
   curl -s http://$GATEWAY/api/products
-  curl -s http://$GATEWAY/api/users/1
-  curl -s -X POST http://$GATEWAY/api/orders -H 'content-type: application/json' \\
+  curl -s http://$GATEWAY/api/users/1 -H "authorization: Bearer \$USER"
+  curl -s -X POST http://$GATEWAY/api/orders -H "authorization: Bearer \$USER" -H 'content-type: application/json' \\
        -H 'idempotency-key: demo-1' -d '{"user_id":1,"items":[{"product_id":1,"qty":1}]}'
-  curl -s 'http://$GATEWAY/api/orders?user_id=1'
-  curl -s http://$GATEWAY/nope          # a JSON 404 from the gateway
+  curl -s http://$GATEWAY/api/orders -H "authorization: Bearer \$USER"       # only user 1's orders
+  curl -s -X PATCH http://$GATEWAY/api/products/1 -H "authorization: Bearer \$ADMIN" \\
+       -H 'content-type: application/json' -d '{"price_cents":9900}'
+  curl -si http://$GATEWAY/api/orders | head -n 1                           # 401, JSON body
+  curl -s http://$GATEWAY/nope                                             # 404 from the gateway
 
 Access log: $DEMO_DIR/logs/gateway.log. Ctrl-C stops everything.
 EOF

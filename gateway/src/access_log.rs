@@ -99,6 +99,10 @@ pub struct Entry<'a> {
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub user_agent: Option<&'a str>,
+    pub trace_id: &'a str,
+    /// Who the request was authenticated as (JWT `sub`, or API-key consumer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
 }

@@ -5,16 +5,20 @@
 //! goes, [`proxy`] is the thin Pingora glue, [`server`] assembles the process.
 
 pub mod access_log;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod forwarded;
 pub mod headers;
+pub mod metrics;
 pub mod path;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod trace;
 pub mod upstream;

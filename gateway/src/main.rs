@@ -26,6 +26,10 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "config/tollgate.yaml")]
         config: String,
+        /// Take over the listening sockets of the running instance (zero-downtime upgrade). Start the
+        /// new binary with this flag, then send SIGQUIT to the old process.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check config files without starting anything. Prints one line per problem.
     Validate {
@@ -135,7 +139,7 @@ fn main() -> ExitCode {
             println!("sha256: {}", tollgate::plugin::apikey::hash_key(&key));
             ExitCode::SUCCESS
         }
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .init();
             let snap = match Snapshot::from_file(&config) {
@@ -160,7 +164,14 @@ fn main() -> ExitCode {
                 snap.routes.len(),
                 snap.upstreams.len()
             );
-            tollgate::server::run(snap)
+            tollgate::server::run(
+                snap,
+                tollgate::server::RunOptions {
+                    config_path: config,
+                    registry: std::sync::Arc::new(tollgate::plugin::Registry::builtin()),
+                    upgrade,
+                },
+            )
         }
     }
 }

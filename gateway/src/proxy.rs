@@ -26,16 +26,19 @@ use crate::access_log::{self, AccessLog};
 use crate::error::{self, GatewayError};
 use crate::forwarded;
 use crate::headers;
+use crate::metrics::{method_label, metrics};
 use crate::path;
 use crate::plugin::{cors, Decision, PluginState, Reply, RequestView};
 use crate::router::{Found, Params};
 use crate::snapshot::{Route, Snapshot};
+use crate::trace::TraceContext;
 use crate::upstream::{ip_key, HashOn};
 
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const TRACEPARENT: &str = "traceparent";
 
 /// The proxy. Holds the current config snapshot; each request pins the one it started with.
 pub struct Gateway {
@@ -74,6 +77,25 @@ pub struct Ctx {
     error: Option<GatewayError>,
     /// State of the route's plugin chain.
     plugins: PluginState,
+    trace: Option<TraceContext>,
+    /// Counts this request in `tollgate_requests_in_flight` until dropped.
+    _in_flight: Option<InFlight>,
+}
+
+/// Holds one unit of the in-flight gauge; dropping it (however the request ends) gives it back.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        metrics().in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().in_flight.dec();
+    }
 }
 
 impl Gateway {
@@ -151,9 +173,17 @@ impl Gateway {
             route: &route.name,
         };
         match route.chain.request(&view, &mut ctx.plugins).await {
-            Decision::Continue => {}
-            Decision::Deny(err) => return self.respond(session, ctx, err).await,
-            Decision::Reply(r) => return self.reply(session, ctx, r).await,
+            (Decision::Continue, _) => {}
+            (Decision::Deny(err), by) => {
+                if matches!(err.status, 401 | 403) {
+                    metrics()
+                        .auth_failures
+                        .with_label_values(&[by, err.code])
+                        .inc();
+                }
+                return self.respond(session, ctx, err).await;
+            }
+            (Decision::Reply(r), _) => return self.reply(session, ctx, r).await,
         }
         // Credentials given in the query (API keys, tokens) never reach the upstream.
         if !ctx.plugins.query_remove.is_empty() {
@@ -281,13 +311,19 @@ impl ProxyHttp for Gateway {
             connect_tries: 0,
             error: None,
             plugins: PluginState::default(),
+            trace: None,
+            _in_flight: None,
         }
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let snap = self.snapshot.load_full();
         ctx.start = Instant::now();
+        ctx._in_flight = Some(InFlight::new());
         let req = session.req_header();
+        ctx.trace = Some(TraceContext::from_header(
+            req.headers.get(TRACEPARENT).map(|v| v.as_bytes()),
+        ));
         ctx.request_id = match req.headers.get(X_REQUEST_ID) {
             Some(v) if headers::valid_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
@@ -443,6 +479,9 @@ impl ProxyHttp for Gateway {
             }
         }
         up.insert_header(X_REQUEST_ID, &ctx.request_id)?;
+        if let Some(t) = &ctx.trace {
+            up.insert_header(TRACEPARENT, t.header())?;
+        }
         let route = ctx.route.as_ref().expect("routed");
         if !route.preserve_host {
             if let Some(t) = ctx.target {
@@ -467,7 +506,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(start) = ctx.upstream_start {
-            ctx.upstream_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+            let took = start.elapsed().as_secs_f64();
+            ctx.upstream_ms = Some(took * 1000.0);
+            if let Some(route) = &ctx.route {
+                route.upstream.duration.observe(took);
+            }
         }
         if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
             for name in headers::hop_by_hop_present(&resp.headers) {
@@ -512,13 +555,23 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let Some(log) = &self.log else { return };
         let req = session.req_header();
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .or(ctx.error.as_ref().map(|e| e.status))
             .unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        let route_label = ctx.route.as_deref().map_or("", |r| r.name.as_str());
+        let mut code = itoa::Buffer::new();
+        metrics()
+            .requests
+            .with_label_values(&[route_label, method_label(&req.method), code.format(status)])
+            .inc();
+        if let Some(r) = &ctx.route {
+            r.duration.observe(elapsed.as_secs_f64());
+        }
+        let Some(log) = &self.log else { return };
         let route = ctx.route.as_deref();
         let path = if ctx.path.is_empty() {
             req.uri.path()
@@ -535,11 +588,17 @@ impl ProxyHttp for Gateway {
             upstream: route.map(|r| r.upstream.name.as_str()),
             target: ctx.target.map(|t| t.to_string()),
             status,
-            duration_ms: round3(ctx.start.elapsed().as_secs_f64() * 1000.0),
+            duration_ms: round3(elapsed.as_secs_f64() * 1000.0),
             upstream_ms: ctx.upstream_ms.map(round3),
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
             user_agent: req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+            trace_id: ctx.trace.as_ref().map_or("", |t| t.trace_id.as_str()),
+            principal: ctx.plugins.identity.subject.as_deref().or(ctx
+                .plugins
+                .identity
+                .consumer
+                .as_deref()),
             error: ctx.error.as_ref().map(|e| e.code),
         };
         if let Ok(line) = serde_json::to_string(&entry) {

@@ -7,13 +7,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 
 use pingora_core::services::listening::Service;
 
+use crate::admin::Admin;
 use crate::deadline::HeaderDeadline;
+use crate::plugin::Registry;
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 
 /// Runs due health checks of the *current* snapshot's upstreams, so reloaded pools are checked too.
@@ -71,10 +74,111 @@ impl BackgroundService for JwksRefresh {
     }
 }
 
+/// Reloads the config when its file changes (polled every `server.reload.interval`) and on SIGHUP.
+pub struct ConfigWatch {
+    pub reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        #[cfg(unix)]
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_poll = std::time::Instant::now();
+        loop {
+            let sighup = async {
+                match hup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sighup => {
+                    self.reloader.reload("sighup").await;
+                }
+                _ = tick.tick() => {
+                    let every = self.reloader.shared.load().settings.watch_config;
+                    if let Some(every) = every {
+                        if last_poll.elapsed() >= every {
+                            last_poll = std::time::Instant::now();
+                            if self.reloader.file_changed() {
+                                self.reloader.reload("file").await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ends the process as soon as a graceful shutdown (SIGTERM) or upgrade (SIGQUIT, after the sockets
+/// were handed over) has no request left in flight, instead of always waiting out Pingora's grace period.
+pub struct Drain {
+    phase: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(mut phase) = self.phase.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        loop {
+            match phase.recv().await {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        }
+        log::info!("draining: waiting for in-flight requests");
+        loop {
+            if crate::metrics::metrics().in_flight.get() <= 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the access-log writer catch up, then go.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log::info!("drained; exiting");
+        std::process::exit(0);
+    }
+}
+
+/// How to run.
+pub struct RunOptions {
+    /// The config file, for reloads and `/admin/config`.
+    pub config_path: String,
+    /// Plugins the config may use (reloads build with it too).
+    pub registry: Arc<Registry>,
+    /// Take over the listening sockets of a running instance (`tollgate run --upgrade`).
+    pub upgrade: bool,
+}
+
 /// Build the Pingora server for `snapshot` and run it until shutdown. Never returns.
-pub fn run(snapshot: Snapshot) -> ! {
+///
+/// Signals: SIGTERM stops accepting and exits once no request is in flight (at most `shutdown.timeout`);
+/// SIGQUIT hands the listening sockets to a new process started with `--upgrade`, then does the same;
+/// SIGINT stops at once; SIGHUP reloads.
+pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let settings = snapshot.settings.clone();
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let reloader = Arc::new(Reloader::new(
+        &opts.config_path,
+        opts.registry,
+        shared.clone(),
+    ));
 
     let conf = ServerConf {
         threads: settings.threads.unwrap_or_else(|| {
@@ -82,12 +186,19 @@ pub fn run(snapshot: Snapshot) -> ! {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }),
-        grace_period_seconds: Some(settings.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(settings.shutdown_timeout.as_secs()),
+        // Pingora stops accepting at once, then keeps the runtimes alive for this "grace period" before
+        // tearing them down (dropping whatever is still running). `Drain` exits earlier, as soon as
+        // nothing is in flight, so this is the upper bound.
+        grace_period_seconds: Some(settings.shutdown_timeout.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 512,
+        upgrade_sock: settings.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let opt = Opt::default();
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
@@ -103,6 +214,16 @@ pub fn run(snapshot: Snapshot) -> ! {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    if let Some(addr) = settings.admin_listen {
+        let mut admin = Service::new(
+            "admin".to_string(),
+            Admin {
+                reloader: reloader.clone(),
+            },
+        );
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     server.add_service(background_service(
         "health checks",
         HealthChecks {
@@ -112,6 +233,13 @@ pub fn run(snapshot: Snapshot) -> ! {
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresh { snapshot: shared },
+    ));
+    server.add_service(background_service("config watch", ConfigWatch { reloader }));
+    server.add_service(background_service(
+        "drain",
+        Drain {
+            phase: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+        },
     ));
     server.run_forever()
 }

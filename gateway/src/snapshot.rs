@@ -33,8 +33,12 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     pub access_log: bool,
     pub access_log_path: Option<String>,
-    pub grace_period: Duration,
     pub shutdown_timeout: Duration,
+    /// The admin listener, when enabled.
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub watch_config: Option<Duration>,
+    pub upgrade_sock: String,
 }
 
 /// One piece of a rewrite template.
@@ -55,6 +59,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Global plugins, then the route's own.
     pub chain: Chain,
+    /// `tollgate_request_duration_seconds{route=name}`, resolved once.
+    pub duration: prometheus::Histogram,
     /// Human description for `tollgate routes`: (host, methods, path).
     pub describe: (String, String, String),
 }
@@ -305,6 +311,7 @@ impl Snapshot {
                     rewrite,
                     preserve_host,
                     chain: Chain::new(chain),
+                    duration: crate::metrics::route_duration(&r.name),
                     describe,
                 }));
             }
@@ -336,6 +343,40 @@ impl Snapshot {
             },
             d,
         ))
+    }
+}
+
+impl Snapshot {
+    /// Take over what a reload should not lose from the snapshot being replaced (the JWKS keys already
+    /// fetched), and say which changed settings only take effect after a restart or graceful upgrade.
+    pub fn inherit(&self, old: &Snapshot) -> Vec<String> {
+        for (name, p) in &self.jwt {
+            if let Some(o) = old.jwt.get(name) {
+                p.inherit_keys(o);
+            }
+        }
+        let (n, o) = (&self.settings, &old.settings);
+        let mut w = Vec::new();
+        let mut fixed = |what: &str, changed: bool| {
+            if changed {
+                w.push(format!("server.{what} changed: it takes effect after a graceful upgrade or restart; the running value stays"));
+            }
+        };
+        fixed("listen", n.listen != o.listen);
+        fixed("threads", n.threads != o.threads);
+        fixed("admin.listen", n.admin_listen != o.admin_listen);
+        fixed(
+            "access_log",
+            n.access_log != o.access_log || n.access_log_path != o.access_log_path,
+        );
+        fixed(
+            "limits.header_read_timeout",
+            n.header_read_timeout != o.header_read_timeout,
+        );
+        fixed("shutdown", n.shutdown_timeout != o.shutdown_timeout);
+        fixed("upgrade_sock", n.upgrade_sock != o.upgrade_sock);
+        fixed("reload", n.watch_config != o.watch_config);
+        w
     }
 }
 
@@ -487,6 +528,38 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
         "server.limits.header_read_timeout",
         l.header_read_timeout.0,
     );
+    let mut admin_listen = None;
+    if s.admin.enabled {
+        match s.admin.listen.parse::<SocketAddr>() {
+            Ok(a)
+                if listen.iter().any(|l| {
+                    l.port() == a.port()
+                        && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
+                }) =>
+            {
+                d.0.push(locs.error(
+                    "server.admin.listen",
+                    format!(
+                        "`{a}` overlaps a public listener: the admin API must have its own address"
+                    ),
+                ))
+            }
+            Ok(a) => admin_listen = Some(a),
+            Err(_) => d.0.push(locs.error(
+                "server.admin.listen",
+                format!(
+                    "`{}` is not an address like `127.0.0.1:9090`",
+                    s.admin.listen
+                ),
+            )),
+        }
+    }
+    if let Some(t) = &s.admin.token {
+        if t.len() < 16 {
+            d.0.push(locs.error("server.admin.token", "must be at least 16 characters"));
+        }
+    }
+    nonzero(locs, d, "server.reload.interval", s.reload.interval.0);
     if d.0.len() > before {
         return None;
     }
@@ -501,8 +574,11 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
         keepalive_timeout: l.keepalive_timeout.0,
         access_log: s.access_log.enabled,
         access_log_path: s.access_log.path.clone(),
-        grace_period: s.shutdown.grace_period.0,
         shutdown_timeout: s.shutdown.timeout.0,
+        admin_listen,
+        admin_token: s.admin.token.clone(),
+        watch_config: s.reload.watch.then_some(s.reload.interval.0),
+        upgrade_sock: s.upgrade_sock.clone(),
     })
 }
 

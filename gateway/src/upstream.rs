@@ -94,6 +94,8 @@ impl HashOn {
 /// Resolved upstream settings and its pool.
 pub struct Upstream {
     pub name: String,
+    /// `tollgate_upstream_duration_seconds{upstream=name}`, resolved once.
+    pub duration: prometheus::Histogram,
     pub balance: Balance,
     pub hash_on: Option<HashOn>,
     pub connect_timeout: Duration,
@@ -175,6 +177,7 @@ impl Upstream {
         }
         let up = Upstream {
             name: name.to_string(),
+            duration: crate::metrics::upstream_duration(name),
             balance: cfg.balance,
             hash_on,
             connect_timeout: cfg.timeouts.connect.0,

@@ -871,3 +871,57 @@ routes:
         assert!(out.lines().any(|l| l.starts_with(&want)), "missing `{want}` in:\n{out}");
     }
 }
+
+/// A user's own plugin (gateway/examples/custom_plugin.rs), registered beside the built-ins, runs in the
+/// chain like them, and its config is checked like theirs.
+#[test]
+fn a_custom_plugin_from_the_example() {
+    let exe = std::path::Path::new(bin())
+        .parent()
+        .unwrap()
+        .join("examples/custom_plugin");
+    assert!(
+        exe.exists(),
+        "build the examples first: cargo build --all-targets"
+    );
+    let be = Backend::start("be", Mode::Echo);
+    let config = format!(
+        "server: {{ listen: [\"{{listen}}\"] }}
+upstreams:
+  be: {{ targets: [{{ addr: \"{}\" }}] }}
+routes:
+  - name: r
+    match: {{ path_prefix: / }}
+    upstream: be
+    plugins: [{{ tenant_header: {{ allow: [acme] }} }}]
+",
+        be.addr
+    );
+    let g = Gateway::start_program(&exe, &[], &config);
+    let r = get(&g, "/x", &[]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.error_code(), "unknown_tenant");
+    let r = get(&g, "/x", &["X-Tenant: acme"]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-tenant-verified").as_deref(),
+        Some("acme")
+    );
+    // Its config errors have places too.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        config
+            .replace("allow: [acme]", "allow: [acme], colour: red")
+            .replace("{listen}", "127.0.0.1:1"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&exe).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":8:49: routes[0].plugins[0].tenant_header.colour: unknown field `colour`"),
+        "{err}"
+    );
+}

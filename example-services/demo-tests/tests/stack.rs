@@ -202,6 +202,7 @@ fn gateway(s: &Stack) -> Gateway {
     let addr = free_addr();
     let vars: BTreeMap<&str, String> = BTreeMap::from([
         ("TOLLGATE_LISTEN", addr.to_string()),
+        ("TOLLGATE_ADMIN_LISTEN", free_addr().to_string()),
         ("USERS_ADDR", s.users.addr.to_string()),
         ("PRODUCTS_ADDR", s.products.addr.to_string()),
         ("ORDERS_ADDR", s.orders.addr.to_string()),

@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub access_log: AccessLogConfig,
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
+    pub admin: AdminConfig,
+    pub reload: ReloadConfig,
+    /// Unix socket through which a new `tollgate run --upgrade` takes over the listening sockets.
+    pub upgrade_sock: String,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,48 @@ impl Default for ServerConfig {
             access_log: AccessLogConfig::default(),
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            admin: AdminConfig::default(),
+            reload: ReloadConfig::default(),
+            upgrade_sock: "/tmp/tollgate_upgrade.sock".into(),
+        }
+    }
+}
+
+/// The admin listener: health, metrics, and (with a token) the admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Its own address; never one of the public listeners.
+    pub listen: String,
+    /// Bearer token for `/admin/*` (at least 16 characters); `/admin/*` is off without one.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:9090".into(),
+            token: None,
+        }
+    }
+}
+
+/// Reloading the config file when it changes (SIGHUP and `POST /admin/reload` always work).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    pub watch: bool,
+    /// How often the file is checked for a change.
+    pub interval: HumanDuration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: HumanDuration::secs(1),
         }
     }
 }
@@ -116,19 +162,18 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Graceful shutdown and upgrade: after SIGTERM (or SIGQUIT, once the sockets are handed over) the
+/// gateway stops accepting, and exits as soon as no request is in flight, or after `timeout`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// After SIGTERM, keep accepting for this long so load balancers can notice (Pingora's grace period).
-    pub grace_period: HumanDuration,
-    /// Then give in-flight requests at most this long to finish.
+    /// The longest in-flight requests are given to finish.
     pub timeout: HumanDuration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
-            grace_period: HumanDuration::secs(0),
             timeout: HumanDuration::secs(30),
         }
     }

@@ -399,6 +399,28 @@ impl Provider {
         self.jwks.is_some()
     }
 
+    /// After a reload: start from the keys the provider being replaced fetched from the same JWKS URL,
+    /// so tokens keep verifying while the new provider's first fetch is on its way.
+    pub fn inherit_keys(&self, old: &Provider) {
+        let (Some(new), Some(prev)) = (&self.jwks, &old.jwks) else {
+            return;
+        };
+        if new.url != prev.url || self.algorithms != old.algorithms {
+            return;
+        }
+        let fetched: Vec<Key> = old
+            .keys
+            .load()
+            .keys
+            .iter()
+            .skip(old.static_keys.len())
+            .cloned()
+            .collect();
+        let mut keys = self.static_keys.clone();
+        keys.extend(fetched);
+        self.keys.store(Arc::new(KeySet { keys }));
+    }
+
     /// Verify a token. On success, its claims.
     pub async fn verify(&self, token: &str) -> Result<Map<String, Json>, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;

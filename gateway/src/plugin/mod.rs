@@ -152,18 +152,22 @@ impl Chain {
         self.preflight
     }
 
-    /// Run the request phase until a plugin answers.
-    pub async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
+    /// Run the request phase until a plugin answers; returns the decision and the plugin that made it.
+    pub async fn request(
+        &self,
+        req: &RequestView<'_>,
+        state: &mut PluginState,
+    ) -> (Decision, &'static str) {
         for p in &self.plugins {
             if state.preflight && !p.answers_preflight() {
                 continue;
             }
             match p.request(req, state).await {
                 Decision::Continue => {}
-                other => return other,
+                other => return (other, p.name()),
             }
         }
-        Decision::Continue
+        (Decision::Continue, "")
     }
 
     pub fn request_body(

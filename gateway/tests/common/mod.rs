@@ -20,6 +20,8 @@ pub enum Mode {
     Echo,
     /// Read the request and never answer.
     Hang,
+    /// Echo, but only after this many milliseconds.
+    Delay(u64),
 }
 
 /// A tiny HTTP/1.1 upstream. `/healthz` answers 200 or 503 depending on `healthy`.
@@ -121,6 +123,9 @@ fn serve(conn: TcpStream, name: &str, mode: Mode, healthy: &AtomicBool, hits: &A
             std::thread::sleep(Duration::from_secs(60));
             return;
         }
+        if let Mode::Delay(ms) = mode {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         let mut hmap = serde_json::Map::new();
         for (k, v) in &headers {
             match hmap.get_mut(k) {
@@ -151,6 +156,8 @@ fn serve(conn: TcpStream, name: &str, mode: Mode, healthy: &AtomicBool, hits: &A
 /// A running `tollgate run` process. Killed on drop.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The admin listener (a free port, unless the config sets its own `admin`).
+    pub admin: SocketAddr,
     child: Child,
     pub dir: tempfile::TempDir,
     pub stdout: PathBuf,
@@ -173,16 +180,35 @@ pub fn free_port() -> u16 {
 impl Gateway {
     /// Start the gateway with `config`, where `{listen}` is replaced by the chosen address.
     pub fn start(config: &str) -> Gateway {
+        Self::start_program(std::path::Path::new(bin()), &["run", "-c"], config)
+    }
+
+    /// Start `program` with `args` followed by the config file's path.
+    pub fn start_program(program: &std::path::Path, args: &[&str], config: &str) -> Gateway {
         for _attempt in 0..3 {
             let port = free_port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let dir = tempfile::tempdir().unwrap();
             let cfg_path = dir.path().join("tollgate.yaml");
-            std::fs::write(&cfg_path, config.replace("{listen}", &addr.to_string())).unwrap();
+            // Every test gateway gets its own admin port, so tests can run in parallel.
+            let text = if config.contains("admin:") {
+                config
+                    .replace("{listen}", &addr.to_string())
+                    .replace("{admin}", &admin.to_string())
+            } else {
+                config.replace(
+                    "\"{listen}\"]",
+                    &format!("\"{addr}\"], admin: {{ listen: \"{admin}\" }}"),
+                )
+            };
+            let text = text.replace("{dir}", &dir.path().display().to_string());
+            std::fs::write(&cfg_path, text).unwrap();
             let stdout = dir.path().join("stdout.log");
             let stderr = dir.path().join("stderr.log");
-            let child = Command::new(bin())
-                .args(["run", "-c", cfg_path.to_str().unwrap()])
+            let child = Command::new(program)
+                .args(args)
+                .arg(cfg_path.to_str().unwrap())
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(&stdout).unwrap())
@@ -191,6 +217,7 @@ impl Gateway {
                 .expect("spawn tollgate");
             let mut g = Gateway {
                 addr,
+                admin,
                 child,
                 dir,
                 stdout,
@@ -209,6 +236,69 @@ impl Gateway {
             eprintln!("gateway did not come up on {addr}: {}", g.stderr_text());
         }
         panic!("gateway failed to start three times");
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tollgate.yaml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (`TERM`, `QUIT`, `HUP`, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Wait up to `timeout` for the process to exit; its exit code, or None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Start a second `tollgate run --upgrade` on this gateway's config file, to take over its sockets.
+    pub fn start_upgrade(&self) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = dir.path().join("stdout.log");
+        let stderr = dir.path().join("stderr.log");
+        let child = Command::new(bin())
+            .args([
+                "run",
+                "--upgrade",
+                "-c",
+                self.config_path().to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn tollgate --upgrade");
+        Gateway {
+            addr: self.addr,
+            admin: self.admin,
+            child,
+            dir,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// A request to the admin listener.
+    pub fn admin_request(&self, method: &str, path: &str, headers: &[&str]) -> Response {
+        request(self.admin, method, path, headers, None)
     }
 
     pub fn stderr_text(&self) -> String {

@@ -1,0 +1,278 @@
+//! The admin listener: its own address (default `127.0.0.1:9090`, never a public listener).
+//!
+//! - `GET /healthz`: the process is up;
+//! - `GET /readyz`: a config is loaded and every upstream a route uses has a healthy target;
+//! - `GET /metrics`: Prometheus text format;
+//! - `GET /admin/routes`, `GET /admin/upstreams`, `GET /admin/config` (secrets redacted),
+//!   `GET /admin/reload` (the last reload's outcome), `POST /admin/reload`.
+//!
+//! `/admin/*` needs `Authorization: Bearer <server.admin.token>`, compared in constant time; without a
+//! configured token those endpoints are off (403). Health and metrics stay open so that probes and
+//! scrapers need no secret; keep the admin address private.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::reload::Reloader;
+use crate::snapshot::Snapshot;
+
+/// The admin app. The token is read from the current snapshot, so a reload can rotate it.
+pub struct Admin {
+    pub reloader: Arc<Reloader>,
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", bytes.len())
+        .body(bytes)
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+    let mut r = json_response(
+        status,
+        &json!({"error": {"status": status.as_u16(), "code": code, "message": message}}),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+        );
+    }
+    r
+}
+
+/// Does the request carry the admin token? Constant time in the token's content.
+pub fn authorized(expected: &str, header: Option<&[u8]>) -> bool {
+    let Some(h) = header else { return false };
+    let Some(token) = h.strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    bool::from(token.ct_eq(expected.as_bytes()))
+}
+
+/// Every upstream that some route uses, with whether it has a healthy target.
+pub fn readiness(snap: &Snapshot) -> (bool, Vec<Value>) {
+    let mut used: Vec<&str> = snap
+        .routes
+        .iter()
+        .map(|r| r.upstream.name.as_str())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    let mut ready = true;
+    let list = used
+        .into_iter()
+        .map(|name| {
+            let healthy = snap
+                .upstreams
+                .get(name)
+                .is_some_and(|u| u.targets().iter().any(|(_, _, h)| *h));
+            ready &= healthy;
+            json!({"upstream": name, "healthy": healthy})
+        })
+        .collect();
+    (ready, list)
+}
+
+fn routes(snap: &Snapshot) -> Value {
+    Value::Array(
+        snap.routes
+            .iter()
+            .map(|r| {
+                let (host, methods, path) = &r.describe;
+                json!({"name": r.name, "host": host, "methods": methods, "path": path,
+                       "upstream": r.upstream.name, "plugins": r.chain.names()})
+            })
+            .collect(),
+    )
+}
+
+fn upstreams(snap: &Snapshot) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, u) in &snap.upstreams {
+        let targets: Vec<Value> = u
+            .targets()
+            .into_iter()
+            .map(|(addr, weight, healthy)| json!({"addr": addr.to_string(), "weight": weight, "healthy": healthy}))
+            .collect();
+        out.insert(
+            name.clone(),
+            json!({"balance": format!("{:?}", u.balance), "health_check": u.health.is_some(), "targets": targets}),
+        );
+    }
+    Value::Object(out)
+}
+
+/// Keys whose values are secrets, wherever they appear.
+const SECRET_KEYS: &[&str] = &["secret", "token", "password", "sha256", "api_key", "url"];
+
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, val) in m.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                if SECRET_KEYS
+                    .iter()
+                    .any(|s| k == *s || k.ends_with(&format!("_{s}")))
+                    && !val.is_object()
+                    && !val.is_array()
+                {
+                    // URLs may carry credentials (redis://:pw@...); keep them only without userinfo.
+                    let keep = k.ends_with("url") && val.as_str().is_some_and(|s| !s.contains('@'));
+                    if !keep {
+                        *val = Value::String("<redacted>".into());
+                    }
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// The config file as written (`${VAR}` references not expanded, so values from the environment never
+/// show), with secret-looking values redacted anyway.
+pub fn redacted_config(path: &str) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())?;
+    let mut v = serde_json::to_value(yaml).map_err(|e| e.to_string())?;
+    redact(&mut v);
+    Ok(v)
+}
+
+impl Admin {
+    async fn handle(
+        &self,
+        method: &http::Method,
+        path: &str,
+        auth: Option<&[u8]>,
+    ) -> Response<Vec<u8>> {
+        let snap = self.reloader.shared.load_full();
+        match (method.as_str(), path) {
+            ("GET" | "HEAD", "/healthz") => {
+                return json_response(StatusCode::OK, &json!({"status": "ok"}))
+            }
+            ("GET" | "HEAD", "/readyz") => {
+                let (ready, upstreams) = readiness(&snap);
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                return json_response(status, &json!({"ready": ready, "upstreams": upstreams}));
+            }
+            ("GET" | "HEAD", "/metrics") => {
+                let body = crate::metrics::render(&snap).into_bytes();
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", body.len())
+                    .body(body)
+                    .unwrap_or_default();
+            }
+            _ => {}
+        }
+        if !path.starts_with("/admin/") {
+            return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
+        }
+        let Some(token) = &snap.settings.admin_token else {
+            return error(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "set server.admin.token to use /admin/*",
+            );
+        };
+        if !authorized(token, auth) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "a valid admin bearer token is required",
+            );
+        }
+        match (method.as_str(), path) {
+            ("GET", "/admin/routes") => json_response(StatusCode::OK, &routes(&snap)),
+            ("GET", "/admin/upstreams") => json_response(StatusCode::OK, &upstreams(&snap)),
+            ("GET", "/admin/config") => match redacted_config(&self.reloader.path) {
+                Ok(v) => json_response(
+                    StatusCode::OK,
+                    &json!({"path": self.reloader.path, "config": v}),
+                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "config_unreadable", &e),
+            },
+            ("GET", "/admin/reload") => {
+                json_response(StatusCode::OK, &json!(self.reloader.status()))
+            }
+            ("POST", "/admin/reload") => {
+                let s = self.reloader.reload("admin").await;
+                let status = if s.ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                json_response(status, &json!(s))
+            }
+            (_, "/admin/routes" | "/admin/upstreams" | "/admin/config" | "/admin/reload") => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "wrong method for this endpoint",
+            ),
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let auth = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        self.handle(&method, &path, auth.as_deref()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_check() {
+        assert!(authorized("s3cret", Some(b"Bearer s3cret")));
+        assert!(!authorized("s3cret", Some(b"Bearer s3cres")));
+        assert!(!authorized("s3cret", Some(b"Bearer s3cret2")));
+        assert!(!authorized("s3cret", Some(b"s3cret")));
+        assert!(!authorized("s3cret", None));
+    }
+
+    #[test]
+    fn redaction() {
+        let mut v = json!({"auth": {"jwt": {"a": {"secret": "x", "jwks_url": "https://idp/jwks"}},
+                           "api_keys": {"p": {"keys": [{"id": "acme", "sha256": "ab"}]}}},
+                           "redis": {"url": "redis://:pw@127.0.0.1"}, "server": {"admin": {"token": "t"}}});
+        redact(&mut v);
+        assert_eq!(v["auth"]["jwt"]["a"]["secret"], "<redacted>");
+        assert_eq!(v["auth"]["jwt"]["a"]["jwks_url"], "https://idp/jwks");
+        assert_eq!(
+            v["auth"]["api_keys"]["p"]["keys"][0]["sha256"],
+            "<redacted>"
+        );
+        assert_eq!(v["auth"]["api_keys"]["p"]["keys"][0]["id"], "acme");
+        assert_eq!(v["redis"]["url"], "<redacted>");
+        assert_eq!(v["server"]["admin"]["token"], "<redacted>");
+    }
+}

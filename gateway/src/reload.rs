@@ -1,0 +1,157 @@
+//! Hot reload: parse, validate and compile a new snapshot off the request path, then swap it in
+//! atomically. Requests in flight keep the snapshot they started with (each holds its own `Arc`). A file
+//! that does not load never replaces a good one: the old config keeps serving, and the problems (with
+//! FILE:LINE:COL) are logged, counted and kept for `GET /admin/reload`.
+//!
+//! Triggers: a change of the file's contents (polled, so editors that replace the file and Kubernetes
+//! ConfigMap symlink swaps are both seen), SIGHUP, and `POST /admin/reload`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::metrics::metrics;
+use crate::plugin::Registry;
+use crate::snapshot::Snapshot;
+
+/// The outcome of the last reload attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    /// `start`, `file`, `sighup` or `admin`.
+    pub trigger: &'static str,
+    /// Unix seconds.
+    pub at: u64,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub struct Reloader {
+    pub path: String,
+    registry: Arc<Registry>,
+    pub shared: Arc<ArcSwap<Snapshot>>,
+    status: Mutex<ReloadStatus>,
+    /// Hash of the file contents last loaded (or tried), to tell a change from a touch.
+    fingerprint: Mutex<Option<u64>>,
+    /// One reload at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+fn fingerprint(path: &str) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+impl Reloader {
+    /// `shared` holds the snapshot loaded from `path` at start.
+    pub fn new(path: &str, registry: Arc<Registry>, shared: Arc<ArcSwap<Snapshot>>) -> Reloader {
+        metrics().reloads.with_label_values(&["success"]).inc();
+        metrics().last_reload.set(unix_now() as f64);
+        Reloader {
+            path: path.to_string(),
+            registry,
+            shared,
+            status: Mutex::new(ReloadStatus {
+                ok: true,
+                trigger: "start",
+                at: unix_now(),
+                errors: Vec::new(),
+                warnings: Vec::new(),
+            }),
+            fingerprint: Mutex::new(fingerprint(path)),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Has the file's content changed since it was last loaded (or tried)?
+    pub fn file_changed(&self) -> bool {
+        let now = fingerprint(&self.path);
+        let Ok(mut last) = self.fingerprint.lock() else {
+            return false;
+        };
+        if now.is_some() && now != *last {
+            *last = now;
+            return true;
+        }
+        false
+    }
+
+    /// Load the file again and, if it is valid, swap it in.
+    pub async fn reload(&self, trigger: &'static str) -> ReloadStatus {
+        let _one = self.running.lock().await;
+        if let Ok(mut f) = self.fingerprint.lock() {
+            *f = fingerprint(&self.path);
+        }
+        let (path, registry) = (self.path.clone(), self.registry.clone());
+        let loaded =
+            tokio::task::spawn_blocking(move || Snapshot::from_file_with(&path, &registry)).await;
+        let status = match loaded {
+            Ok(Ok((snap, warnings))) => {
+                let old = self.shared.load_full();
+                let mut warnings: Vec<String> = warnings.0.iter().map(|w| w.to_string()).collect();
+                warnings.extend(snap.inherit(&old));
+                for w in &warnings {
+                    log::warn!("reload: {w}");
+                }
+                self.shared.store(Arc::new(snap));
+                metrics().reloads.with_label_values(&["success"]).inc();
+                metrics().last_reload.set(unix_now() as f64);
+                log::info!("config reloaded from {} ({trigger})", self.path);
+                ReloadStatus {
+                    ok: true,
+                    trigger,
+                    at: unix_now(),
+                    errors: Vec::new(),
+                    warnings,
+                }
+            }
+            Ok(Err(diags)) => {
+                let errors: Vec<String> = diags.0.iter().map(|d| d.to_string()).collect();
+                for e in &errors {
+                    log::error!("reload refused, the running config stays: {e}");
+                }
+                metrics().reloads.with_label_values(&["failure"]).inc();
+                ReloadStatus {
+                    ok: false,
+                    trigger,
+                    at: unix_now(),
+                    errors,
+                    warnings: Vec::new(),
+                }
+            }
+            Err(e) => {
+                metrics().reloads.with_label_values(&["failure"]).inc();
+                ReloadStatus {
+                    ok: false,
+                    trigger,
+                    at: unix_now(),
+                    errors: vec![format!("the reload task failed: {e}")],
+                    warnings: Vec::new(),
+                }
+            }
+        };
+        if let Ok(mut s) = self.status.lock() {
+            *s = status.clone();
+        }
+        status
+    }
+}

@@ -1,0 +1,541 @@
+//! Day two, through the real binary: metrics, the admin API and its auth, hot reload under load (and
+//! refused reloads), graceful shutdown, zero-downtime upgrade, trace context.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOKEN: &str = "an-admin-token-for-tests";
+const SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!";
+
+fn config(be: &Backend, extra_routes: &str) -> String {
+    format!(
+        "server:
+  listen: [\"{{listen}}\"]
+  admin: {{ listen: \"{{admin}}\", token: \"{TOKEN}\" }}
+  reload: {{ watch: true, interval: 200ms }}
+  upgrade_sock: \"{{dir}}/upgrade.sock\"
+  shutdown: {{ timeout: 10s }}
+auth:
+  jwt:
+    hs: {{ algorithms: [HS256], secret: \"{SECRET}\" }}
+upstreams:
+  be: {{ targets: [{{ addr: \"{}\" }}], health_check: {{ interval: 200ms }} }}
+routes:
+  - name: open
+    match: {{ path_prefix: /open }}
+    upstream: be
+  - name: secure
+    match: {{ path_prefix: /secure }}
+    upstream: be
+    plugins: [{{ jwt: {{ provider: hs }} }}]
+{extra_routes}",
+        be.addr
+    )
+}
+
+/// The value of one sample line of the Prometheus text (`name{labels} value`), labels in any order.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        if l.starts_with('#') {
+            return None;
+        }
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            return None;
+        }
+        let ok = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        ok.then(|| value.parse().ok()).flatten()
+    })
+}
+
+fn metrics_text(g: &Gateway) -> String {
+    let r = g.admin_request("GET", "/metrics", &[]);
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body).unwrap()
+}
+
+#[test]
+fn metrics_after_a_known_sequence() {
+    let be = Backend::start("be", Mode::Echo);
+    let g = Gateway::start(&config(&be, ""));
+    for _ in 0..3 {
+        assert_eq!(g.get("/open/x").status, 200);
+    }
+    assert_eq!(
+        request(g.addr, "POST", "/open/x", &[], Some("hi")).status,
+        200
+    );
+    assert_eq!(g.get("/nowhere").status, 404);
+    assert_eq!(g.get("/secure/x").status, 401);
+    assert_eq!(
+        request(
+            g.addr,
+            "GET",
+            "/secure/x",
+            &["Authorization: Bearer junk"],
+            None
+        )
+        .status,
+        401
+    );
+    let m = metrics_text(&g);
+    let req = |route, method, status| {
+        sample(
+            &m,
+            "tollgate_requests_total",
+            &[("route", route), ("method", method), ("status", status)],
+        )
+    };
+    assert_eq!(req("open", "GET", "200"), Some(3.0), "{m}");
+    assert_eq!(req("open", "POST", "200"), Some(1.0));
+    assert_eq!(req("", "GET", "404"), Some(1.0));
+    assert_eq!(req("secure", "GET", "401"), Some(2.0));
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_request_duration_seconds_count",
+            &[("route", "open")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_upstream_duration_seconds_count",
+            &[("upstream", "be")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_auth_failures_total",
+            &[("plugin", "jwt"), ("reason", "unauthenticated")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_auth_failures_total",
+            &[("plugin", "jwt"), ("reason", "invalid_token")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "tollgate_requests_in_flight", &[]), Some(0.0));
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_upstream_target_healthy",
+            &[("upstream", "be"), ("target", &be.addr.to_string())]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_config_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &m,
+            "tollgate_config_last_reload_success_timestamp_seconds",
+            &[]
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&m, "process_resident_memory_bytes", &[]).unwrap() > 0.0);
+    // Bounded labels: no raw path anywhere.
+    assert!(!m.contains("/open/x") && !m.contains("/nowhere"));
+
+    // Health goes to 0 when the target fails its checks.
+    be.healthy.store(false, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics_text(&g);
+        let h = sample(
+            &m,
+            "tollgate_upstream_target_healthy",
+            &[("upstream", "be")],
+        );
+        if h == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "target never marked unhealthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = g.admin_request("GET", "/readyz", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["upstreams"][0]["healthy"], false);
+}
+
+#[test]
+fn admin_needs_its_token_and_is_never_on_the_public_port() {
+    let be = Backend::start("be", Mode::Echo);
+    let g = Gateway::start(&config(&be, ""));
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(g.admin_request("GET", "/healthz", &[]).status, 200);
+    assert_eq!(g.admin_request("GET", "/readyz", &[]).status, 200);
+    for path in [
+        "/admin/routes",
+        "/admin/upstreams",
+        "/admin/config",
+        "/admin/reload",
+    ] {
+        let r = g.admin_request("GET", path, &[]);
+        assert_eq!(r.status, 401, "{path}");
+        assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+        let r = g.admin_request(
+            "GET",
+            path,
+            &["Authorization: Bearer an-admin-token-for-testz"],
+        );
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(g.admin_request("GET", path, &[&auth]).status, 200, "{path}");
+    }
+    assert_eq!(g.admin_request("POST", "/admin/reload", &[]).status, 401);
+    let routes = g.admin_request("GET", "/admin/routes", &[&auth]).json();
+    let names: Vec<&str> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["open", "secure"]);
+    assert_eq!(routes[1]["plugins"][0], "jwt");
+    let ups = g.admin_request("GET", "/admin/upstreams", &[&auth]).json();
+    assert_eq!(ups["be"]["targets"][0]["healthy"], true);
+    let cfg = g.admin_request("GET", "/admin/config", &[&auth]);
+    let text = String::from_utf8_lossy(&cfg.body);
+    assert!(
+        !text.contains(SECRET) && !text.contains(TOKEN),
+        "secrets leak: {text}"
+    );
+    assert_eq!(
+        cfg.json()["config"]["auth"]["jwt"]["hs"]["secret"],
+        "<redacted>"
+    );
+
+    // Nothing admin answers on the public listener.
+    for path in [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/admin/routes",
+        "/admin/reload",
+    ] {
+        let r = request(g.addr, "GET", path, &[&auth], None);
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.error_code(), "route_not_found");
+    }
+    let r = request(g.addr, "POST", "/admin/reload", &[&auth], None);
+    assert_eq!(r.status, 404);
+
+    // Without a configured token, /admin/* is off; health and metrics stay.
+    let g2 = Gateway::start(&config(&be, "").replace(&format!(", token: \"{TOKEN}\""), ""));
+    assert_eq!(
+        g2.admin_request("GET", "/admin/routes", &[&auth]).status,
+        403
+    );
+    assert_eq!(g2.admin_request("GET", "/metrics", &[]).status, 200);
+}
+
+/// Bounded load: `threads` clients, each a new connection per request, until `stop` or the caps.
+fn load(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicUsize>, Vec<std::thread::JoinHandle<Vec<String>>>) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let handles = (0..threads)
+        .map(|_| {
+            let (ok, stop) = (ok.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 50_000 && Instant::now() < deadline {
+                    n += 1;
+                    let r = std::panic::catch_unwind(|| request(addr, "GET", path, &[], None));
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failures.push(format!("status {}", r.status)),
+                        Err(_) => failures.push("connection failed".into()),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    (ok, handles)
+}
+
+fn wait_ok(ok: &AtomicUsize, at_least: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok.load(Ordering::Relaxed) < at_least {
+        assert!(Instant::now() < deadline, "load made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn finish(stop: &AtomicBool, handles: Vec<std::thread::JoinHandle<Vec<String>>>) -> Vec<String> {
+    stop.store(true, Ordering::Relaxed);
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn reload_under_load_drops_nothing_and_bad_files_never_replace_good_ones() {
+    let be = Backend::start("be", Mode::Echo);
+    let g = Gateway::start(&config(&be, ""));
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(g.get("/added").status, 404);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, handles) = load(g.addr, "/open/x", 4, stop.clone());
+    wait_ok(&ok, 50);
+    // 1. A new route through the admin API while requests flow.
+    let added = config(
+        &be,
+        "  - name: added\n    match: { path_prefix: /added }\n    upstream: be\n",
+    )
+    .replace("{listen}", &g.addr.to_string())
+    .replace("{admin}", &g.admin.to_string())
+    .replace("{dir}", &g.dir.path().display().to_string());
+    std::fs::write(g.config_path(), &added).unwrap();
+    let r = g.admin_request("POST", "/admin/reload", &[&auth]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["ok"], true);
+    let before = ok.load(Ordering::Relaxed);
+    wait_ok(&ok, before + 50);
+    // 2. A second change picked up from the file alone, still under load.
+    let second = added.replace("path_prefix: /added", "path_prefix: /added2");
+    std::fs::write(g.config_path(), &second).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.get("/added2").status != 200 {
+        assert!(Instant::now() < deadline, "file change not picked up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failures = finish(&stop, handles);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100);
+    assert_eq!(
+        g.get("/added").status,
+        404,
+        "the old route went with the old file"
+    );
+
+    // 3. A broken file: the admin API says where, the old config keeps serving.
+    let broken = second.replace(
+        "upstream: be\n  - name: secure",
+        "upstreem: be\n  - name: secure",
+    );
+    std::fs::write(g.config_path(), &broken).unwrap();
+    let r = g.admin_request("POST", "/admin/reload", &[&auth]);
+    assert_eq!(r.status, 422);
+    let errors = r.json()["errors"].clone();
+    let first = errors[0].as_str().unwrap();
+    assert!(
+        first.contains("tollgate.yaml:15:5: routes[0].upstreem: unknown field `upstreem`"),
+        "{errors}"
+    );
+    assert_eq!(g.get("/open/x").status, 200);
+    assert_eq!(g.get("/added2").status, 200);
+    // The file watch and SIGHUP refuse it too, and the process stays up.
+    g.signal("HUP");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(g.get("/added2").status, 200);
+    let status = g.admin_request("GET", "/admin/reload", &[&auth]).json();
+    assert_eq!(status["ok"], false);
+    let m = metrics_text(&g);
+    assert!(
+        sample(
+            &m,
+            "tollgate_config_reloads_total",
+            &[("result", "failure")]
+        )
+        .unwrap()
+            >= 2.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "tollgate_config_reloads_total",
+            &[("result", "success")]
+        )
+        .unwrap()
+            >= 3.0
+    );
+    // Fixed again: SIGHUP applies it.
+    std::fs::write(g.config_path(), &added).unwrap();
+    g.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.get("/added").status != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP reload not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish() {
+    let be = Backend::start("slow", Mode::Delay(1500));
+    let mut g = Gateway::start(&config(&be, ""));
+    let addr = g.addr;
+    let slow = std::thread::spawn(move || request(addr, "GET", "/open/slow", &[], None));
+    std::thread::sleep(Duration::from_millis(300));
+    g.signal("TERM");
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "the in-flight request completed");
+    assert_eq!(r.json()["backend"], "slow");
+    assert_eq!(
+        g.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "exits cleanly"
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn upgrade_hands_over_the_sockets_under_load() {
+    let be = Backend::start("be", Mode::Echo);
+    let mut old = Gateway::start(&config(&be, ""));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, handles) = load(old.addr, "/open/x", 4, stop.clone());
+    wait_ok(&ok, 50);
+
+    let mut new = old.start_upgrade();
+    let sock = old.dir.path().join("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process never opened the upgrade socket: {}",
+            new.stderr_text()
+        );
+        assert!(
+            new.wait_exit(Duration::ZERO).is_none(),
+            "new process died: {}",
+            new.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    old.signal("QUIT");
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "old process exits after handing over: {}",
+        old.stderr_text()
+    );
+    // Traffic goes on, now served by the new process alone.
+    let before = ok.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok.load(Ordering::Relaxed) < before + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress after the upgrade ({} ok); new process: {}",
+            ok.load(Ordering::Relaxed),
+            new.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let failures = finish(&stop, handles);
+    assert!(
+        failures.is_empty(),
+        "{} requests failed across the upgrade: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        new.wait_exit(Duration::ZERO).is_none(),
+        "the new process serves"
+    );
+    assert_eq!(new.get("/open/x").status, 200);
+    assert_eq!(
+        new.admin_request("GET", "/healthz", &[]).status,
+        200,
+        "the admin socket came along"
+    );
+}
+
+#[test]
+fn trace_context_is_propagated_or_started() {
+    let be = Backend::start("be", Mode::Echo);
+    let g = Gateway::start(&config(&be, ""));
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = request(
+        g.addr,
+        "GET",
+        "/open/x",
+        &[&format!("traceparent: {incoming}"), "tracestate: vendor=1"],
+        None,
+    );
+    let tp = r.upstream_header("traceparent").unwrap();
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert_ne!(tp, incoming, "the gateway is a hop of its own");
+    assert_eq!(r.upstream_header("tracestate").as_deref(), Some("vendor=1"));
+    let rid = r.header("x-request-id").unwrap().to_string();
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some(rid.as_str())
+    );
+    let line = g.wait_log(|l| l["request_id"] == rid.as_str());
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+
+    let r = g.get("/open/y");
+    let tp = r.upstream_header("traceparent").unwrap();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(
+        (parts.len(), parts[0], parts[1].len(), parts[2].len()),
+        (4, "00", 32, 16),
+        "{tp}"
+    );
+    let r = request(g.addr, "GET", "/open/z", &["traceparent: 00-garbage"], None);
+    assert_ne!(r.upstream_header("traceparent").unwrap(), "00-garbage");
+}
