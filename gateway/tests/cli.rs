@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::tollgate;
+use common::{bin, tollgate};
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let p = dir.path().join(name);
@@ -173,4 +173,29 @@ fn version_and_help() {
     for sub in ["run", "validate", "routes"] {
         assert!(out.contains(sub));
     }
+}
+
+/// The README shows what `validate` says when `upstream` is misspelled in the shipped config: it must
+/// stay true.
+#[test]
+fn readme_broken_config_example_is_what_validate_prints() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let claim = readme
+        .lines()
+        .find(|l| l.starts_with("config/tollgate.yaml:") && l.contains("upstreem"))
+        .expect("the README shows a broken-config line");
+    let config = std::fs::read_to_string(format!("{root}/config/tollgate.yaml")).unwrap();
+    let broken = config.replacen("    upstream: ", "    upstreem: ", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(cfg.join("tollgate.yaml"), broken).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["validate", "config/tollgate.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), claim);
 }

@@ -539,3 +539,38 @@ fn trace_context_is_propagated_or_started() {
     let r = request(g.addr, "GET", "/open/z", &["traceparent: 00-garbage"], None);
     assert_ne!(r.upstream_header("traceparent").unwrap(), "00-garbage");
 }
+
+/// Every `tollgate_*` metric the shipped Grafana dashboard queries exists in `/metrics`.
+#[test]
+fn the_grafana_dashboard_uses_real_metrics() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let be = Backend::start("be", Mode::Echo);
+    let g = Gateway::start(&config(&be, ""));
+    assert_eq!(g.get("/open/x").status, 200);
+    assert_eq!(g.get("/secure/x").status, 401);
+    let m = metrics_text(&g);
+    let mut checked = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("tollgate_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = name.trim_end_matches("_bucket");
+                assert!(
+                    m.contains(&format!("# TYPE {base} ")),
+                    "the dashboard uses `{name}`, which /metrics lacks"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked}");
+}
