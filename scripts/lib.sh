@@ -43,6 +43,15 @@ ensure_rust_components() {
   fi
 }
 
+# redis-server for the rate-limit tests, which start (and kill, and restart) their own servers on
+# loopback ports. Installs it with apt when absent.
+ensure_redis() {
+  if ! have redis-server; then
+    step "installing redis-server"
+    apt_install redis-server
+  fi
+}
+
 # A throwaway PostgreSQL server for the tests: its own cluster in a temp dir, on 127.0.0.1:$PG_PORT,
 # trust auth, user `tollgate`. Installs the server with apt when absent. Exports TEST_POSTGRES_URL.
 # A TEST_POSTGRES_URL already set is used as is. Call stop_postgres (e.g. from a trap) to stop it.

@@ -21,6 +21,7 @@ cargo build --workspace --all-targets --locked
 step "validate config/*.yaml"
 ./target/debug/tollgate validate config/*.yaml
 
+ensure_redis
 start_postgres
 trap stop_postgres EXIT
 

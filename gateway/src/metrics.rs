@@ -23,6 +23,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub target_healthy: IntGaugeVec,
     pub ratelimit_rejections: IntCounterVec,
+    pub ratelimit_store_errors: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload: prometheus::Gauge,
@@ -78,6 +79,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["policy"],
     )?;
+    let ratelimit_store_errors = IntCounterVec::new(
+        Opts::new(
+            "tollgate_ratelimit_store_errors_total",
+            "Rate-limit checks that the shared store (Redis) could not answer in time, by policy",
+        ),
+        &["policy"],
+    )?;
     let auth_failures = IntCounterVec::new(
         Opts::new(
             "tollgate_auth_failures_total",
@@ -107,6 +115,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(target_healthy.clone()))?;
     registry.register(Box::new(ratelimit_rejections.clone()))?;
     registry.register(Box::new(auth_failures.clone()))?;
+    registry.register(Box::new(ratelimit_store_errors.clone()))?;
     registry.register(Box::new(reloads.clone()))?;
     registry.register(Box::new(last_reload.clone()))?;
     registry.register(Box::new(build_info.clone()))?;
@@ -128,6 +137,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         in_flight,
         target_healthy,
         ratelimit_rejections,
+        ratelimit_store_errors,
         auth_failures,
         reloads,
         last_reload,

@@ -404,6 +404,11 @@ fn auth_providers(cfg: &RawConfig, locs: &Locations, d: &mut Diagnostics) -> Bui
             }
         }
     }
+    for (field, msg) in
+        crate::plugin::ratelimit::compile(&cfg.rate_limits, cfg.redis.as_ref(), &mut ctx)
+    {
+        d.0.push(locs.error(&field, msg));
+    }
     for (name, k) in &cfg.auth.api_keys {
         match apikey::KeySet::build(name, k) {
             Ok(k) => {

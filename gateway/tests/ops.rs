@@ -24,9 +24,15 @@ fn config(be: &Backend, extra_routes: &str) -> String {
 auth:
   jwt:
     hs: {{ algorithms: [HS256], secret: \"{SECRET}\" }}
+rate_limits:
+  one: {{ requests: 1, per: 1h }}
 upstreams:
   be: {{ targets: [{{ addr: \"{}\" }}], health_check: {{ interval: 200ms }} }}
 routes:
+  - name: limited
+    match: {{ path_prefix: /limited }}
+    upstream: be
+    plugins: [{{ rate_limit: one }}]
   - name: open
     match: {{ path_prefix: /open }}
     upstream: be
@@ -230,8 +236,8 @@ fn admin_needs_its_token_and_is_never_on_the_public_port() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["open", "secure"]);
-    assert_eq!(routes[1]["plugins"][0], "jwt");
+    assert_eq!(names, ["limited", "open", "secure"]);
+    assert_eq!(routes[2]["plugins"][0], "jwt");
     let ups = g.admin_request("GET", "/admin/upstreams", &[&auth]).json();
     assert_eq!(ups["be"]["targets"][0]["healthy"], true);
     let cfg = g.admin_request("GET", "/admin/config", &[&auth]);
@@ -375,7 +381,7 @@ fn reload_under_load_drops_nothing_and_bad_files_never_replace_good_ones() {
     let errors = r.json()["errors"].clone();
     let first = errors[0].as_str().unwrap();
     assert!(
-        first.contains("tollgate.yaml:15:5: routes[0].upstreem: unknown field `upstreem`"),
+        first.contains("tollgate.yaml:21:5: routes[1].upstreem: unknown field `upstreem`"),
         "{errors}"
     );
     assert_eq!(g.get("/open/x").status, 200);
@@ -553,6 +559,8 @@ fn the_grafana_dashboard_uses_real_metrics() {
     let g = Gateway::start(&config(&be, ""));
     assert_eq!(g.get("/open/x").status, 200);
     assert_eq!(g.get("/secure/x").status, 401);
+    assert_eq!(g.get("/limited").status, 200);
+    assert_eq!(g.get("/limited").status, 429);
     let m = metrics_text(&g);
     let mut checked = 0;
     for p in dash["panels"].as_array().unwrap() {

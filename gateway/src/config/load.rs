@@ -382,6 +382,23 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                     .0
                     .push(locs.error("auth", "expected a mapping with `jwt` and/or `api_keys`")),
             },
+            "rate_limits" => {
+                let mut broken = std::collections::BTreeSet::new();
+                named(
+                    v,
+                    "rate_limits",
+                    locs,
+                    diags,
+                    &mut cfg.rate_limits,
+                    &mut broken,
+                );
+                cfg.auth.broken.extend(broken);
+            }
+            "redis" => {
+                if let Some(r) = section(v, "redis", locs, diags) {
+                    cfg.redis = Some(r);
+                }
+            }
             "plugins" => match v {
                 Value::Sequence(list) => cfg.plugins = list,
                 Value::Null => {}

@@ -21,13 +21,25 @@ pub struct RawConfig {
     pub auth: AuthConfig,
     /// Plugins every route runs, before its own (entries as written; built by the plugin registry).
     pub plugins: Vec<serde_yaml_ng::Value>,
+    /// Named rate-limit policies the `rate_limit` plugin refers to.
+    pub rate_limits: BTreeMap<String, crate::plugin::ratelimit::PolicyConfig>,
+    /// The shared rate-limit store, for policies with `store: redis`.
+    pub redis: Option<crate::plugin::ratelimit::RedisConfig>,
     /// Upstreams whose definition did not parse (already reported), so routes naming them are not
     /// reported a second time as referring to an unknown upstream.
     pub broken_upstreams: std::collections::BTreeSet<String>,
 }
 
 /// Top-level keys the loader knows; anything else is an unknown-field error.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "upstreams", "routes", "auth", "plugins"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "upstreams",
+    "routes",
+    "auth",
+    "plugins",
+    "rate_limits",
+    "redis",
+];
 
 /// `auth:`: providers by name. Each provider is parsed on its own, like upstreams.
 #[derive(Debug, Clone, Default)]

@@ -17,6 +17,7 @@ pub mod cors;
 pub mod header_transform;
 pub mod ip_filter;
 pub mod jwt;
+pub mod ratelimit;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -77,6 +78,10 @@ pub struct PluginState {
     /// Request body limit in bytes, and the bytes seen so far.
     pub body_limit: Option<u64>,
     pub body_seen: u64,
+    /// Rate-limit quotas of this request, for the `RateLimit` headers.
+    pub quotas: Vec<ratelimit::Quota>,
+    /// Things held until the request ends (concurrency slots).
+    pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
     /// State of plugins the gateway does not know about (user plugins), by type.
     pub ext: http::Extensions,
 }
@@ -222,6 +227,8 @@ impl BuildError {
 pub struct BuildContext {
     pub jwt: BTreeMap<String, Arc<jwt::Provider>>,
     pub api_keys: BTreeMap<String, Arc<apikey::KeySet>>,
+    pub rate_limits: BTreeMap<String, Arc<ratelimit::Policy>>,
+    pub redis: Option<Arc<ratelimit::RedisStore>>,
     /// Providers defined in the file that failed to load (already reported), so plugins naming them
     /// are not reported a second time.
     pub failed: std::collections::BTreeSet<String>,
@@ -277,7 +284,7 @@ impl Registry {
         }
     }
 
-    /// The built-in plugins: `jwt`, `api_key`, `cors`, `ip_filter`, `body_limit`, `headers`.
+    /// The built-in plugins: `jwt`, `api_key`, `cors`, `ip_filter`, `body_limit`, `headers`, `rate_limit`.
     pub fn builtin() -> Registry {
         let mut r = Registry::empty();
         r.register("jwt", jwt::JwtAuth::build);
@@ -286,6 +293,7 @@ impl Registry {
         r.register("ip_filter", ip_filter::IpFilter::build);
         r.register("body_limit", body_limit::BodyLimit::build);
         r.register("headers", header_transform::HeaderTransform::build);
+        r.register("rate_limit", ratelimit::RateLimit::build);
         r
     }
 
