@@ -64,6 +64,8 @@ start_postgres() {
   fi
   local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
   local port=${PG_PORT:-55432}
+  # Take the next free port if that one is busy (another checkout's test run, say).
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
   PG_DIR=$(mktemp -d /tmp/tollgate-pg.XXXXXX)
   local as=()
   if [ "$(id -u)" = 0 ]; then

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Load benchmark: the backend direct, Tollgate on a plain route, Tollgate on a full route (JWT HS256 +
+# local rate limit + metrics + access log), and nginx as a plain reverse proxy, measured interleaved
+# (A B C D, A B C D, ...) on loopback, with the method of ../shared/PERFORMANCE.md:
+#
+# - the proxy under test runs alone on CPU 1 with one worker thread; wrk and the backend share CPU 0;
+# - per target and round: 2 s warm-up, then a measured wrk run (-t1 -c64 --latency);
+# - the proxy's CPU time per request comes from /proc (utime + stime of its processes, before and after,
+#   divided by the requests wrk completed), the figure that holds on a noisy machine;
+# - peak RSS is VmHWM of the proxy's processes; Tollgate's idle RSS is read before any load;
+# - then, per proxy, an open-loop run at half of its median peak rate (oha -q) for p50/p99 at half load.
+#
+# Usage: benches/load.sh [ROUNDS] [SECONDS]     (defaults: 3 rounds of 8 s)
+# Installs wrk, nginx and oha when absent. Loopback only; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ROUNDS=${1:-3}
+SECS=${2:-8}
+CONNS=64
+
+ensure_build_deps
+have wrk || { step "installing wrk"; apt_install wrk; }
+have nginx || { step "installing nginx"; apt_install nginx-light; }
+have taskset || apt_install util-linux
+if ! have oha; then
+  step "installing oha (cargo install, once)"
+  cargo install oha --locked --quiet
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step "building tollgate (release)"
+cargo build --release --locked -p tollgate
+BIN=./target/release/tollgate
+
+RUN=$(mktemp -d /tmp/tollgate-load.XXXXXX)
+mkdir -p "$RUN"/{tmp,logs,www}
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+head -c 16384 /dev/zero | tr '\0' 'x' | sed 's/^/{"pad":"/; s/$/"}/' > "$RUN/www/big.json"
+
+render() { sed "s#@RUN@#$RUN#g" "benches/nginx/$1" > "$RUN/$1"; }
+render backend.nginx.conf
+render nginx.conf
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listening on :$1" >&2; exit 1
+}
+
+step "starting the backend (CPU 0), nginx and two tollgates (CPU 1)"
+taskset -c 0 nginx -c "$RUN/backend.nginx.conf" -p "$RUN" & PIDS+=($!)
+wait_port 9001
+taskset -c 1 nginx -c "$RUN/nginx.conf" -p "$RUN" & PIDS+=($!); NGINX_MASTER=$!
+wait_port 8001
+
+SECRET="load-test-secret-0123456789abcdef0123"
+cat > "$RUN/plain.yaml" <<EOF
+server:
+  listen: ["127.0.0.1:8002"]
+  threads: 1
+  access_log: { enabled: false }
+  admin: { listen: "127.0.0.1:9102" }
+  reload: { watch: false }
+  upgrade_sock: "$RUN/plain.sock"
+upstreams:
+  backend: { targets: [{ addr: "127.0.0.1:9001" }] }
+routes:
+  - { name: plain, match: { path_prefix: / }, upstream: backend }
+EOF
+cat > "$RUN/full.yaml" <<EOF
+server:
+  listen: ["127.0.0.1:8003"]
+  threads: 1
+  access_log: { enabled: true, path: "$RUN/logs/tollgate-access.log" }
+  admin: { listen: "127.0.0.1:9103" }
+  reload: { watch: false }
+  upgrade_sock: "$RUN/full.sock"
+auth:
+  jwt:
+    bench: { algorithms: [HS256], secret: "$SECRET", issuer: bench, audience: api }
+rate_limits:
+  per_user: { requests: 1000000000, per: 1m, key: "jwt_claim:sub" }
+upstreams:
+  backend: { targets: [{ addr: "127.0.0.1:9001" }] }
+routes:
+  - name: full
+    match: { path_prefix: / }
+    upstream: backend
+    plugins:
+      - jwt: { provider: bench, forward_claims: { sub: X-User-Id } }
+      - rate_limit: per_user
+EOF
+RUST_LOG=warn taskset -c 1 "$BIN" run -c "$RUN/plain.yaml" 2>"$RUN/logs/plain.err" & PIDS+=($!); PLAIN=$!
+RUST_LOG=warn taskset -c 1 "$BIN" run -c "$RUN/full.yaml" 2>"$RUN/logs/full.err" & PIDS+=($!); FULL=$!
+wait_port 8002
+wait_port 8003
+TOKEN=$("$BIN" token -c "$RUN/full.yaml" --sub bench-user --ttl 1h)
+sleep 1
+IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$PLAIN/status)
+
+# CPU ticks (utime + stime) of a process and its children (nginx workers).
+pids_of() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+ticks() {
+  local t=0
+  for p in $(pids_of "$1"); do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+hwm() {
+  local m=0
+  for p in $(pids_of "$1"); do
+    [ -r "/proc/$p/status" ] || continue
+    m=$((m + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$m"
+}
+HZ=$(getconf CLK_TCK)
+
+# name -> "url pid [header]"
+declare -A URL=([direct]="http://127.0.0.1:9001/" [tollgate-plain]="http://127.0.0.1:8002/" \
+                [tollgate-full]="http://127.0.0.1:8003/" [nginx]="http://127.0.0.1:8001/")
+declare -A PID=([direct]=0 [tollgate-plain]=$PLAIN [tollgate-full]=$FULL [nginx]=$NGINX_MASTER)
+ORDER=(direct tollgate-plain tollgate-full nginx)
+RESULTS="$RUN/results.tsv"
+: > "$RESULTS"
+
+# wrk output: requests, req/s, p50 and p99 in ms.
+wrk_run() { # name seconds
+  local name=$1 secs=$2 hdr=()
+  [ "$name" = tollgate-full ] && hdr=(-H "Authorization: Bearer $TOKEN")
+  taskset -c 0 wrk -t1 -c$CONNS -d"${secs}s" --latency "${hdr[@]}" "${URL[$name]}"
+}
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else {sub(/s$/,"",v); print v*1000}}'; }
+
+for round in $(seq 1 "$ROUNDS"); do
+  for name in "${ORDER[@]}"; do
+    wrk_run "$name" 2 >/dev/null
+    pid=${PID[$name]}
+    before=0; [ "$pid" != 0 ] && before=$(ticks "$pid")
+    out=$(wrk_run "$name" "$SECS")
+    after=0; [ "$pid" != 0 ] && after=$(ticks "$pid")
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+    [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses" >&2; exit 1; }
+    cpu_us="-"
+    [ "$pid" != 0 ] && cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$rps" "$p50" "$p99" "$cpu_us" >> "$RESULTS"
+    printf '  round %s %-15s %10s req/s  p50 %6s ms  p99 %6s ms  cpu %6s us/req\n' "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us"
+  done
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+col() { awk -F'\t' -v n="$1" -v c="$2" '$1==n {print $c}' "$RESULTS" | median; }
+
+# Half of each proxy's median peak, open loop (oha -q), for latency at a realistic load.
+declare -A HALF_P50 HALF_P99
+for name in "${ORDER[@]}"; do
+  rate=$(awk -v r="$(col "$name" 3)" 'BEGIN {printf "%d", r / 2}')
+  hdr=()
+  [ "$name" = tollgate-full ] && hdr=(-H "Authorization: Bearer $TOKEN")
+  out=$(taskset -c 0 oha --no-tui -z "${SECS}s" -c $CONNS -q "$rate" --latency-correction "${hdr[@]}" "${URL[$name]}")
+  HALF_P50[$name]=$(echo "$out" | awk '/50.00% in/ {printf "%.3f", $3 * 1000}')
+  HALF_P99[$name]=$(echo "$out" | awk '/99.00% in/ {printf "%.3f", $3 * 1000}')
+done
+
+echo
+echo "Medians of $ROUNDS interleaved rounds of ${SECS}s, wrk -t1 -c$CONNS; proxy on 1 CPU, 1 worker."
+echo
+echo "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | vs nginx (CPU) | p50 / p99 ms at half load | peak RSS |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+NGX_CPU=$(col nginx 6)
+for name in "${ORDER[@]}"; do
+  cpu=$(col "$name" 6 2>/dev/null || echo -)
+  ratio="-"; rss="-"
+  if [ "${PID[$name]}" != 0 ]; then
+    ratio=$(awk -v a="$cpu" -v b="$NGX_CPU" 'BEGIN {printf "%.2f×", a / b}')
+    rss="$(( $(hwm "${PID[$name]}") / 1024 )) MiB"
+  else
+    cpu="-"
+  fi
+  printf '| %s | %.0f | %s | %s | %s | %s | %s / %s | %s |\n' "$name" "$(col "$name" 3)" "$(col "$name" 4)" \
+    "$(col "$name" 5)" "$cpu" "$ratio" "${HALF_P50[$name]}" "${HALF_P99[$name]}" "$rss"
+done
+echo
+PLAIN_CPU=$(col tollgate-plain 6); FULL_CPU=$(col tollgate-full 6)
+awk -v f="$FULL_CPU" -v p="$PLAIN_CPU" 'BEGIN {printf "full route / plain route CPU: %.2f×\n", f / p}'
+echo "tollgate idle RSS (plain, before load): $((IDLE_RSS / 1024)) MiB"
+awk -v a="${HALF_P99[tollgate-plain]}" -v d="${HALF_P99[direct]}" 'BEGIN {printf "p99 added at half load, plain route: %.3f ms\n", a - d}'
+awk -v a="${HALF_P99[tollgate-full]}" -v d="${HALF_P99[direct]}" 'BEGIN {printf "p99 added at half load, full route:  %.3f ms\n", a - d}'
