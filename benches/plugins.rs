@@ -62,6 +62,7 @@ async fn run(snap: &Snapshot, i: usize, req: &RequestHeader, ip: IpAddr) {
         client_ip: ip,
         path: "/",
         route: &route.name,
+        request_id: "bench",
     };
     let mut state = PluginState::default();
     let (d, _) = route.chain.request(&view, &mut state).await;

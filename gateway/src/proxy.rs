@@ -171,6 +171,7 @@ impl Gateway {
             client_ip: ctx.client_ip,
             path: &ctx.path,
             route: &route.name,
+            request_id: &ctx.request_id,
         };
         match route.chain.request(&view, &mut ctx.plugins).await {
             (Decision::Continue, _) => {}
@@ -543,7 +544,10 @@ impl ProxyHttp for Gateway {
         let code = err.status;
         if session.response_written().is_none() {
             if let Err(we) = self.respond(session, ctx, err).await {
-                log::debug!("could not send error response: {we}");
+                log::debug!(
+                    "request {}: could not send the error response: {we}",
+                    ctx.request_id
+                );
             }
         } else {
             ctx.error = Some(err);
@@ -570,6 +574,7 @@ impl ProxyHttp for Gateway {
             .inc();
         if let Some(r) = &ctx.route {
             r.duration.observe(elapsed.as_secs_f64());
+            r.chain.log(status, &ctx.plugins);
         }
         let Some(log) = &self.log else { return };
         let route = ctx.route.as_deref();

@@ -94,6 +94,8 @@ pub struct RequestView<'a> {
     /// The normalized request path.
     pub path: &'a str,
     pub route: &'a str,
+    /// For log lines about this request.
+    pub request_id: &'a str,
 }
 
 /// One plugin. Every method has a default that does nothing, so a plugin implements only its phases.
@@ -129,6 +131,10 @@ pub trait Plugin: Send + Sync + 'static {
     /// Response headers on their way to the client: the upstream's, or the gateway's own answers
     /// (errors and replies), so CORS and header transforms apply to both.
     fn response(&self, _resp: &mut ResponseHeader, _req: &RequestHeader, _state: &PluginState) {}
+
+    /// After the response was sent (or the request failed), with the final status: for plugins that
+    /// account for what happened (metrics, audit logs).
+    fn log(&self, _status: u16, _state: &PluginState) {}
 }
 
 /// The plugins a route runs, global ones first.
@@ -195,6 +201,12 @@ impl Chain {
     pub fn response(&self, resp: &mut ResponseHeader, req: &RequestHeader, state: &PluginState) {
         for p in &self.plugins {
             p.response(resp, req, state);
+        }
+    }
+
+    pub fn log(&self, status: u16, state: &PluginState) {
+        for p in &self.plugins {
+            p.log(status, state);
         }
     }
 }

@@ -677,7 +677,8 @@ impl Plugin for RateLimit {
                     }
                     if let Some((i, _)) = closed {
                         log::warn!(
-                            "rate limit `{}`: Redis failed ({e}); failing closed",
+                            "request {}: rate limit `{}`: Redis failed ({e}); failing closed",
+                            req.request_id,
                             self.policies[*i].name
                         );
                         return Decision::Deny(GatewayError::new(
@@ -686,7 +687,10 @@ impl Plugin for RateLimit {
                             "the rate-limit store is unavailable; try again",
                         ));
                     }
-                    log::warn!("rate limit: Redis failed ({e}); failing open");
+                    log::warn!(
+                        "request {}: rate limit: Redis failed ({e}); failing open",
+                        req.request_id
+                    );
                 }
             }
         }
