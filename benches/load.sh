@@ -167,21 +167,27 @@ done
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 col() { awk -F'\t' -v n="$1" -v c="$2" '$1==n {print $c}' "$RESULTS" | median; }
 
-# Half of each proxy's median peak, open loop (oha -q), for latency at a realistic load.
-declare -A HALF_P50 HALF_P99
-for name in "${ORDER[@]}"; do
+# Latency at half load: each proxy open-loop (oha -q) at half its median peak rate, and the backend
+# direct at that same rate, so the difference is what the proxy adds at a realistic load.
+declare -A HALF_P50 HALF_P99 ADDED_P99 HALF_RATE
+oha_run() { # name rate -> "p50 p99" in ms
+  local hdr=()
+  [ "$1" = tollgate-full ] && hdr=(-H "Authorization: Bearer $TOKEN")
+  taskset -c 0 oha --no-tui -z "${SECS}s" -c $CONNS -q "$2" --latency-correction "${hdr[@]}" "${URL[$1]}" \
+    | awk '/50.00% in/ {p50=$3} /99.00% in/ {p99=$3} END {print p50, p99}'
+}
+for name in tollgate-plain tollgate-full nginx; do
   rate=$(awk -v r="$(col "$name" 3)" 'BEGIN {printf "%d", r / 2}')
-  hdr=()
-  [ "$name" = tollgate-full ] && hdr=(-H "Authorization: Bearer $TOKEN")
-  out=$(taskset -c 0 oha --no-tui -z "${SECS}s" -c $CONNS -q "$rate" --latency-correction "${hdr[@]}" "${URL[$name]}")
-  HALF_P50[$name]=$(echo "$out" | awk '/50.00% in/ {printf "%.3f", $3 * 1000}')
-  HALF_P99[$name]=$(echo "$out" | awk '/99.00% in/ {printf "%.3f", $3 * 1000}')
+  read -r d50 d99 <<< "$(oha_run direct "$rate")"
+  read -r p50 p99 <<< "$(oha_run "$name" "$rate")"
+  HALF_RATE[$name]=$rate; HALF_P50[$name]=$p50; HALF_P99[$name]=$p99
+  ADDED_P99[$name]=$(awk -v a="$p99" -v b="$d99" 'BEGIN {printf "%.3f", a - b}')
 done
 
 echo
 echo "Medians of $ROUNDS interleaved rounds of ${SECS}s, wrk -t1 -c$CONNS; proxy on 1 CPU, 1 worker."
 echo
-echo "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | vs nginx (CPU) | p50 / p99 ms at half load | peak RSS |"
+echo "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | vs nginx (CPU) | half load: rate, p50 / p99 ms, p99 added vs direct | peak RSS |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 NGX_CPU=$(col nginx 6)
 for name in "${ORDER[@]}"; do
@@ -193,12 +199,13 @@ for name in "${ORDER[@]}"; do
   else
     cpu="-"
   fi
-  printf '| %s | %.0f | %s | %s | %s | %s | %s / %s | %s |\n' "$name" "$(col "$name" 3)" "$(col "$name" 4)" \
-    "$(col "$name" 5)" "$cpu" "$ratio" "${HALF_P50[$name]}" "${HALF_P99[$name]}" "$rss"
+  half="-"
+  [ -n "${HALF_RATE[$name]:-}" ] && half="${HALF_RATE[$name]}/s: ${HALF_P50[$name]} / ${HALF_P99[$name]}, +${ADDED_P99[$name]}"
+  printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$name" "$(col "$name" 3)" "$(col "$name" 4)" \
+    "$(col "$name" 5)" "$cpu" "$ratio" "$half" "$rss"
 done
 echo
 PLAIN_CPU=$(col tollgate-plain 6); FULL_CPU=$(col tollgate-full 6)
 awk -v f="$FULL_CPU" -v p="$PLAIN_CPU" 'BEGIN {printf "full route / plain route CPU: %.2f×\n", f / p}'
 echo "tollgate idle RSS (plain, before load): $((IDLE_RSS / 1024)) MiB"
-awk -v a="${HALF_P99[tollgate-plain]}" -v d="${HALF_P99[direct]}" 'BEGIN {printf "p99 added at half load, plain route: %.3f ms\n", a - d}'
-awk -v a="${HALF_P99[tollgate-full]}" -v d="${HALF_P99[direct]}" 'BEGIN {printf "p99 added at half load, full route:  %.3f ms\n", a - d}'
+echo "p99 added at half load: plain ${ADDED_P99[tollgate-plain]} ms, full ${ADDED_P99[tollgate-full]} ms, nginx ${ADDED_P99[nginx]} ms"

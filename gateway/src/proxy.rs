@@ -29,7 +29,7 @@ use crate::headers;
 use crate::metrics::{method_label, metrics};
 use crate::path;
 use crate::plugin::{cors, Decision, PluginState, Reply, RequestView};
-use crate::router::{Found, Params};
+use crate::router::Found;
 use crate::snapshot::{Route, Snapshot};
 use crate::trace::TraceContext;
 use crate::upstream::{ip_key, HashOn};
@@ -188,15 +188,21 @@ impl Gateway {
         }
         // Credentials given in the query (API keys, tokens) never reach the upstream.
         if !ctx.plugins.query_remove.is_empty() {
-            if let (Some(uri), Some(q)) =
-                (ctx.upstream_uri.as_mut(), session.req_header().uri.query())
-            {
+            let req = session.req_header();
+            if let Some(q) = req.uri.query() {
+                let uri = ctx
+                    .upstream_uri
+                    .take()
+                    .unwrap_or_else(|| with_query(req.uri.path(), Some(q)));
                 if let Some(base) = uri.strip_suffix(q).and_then(|b| b.strip_suffix('?')) {
-                    let base = base.to_string();
-                    *uri = match crate::plugin::strip_query(q, &ctx.plugins.query_remove) {
-                        Some(kept) => format!("{base}?{kept}"),
-                        None => base,
-                    };
+                    ctx.upstream_uri = Some(
+                        match crate::plugin::strip_query(q, &ctx.plugins.query_remove) {
+                            Some(kept) => format!("{base}?{kept}"),
+                            None => base.to_string(),
+                        },
+                    );
+                } else {
+                    ctx.upstream_uri = Some(uri);
                 }
             }
         }
@@ -261,7 +267,11 @@ impl Gateway {
         match found {
             Found::Route(i, params) => {
                 let route = s.routes[i].clone();
-                ctx.upstream_uri = Some(upstream_uri(&route, &norm, &params, req.uri.query()));
+                // The common case (no rewrite, no strip, a path already in normal form) sends the
+                // request target as it came: nothing to build or parse again.
+                let up_path = route.upstream_path(&norm, &params);
+                ctx.upstream_uri =
+                    (up_path != req.uri.path()).then(|| with_query(&up_path, req.uri.query()));
                 ctx.route = Some(route);
                 ctx.path = norm.into_owned();
                 Ok(())
@@ -278,17 +288,17 @@ impl Gateway {
     }
 }
 
-fn upstream_uri(route: &Route, norm: &str, params: &Params, query: Option<&str>) -> String {
-    let p = route.upstream_path(norm, params);
+/// `path` with `query` appended.
+fn with_query(path: &str, query: Option<&str>) -> String {
     match query {
         Some(q) => {
-            let mut s = String::with_capacity(p.len() + q.len() + 1);
-            s.push_str(&p);
+            let mut s = String::with_capacity(path.len() + q.len() + 1);
+            s.push_str(path);
             s.push('?');
             s.push_str(q);
             s
         }
-        None => p.into_owned(),
+        None => path.to_string(),
     }
 }
 
@@ -584,14 +594,14 @@ impl ProxyHttp for Gateway {
             &ctx.path
         };
         let entry = access_log::Entry {
-            time: access_log::rfc3339_now(),
+            time: std::time::SystemTime::now(),
             request_id: &ctx.request_id,
-            client_ip: ctx.client_ip.to_string(),
+            client_ip: ctx.client_ip,
             method: req.method.as_str(),
             path,
             route: route.map(|r| r.name.as_str()),
             upstream: route.map(|r| r.upstream.name.as_str()),
-            target: ctx.target.map(|t| t.to_string()),
+            target: ctx.target,
             status,
             duration_ms: round3(elapsed.as_secs_f64() * 1000.0),
             upstream_ms: ctx.upstream_ms.map(round3),
@@ -606,9 +616,7 @@ impl ProxyHttp for Gateway {
                 .as_deref()),
             error: ctx.error.as_ref().map(|e| e.code),
         };
-        if let Ok(line) = serde_json::to_string(&entry) {
-            log.write(line);
-        }
+        log.write(&entry);
     }
 }
 

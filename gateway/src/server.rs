@@ -150,7 +150,7 @@ impl BackgroundService for Drain {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Let the access-log writer catch up, then go.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         log::info!("drained; exiting");
         std::process::exit(0);
     }

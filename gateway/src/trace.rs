@@ -20,13 +20,19 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// `bytes` (at most 16) random bytes as lower-case hex, never all zero.
 fn random_hex(bytes: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut v = if bytes >= 16 {
+        fastrand::u128(1..)
+    } else {
+        u128::from(fastrand::u64(1..))
+    };
     let mut s = String::with_capacity(bytes * 2);
-    while s.len() < bytes * 2 {
-        let v = fastrand::u64(1..);
-        s.push_str(&format!("{v:016x}"));
+    for _ in 0..bytes * 2 {
+        s.push(HEX[(v & 15) as usize] as char);
+        v >>= 4;
     }
-    s.truncate(bytes * 2);
     s
 }
 

@@ -229,6 +229,69 @@ pub struct Provider {
     pub cookie: Option<String>,
     pub query: Option<String>,
     jwks: Option<Jwks>,
+    cache: VerifiedCache,
+}
+
+/// Tokens verified recently, so a client that sends the same token again is not checked again: a
+/// signature check costs 3 µs (HS256) to 50 µs (ES256), a lookup a fraction of one. An entry is only
+/// used while the token's own `exp`/`nbf` still hold (with the leeway), the whole token is compared
+/// (never a hash of it), and the cache is emptied whenever the provider's keys change, so a withdrawn
+/// key stops working at once. Bounded: when full, it starts over.
+struct VerifiedCache {
+    map: std::sync::RwLock<std::collections::HashMap<Box<str>, Cached>>,
+}
+
+struct Cached {
+    claims: Arc<Map<String, Json>>,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+const CACHE_ENTRIES: usize = 10_000;
+
+impl VerifiedCache {
+    fn new() -> Self {
+        VerifiedCache {
+            map: std::sync::RwLock::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn get(&self, token: &str, leeway: Duration) -> Option<Arc<Map<String, Json>>> {
+        let map = self.map.read().ok()?;
+        let c = map.get(token)?;
+        let now = jsonwebtoken::get_current_timestamp();
+        let leeway = leeway.as_secs();
+        let fresh = now <= c.exp.saturating_add(leeway)
+            && c.nbf.is_none_or(|nbf| now.saturating_add(leeway) >= nbf);
+        fresh.then(|| c.claims.clone())
+    }
+
+    fn put(&self, token: &str, claims: &Arc<Map<String, Json>>) {
+        // Verified tokens always have a numeric `exp` (required); anything else is not cached.
+        let Some(exp) = claims.get("exp").and_then(Json::as_u64) else {
+            return;
+        };
+        let nbf = claims.get("nbf").and_then(Json::as_u64);
+        if let Ok(mut map) = self.map.write() {
+            if map.len() >= CACHE_ENTRIES {
+                map.clear();
+            }
+            map.insert(
+                token.into(),
+                Cached {
+                    claims: claims.clone(),
+                    exp,
+                    nbf,
+                },
+            );
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut map) = self.map.write() {
+            map.clear();
+        }
+    }
 }
 
 /// JWKS fetching state of a provider.
@@ -382,6 +445,7 @@ impl Provider {
             cookie: cfg.cookie.clone(),
             query: cfg.query.clone(),
             jwks,
+            cache: VerifiedCache::new(),
         })
     }
 
@@ -419,10 +483,20 @@ impl Provider {
         let mut keys = self.static_keys.clone();
         keys.extend(fetched);
         self.keys.store(Arc::new(KeySet { keys }));
+        self.cache.clear();
     }
 
     /// Verify a token. On success, its claims.
-    pub async fn verify(&self, token: &str) -> Result<Map<String, Json>, Rejection> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Map<String, Json>>, Rejection> {
+        if let Some(claims) = self.cache.get(token, self.leeway) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify_uncached(token).await?);
+        self.cache.put(token, &claims);
+        Ok(claims)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Map<String, Json>, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(Rejection::AlgorithmNotAllowed);
@@ -543,6 +617,7 @@ impl Provider {
         let mut keys = self.static_keys.clone();
         keys.extend(fetched);
         self.keys.store(Arc::new(KeySet { keys }));
+        self.cache.clear();
         log::info!("jwt provider `{}`: loaded JWKS from {}", self.name, j.url);
         Ok(())
     }
@@ -851,7 +926,7 @@ impl Plugin for JwtAuth {
             }
         }
         state.identity.subject = claims.get("sub").and_then(Json::as_str).map(str::to_string);
-        state.identity.claims = Some(Arc::new(claims));
+        state.identity.claims = Some(claims);
         Decision::Continue
     }
 }
