@@ -176,12 +176,21 @@ oha_run() { # name rate -> "p50 p99" in ms
   taskset -c 0 oha --no-tui -z "${SECS}s" -c $CONNS -q "$2" --latency-correction "${hdr[@]}" "${URL[$1]}" \
     | awk '/50.00% in/ {p50=$3} /99.00% in/ {p99=$3} END {print p50, p99}'
 }
+HALF="$RUN/half.tsv"
+: > "$HALF"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in tollgate-plain tollgate-full nginx; do
+    rate=$(awk -v r="$(col "$name" 3)" 'BEGIN {printf "%d", r / 2}')
+    read -r d50 d99 <<< "$(oha_run direct "$rate")"
+    read -r p50 p99 <<< "$(oha_run "$name" "$rate")"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$p50" "$p99" "$(awk -v a="$p99" -v b="$d99" 'BEGIN {printf "%.3f", a - b}')" >> "$HALF"
+    printf '  half load round %s %-15s %6s req/s  p50 %s ms  p99 %s ms (direct p99 %s ms)\n' "$round" "$name" "$rate" "$p50" "$p99" "$d99"
+  done
+done
+hcol() { awk -F'\t' -v n="$1" -v c="$2" '$1==n {print $c}' "$HALF" | median; }
 for name in tollgate-plain tollgate-full nginx; do
-  rate=$(awk -v r="$(col "$name" 3)" 'BEGIN {printf "%d", r / 2}')
-  read -r d50 d99 <<< "$(oha_run direct "$rate")"
-  read -r p50 p99 <<< "$(oha_run "$name" "$rate")"
-  HALF_RATE[$name]=$rate; HALF_P50[$name]=$p50; HALF_P99[$name]=$p99
-  ADDED_P99[$name]=$(awk -v a="$p99" -v b="$d99" 'BEGIN {printf "%.3f", a - b}')
+  HALF_RATE[$name]=$(hcol "$name" 2); HALF_P50[$name]=$(hcol "$name" 3)
+  HALF_P99[$name]=$(hcol "$name" 4); ADDED_P99[$name]=$(hcol "$name" 5)
 done
 
 echo
