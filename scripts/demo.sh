@@ -103,7 +103,9 @@ Product reads are public; everything else needs a token (mint more with ./target
   curl -si http://$GATEWAY/api/orders | head -n 1                           # 401, JSON body
   curl -s http://$GATEWAY/nope                                             # 404 from the gateway
 
-Access log: $DEMO_DIR/logs/gateway.log. Ctrl-C stops everything.
+Admin (its own port): curl -s http://127.0.0.1:9090/readyz ; curl -s http://127.0.0.1:9090/metrics
+  curl -s -H "authorization: Bearer tollgate-demo-admin-token" http://127.0.0.1:9090/admin/routes
+Access log: $DEMO_DIR/logs/gateway.log. Edit config/tollgate.yaml and it reloads. Ctrl-C stops everything.
 EOF
 
 # Exit (and stop the rest) as soon as any process dies, or on Ctrl-C.
