@@ -173,6 +173,17 @@ pub struct RunOptions {
 /// SIGINT stops at once; SIGHUP reloads.
 pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let settings = snapshot.settings.clone();
+    // Pingora retries a busy address for a while and then runs without that listener; an operator
+    // wants to know at once. (With --upgrade the sockets come from the running instance instead.)
+    if !opts.upgrade {
+        let admin = settings.admin_listen.iter();
+        for addr in settings.listen.iter().chain(admin) {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                eprintln!("tollgate: cannot listen on {addr}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let reloader = Arc::new(Reloader::new(
         &opts.config_path,

@@ -199,3 +199,28 @@ fn readme_broken_config_example_is_what_validate_prints() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), claim);
 }
+
+/// A listen address that is taken is a clear, immediate error, not a gateway running without it.
+#[test]
+fn run_refuses_a_busy_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    for (listen, admin) in [
+        (format!("127.0.0.1:{port}"), "127.0.0.1:0".to_string()),
+        ("127.0.0.1:0".to_string(), format!("127.0.0.1:{port}")),
+    ] {
+        let path = dir.path().join("busy.yaml");
+        std::fs::write(
+            &path,
+            format!("server: {{ listen: [\"{listen}\"], admin: {{ listen: \"{admin}\" }} }}\nupstreams: {{ be: {{ targets: [{{ addr: \"127.0.0.1:1\" }}] }} }}\nroutes: [{{ name: r, match: {{ path_prefix: / }}, upstream: be }}]\n"),
+        )
+        .unwrap();
+        let (code, _, err) = tollgate(&["run", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+            "{err}"
+        );
+    }
+}
