@@ -197,16 +197,11 @@ impl std::fmt::Display for Rfc3339 {
     }
 }
 
-/// Now, as RFC 3339 text.
-pub fn rfc3339_now() -> String {
-    Rfc3339(std::time::SystemTime::now()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn time_format() {
-        let t = super::rfc3339_now();
+        let t = super::Rfc3339(std::time::SystemTime::now()).to_string();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'));
     }

@@ -63,6 +63,23 @@ fn compile(ops: &HeaderOps, base: &str) -> Result<Ops, BuildError> {
     })
 }
 
+/// Remove, then set, then add: the same on request and response headers (two types with the same
+/// methods, hence a macro rather than a trait of our own).
+macro_rules! apply {
+    ($ops:expr, $h:expr) => {{
+        let (o, h) = ($ops, $h);
+        for name in &o.remove {
+            h.remove_header(name);
+        }
+        for (k, v) in &o.set {
+            let _ = h.insert_header(k.clone(), v.clone());
+        }
+        for (k, v) in &o.add {
+            let _ = h.append_header(k.clone(), v.clone());
+        }
+    }};
+}
+
 pub struct HeaderTransform {
     request: Ops,
     response: Ops,
@@ -87,28 +104,10 @@ impl Plugin for HeaderTransform {
     }
 
     fn upstream_request(&self, up: &mut RequestHeader, _state: &PluginState) {
-        let o = &self.request;
-        for h in &o.remove {
-            up.remove_header(h);
-        }
-        for (k, v) in &o.set {
-            let _ = up.insert_header(k.clone(), v.clone());
-        }
-        for (k, v) in &o.add {
-            let _ = up.append_header(k.clone(), v.clone());
-        }
+        apply!(&self.request, up);
     }
 
     fn response(&self, resp: &mut ResponseHeader, _req: &RequestHeader, _state: &PluginState) {
-        let o = &self.response;
-        for h in &o.remove {
-            resp.remove_header(h);
-        }
-        for (k, v) in &o.set {
-            let _ = resp.insert_header(k.clone(), v.clone());
-        }
-        for (k, v) in &o.add {
-            let _ = resp.append_header(k.clone(), v.clone());
-        }
+        apply!(&self.response, resp);
     }
 }

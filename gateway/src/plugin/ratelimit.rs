@@ -594,8 +594,9 @@ impl Plugin for RateLimit {
         let mut taken = Taken { local: Vec::new() };
         let mut guards = Vec::new();
         let mut quotas = Vec::with_capacity(self.policies.len());
-        let mut shared: Vec<(usize, String)> = Vec::new();
-        for (i, p) in self.policies.iter().enumerate() {
+        // Redis window policies: (policy, key, window, limit), checked together in one call below.
+        let mut shared: Vec<(&Arc<Policy>, String, Duration, u64)> = Vec::new();
+        for p in &self.policies {
             let key = p.key.value(req, state);
             match &p.kind {
                 Kind::Window {
@@ -619,9 +620,11 @@ impl Plugin for RateLimit {
                         reset_secs: reset,
                     });
                 }
-                Kind::Window { local: None, .. } => {
-                    shared.push((i, format!("tollgate:rl:{}:{key}", p.name)))
-                }
+                Kind::Window {
+                    limit,
+                    per,
+                    local: None,
+                } => shared.push((p, format!("tollgate:rl:{}:{key}", p.name), *per, *limit)),
                 Kind::Concurrency { max, inflight } => {
                     let (guard, n) = inflight.incr(&key, 1);
                     if n.max(0) as u64 > *max {
@@ -639,47 +642,39 @@ impl Plugin for RateLimit {
         if let (false, Some(store)) = (shared.is_empty(), &self.redis) {
             let items: Vec<(String, Duration, u64)> = shared
                 .iter()
-                .map(|(i, k)| match &self.policies[*i].kind {
-                    Kind::Window { limit, per, .. } => (k.clone(), *per, *limit),
-                    Kind::Concurrency { .. } => (k.clone(), Duration::from_secs(1), 0),
-                })
+                .map(|(_, k, per, limit)| (k.clone(), *per, *limit))
                 .collect();
             match store.check(&items).await {
                 Ok(Ok(counts)) => {
-                    for ((i, _), (prev, curr, frac)) in shared.iter().zip(counts) {
-                        let p = &self.policies[*i];
-                        if let Kind::Window { limit, per, .. } = &p.kind {
-                            let (_, remaining, reset, _) = window(prev, curr, frac, *limit, *per);
-                            quotas.push(Quota {
-                                policy: p.clone(),
-                                remaining,
-                                reset_secs: reset,
-                            });
-                        }
+                    for ((p, _, per, limit), (prev, curr, frac)) in shared.iter().zip(counts) {
+                        let (_, remaining, reset, _) = window(prev, curr, frac, *limit, *per);
+                        quotas.push(Quota {
+                            policy: (*p).clone(),
+                            remaining,
+                            reset_secs: reset,
+                        });
                     }
                 }
                 Ok(Err((j, prev, curr, frac))) => {
-                    let p = &self.policies[shared[j].0];
-                    if let Kind::Window { limit, per, .. } = &p.kind {
-                        let (_, _, _, retry) = window(prev, curr + 1, frac, *limit, *per);
-                        return Decision::Deny(Self::refused(p, retry));
-                    }
+                    let (p, _, per, limit) = &shared[j];
+                    let (_, _, _, retry) = window(prev, curr + 1, frac, *limit, *per);
+                    return Decision::Deny(Self::refused(p, retry));
                 }
                 Err(e) => {
-                    let closed = shared
-                        .iter()
-                        .find(|(i, _)| self.policies[*i].on_error == FailMode::FailClosed);
-                    for (i, _) in &shared {
+                    for (p, ..) in &shared {
                         metrics()
                             .ratelimit_store_errors
-                            .with_label_values(&[self.policies[*i].name.as_str()])
+                            .with_label_values(&[p.name.as_str()])
                             .inc();
                     }
-                    if let Some((i, _)) = closed {
+                    let closed = shared
+                        .iter()
+                        .find(|(p, ..)| p.on_error == FailMode::FailClosed);
+                    if let Some((p, ..)) = closed {
                         log::warn!(
                             "request {}: rate limit `{}`: Redis failed ({e}); failing closed",
                             req.request_id,
-                            self.policies[*i].name
+                            p.name
                         );
                         return Decision::Deny(GatewayError::new(
                             503,
