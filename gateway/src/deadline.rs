@@ -9,10 +9,19 @@
 //! For the first request the clock starts at accept; for later keep-alive requests it starts at their first
 //! byte, so idle keep-alive time is governed by the keep-alive timeout alone. A new head is expected once
 //! the gateway has written a response and the client sends again.
+//!
+//! The wrapper also makes shutdown lossless for new connections. On SIGTERM/SIGQUIT Pingora stops
+//! accepting and then (in `cleanup`) drops every connection whose request head it has not read yet,
+//! including one accepted a moment earlier whose client has not had the chance to send. That client gets a
+//! closed connection instead of an answer: during an upgrade under load, a few requests fail. So
+//! [`HeaderDeadline`] counts the connections still waiting for their first head and lets `cleanup`
+//! wait for them (at most the head deadline, which would close them anyway) before Pingora's. The
+//! [`ConnectionTracker`] also counts open connections, which the drain logic waits for before exiting.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,10 +41,67 @@ use tokio::time::{sleep, Sleep};
 /// The answer a client gets when it was too slow to send its request head.
 const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 119\r\n\r\n{\"error\":{\"status\":408,\"code\":\"request_timeout\",\"message\":\"the request head was not received in time\",\"request_id\":\"\"}}";
 
-/// Wraps a Pingora app so that every connection it serves has a request-head deadline.
+/// Client connections of one listening service, for a shutdown that drops nothing.
+#[derive(Debug, Default)]
+pub struct ConnectionTracker {
+    /// Connections being served.
+    open: AtomicUsize,
+    /// Connections whose first request head has not been read completely yet.
+    fresh: AtomicUsize,
+    /// The service has stopped accepting and closed its idle connections.
+    closed: AtomicBool,
+}
+
+impl ConnectionTracker {
+    /// Open client connections.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+    /// Connections accepted that have not sent a whole first request head.
+    pub fn fresh(&self) -> usize {
+        self.fresh.load(Ordering::Acquire)
+    }
+    /// True once the service stopped accepting and closed its idle connections (shutdown only).
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Holds one unit of a counter until dropped.
+struct Count(
+    Arc<ConnectionTracker>,
+    fn(&ConnectionTracker) -> &AtomicUsize,
+);
+
+impl Count {
+    fn new(t: &Arc<ConnectionTracker>, f: fn(&ConnectionTracker) -> &AtomicUsize) -> Count {
+        f(t).fetch_add(1, Ordering::AcqRel);
+        Count(t.clone(), f)
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Wraps a Pingora app so that every connection it serves has a request-head deadline, and so that
+/// shutdown waits for connections that have not sent their first request yet.
 pub struct HeaderDeadline<A> {
     pub inner: Arc<A>,
     pub timeout: Duration,
+    pub tracker: Arc<ConnectionTracker>,
+}
+
+impl<A> HeaderDeadline<A> {
+    pub fn new(inner: Arc<A>, timeout: Duration) -> Self {
+        HeaderDeadline {
+            inner,
+            timeout,
+            tracker: Arc::default(),
+        }
+    }
 }
 
 #[async_trait]
@@ -45,12 +111,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.timeout));
-        self.inner.process_new(wrapped, shutdown).await
+        // Pingora serves every request of an HTTP/1 connection inside one `process_new` call.
+        let _open = Count::new(&self.tracker, |t| &t.open);
+        let mut wrapped = DeadlineStream::new(stream, self.timeout);
+        wrapped.fresh = Some(Count::new(&self.tracker, |t| &t.fresh));
+        self.inner.process_new(Box::new(wrapped), shutdown).await
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        // The accept loops have stopped. Let connections accepted just before start to be served (their
+        // tasks may not have run yet), then wait until every accepted client sent its first request
+        // head; the head deadline bounds the wait, as it would close them anyway.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while self.tracker.fresh() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.inner.cleanup().await;
+        self.tracker.closed.store(true, Ordering::Release);
     }
 }
 
@@ -68,6 +146,8 @@ pub struct DeadlineStream {
     terminator: u8,
     /// A response was written since the last head completed.
     responded: bool,
+    /// Counts this connection as waiting for its first request head, until that head is complete.
+    fresh: Option<Count>,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -89,6 +169,7 @@ impl DeadlineStream {
             head_bytes: 0,
             terminator: 0,
             responded: false,
+            fresh: None,
         }
     }
 
@@ -108,6 +189,7 @@ impl DeadlineStream {
                 _ => 0,
             };
             if self.terminator == 4 {
+                self.fresh = None;
                 self.in_head = false;
                 self.deadline = None;
                 self.terminator = 0;

@@ -358,7 +358,11 @@ impl ProxyHttp for Gateway {
         } else {
             peer
         };
-        session.set_keepalive(Some(snap.settings.keepalive_timeout.as_secs()));
+        // Our idle timeout, unless keep-alive is already off: the client asked to close, or Pingora
+        // turned it off because the process is shutting down.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(snap.settings.keepalive_timeout.as_secs()));
+        }
         ctx.snapshot = Some(snap);
         Ok(())
     }
@@ -569,6 +573,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        self.record(session, ctx);
+        // The request is over: give back its in-flight unit and concurrency slots now, before Pingora
+        // closes a `Connection: close` connection (the context itself outlives the connection).
+        ctx._in_flight = None;
+        ctx.plugins = PluginState::default();
+    }
+}
+
+impl Gateway {
+    /// Metrics and the access-log line of a finished request.
+    fn record(&self, session: &Session, ctx: &Ctx) {
         let req = session.req_header();
         let status = session
             .response_written()

@@ -13,7 +13,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::deadline::HeaderDeadline;
+use crate::deadline::{ConnectionTracker, HeaderDeadline};
 use crate::plugin::Registry;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
@@ -127,6 +127,8 @@ impl BackgroundService for ConfigWatch {
 /// were handed over) has no request left in flight, instead of always waiting out Pingora's grace period.
 pub struct Drain {
     phase: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+    /// The public listener's connections.
+    connections: Arc<ConnectionTracker>,
 }
 
 #[async_trait]
@@ -142,11 +144,11 @@ impl BackgroundService for Drain {
                 Err(_) => return,
             }
         }
-        log::info!("draining: waiting for in-flight requests");
-        loop {
-            if crate::metrics::metrics().in_flight.get() <= 0 {
-                break;
-            }
+        log::info!("draining: waiting for in-flight requests and open connections");
+        // Once the proxy stopped accepting and closed its idle connections, every remaining connection
+        // is one whose request is being served (keep-alive is off now), so "none open" means done.
+        let c = &self.connections;
+        while !(c.closed() && c.open() == 0 && crate::metrics::metrics().in_flight.get() <= 0) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Let the access-log writer catch up, then go.
@@ -216,10 +218,8 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let mut http =
         pingora_proxy::HttpProxy::new(Gateway::new(shared.clone()), server.configuration.clone());
     http.handle_init_modules();
-    let app = HeaderDeadline {
-        inner: Arc::new(http),
-        timeout: settings.header_read_timeout,
-    };
+    let app = HeaderDeadline::new(Arc::new(http), settings.header_read_timeout);
+    let connections = app.tracker.clone();
     let mut proxy = Service::new("tollgate".to_string(), app);
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
@@ -250,6 +250,7 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
         "drain",
         Drain {
             phase: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+            connections,
         },
     ));
     server.run_forever()

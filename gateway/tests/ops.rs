@@ -444,6 +444,75 @@ fn sigterm_lets_a_slow_request_finish() {
     );
 }
 
+/// Read one response with a `content-length` body from a keep-alive connection.
+fn read_one_response(s: &mut std::net::TcpStream) -> Response {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).expect("read response");
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if buf.len() >= end + 4 + len {
+                return parse_response(&buf);
+            }
+        }
+    }
+}
+
+#[test]
+fn shutdown_serves_connections_accepted_before_it_and_closes_idle_keepalive() {
+    use std::io::{Read, Write};
+    let be = Backend::start("be", Mode::Echo);
+    let mut g = Gateway::start(&config(&be, ""));
+    // A client that connected but has not sent its request yet when the signal comes.
+    let mut fresh = std::net::TcpStream::connect(g.addr).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    // A keep-alive client that is idle between requests.
+    let mut idle = std::net::TcpStream::connect(g.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    idle.write_all(b"GET /open/1 HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one_response(&mut idle).status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+
+    g.signal("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        g.wait_exit(Duration::ZERO).is_none(),
+        "still waiting for the accepted client"
+    );
+    fresh
+        .write_all(b"GET /open/late HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    let r = read_one_response(&mut fresh);
+    assert_eq!(r.status, 200, "the accepted connection is served");
+    assert_eq!(r.header("connection"), Some("close"), "and told to go");
+    // Once nobody is waiting to send a first request, idle keep-alive connections are closed.
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0, "idle closed");
+    assert_eq!(
+        g.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        g.stderr_text()
+    );
+}
+
 #[test]
 fn upgrade_hands_over_the_sockets_under_load() {
     let be = Backend::start("be", Mode::Echo);

@@ -50,6 +50,7 @@ fn proxies_and_routes_by_priority() {
         let r = gw.send(&format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: {rid}\r\n{extra}Connection: close\r\n\r\n"));
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.json()["path"], *path);
+        assert_eq!(r.header("connection"), Some("close"), "the client asked");
         let line = gw.wait_log(|l| l["request_id"] == rid.as_str());
         assert_eq!(line["route"], *want, "{path} on {host}");
     }
