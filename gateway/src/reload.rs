@@ -102,11 +102,15 @@ impl Reloader {
             *f = fingerprint(&self.path);
         }
         let (path, registry) = (self.path.clone(), self.registry.clone());
-        let loaded =
-            tokio::task::spawn_blocking(move || Snapshot::from_file_with(&path, &registry)).await;
+        // Only reloads store snapshots and they run one at a time, so this is the one being replaced.
+        let old = self.shared.load_full();
+        let previous = old.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            Snapshot::from_file_replacing(&path, &registry, Some(&previous))
+        })
+        .await;
         let status = match loaded {
             Ok(Ok((snap, warnings))) => {
-                let old = self.shared.load_full();
                 let mut warnings: Vec<String> = warnings.0.iter().map(|w| w.to_string()).collect();
                 warnings.extend(snap.inherit(&old));
                 for w in &warnings {

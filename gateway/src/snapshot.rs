@@ -113,9 +113,18 @@ impl Snapshot {
         path: &str,
         registry: &Registry,
     ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
+        Self::from_file_replacing(path, registry, None)
+    }
+
+    /// Load, validate and compile a file that is to replace `previous` (a reload).
+    pub fn from_file_replacing(
+        path: &str,
+        registry: &Registry,
+        previous: Option<&Snapshot>,
+    ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
         let mut loaded = load::load_file(path)?;
         let parse_ok = !loaded.diagnostics.has_errors();
-        match Snapshot::compile_with(&loaded.config, &loaded.locations, registry) {
+        match Snapshot::compile_replacing(&loaded.config, &loaded.locations, registry, previous) {
             Ok((snap, warnings)) if parse_ok => {
                 loaded.add(warnings);
                 Ok((snap, loaded.diagnostics))
@@ -140,6 +149,17 @@ impl Snapshot {
         cfg: &RawConfig,
         locs: &Locations,
         registry: &Registry,
+    ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
+        Self::compile_replacing(cfg, locs, registry, None)
+    }
+
+    /// Like [`Snapshot::compile_with`], for a reload: state that must survive it (upstream target health)
+    /// is taken over from `previous`, the running snapshot.
+    pub fn compile_replacing(
+        cfg: &RawConfig,
+        locs: &Locations,
+        registry: &Registry,
+        previous: Option<&Snapshot>,
     ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
         let mut d = Diagnostics::default();
         let settings = settings(&cfg.server, locs, &mut d);
@@ -212,7 +232,13 @@ impl Snapshot {
             if !d.has_errors() {
                 upstreams.insert(
                     name.clone(),
-                    Arc::new(Upstream::build(name, u, targets, hash_on)),
+                    Arc::new(Upstream::build(
+                        name,
+                        u,
+                        targets,
+                        hash_on,
+                        previous.and_then(|p| p.upstreams.get(name)).map(|u| &**u),
+                    )),
                 );
             }
         }

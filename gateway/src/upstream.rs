@@ -4,6 +4,10 @@
 //! be replaced at runtime (admin API, reload, DNS later) and picked up by `LoadBalancer::update`. Health
 //! is Pingora's: an HTTP check per target, with consecutive-success/failure thresholds; a target starts
 //! healthy so that a fresh gateway serves before the first check finishes.
+//!
+//! Health lives in a Pingora [`HealthRegistry`] that a reload hands on to the rebuilt upstream of the same
+//! name when its health check is unchanged: a target found dead stays out of rotation across reloads
+//! instead of taking traffic again until the next checks fail.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -19,7 +23,7 @@ use pingora_http::RequestHeader;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 
 use crate::config::raw::{Balance, HealthCheckConfig, UpstreamConfig};
 
@@ -107,6 +111,8 @@ pub struct Upstream {
     pub health: Option<HealthCheckConfig>,
     pub discovery: Arc<Discovery>,
     pool: Pool,
+    /// Health of the targets, shared with the upstream this one replaced on a reload.
+    health_registry: Arc<HealthRegistry>,
     health_running: AtomicBool,
     /// Milliseconds since `epoch` when the next health check is due.
     next_check_ms: AtomicU32,
@@ -128,12 +134,15 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
 }
 
 impl Upstream {
-    /// Build from a validated config. `targets` are resolved addresses with weights.
+    /// Build from a validated config. `targets` are resolved addresses with weights. `previous` is the
+    /// upstream of the same name in the config being replaced, whose target health carries over when
+    /// the health check is the same.
     pub fn build(
         name: &str,
         cfg: &UpstreamConfig,
         targets: Vec<(SocketAddr, usize)>,
         hash_on: Option<HashOn>,
+        previous: Option<&Upstream>,
     ) -> Upstream {
         let backends: BTreeSet<Backend> = targets
             .iter()
@@ -151,14 +160,24 @@ impl Upstream {
             })
             .collect();
         let discovery = Arc::new(Discovery::new(backends));
-        let make = || Backends::new(Box::new(SharedDiscovery(discovery.clone())));
-        let mut pool = match cfg.balance {
+        let inherited = previous
+            .filter(|p| p.health.is_some() && p.health == cfg.health_check)
+            .map(|p| p.health_registry.clone());
+        let fresh = inherited.is_none();
+        let health_registry = inherited.unwrap_or_default();
+        let make = || {
+            Backends::new_with_health_registry(
+                Box::new(SharedDiscovery(discovery.clone())),
+                health_registry.clone(),
+            )
+        };
+        let pool = match cfg.balance {
             Balance::RoundRobin | Balance::Weighted => {
                 Pool::RoundRobin(LoadBalancer::from_backends(make()))
             }
             Balance::ConsistentHash => Pool::Consistent(LoadBalancer::from_backends(make())),
         };
-        if let Some(hc) = &cfg.health_check {
+        if let Some(hc) = cfg.health_check.as_ref().filter(|_| fresh) {
             let mut check = HttpHealthCheck::new("localhost", false);
             check.consecutive_success = hc.healthy.max(1) as usize;
             check.consecutive_failure = hc.unhealthy.max(1) as usize;
@@ -170,10 +189,7 @@ impl Upstream {
                 let _ = req.insert_header("user-agent", "tollgate-health-check");
                 check.req = req;
             }
-            match &mut pool {
-                Pool::RoundRobin(lb) => lb.set_health_check(Box::new(check)),
-                Pool::Consistent(lb) => lb.set_health_check(Box::new(check)),
-            }
+            health_registry.set_health_check(Box::new(check));
         }
         let up = Upstream {
             name: name.to_string(),
@@ -189,6 +205,7 @@ impl Upstream {
             health: cfg.health_check.clone(),
             discovery,
             pool,
+            health_registry,
             health_running: AtomicBool::new(false),
             next_check_ms: AtomicU32::new(0),
             epoch: Instant::now(),

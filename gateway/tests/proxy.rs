@@ -197,6 +197,73 @@ routes:
 }
 
 #[test]
+fn an_ejected_target_stays_out_across_a_reload() {
+    let good = Backend::start("good", Mode::Echo);
+    let flaky = Backend::start("flaky", Mode::Echo);
+    // A slow check interval: after a reload that forgot health, the dead target would serve for seconds.
+    let cfg = |extra: &str| {
+        format!(
+            r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  u:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}]
+    health_check: {{ path: /healthz, interval: 2s, timeout: 500ms, healthy: 1, unhealthy: 1 }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: u }}
+{extra}"#,
+            good.addr, flaky.addr
+        )
+    };
+    flaky
+        .healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let gw = Gateway::start(&cfg(""));
+    let served_by_flaky = |n: usize| {
+        (0..n)
+            .filter(|_| gw.get("/x").header("x-backend") == Some("flaky"))
+            .count()
+    };
+    // The first check (at start) takes it out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_by_flaky(10) > 0 {
+        assert!(Instant::now() < deadline, "flaky target never ejected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reloads = || {
+        let m = gw.admin_request("GET", "/metrics", &[]);
+        String::from_utf8_lossy(&m.body)
+            .lines()
+            .filter(|l| l.starts_with("tollgate_config_reloads_total{result=\"success\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = reloads();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        format!("{text}  - {{ name: extra, match: {{ path: /extra }}, upstream: u }}\n"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "reload did not happen: {}",
+            gw.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        served_by_flaky(20),
+        0,
+        "the dead target stays out after the reload"
+    );
+    assert_eq!(gw.get("/extra").status, 200, "the new route is live");
+}
+
+#[test]
 fn closed_port_is_502_and_hanging_upstream_is_504() {
     let hang = Backend::start("hang", Mode::Hang);
     let closed = common::free_port();
