@@ -16,7 +16,7 @@ use regex::Regex;
 use crate::config::diag::Diagnostics;
 use crate::config::load::{self, sub_path, Locations};
 use crate::config::raw::{Balance, RawConfig, RouteConfig, ServerConfig};
-use crate::plugin::{apikey, jwt, BuildContext, Chain, Plugin, Registry};
+use crate::plugin::{apikey, jwt, ratelimit, BuildContext, Chain, Plugin, Registry};
 use crate::router::{template_param, HostMatch, Params, PathMatch, RouteMatcher, Router};
 use crate::upstream::{resolve, HashOn, Upstream};
 
@@ -100,6 +100,8 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// JWT providers, for the JWKS refresh and `tollgate token`.
     pub jwt: BTreeMap<String, Arc<jwt::Provider>>,
+    /// Rate-limit policies, whose counters a reload keeps.
+    pub rate_limits: BTreeMap<String, Arc<ratelimit::Policy>>,
 }
 
 impl Snapshot {
@@ -163,7 +165,7 @@ impl Snapshot {
     ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
         let mut d = Diagnostics::default();
         let settings = settings(&cfg.server, locs, &mut d);
-        let auth = auth_providers(cfg, locs, &mut d);
+        let auth = auth_providers(cfg, locs, &mut d, previous);
         let global = plugins(&cfg.plugins, "plugins", registry, &auth, locs, &mut d);
 
         let mut upstreams = BTreeMap::new();
@@ -366,6 +368,7 @@ impl Snapshot {
                 routes,
                 upstreams,
                 jwt: auth.jwt,
+                rate_limits: auth.rate_limits,
             },
             d,
         ))
@@ -407,7 +410,13 @@ impl Snapshot {
 }
 
 /// Compile `auth.jwt` and `auth.api_keys`. Key files are read relative to the config file's folder.
-fn auth_providers(cfg: &RawConfig, locs: &Locations, d: &mut Diagnostics) -> BuildContext {
+/// Also compiles `redis` and `rate_limits`, keeping the counters of `previous` (see `ratelimit::Policy::build`).
+fn auth_providers(
+    cfg: &RawConfig,
+    locs: &Locations,
+    d: &mut Diagnostics,
+    previous: Option<&Snapshot>,
+) -> BuildContext {
     let dir = std::path::Path::new(locs.file())
         .parent()
         .map(std::path::Path::to_path_buf)
@@ -430,9 +439,12 @@ fn auth_providers(cfg: &RawConfig, locs: &Locations, d: &mut Diagnostics) -> Bui
             }
         }
     }
-    for (field, msg) in
-        crate::plugin::ratelimit::compile(&cfg.rate_limits, cfg.redis.as_ref(), &mut ctx)
-    {
+    for (field, msg) in ratelimit::compile(
+        &cfg.rate_limits,
+        cfg.redis.as_ref(),
+        &mut ctx,
+        previous.map(|p| &p.rate_limits),
+    ) {
         d.0.push(locs.error(&field, msg));
     }
     for (name, k) in &cfg.auth.api_keys {

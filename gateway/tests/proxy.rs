@@ -230,31 +230,9 @@ routes:
         assert!(Instant::now() < deadline, "flaky target never ejected");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let reloads = || {
-        let m = gw.admin_request("GET", "/metrics", &[]);
-        String::from_utf8_lossy(&m.body)
-            .lines()
-            .filter(|l| l.starts_with("tollgate_config_reloads_total{result=\"success\"}"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
-    let before = reloads();
-    let text = std::fs::read_to_string(gw.config_path()).unwrap();
-    std::fs::write(
-        gw.config_path(),
-        format!("{text}  - {{ name: extra, match: {{ path: /extra }}, upstream: u }}\n"),
-    )
-    .unwrap();
-    gw.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads() <= before {
-        assert!(
-            Instant::now() < deadline,
-            "reload did not happen: {}",
-            gw.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    gw.reload(|text| {
+        format!("{text}  - {{ name: extra, match: {{ path: /extra }}, upstream: u }}\n")
+    });
     assert_eq!(
         served_by_flaky(20),
         0,

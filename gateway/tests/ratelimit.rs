@@ -305,3 +305,53 @@ routes:
         assert!(out.contains(want), "missing `{want}` in:\n{out}");
     }
 }
+
+#[test]
+fn a_reload_keeps_counts_and_applies_a_new_limit_to_them() {
+    let be = Backend::start("be", Mode::Echo);
+    let g = gateway(
+        &be,
+        None,
+        "  few: { requests: 3, per: 1h }\n",
+        &route("few", "/few", "few"),
+    );
+    let statuses = |n: usize| (0..n).map(|_| g.get("/few").status).collect::<Vec<_>>();
+    assert_eq!(statuses(4), [200, 200, 200, 429]);
+    // An unrelated change: the quota already used stays used.
+    g.reload(|t| format!("{t}  - {{ name: other, match: {{ path: /other }}, upstream: be }}\n"));
+    assert_eq!(statuses(1), [429], "a reload hands out no fresh quota");
+    // A higher limit applies to the requests counted so far.
+    g.reload(|t| t.replace("requests: 3", "requests: 5"));
+    assert_eq!(statuses(3), [200, 200, 429]);
+    // Counting by something else starts afresh.
+    g.reload(|t| t.replace("requests: 5, per: 1h", "requests: 5, per: 1h, key: route"));
+    assert_eq!(statuses(6), [200, 200, 200, 200, 200, 429]);
+}
+
+#[test]
+fn a_reload_keeps_the_slots_of_requests_in_flight() {
+    let be = Backend::start("slow", Mode::Delay(1500));
+    let g = gateway(
+        &be,
+        None,
+        "  one: { concurrency: 1, key: route }\n",
+        &route("one", "/one", "one"),
+    );
+    let addr = g.addr;
+    let first = std::thread::spawn(move || request(addr, "GET", "/one", &[], None));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&g.admin_request("GET", "/metrics", &[]).body)
+        .contains("tollgate_requests_in_flight 1")
+    {
+        assert!(Instant::now() < deadline, "the first request never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    g.reload(|t| format!("{t}  - {{ name: other, match: {{ path: /other }}, upstream: be }}\n"));
+    assert_eq!(
+        g.get("/one").status,
+        429,
+        "the request in flight still holds its slot"
+    );
+    assert_eq!(first.join().unwrap().status, 200);
+    assert_eq!(g.get("/one").status, 200, "and gives it back when done");
+}

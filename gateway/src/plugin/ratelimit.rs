@@ -181,12 +181,13 @@ enum Kind {
         /// `requests + burst`.
         limit: u64,
         per: Duration,
-        /// For `store: local`.
-        local: Option<Rate>,
+        /// For `store: local`. Shared with the same policy of the config a reload replaced.
+        local: Option<Arc<Rate>>,
     },
     Concurrency {
         max: u64,
-        inflight: Inflight,
+        /// Shared with the same policy of the config a reload replaced.
+        inflight: Arc<Inflight>,
     },
 }
 
@@ -206,16 +207,21 @@ pub struct Policy {
 const LOCAL_SLOTS: usize = 1 << 16;
 
 impl Policy {
-    /// Compile; errors are `(field, message)`.
+    /// Compile; errors are `(field, message)`. `previous` is the policy of this name in the config being
+    /// replaced (a reload): when it counts the same thing (same key, same window, or both concurrency
+    /// caps) its counters are kept, so a reload neither hands out fresh quota nor forgets requests in
+    /// flight. A changed limit applies to the counts so far.
     pub fn build(
         name: &str,
         cfg: &PolicyConfig,
         redis: bool,
+        previous: Option<&Policy>,
     ) -> Result<Policy, Vec<(String, String)>> {
         let mut errs = Vec::new();
         let key = KeySource::parse(&cfg.key)
             .map_err(|e| errs.push(("key".to_string(), e)))
             .ok();
+        let previous = previous.filter(|p| Some(&p.key) == key.as_ref());
         let kind = match (cfg.requests, cfg.per, cfg.concurrency) {
             (Some(requests), Some(per), None) => {
                 if requests == 0 {
@@ -224,8 +230,19 @@ impl Policy {
                 if per.0 < Duration::from_secs(1) {
                     errs.push(("per".into(), "must be at least 1s".into()));
                 }
-                let local = (cfg.store == StoreKind::Local)
-                    .then(|| Rate::new_with_estimator_config(per.0, 1, LOCAL_SLOTS));
+                let kept = previous.and_then(|p| match &p.kind {
+                    Kind::Window {
+                        per: old,
+                        local: Some(rate),
+                        ..
+                    } if *old == per.0 => Some(rate.clone()),
+                    _ => None,
+                });
+                let local = (cfg.store == StoreKind::Local).then(|| {
+                    kept.unwrap_or_else(|| {
+                        Arc::new(Rate::new_with_estimator_config(per.0, 1, LOCAL_SLOTS))
+                    })
+                });
                 Some(Kind::Window {
                     limit: requests + cfg.burst,
                     per: per.0,
@@ -242,9 +259,13 @@ impl Policy {
                         "a concurrency cap is counted locally; remove `store: redis`".into(),
                     ));
                 }
+                let kept = previous.and_then(|p| match &p.kind {
+                    Kind::Concurrency { inflight, .. } => Some(inflight.clone()),
+                    _ => None,
+                });
                 Some(Kind::Concurrency {
                     max,
-                    inflight: Inflight::new(),
+                    inflight: kept.unwrap_or_else(|| Arc::new(Inflight::new())),
                 })
             }
             _ => {
@@ -766,6 +787,7 @@ pub fn compile(
     policies: &BTreeMap<String, PolicyConfig>,
     redis: Option<&RedisConfig>,
     ctx: &mut BuildContext,
+    previous: Option<&BTreeMap<String, Arc<Policy>>>,
 ) -> Vec<(String, String)> {
     let mut errs = Vec::new();
     if let Some(r) = redis {
@@ -778,7 +800,8 @@ pub fn compile(
         }
     }
     for (name, p) in policies {
-        match Policy::build(name, p, redis.is_some()) {
+        let old = previous.and_then(|m| m.get(name)).map(|p| &**p);
+        match Policy::build(name, p, redis.is_some(), old) {
             Ok(p) => {
                 ctx.rate_limits.insert(name.clone(), Arc::new(p));
             }
@@ -828,10 +851,10 @@ mod tests {
         assert!(KeySource::parse("cookie:x").is_err());
         let cfg: PolicyConfig =
             serde_yaml_ng::from_str("{ requests: 5, per: 1m, store: redis }").unwrap();
-        let errs = Policy::build("p", &cfg, false).err().unwrap();
+        let errs = Policy::build("p", &cfg, false, None).err().unwrap();
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["on_error", "store"]);
         let cfg: PolicyConfig = serde_yaml_ng::from_str("{ requests: 5 }").unwrap();
-        assert!(Policy::build("p", &cfg, false).is_err());
+        assert!(Policy::build("p", &cfg, false, None).is_err());
     }
 }

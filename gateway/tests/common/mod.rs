@@ -238,6 +238,31 @@ impl Gateway {
         panic!("gateway failed to start three times");
     }
 
+    /// Rewrite the config file with `edit`, send SIGHUP and wait until the reload succeeded.
+    pub fn reload(&self, edit: impl FnOnce(String) -> String) {
+        let successes = || {
+            let m = self.admin_request("GET", "/metrics", &[]);
+            String::from_utf8_lossy(&m.body)
+                .lines()
+                .filter(|l| l.starts_with("tollgate_config_reloads_total{result=\"success\"}"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let before = successes();
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        std::fs::write(self.config_path(), edit(text)).unwrap();
+        self.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while successes() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "reload did not succeed: {}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("tollgate.yaml")
     }
