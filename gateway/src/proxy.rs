@@ -500,7 +500,10 @@ impl ProxyHttp for Gateway {
         let route = ctx.route.as_ref().expect("routed");
         if !route.preserve_host {
             if let Some(t) = ctx.target {
-                up.insert_header(HOST, t.to_string())?;
+                match route.upstream.host_for(t) {
+                    Some(name) => up.insert_header(HOST, name)?,
+                    None => up.insert_header(HOST, t.to_string())?,
+                }
             }
         }
         let p = &ctx.plugins;

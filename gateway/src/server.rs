@@ -19,7 +19,8 @@ use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 
-/// Runs due health checks of the *current* snapshot's upstreams, so reloaded pools are checked too.
+/// Runs due health checks and DNS refreshes of the *current* snapshot's upstreams, so reloaded pools
+/// are kept up too.
 pub struct HealthChecks {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
 }
@@ -36,6 +37,7 @@ impl BackgroundService for HealthChecks {
                     let snap = self.snapshot.load();
                     for up in snap.upstreams.values() {
                         up.maybe_check();
+                        up.maybe_resolve();
                     }
                 }
             }

@@ -179,23 +179,25 @@ impl Snapshot {
                 ));
             }
             for (i, t) in u.targets.iter().enumerate() {
-                let addr = match resolve(&t.addr) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        d.0.push(locs.error(&format!("{base}.targets[{i}].addr"), e));
-                        None
-                    }
-                };
                 if t.weight < 1 {
                     d.0.push(locs.error(
                         &format!("{base}.targets[{i}].weight"),
                         format!("weight must be at least 1, got {}", t.weight),
                     ));
                 }
-                if let Some(a) = addr {
-                    targets.push((a, t.weight.max(1) as usize));
+                match resolve(&t.addr, t.weight.max(1) as usize) {
+                    Ok(t) => targets.push(t),
+                    Err(e) => {
+                        d.0.push(locs.error(&format!("{base}.targets[{i}].addr"), e))
+                    }
                 }
             }
+            nonzero(
+                locs,
+                &mut d,
+                &format!("{base}.dns_refresh"),
+                u.dns_refresh.0,
+            );
             let hash_on = match (&u.hash_on, u.balance) {
                 (Some(h), Balance::ConsistentHash) => match HashOn::parse(h) {
                     Ok(h) => Some(h),

@@ -1,7 +1,9 @@
 //! Upstream pools: targets behind a service-discovery seam, a Pingora load balancer, health checks.
 //!
 //! Targets live in [`Discovery`], an `ArcSwap` that implements Pingora's `ServiceDiscovery`, so they can
-//! be replaced at runtime (admin API, reload, DNS later) and picked up by `LoadBalancer::update`. Health
+//! be replaced at runtime and picked up by `LoadBalancer::update`. A target given by name stands for
+//! every address the name resolves to, and is resolved again every `dns_refresh` (so a scaled service or a
+//! moved container is followed without a reload); a failed lookup keeps the last addresses. Health
 //! is Pingora's: an HTTP check per target, with consecutive-success/failure thresholds; a target starts
 //! healthy so that a fresh gateway serves before the first check finishes.
 //!
@@ -10,9 +12,10 @@
 //! instead of taking traffic again until the next checks fail.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -95,6 +98,66 @@ impl HashOn {
     }
 }
 
+/// A configured target and the addresses it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// As written: `10.0.0.7:8080` or `users.internal:8080`.
+    pub spec: String,
+    /// `spec` is a name, resolved again every `dns_refresh`.
+    pub named: bool,
+    /// Sorted, without duplicates; one address for a literal target.
+    pub addrs: Vec<SocketAddr>,
+    pub weight: usize,
+}
+
+/// The pool members for `targets`: one per address (round robin ignores weights).
+fn backends_of(balance: Balance, targets: &[Target]) -> BTreeSet<Backend> {
+    targets
+        .iter()
+        .flat_map(|t| {
+            let weight = if balance == Balance::RoundRobin {
+                1
+            } else {
+                t.weight
+            };
+            t.addrs.iter().map(move |a| Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(*a),
+                weight,
+                ext: Default::default(),
+            })
+        })
+        .collect()
+}
+
+/// `Host` to send to each address of a named target (its name, not the address).
+fn host_names(targets: &[Target]) -> HashMap<SocketAddr, http::HeaderValue> {
+    targets
+        .iter()
+        .filter(|t| t.named)
+        .filter_map(|t| Some((t, http::HeaderValue::from_str(&t.spec).ok()?)))
+        .flat_map(|(t, h)| t.addrs.iter().map(move |a| (*a, h.clone())))
+        .collect()
+}
+
+/// Look a name up with the system resolver (bounded in time), for the periodic refresh.
+async fn lookup(name: String) -> Result<Vec<SocketAddr>, String> {
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host(name.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(addrs)) => {
+            let mut v: Vec<SocketAddr> = addrs.collect();
+            v.sort();
+            v.dedup();
+            Ok(v)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("lookup timed out after 5s".into()),
+    }
+}
+
 /// Resolved upstream settings and its pool.
 pub struct Upstream {
     pub name: String,
@@ -113,24 +176,50 @@ pub struct Upstream {
     pool: Pool,
     /// Health of the targets, shared with the upstream this one replaced on a reload.
     health_registry: Arc<HealthRegistry>,
+    /// The configured targets with their current addresses.
+    targets: Mutex<Vec<Target>>,
+    /// `Host` for the addresses of named targets.
+    host_names: ArcSwap<HashMap<SocketAddr, http::HeaderValue>>,
+    dns_refresh: Duration,
+    has_names: bool,
+    resolving: AtomicBool,
+    /// Milliseconds since `epoch` when the next lookup is due.
+    next_resolve_ms: AtomicU64,
     health_running: AtomicBool,
-    /// Milliseconds since `epoch` when the next health check is due.
-    next_check_ms: AtomicU32,
+    /// Milliseconds since `epoch` when the next health check is due (u64: a u32 would wrap after 49 days).
+    next_check_ms: AtomicU64,
     epoch: Instant,
 }
 
-/// Resolve `host:port` (an IP or a name resolved once at load time).
-pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+/// Resolve a target's `host:port`: an IP address as it is, a name to every address it has (at load time
+/// with the system resolver; [`Upstream::maybe_resolve`] refreshes it later).
+pub fn resolve(addr: &str, weight: usize) -> Result<Target, String> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
-        return Ok(sa);
+        return Ok(Target {
+            spec: addr.to_string(),
+            named: false,
+            addrs: vec![sa],
+            weight,
+        });
     }
     if !addr.contains(':') {
         return Err(format!("`{addr}` needs a port, e.g. `{addr}:80`"));
     }
-    addr.to_socket_addrs()
+    let mut addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
         .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{addr}` resolves to no address"))
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("`{addr}` resolves to no address"));
+    }
+    Ok(Target {
+        spec: addr.to_string(),
+        named: true,
+        addrs,
+        weight,
+    })
 }
 
 impl Upstream {
@@ -140,25 +229,11 @@ impl Upstream {
     pub fn build(
         name: &str,
         cfg: &UpstreamConfig,
-        targets: Vec<(SocketAddr, usize)>,
+        targets: Vec<Target>,
         hash_on: Option<HashOn>,
         previous: Option<&Upstream>,
     ) -> Upstream {
-        let backends: BTreeSet<Backend> = targets
-            .iter()
-            .map(|(addr, w)| {
-                let weight = if cfg.balance == Balance::RoundRobin {
-                    1
-                } else {
-                    *w
-                };
-                Backend {
-                    addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(*addr),
-                    weight,
-                    ext: Default::default(),
-                }
-            })
-            .collect();
+        let backends = backends_of(cfg.balance, &targets);
         let discovery = Arc::new(Discovery::new(backends));
         let inherited = previous
             .filter(|p| p.health.is_some() && p.health == cfg.health_check)
@@ -206,8 +281,14 @@ impl Upstream {
             discovery,
             pool,
             health_registry,
+            host_names: ArcSwap::from_pointee(host_names(&targets)),
+            has_names: targets.iter().any(|t| t.named),
+            targets: Mutex::new(targets),
+            dns_refresh: cfg.dns_refresh.0,
+            resolving: AtomicBool::new(false),
+            next_resolve_ms: AtomicU64::new(cfg.dns_refresh.0.as_millis() as u64),
             health_running: AtomicBool::new(false),
-            next_check_ms: AtomicU32::new(0),
+            next_check_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         };
         // Static discovery answers at once, so the first update completes without a runtime.
@@ -250,6 +331,93 @@ impl Upstream {
         peer
     }
 
+    /// The `Host` to send to `addr` when the route does not preserve the client's: a named target's
+    /// name, else nothing (the caller uses the address).
+    pub fn host_for(&self, addr: SocketAddr) -> Option<http::HeaderValue> {
+        if !self.has_names {
+            return None;
+        }
+        self.host_names.load().get(&addr).cloned()
+    }
+
+    /// Resolve named targets again if they have any and it is due. Returns at once; the lookups run on
+    /// their own task.
+    pub fn maybe_resolve(self: &Arc<Self>) {
+        if !self.has_names {
+            return;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if now < self.next_resolve_ms.load(Ordering::Relaxed)
+            || self.resolving.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let every = self.dns_refresh.as_millis() as u64;
+        self.next_resolve_ms
+            .store(now.saturating_add(every), Ordering::Relaxed);
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.refresh(lookup).await;
+            me.resolving.store(false, Ordering::Release);
+        });
+    }
+
+    /// Look every named target up with `lookup` and, if any address changed, swap the pool's members.
+    /// A failed or empty answer keeps the name's last addresses. Returns whether anything changed.
+    pub async fn refresh<F, Fut>(&self, lookup: F) -> bool
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<Vec<SocketAddr>, String>>,
+    {
+        let mut targets = match self.targets.lock() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut changed = false;
+        for t in targets.iter_mut().filter(|t| t.named) {
+            match lookup(t.spec.clone()).await {
+                Ok(addrs) if !addrs.is_empty() => {
+                    if addrs != t.addrs {
+                        log::info!(
+                            "upstream {}: {} now resolves to {:?} (was {:?})",
+                            self.name,
+                            t.spec,
+                            addrs,
+                            t.addrs
+                        );
+                        t.addrs = addrs;
+                        changed = true;
+                    }
+                }
+                Ok(_) => log::warn!(
+                    "upstream {}: {} resolves to no address; keeping {:?}",
+                    self.name,
+                    t.spec,
+                    t.addrs
+                ),
+                Err(e) => log::warn!(
+                    "upstream {}: cannot resolve {}: {e}; keeping {:?}",
+                    self.name,
+                    t.spec,
+                    t.addrs
+                ),
+            }
+        }
+        if !changed {
+            return false;
+        }
+        self.host_names.store(Arc::new(host_names(&targets)));
+        self.discovery.set(backends_of(self.balance, &targets));
+        if let Err(e) = self.update().await {
+            log::warn!("upstream {}: updating targets failed: {e}", self.name);
+        }
+        match self.targets.lock() {
+            Ok(mut t) => *t = targets,
+            Err(p) => *p.into_inner() = targets,
+        }
+        true
+    }
+
     /// Every target with its current health (for the admin API and tests).
     pub fn targets(&self) -> Vec<(SocketAddr, usize, bool)> {
         let b = self.backends();
@@ -263,14 +431,14 @@ impl Upstream {
     /// the check runs on its own task.
     pub fn maybe_check(self: &Arc<Self>) {
         let Some(hc) = &self.health else { return };
-        let now = self.epoch.elapsed().as_millis() as u32;
+        let now = self.epoch.elapsed().as_millis() as u64;
         if now < self.next_check_ms.load(Ordering::Relaxed) {
             return;
         }
         if self.health_running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let interval = hc.interval.0.as_millis() as u32;
+        let interval = hc.interval.0.as_millis() as u64;
         self.next_check_ms
             .store(now.saturating_add(interval), Ordering::Relaxed);
         let me = self.clone();
@@ -292,5 +460,90 @@ pub fn ip_key(ip: IpAddr, buf: &mut [u8; 16]) -> &[u8] {
             buf.copy_from_slice(&v6.octets());
             &buf[..]
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::raw::UpstreamConfig;
+
+    fn upstream(balance: &str) -> Arc<Upstream> {
+        let cfg: UpstreamConfig = serde_yaml_ng::from_str(&format!(
+            "{{ targets: [{{ addr: \"svc.test:8080\", weight: 3 }}, {{ addr: \"10.0.0.9:80\" }}], balance: {balance} }}"
+        ))
+        .unwrap();
+        let targets = vec![
+            Target {
+                spec: "svc.test:8080".into(),
+                named: true,
+                addrs: vec!["10.0.0.1:8080".parse().unwrap()],
+                weight: 3,
+            },
+            resolve("10.0.0.9:80", 1).unwrap(),
+        ];
+        Arc::new(Upstream::build("u", &cfg, targets, None, None))
+    }
+
+    fn addrs(u: &Upstream) -> Vec<(String, usize)> {
+        u.targets()
+            .into_iter()
+            .map(|(a, w, _)| (a.to_string(), w))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_name_follows_its_addresses_and_keeps_them_when_dns_fails() {
+        let u = upstream("weighted");
+        assert_eq!(
+            addrs(&u),
+            [("10.0.0.1:8080".into(), 3), ("10.0.0.9:80".into(), 1)]
+        );
+        let host = |a: &str| u.host_for(a.parse().unwrap());
+        assert_eq!(host("10.0.0.1:8080").unwrap(), "svc.test:8080");
+        assert_eq!(
+            host("10.0.0.9:80"),
+            None,
+            "a literal address is its own Host"
+        );
+
+        // Scaled out to two addresses: both serve, with the target's weight, under its name.
+        let two = || async {
+            Ok(vec![
+                "10.0.0.2:8080".parse().unwrap(),
+                "10.0.0.3:8080".parse().unwrap(),
+            ])
+        };
+        assert!(u.refresh(|_| two()).await);
+        assert_eq!(
+            addrs(&u),
+            [
+                ("10.0.0.2:8080".into(), 3),
+                ("10.0.0.3:8080".into(), 3),
+                ("10.0.0.9:80".into(), 1)
+            ]
+        );
+        let picked: BTreeSet<SocketAddr> = (0..70).filter_map(|_| u.select(b"")).collect();
+        assert_eq!(picked.len(), 3, "{picked:?}");
+        assert!(!picked.contains(&"10.0.0.1:8080".parse().unwrap()));
+        assert_eq!(host("10.0.0.3:8080").unwrap(), "svc.test:8080");
+        assert!(!u.refresh(|_| two()).await, "same answer, nothing to do");
+
+        // A failing or empty lookup keeps the last addresses.
+        assert!(!u.refresh(|_| async { Err("SERVFAIL".to_string()) }).await);
+        assert!(!u.refresh(|_| async { Ok(Vec::new()) }).await);
+        assert_eq!(addrs(&u).len(), 3);
+    }
+
+    #[test]
+    fn literal_addresses_and_names_without_a_port() {
+        let t = resolve("127.0.0.1:80", 2).unwrap();
+        assert!(!t.named);
+        assert_eq!(t.addrs, ["127.0.0.1:80".parse::<SocketAddr>().unwrap()]);
+        assert!(resolve("localhost", 1)
+            .unwrap_err()
+            .contains("needs a port"));
+        let l = resolve("localhost:80", 1).unwrap();
+        assert!(l.named && !l.addrs.is_empty());
     }
 }

@@ -242,6 +242,52 @@ routes:
 }
 
 #[test]
+fn a_target_given_by_name_is_every_address_of_the_name_and_its_host() {
+    use std::net::ToSocketAddrs;
+    let be = Backend::start("be", Mode::Echo);
+    let name = format!("localhost:{}", be.addr.port());
+    // Whatever this machine's resolver says `localhost` is (127.0.0.1, and ::1 on many).
+    let want: std::collections::BTreeSet<String> = name
+        .to_socket_addrs()
+        .unwrap()
+        .map(|a| a.to_string())
+        .collect();
+    let token = "a-token-for-the-admin-api";
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: ["{{listen}}"], admin: {{ listen: "{{admin}}", token: "{token}" }} }}
+upstreams:
+  u:
+    targets: [{{ addr: "{name}" }}]
+    dns_refresh: 1s
+    health_check: {{ path: /healthz, interval: 100ms, timeout: 500ms, healthy: 1, unhealthy: 1 }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: u }}
+"#
+    ));
+    let auth = format!("Authorization: Bearer {token}");
+    let ups = gw.admin_request("GET", "/admin/upstreams", &[&auth]).json();
+    let got: std::collections::BTreeSet<String> = ups["u"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["addr"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want);
+    // An address where the backend does not listen (::1 here) is taken out by the health check.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..4).any(|_| gw.get("/x").status != 200) {
+        assert!(Instant::now() < deadline, "never served through {name}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = gw.get("/x");
+    assert_eq!(r.upstream_header("host").as_deref(), Some(name.as_str()));
+    // Refreshes (every second here) find the same addresses and change nothing.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(gw.get("/x").status, 200);
+}
+
+#[test]
 fn closed_port_is_502_and_hanging_upstream_is_504() {
     let hang = Backend::start("hang", Mode::Hang);
     let closed = common::free_port();

@@ -210,6 +210,13 @@ pub struct UpstreamConfig {
     /// Keep the client's Host header instead of the target's address.
     #[serde(default)]
     pub preserve_host: bool,
+    /// How often targets given by name are resolved again (every address of a name is a target).
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: HumanDuration,
+}
+
+fn default_dns_refresh() -> HumanDuration {
+    HumanDuration::secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize)]
