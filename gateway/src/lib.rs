@@ -20,5 +20,6 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod trace;
 pub mod upstream;

@@ -80,6 +80,8 @@ pub struct Ctx {
     trace: Option<TraceContext>,
     /// Counts this request in `tollgate_requests_in_flight` until dropped.
     _in_flight: Option<InFlight>,
+    /// The client connection is TLS (an HTTPS listener).
+    tls: bool,
 }
 
 /// Holds one unit of the in-flight gauge; dropping it (however the request ends) gives it back.
@@ -324,6 +326,7 @@ impl ProxyHttp for Gateway {
             plugins: PluginState::default(),
             trace: None,
             _in_flight: None,
+            tls: false,
         }
     }
 
@@ -331,6 +334,7 @@ impl ProxyHttp for Gateway {
         let snap = self.snapshot.load_full();
         ctx.start = Instant::now();
         ctx._in_flight = Some(InFlight::new());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         ctx.trace = Some(TraceContext::from_header(
             req.headers.get(TRACEPARENT).map(|v| v.as_bytes()),
@@ -483,7 +487,8 @@ impl ProxyHttp for Gateway {
         };
         up.insert_header(X_FORWARDED_FOR, xff)?;
         if !(ctx.peer_trusted && up.headers.contains_key(X_FORWARDED_PROTO)) {
-            up.insert_header(X_FORWARDED_PROTO, "http")?;
+            let proto = if ctx.tls { "https" } else { "http" };
+            up.insert_header(X_FORWARDED_PROTO, proto)?;
         }
         if !(ctx.peer_trusted && up.headers.contains_key(X_FORWARDED_HOST)) {
             match &original_host {

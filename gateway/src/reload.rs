@@ -46,11 +46,16 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-fn fingerprint(path: &str) -> Option<u64> {
+/// A hash of the config file and of the files it names that are worth watching (the TLS certificate
+/// and key, renewed in place by cert-manager or certbot). None while the config file cannot be read.
+fn fingerprint(path: &str, also: &[std::path::PathBuf]) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let bytes = std::fs::read(path).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
+    for f in also {
+        std::fs::read(f).ok().hash(&mut h);
+    }
     Some(h.finish())
 }
 
@@ -59,6 +64,7 @@ impl Reloader {
     pub fn new(path: &str, registry: Arc<Registry>, shared: Arc<ArcSwap<Snapshot>>) -> Reloader {
         metrics().reloads.with_label_values(&["success"]).inc();
         metrics().last_reload.set(unix_now() as f64);
+        let first = fingerprint(path, &shared.load().settings.tls_files);
         Reloader {
             path: path.to_string(),
             registry,
@@ -70,7 +76,7 @@ impl Reloader {
                 errors: Vec::new(),
                 warnings: Vec::new(),
             }),
-            fingerprint: Mutex::new(fingerprint(path)),
+            fingerprint: Mutex::new(first),
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -84,7 +90,7 @@ impl Reloader {
 
     /// Has the file's content changed since it was last loaded (or tried)?
     pub fn file_changed(&self) -> bool {
-        let now = fingerprint(&self.path);
+        let now = fingerprint(&self.path, &self.shared.load().settings.tls_files);
         let Ok(mut last) = self.fingerprint.lock() else {
             return false;
         };
@@ -99,7 +105,7 @@ impl Reloader {
     pub async fn reload(&self, trigger: &'static str) -> ReloadStatus {
         let _one = self.running.lock().await;
         if let Ok(mut f) = self.fingerprint.lock() {
-            *f = fingerprint(&self.path);
+            *f = fingerprint(&self.path, &self.shared.load().settings.tls_files);
         }
         let (path, registry) = (self.path.clone(), self.registry.clone());
         // Only reloads store snapshots and they run one at a time, so this is the one being replaced.

@@ -18,6 +18,8 @@ use crate::plugin::Registry;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
+use crate::tls::SnapshotCert;
+use pingora_core::listeners::tls::TlsSettings;
 
 /// Runs due health checks and DNS refreshes of the *current* snapshot's upstreams, so reloaded pools
 /// are kept up too.
@@ -181,7 +183,12 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     // wants to know at once. (With --upgrade the sockets come from the running instance instead.)
     if !opts.upgrade {
         let admin = settings.admin_listen.iter();
-        for addr in settings.listen.iter().chain(admin) {
+        for addr in settings
+            .listen
+            .iter()
+            .chain(&settings.tls_listen)
+            .chain(admin)
+        {
             if let Err(e) = std::net::TcpListener::bind(addr) {
                 eprintln!("tollgate: cannot listen on {addr}: {e}");
                 std::process::exit(1);
@@ -225,6 +232,16 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let mut proxy = Service::new("tollgate".to_string(), app);
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
+    }
+    for addr in &settings.tls_listen {
+        // The certificate comes from the current snapshot at each handshake (see `tls`); the paths
+        // given to Pingora are unused once a resolver is set.
+        let Ok(mut tls) = TlsSettings::intermediate("", "") else {
+            eprintln!("tollgate: cannot set up TLS on {addr}");
+            std::process::exit(1);
+        };
+        tls.set_cert_resolver(Arc::new(SnapshotCert(shared.clone())));
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
     }
     server.add_service(proxy);
     if let Some(addr) = settings.admin_listen {

@@ -15,7 +15,7 @@ use regex::Regex;
 
 use crate::config::diag::Diagnostics;
 use crate::config::load::{self, sub_path, Locations};
-use crate::config::raw::{Balance, RawConfig, RouteConfig, ServerConfig};
+use crate::config::raw::{Balance, RawConfig, RouteConfig, ServerConfig, TlsConfig};
 use crate::plugin::{apikey, jwt, ratelimit, BuildContext, Chain, Plugin, Registry};
 use crate::router::{template_param, HostMatch, Params, PathMatch, RouteMatcher, Router};
 use crate::upstream::{resolve, HashOn, Upstream};
@@ -24,6 +24,10 @@ use crate::upstream::{resolve, HashOn, Upstream};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners (`server.tls.listen`).
+    pub tls_listen: Vec<SocketAddr>,
+    /// The certificate and key files, resolved against the config file's folder (watched for reloads).
+    pub tls_files: Vec<std::path::PathBuf>,
     pub threads: Option<usize>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_header_bytes: usize,
@@ -102,6 +106,8 @@ pub struct Snapshot {
     pub jwt: BTreeMap<String, Arc<jwt::Provider>>,
     /// Rate-limit policies, whose counters a reload keeps.
     pub rate_limits: BTreeMap<String, Arc<ratelimit::Policy>>,
+    /// The HTTPS listeners' certificate.
+    pub tls: Option<Arc<pingora_core::tls::sign::CertifiedKey>>,
 }
 
 impl Snapshot {
@@ -166,6 +172,11 @@ impl Snapshot {
         let mut d = Diagnostics::default();
         let settings = settings(&cfg.server, locs, &mut d);
         let auth = auth_providers(cfg, locs, &mut d, previous);
+        let tls = cfg
+            .server
+            .tls
+            .as_ref()
+            .and_then(|t| tls_certificate(t, locs, &mut d));
         let global = plugins(&cfg.plugins, "plugins", registry, &auth, locs, &mut d);
 
         let mut upstreams = BTreeMap::new();
@@ -371,6 +382,7 @@ impl Snapshot {
                 upstreams,
                 jwt: auth.jwt,
                 rate_limits: auth.rate_limits,
+                tls,
             },
             d,
         ))
@@ -394,6 +406,7 @@ impl Snapshot {
             }
         };
         fixed("listen", n.listen != o.listen);
+        fixed("tls.listen", n.tls_listen != o.tls_listen);
         fixed("threads", n.threads != o.threads);
         fixed("admin.listen", n.admin_listen != o.admin_listen);
         fixed(
@@ -523,11 +536,26 @@ fn nonzero(locs: &Locations, d: &mut Diagnostics, path: &str, v: Duration) {
     }
 }
 
+/// Two listen addresses that cannot both be bound (same port, same or wildcard IP).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<Settings> {
     let before = d.0.len();
     let mut listen = Vec::new();
-    if s.listen.is_empty() {
-        d.0.push(locs.error("server.listen", "at least one listen address is required"));
+    let tls_count = s.tls.as_ref().map_or(0, |t| t.listen.len());
+    if s.listen.is_empty() && tls_count == 0 {
+        d.0.push(locs.error(
+            "server.listen",
+            "at least one listen address (or server.tls.listen) is required",
+        ));
+    }
+    if s.tls.as_ref().is_some_and(|t| t.listen.is_empty()) {
+        d.0.push(locs.error(
+            "server.tls.listen",
+            "at least one address to serve HTTPS on is required",
+        ));
     }
     for (i, l) in s.listen.iter().enumerate() {
         match l.parse::<SocketAddr>() {
@@ -535,6 +563,20 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
             Err(_) => d.0.push(locs.error(
                 &format!("server.listen[{i}]"),
                 format!("`{l}` is not an address like `0.0.0.0:8080`"),
+            )),
+        }
+    }
+    let mut tls_listen: Vec<SocketAddr> = Vec::new();
+    for (i, l) in s.tls.iter().flat_map(|t| t.listen.iter()).enumerate() {
+        let field = format!("server.tls.listen[{i}]");
+        match l.parse::<SocketAddr>() {
+            Ok(a) if listen.iter().chain(&tls_listen).any(|l| overlaps(*l, a)) => {
+                d.0.push(locs.error(&field, format!("`{a}` is already a listener")))
+            }
+            Ok(a) => tls_listen.push(a),
+            Err(_) => d.0.push(locs.error(
+                &field,
+                format!("`{l}` is not an address like `0.0.0.0:8443`"),
             )),
         }
     }
@@ -576,12 +618,7 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
     let mut admin_listen = None;
     if s.admin.enabled {
         match s.admin.listen.parse::<SocketAddr>() {
-            Ok(a)
-                if listen.iter().any(|l| {
-                    l.port() == a.port()
-                        && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
-                }) =>
-            {
+            Ok(a) if listen.iter().chain(&tls_listen).any(|l| overlaps(*l, a)) => {
                 d.0.push(locs.error(
                     "server.admin.listen",
                     format!(
@@ -608,8 +645,20 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
     if d.0.len() > before {
         return None;
     }
+    let tls_files = s
+        .tls
+        .iter()
+        .flat_map(|t| {
+            [
+                config_relative(locs, &t.cert),
+                config_relative(locs, &t.key),
+            ]
+        })
+        .collect();
     Some(Settings {
         listen,
+        tls_listen,
+        tls_files,
         threads: s.threads,
         trusted_proxies: trusted,
         max_header_bytes: l.max_header_bytes.0 as usize,
@@ -625,6 +674,39 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
         watch_config: s.reload.watch.then_some(s.reload.interval.0),
         upgrade_sock: s.upgrade_sock.clone(),
     })
+}
+
+/// A path from the config, relative to the config file's folder.
+fn config_relative(locs: &Locations, p: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(locs.file())
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    dir.join(p)
+}
+
+/// Load `server.tls`'s certificate, reporting problems at `server.tls.cert` / `server.tls.key`.
+fn tls_certificate(
+    t: &TlsConfig,
+    locs: &Locations,
+    d: &mut Diagnostics,
+) -> Option<Arc<pingora_core::tls::sign::CertifiedKey>> {
+    let (cert, key) = (
+        config_relative(locs, &t.cert),
+        config_relative(locs, &t.key),
+    );
+    match crate::tls::load(&cert, &key) {
+        Ok(l) => {
+            if let Some(w) = l.warning {
+                d.0.push(locs.warning("server.tls.cert", w));
+            }
+            Some(l.key)
+        }
+        Err((field, msg)) => {
+            d.0.push(locs.error(&format!("server.tls.{field}"), msg));
+            None
+        }
+    }
 }
 
 /// Build the router's view of a route; returns it with the names it captures.

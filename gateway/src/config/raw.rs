@@ -66,6 +66,20 @@ pub struct ServerConfig {
     pub reload: ReloadConfig,
     /// Unix socket through which a new `tollgate run --upgrade` takes over the listening sockets.
     pub upgrade_sock: String,
+    /// HTTPS listeners and their certificate.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls`: where to terminate TLS, with which certificate (reloadable, like everything else).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Addresses of the HTTPS listener(s).
+    pub listen: Vec<String>,
+    /// PEM certificate chain, leaf first (relative paths are relative to the config file).
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +94,7 @@ impl Default for ServerConfig {
             admin: AdminConfig::default(),
             reload: ReloadConfig::default(),
             upgrade_sock: "/tmp/tollgate_upgrade.sock".into(),
+            tls: None,
         }
     }
 }

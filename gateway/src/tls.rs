@@ -1,0 +1,125 @@
+//! TLS termination: the certificate of the HTTPS listeners, loaded and checked with the config.
+//!
+//! The certificate is part of the [`Snapshot`], not of the listener: Pingora's rustls acceptor asks
+//! [`SnapshotCert`] for it on every handshake, which hands out the current snapshot's. So a renewed
+//! certificate (cert-manager, certbot) is picked up by a reload like any other change (the config
+//! watcher also watches the certificate and key files), a broken one is reported with its place and never
+//! replaces the running one, and connections already open keep theirs.
+//!
+//! Checked at load: both files readable, PEM with at least one certificate and a private key of a
+//! supported type, the key matching the leaf certificate, and the leaf's validity dates (expired or not
+//! yet valid: an error; expiring within 14 days: a warning).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use pingora_core::tls::sign::CertifiedKey;
+use pingora_core::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::snapshot::Snapshot;
+
+/// How far ahead an expiring certificate is warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// A loaded certificate with what to warn about.
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    /// e.g. "expires in 3 days".
+    pub warning: Option<String>,
+}
+
+/// Problems loading: `(field, message)` with field `cert` or `key`.
+pub type LoadError = (&'static str, String);
+
+/// Load and check a certificate chain and its key.
+pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, LoadError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| ("cert", format!("cannot read {}: {e}", cert_path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("cert", format!("{}: not PEM: {e}", cert_path.display())))?;
+    if certs.is_empty() {
+        return Err((
+            "cert",
+            format!("{}: no CERTIFICATE block found", cert_path.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+        (
+            "key",
+            format!("{}: no usable private key: {e}", key_path.display()),
+        )
+    })?;
+    pingora_core::tls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default()
+        .ok_or(("key", "no TLS crypto provider installed".to_string()))?;
+    let signer = provider.key_provider.load_private_key(key).map_err(|e| {
+        (
+            "key",
+            format!("{}: unsupported key: {e}", key_path.display()),
+        )
+    })?;
+    let warning = validity(&certs[0]).map_err(|m| ("cert", m))?;
+    let key = CertifiedKey::new(certs, signer);
+    key.keys_match().map_err(|_| {
+        (
+            "key",
+            format!(
+                "{} is not the key of the certificate in {}",
+                key_path.display(),
+                cert_path.display()
+            ),
+        )
+    })?;
+    Ok(Loaded {
+        key: Arc::new(key),
+        warning,
+    })
+}
+
+/// The leaf's dates: an error if it is not valid now, a warning if it soon will not be.
+fn validity(leaf: &CertificateDer<'_>) -> Result<Option<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("the first certificate does not parse: {e}"))?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let v = cert.validity();
+    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    if now < from {
+        return Err(format!(
+            "the certificate is not valid before {}",
+            v.not_before
+        ));
+    }
+    if now > to {
+        return Err(format!("the certificate expired on {}", v.not_after));
+    }
+    let left = (to - now) as u64;
+    Ok((left < EXPIRY_WARNING.as_secs()).then(|| {
+        format!(
+            "the certificate expires in {} days ({})",
+            left / 86_400,
+            v.not_after
+        )
+    }))
+}
+
+/// Hands the current snapshot's certificate to every TLS handshake.
+pub struct SnapshotCert(pub Arc<ArcSwap<Snapshot>>);
+
+impl std::fmt::Debug for SnapshotCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCert")
+    }
+}
+
+impl ResolvesServerCert for SnapshotCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.load().tls.clone()
+    }
+}

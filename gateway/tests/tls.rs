@@ -1,0 +1,231 @@
+//! HTTPS listeners through the real binary: a rustls client that trusts only the test CA, certificate
+//! renewal picked up by the file watcher, broken certificates refused with their place.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+/// A test certificate authority.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A leaf for `localhost`, valid `from`..`to` (None: rcgen's default window); (cert PEM, key PEM, DER).
+    fn leaf(&self, dates: Option<(i32, i32)>) -> (String, String, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        if let Some((from, to)) = dates {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(to, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    fn root(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+}
+
+/// GET `path` over TLS to `addr` as `localhost`, trusting only `root`: the response and the leaf
+/// certificate the server presented.
+fn https_get(
+    addr: SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    path: &str,
+) -> (Response, Vec<u8>) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    // A server may close without close_notify after `Connection: close`; what was read counts.
+    let _ = tls.read_to_end(&mut buf);
+    let leaf = tls.conn.peer_certificates().unwrap()[0].to_vec();
+    (parse_response(&buf), leaf)
+}
+
+fn write_pair(dir: &Path, (cert, key, _): &(String, String, Vec<u8>)) {
+    // Write to a temporary name and rename, as cert-manager and certbot do.
+    for (name, text) in [("gw.pem", cert), ("gw.key", key)] {
+        std::fs::write(dir.join(format!("{name}.tmp")), text).unwrap();
+        std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
+    let be = Backend::start("be", Mode::Echo);
+    let ca = Ca::new();
+    let certs = tempfile::tempdir().unwrap();
+    let first = ca.leaf(None);
+    write_pair(certs.path(), &first);
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+server:
+  {{ listen: ["{{listen}}"], reload: {{ watch: true, interval: 100ms }},
+    tls: {{ listen: ["{tls_addr}"], cert: "{dir}/gw.pem", key: "{dir}/gw.key" }} }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}
+"#,
+        be.addr,
+        dir = certs.path().display()
+    ));
+    let (r, leaf) = https_get(tls_addr, &ca.root(), "/x");
+    assert_eq!(r.status, 200);
+    assert_eq!(leaf, first.2, "the configured certificate");
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    let plain = gw.get("/x");
+    assert_eq!(
+        plain.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+
+    // Not TLS on the TLS port: the connection is refused, nothing else is affected.
+    let mut s = TcpStream::connect(tls_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut junk = Vec::new();
+    let _ = s.read_to_end(&mut junk);
+    assert!(!String::from_utf8_lossy(&junk).contains("200 OK"));
+    assert_eq!(https_get(tls_addr, &ca.root(), "/x").0.status, 200);
+
+    // Renewal in place: the watcher reloads, new handshakes get the new certificate.
+    let second = ca.leaf(None);
+    write_pair(certs.path(), &second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while https_get(tls_addr, &ca.root(), "/x").1 != second.2 {
+        assert!(
+            Instant::now() < deadline,
+            "renewed certificate not served: {}",
+            gw.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A broken renewal (a key that is not the certificate's) is refused; the last good one stays.
+    let other = ca.leaf(None);
+    std::fs::write(certs.path().join("gw.key"), &other.1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw
+        .stderr_text()
+        .contains("is not the key of the certificate")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bad key not reported: {}",
+            gw.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (r, leaf) = https_get(tls_addr, &ca.root(), "/x");
+    assert_eq!((r.status, leaf), (200, second.2));
+}
+
+#[test]
+fn broken_certificates_are_reported_with_their_place() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let good = ca.leaf(None);
+    let expired = ca.leaf(Some((2000, 2001)));
+    let other = ca.leaf(None);
+    std::fs::write(dir.path().join("good.pem"), &good.0).unwrap();
+    std::fs::write(dir.path().join("good.key"), &good.1).unwrap();
+    std::fs::write(dir.path().join("expired.pem"), &expired.0).unwrap();
+    std::fs::write(dir.path().join("expired.key"), &expired.1).unwrap();
+    std::fs::write(dir.path().join("other.key"), &other.1).unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+    // The place is the value of the field at fault: `cert` on line 5, `key` on line 6.
+    let cases = [
+        (
+            "missing.pem",
+            "good.key",
+            "5:11: server.tls.cert: cannot read",
+        ),
+        ("empty.pem", "good.key", "5:11: server.tls.cert: "),
+        ("good.pem", "other.key", "6:10: server.tls.key: "),
+        (
+            "expired.pem",
+            "expired.key",
+            "5:11: server.tls.cert: the certificate expired on",
+        ),
+    ];
+    for (cert, key, want) in cases {
+        let path = dir.path().join("tollgate.yaml");
+        // Paths relative to the config file's folder.
+        std::fs::write(
+            &path,
+            format!(
+                "server:\n  listen: [\"127.0.0.1:8080\"]\n  tls:\n    listen: [\"127.0.0.1:8443\"]\n    cert: {cert}\n    key: {key}\nupstreams:\n  be: {{ targets: [{{ addr: \"127.0.0.1:1\" }}] }}\nroutes:\n  - {{ name: r, match: {{ path: /r }}, upstream: be }}\n"
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = tollgate(&["validate", path.to_str().unwrap()]);
+        let text = format!("{out}{err}");
+        assert_eq!(code, 1, "{cert}/{key}: {text}");
+        assert!(
+            text.contains(&format!("{}:{want}", path.display())),
+            "{cert}/{key}: want `{want}` in {text}"
+        );
+    }
+    // The good pair validates; the listener must not overlap the plain one.
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &path,
+        "server:\n  listen: [\"0.0.0.0:8443\"]\n  tls: { listen: [\"127.0.0.1:8443\"], cert: good.pem, key: good.key }\nupstreams:\n  be: { targets: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { name: r, match: { path: /r }, upstream: be }\n",
+    )
+    .unwrap();
+    let (code, out, err) = tollgate(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        format!("{out}{err}")
+            .contains("server.tls.listen[0]: `127.0.0.1:8443` is already a listener"),
+        "{out}{err}"
+    );
+    std::fs::write(
+        &path,
+        "server:\n  listen: [\"127.0.0.1:8080\"]\n  tls: { listen: [\"127.0.0.1:8443\"], cert: good.pem, key: good.key }\nupstreams:\n  be: { targets: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { name: r, match: { path: /r }, upstream: be }\n",
+    )
+    .unwrap();
+    let (code, out, err) = tollgate(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}
