@@ -28,6 +28,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub last_reload: prometheus::Gauge,
     pub build_info: IntGaugeVec,
+    pub tls_expiry: IntGauge,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: a gateway's own answers take well under a millisecond, a slow
@@ -101,6 +102,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_config_last_reload_success_timestamp_seconds",
         "Unix time of the last successful config load",
     )?;
+    let tls_expiry = IntGauge::new(
+        "tollgate_tls_certificate_expiry_timestamp_seconds",
+        "Unix time when the HTTPS listeners' certificate expires (absent without HTTPS)",
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new(
             "tollgate_build_info",
@@ -119,6 +124,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(reloads.clone()))?;
     registry.register(Box::new(last_reload.clone()))?;
     registry.register(Box::new(build_info.clone()))?;
+    registry.register(Box::new(tls_expiry.clone()))?;
     #[cfg(target_os = "linux")]
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
@@ -142,6 +148,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         reloads,
         last_reload,
         build_info,
+        tls_expiry,
     })
 }
 
@@ -192,8 +199,13 @@ pub fn render(snap: &Snapshot) -> String {
                 .set(i64::from(healthy));
         }
     }
+    m.tls_expiry.set(snap.tls_not_after.unwrap_or(0));
+    let mut families = m.registry.gather();
+    if snap.tls_not_after.is_none() {
+        families.retain(|f| f.name() != "tollgate_tls_certificate_expiry_timestamp_seconds");
+    }
     let mut out = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
         log::error!("cannot encode metrics: {e}");
     }
     String::from_utf8(out).unwrap_or_default()

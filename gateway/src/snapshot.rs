@@ -108,6 +108,8 @@ pub struct Snapshot {
     pub rate_limits: BTreeMap<String, Arc<ratelimit::Policy>>,
     /// The HTTPS listeners' certificate.
     pub tls: Option<Arc<pingora_core::tls::sign::CertifiedKey>>,
+    /// When it expires (Unix seconds).
+    pub tls_not_after: Option<i64>,
 }
 
 impl Snapshot {
@@ -382,7 +384,8 @@ impl Snapshot {
                 upstreams,
                 jwt: auth.jwt,
                 rate_limits: auth.rate_limits,
-                tls,
+                tls_not_after: tls.as_ref().map(|l| l.not_after),
+                tls: tls.map(|l| l.key),
             },
             d,
         ))
@@ -690,17 +693,17 @@ fn tls_certificate(
     t: &TlsConfig,
     locs: &Locations,
     d: &mut Diagnostics,
-) -> Option<Arc<pingora_core::tls::sign::CertifiedKey>> {
+) -> Option<crate::tls::Loaded> {
     let (cert, key) = (
         config_relative(locs, &t.cert),
         config_relative(locs, &t.key),
     );
     match crate::tls::load(&cert, &key) {
         Ok(l) => {
-            if let Some(w) = l.warning {
-                d.0.push(locs.warning("server.tls.cert", w));
+            if let Some(w) = &l.warning {
+                d.0.push(locs.warning("server.tls.cert", w.clone()));
             }
-            Some(l.key)
+            Some(l)
         }
         Err((field, msg)) => {
             d.0.push(locs.error(&format!("server.tls.{field}"), msg));

@@ -30,6 +30,8 @@ pub struct Loaded {
     pub key: Arc<CertifiedKey>,
     /// e.g. "expires in 3 days".
     pub warning: Option<String>,
+    /// When the leaf expires (Unix seconds), for `tollgate_tls_certificate_expiry_timestamp_seconds`.
+    pub not_after: i64,
 }
 
 /// Problems loading: `(field, message)` with field `cert` or `key`.
@@ -62,7 +64,7 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, LoadError> {
             format!("{}: unsupported key: {e}", key_path.display()),
         )
     })?;
-    let warning = validity(&certs[0]).map_err(|m| ("cert", m))?;
+    let (warning, not_after) = validity(&certs[0]).map_err(|m| ("cert", m))?;
     let key = CertifiedKey::new(certs, signer);
     key.keys_match().map_err(|_| {
         (
@@ -77,11 +79,12 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, LoadError> {
     Ok(Loaded {
         key: Arc::new(key),
         warning,
+        not_after,
     })
 }
 
-/// The leaf's dates: an error if it is not valid now, a warning if it soon will not be.
-fn validity(leaf: &CertificateDer<'_>) -> Result<Option<String>, String> {
+/// The leaf's dates: an error if it is not valid now, a warning if it soon will not be; and its end.
+fn validity(leaf: &CertificateDer<'_>) -> Result<(Option<String>, i64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| format!("the first certificate does not parse: {e}"))?;
     let now = SystemTime::now()
@@ -100,13 +103,14 @@ fn validity(leaf: &CertificateDer<'_>) -> Result<Option<String>, String> {
         return Err(format!("the certificate expired on {}", v.not_after));
     }
     let left = (to - now) as u64;
-    Ok((left < EXPIRY_WARNING.as_secs()).then(|| {
+    let warning = (left < EXPIRY_WARNING.as_secs()).then(|| {
         format!(
             "the certificate expires in {} days ({})",
             left / 86_400,
             v.not_after
         )
-    }))
+    });
+    Ok((warning, to))
 }
 
 /// Hands the current snapshot's certificate to every TLS handshake.

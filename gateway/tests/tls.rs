@@ -90,7 +90,7 @@ fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
     let be = Backend::start("be", Mode::Echo);
     let ca = Ca::new();
     let certs = tempfile::tempdir().unwrap();
-    let first = ca.leaf(None);
+    let first = ca.leaf(Some((2020, 2090)));
     write_pair(certs.path(), &first);
     let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gw = Gateway::start(&format!(
@@ -112,6 +112,11 @@ routes:
     assert_eq!(
         r.upstream_header("x-forwarded-proto").as_deref(),
         Some("https")
+    );
+    let metrics = String::from_utf8(gw.admin_request("GET", "/metrics", &[]).body).unwrap();
+    assert!(
+        metrics.contains("tollgate_tls_certificate_expiry_timestamp_seconds 3786912000"),
+        "expiry of the served certificate (2090-01-01)"
     );
     let plain = gw.get("/x");
     assert_eq!(

@@ -323,6 +323,12 @@ impl Gateway {
 
     /// A request to the admin listener.
     pub fn admin_request(&self, method: &str, path: &str, headers: &[&str]) -> Response {
+        // `start` waits for the public listener only; the admin one starts alongside, maybe a moment
+        // later.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(self.admin).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         request(self.admin, method, path, headers, None)
     }
 
