@@ -18,7 +18,7 @@ use crate::config::load::{self, sub_path, Locations};
 use crate::config::raw::{Balance, RawConfig, RouteConfig, ServerConfig, TlsConfig};
 use crate::plugin::{apikey, jwt, ratelimit, BuildContext, Chain, Plugin, Registry};
 use crate::router::{template_param, HostMatch, Params, PathMatch, RouteMatcher, Router};
-use crate::upstream::{resolve, HashOn, Upstream};
+use crate::upstream::{resolve, HashOn, Upstream, UpstreamTls};
 
 /// Server-wide settings the request path needs.
 #[derive(Debug, Clone)]
@@ -211,6 +211,22 @@ impl Snapshot {
                 &format!("{base}.dns_refresh"),
                 u.dns_refresh.0,
             );
+            let upstream_tls = u.tls.as_ref().map(|t| UpstreamTls {
+                sni: t.sni.clone(),
+                ca: t.ca.as_ref().and_then(|ca| {
+                    crate::tls::load_ca(&config_relative(locs, ca))
+                        .map_err(|e| d.0.push(locs.error(&format!("{base}.tls.ca"), e)))
+                        .ok()
+                }),
+            });
+            if let Some(sni) = u.tls.as_ref().and_then(|t| t.sni.as_deref()) {
+                if rustls_pki_types::ServerName::try_from(sni).is_err() {
+                    d.0.push(locs.error(
+                        &format!("{base}.tls.sni"),
+                        format!("`{sni}` is not a DNS name or IP address"),
+                    ));
+                }
+            }
             let hash_on = match (&u.hash_on, u.balance) {
                 (Some(h), Balance::ConsistentHash) => match HashOn::parse(h) {
                     Ok(h) => Some(h),
@@ -254,6 +270,7 @@ impl Snapshot {
                         u,
                         targets,
                         hash_on,
+                        upstream_tls,
                         previous.and_then(|p| p.upstreams.get(name)).map(|u| &**u),
                     )),
                 );

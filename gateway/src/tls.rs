@@ -113,6 +113,31 @@ fn validity(leaf: &CertificateDer<'_>) -> Result<(Option<String>, i64), String> 
     Ok((warning, to))
 }
 
+/// Load CA certificates to trust for an upstream (`upstreams.NAME.tls.ca`).
+pub fn load_ca(path: &Path) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
+    use pingora_core::utils::tls::{parse_x509, WrappedX509};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no CERTIFICATE block found", path.display()));
+    }
+    let mut out = Vec::with_capacity(certs.len());
+    for (i, c) in certs.iter().enumerate() {
+        // Checked here because Pingora's parser panics on a bad certificate.
+        x509_parser::parse_x509_certificate(c.as_ref()).map_err(|e| {
+            format!(
+                "{}: certificate #{} does not parse: {e}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        out.push(WrappedX509::new(c.to_vec(), parse_x509));
+    }
+    Ok(out.into())
+}
+
 /// Hands the current snapshot's certificate to every TLS handshake.
 pub struct SnapshotCert(pub Arc<ArcSwap<Snapshot>>);
 

@@ -158,6 +158,37 @@ async fn lookup(name: String) -> Result<Vec<SocketAddr>, String> {
     }
 }
 
+/// TLS to an upstream's targets. Certificates are always verified (against the system's CAs, or `ca`);
+/// there is deliberately no switch to turn verification off.
+pub struct UpstreamTls {
+    /// The name sent and verified; default: the target's host (its name, or its IP address).
+    pub sni: Option<String>,
+    /// CAs to trust instead of the system's.
+    pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+}
+
+impl UpstreamTls {
+    /// Pingora pools upstream connections by address, SNI and verification flags, not by the CAs
+    /// a connection was verified against: without this key, a connection verified with one
+    /// upstream's CA would be reused by another upstream that trusts different CAs. Stable across
+    /// reloads (a hash of the certificates), so pooled connections survive them.
+    fn pool_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let Some(ca) = &self.ca else { return 0 };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for c in ca.iter() {
+            c.borrow_raw_cert().hash(&mut h);
+        }
+        h.finish() | 1
+    }
+}
+
+/// The host part of `host:port` (no brackets for IPv6).
+fn host_of(spec: &str) -> &str {
+    let host = spec.rsplit_once(':').map_or(spec, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Resolved upstream settings and its pool.
 pub struct Upstream {
     pub name: String,
@@ -172,6 +203,9 @@ pub struct Upstream {
     pub retries: u32,
     pub preserve_host: bool,
     pub health: Option<HealthCheckConfig>,
+    pub tls: Option<UpstreamTls>,
+    /// [`UpstreamTls::pool_key`], computed once.
+    tls_pool_key: u64,
     pub discovery: Arc<Discovery>,
     pool: Pool,
     /// Health of the targets, shared with the upstream this one replaced on a reload.
@@ -231,6 +265,7 @@ impl Upstream {
         cfg: &UpstreamConfig,
         targets: Vec<Target>,
         hash_on: Option<HashOn>,
+        tls: Option<UpstreamTls>,
         previous: Option<&Upstream>,
     ) -> Upstream {
         let backends = backends_of(cfg.balance, &targets);
@@ -253,14 +288,23 @@ impl Upstream {
             Balance::ConsistentHash => Pool::Consistent(LoadBalancer::from_backends(make())),
         };
         if let Some(hc) = cfg.health_check.as_ref().filter(|_| fresh) {
-            let mut check = HttpHealthCheck::new("localhost", false);
+            // Checks go to each target with the upstream's SNI (or its first target's host) and CAs.
+            let check_host = tls
+                .as_ref()
+                .and_then(|t| t.sni.clone())
+                .or_else(|| targets.first().map(|t| host_of(&t.spec).to_string()))
+                .unwrap_or_else(|| "localhost".into());
+            let mut check = HttpHealthCheck::new(&check_host, tls.is_some());
+            if let Some(ca) = tls.as_ref().and_then(|t| t.ca.clone()) {
+                check.peer_template.options.ca = Some(ca);
+            }
             check.consecutive_success = hc.healthy.max(1) as usize;
             check.consecutive_failure = hc.unhealthy.max(1) as usize;
             check.peer_template.options.connection_timeout = Some(hc.timeout.0);
             check.peer_template.options.read_timeout = Some(hc.timeout.0);
             check.peer_template.options.write_timeout = Some(hc.timeout.0);
             if let Ok(mut req) = RequestHeader::build("GET", hc.path.as_bytes(), None) {
-                let _ = req.insert_header("host", "localhost");
+                let _ = req.insert_header("host", check_host.as_str());
                 let _ = req.insert_header("user-agent", "tollgate-health-check");
                 check.req = req;
             }
@@ -278,6 +322,8 @@ impl Upstream {
             retries: cfg.retries,
             preserve_host: cfg.preserve_host,
             health: cfg.health_check.clone(),
+            tls_pool_key: tls.as_ref().map_or(0, UpstreamTls::pool_key),
+            tls,
             discovery,
             pool,
             health_registry,
@@ -322,13 +368,31 @@ impl Upstream {
 
     /// A peer for `addr` with this upstream's timeouts.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(t) => {
+                let sni = t.sni.clone().unwrap_or_else(|| self.sni_for(addr));
+                let mut p = HttpPeer::new(addr, true, sni);
+                p.options.ca = t.ca.clone();
+                p.group_key = self.tls_pool_key;
+                p
+            }
+        };
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
         o.read_timeout = Some(self.read_timeout);
         o.write_timeout = Some(self.write_timeout);
         o.idle_timeout = Some(self.idle_timeout);
         peer
+    }
+
+    /// The TLS name of `addr`: its target's name, or the address itself (verified against the
+    /// certificate's IP addresses).
+    fn sni_for(&self, addr: SocketAddr) -> String {
+        match self.host_for(addr) {
+            Some(h) => host_of(h.to_str().unwrap_or_default()).to_string(),
+            None => addr.ip().to_string(),
+        }
     }
 
     /// The `Host` to send to `addr` when the route does not preserve the client's: a named target's
@@ -482,7 +546,7 @@ mod tests {
             },
             resolve("10.0.0.9:80", 1).unwrap(),
         ];
-        Arc::new(Upstream::build("u", &cfg, targets, None, None))
+        Arc::new(Upstream::build("u", &cfg, targets, None, None, None))
     }
 
     fn addrs(u: &Upstream) -> Vec<(String, usize)> {

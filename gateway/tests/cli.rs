@@ -44,7 +44,7 @@ routes:
     let want = [
         format!("{f}:3:50: server.limits.header_read_timeout: duration `10` needs a unit: write `10s` or `10ms`"),
         format!("{f}:6:49: upstreams.users.targets[0].weight: weight must be at least 1, got 0"),
-        format!("{f}:9:5: upstreams.orders.balanse: unknown field `balanse`, expected one of `targets`, `balance`, `hash_on`, `health_check`, `timeouts`, `retries`, `preserve_host`, `dns_refresh`"),
+        format!("{f}:9:5: upstreams.orders.balanse: unknown field `balanse`, expected one of `targets`, `balance`, `hash_on`, `health_check`, `timeouts`, `retries`, `preserve_host`, `dns_refresh`, `tls`"),
         format!("{f}:12:54: routes[0].match.methods[1]: `BAD METHOD` is not an HTTP method"),
         format!("{f}:13:15: routes[0].upstream: unknown upstream `userz` (defined: orders, users)"),
         format!("{f}:14:11: routes[1].name: duplicate route name `users` (first used by routes[0])"),

@@ -234,3 +234,67 @@ fn broken_certificates_are_reported_with_their_place() {
     let (code, out, err) = tollgate(&["validate", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn upstream_tls_verifies_the_certificate_and_its_name() {
+    let be = Backend::start("be", Mode::Echo);
+    let ca = Ca::new();
+    let other_ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &ca.leaf(None));
+    std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), other_ca.cert.pem()).unwrap();
+    // The TLS upstream: a second gateway terminating TLS (certificate for `localhost`) in front of `be`.
+    let inner_tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _inner = Gateway::start(
+        &format!(
+            r#"
+server: {{ listen: ["{{listen}}"], tls: {{ listen: ["{inner_tls}"], cert: gw.pem, key: gw.key }} }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}
+"#,
+            be.addr
+        )
+        .replace(
+            "cert: gw.pem, key: gw.key",
+            &format!(
+                "cert: \"{d}/gw.pem\", key: \"{d}/gw.key\"",
+                d = dir.path().display()
+            ),
+        ),
+    );
+    let up = |name: &str, tls: &str| {
+        format!("  {name}: {{ targets: [{{ addr: \"{inner_tls}\" }}], tls: {tls} }}\n")
+    };
+    let d = dir.path().display();
+    let outer = Gateway::start(&format!(
+        "server: {{ listen: [\"{{listen}}\"] }}\nupstreams:\n{}{}{}{}routes:\n  - {{ name: good, match: {{ path_prefix: /good }}, upstream: good }}\n  - {{ name: other_ca, match: {{ path_prefix: /other-ca }}, upstream: other_ca }}\n  - {{ name: wrong_name, match: {{ path_prefix: /wrong-name }}, upstream: wrong_name }}\n  - {{ name: system, match: {{ path_prefix: /system }}, upstream: system }}\n",
+        up(
+            "good",
+            &format!("{{ sni: localhost, ca: \"{d}/ca.pem\" }}, health_check: {{ path: /hc, interval: 100ms, unhealthy: 1 }}"),
+        ),
+        up("other_ca", &format!("{{ sni: localhost, ca: \"{d}/other-ca.pem\" }}")),
+        up("wrong_name", &format!("{{ sni: other.example, ca: \"{d}/ca.pem\" }}")),
+        up("system", "{ sni: localhost }"),
+    ));
+    let r = outer.get("/good/x");
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https"),
+        "the hop to the inner gateway was TLS"
+    );
+    // Health checks speak TLS with the same name and CAs: after several rounds the target is still in.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(outer.get("/good/x").status, 200);
+    // A certificate from a CA we do not trust, or for another name: never proxied (a proxied request
+    // would get the inner gateway's 200). `/good` went first,
+    // so a pooled connection to the same address and name exists and must not be reused for these.
+    for path in ["/other-ca/x", "/wrong-name/x", "/system/x"] {
+        let r = outer.get(path);
+        assert_eq!(r.status, 502, "{path}");
+        assert_eq!(r.error_code(), "upstream_unavailable", "{path}");
+    }
+}

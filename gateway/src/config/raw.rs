@@ -228,6 +228,19 @@ pub struct UpstreamConfig {
     /// How often targets given by name are resolved again (every address of a name is a target).
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: HumanDuration,
+    /// Speak TLS to the targets (certificates are always verified).
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `upstreams.NAME.tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// Name to send (SNI) and to verify the certificate against. Default: the target's host.
+    pub sni: Option<String>,
+    /// PEM file of the CA(s) to trust instead of the system's (relative to the config file).
+    pub ca: Option<String>,
 }
 
 fn default_dns_refresh() -> HumanDuration {
