@@ -113,6 +113,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     ) -> Option<Stream> {
         // Pingora serves every request of an HTTP/1 connection inside one `process_new` call.
         let _open = Count::new(&self.tracker, |t| &t.open);
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 frames its requests itself; this byte-level watch only knows HTTP/1 heads. An h2
+            // connection is bounded by its idle timeout (`h2_idle_timeout`) instead.
+            return self.inner.process_new(stream, shutdown).await;
+        }
         let mut wrapped = DeadlineStream::new(stream, self.timeout);
         wrapped.fresh = Some(Count::new(&self.tracker, |t| &t.fresh));
         self.inner.process_new(Box::new(wrapped), shutdown).await

@@ -227,6 +227,11 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let mut http =
         pingora_proxy::HttpProxy::new(Gateway::new(shared.clone()), server.configuration.clone());
     http.handle_init_modules();
+    // HTTP/2 (negotiated by ALPN on the HTTPS listeners): an idle connection closes like an idle
+    // HTTP/1 keep-alive one.
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(settings.keepalive_timeout);
+    http.server_options = Some(options);
     let app = HeaderDeadline::new(Arc::new(http), settings.header_read_timeout);
     let connections = app.tracker.clone();
     let mut proxy = Service::new("tollgate".to_string(), app);
@@ -241,6 +246,7 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
             std::process::exit(1);
         };
         tls.set_cert_resolver(Arc::new(SnapshotCert(shared.clone())));
+        tls.enable_h2();
         proxy.add_tls_with_settings(&addr.to_string(), None, tls);
     }
     server.add_service(proxy);

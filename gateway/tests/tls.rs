@@ -298,3 +298,44 @@ routes:
         assert_eq!(r.error_code(), "upstream_unavailable", "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_multiplexes_requests() {
+    let be = Backend::start("be", Mode::Echo);
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &ca.leaf(None));
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: ["{{listen}}"], tls: {{ listen: ["{tls_addr}"], cert: "{d}/gw.pem", key: "{d}/gw.key" }} }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}
+"#,
+        be.addr,
+        d = dir.path().display()
+    ));
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", tls_addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/h2/", tls_addr.port());
+    let answers = futures::future::join_all((0..20).map(|i| {
+        let (client, url) = (client.clone(), format!("{url}{i}"));
+        async move { client.get(url).send().await.unwrap() }
+    }))
+    .await;
+    for (i, r) in answers.into_iter().enumerate() {
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["path"], format!("/h2/{i}"));
+        assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    }
+}
