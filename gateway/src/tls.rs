@@ -39,16 +39,7 @@ pub type LoadError = (&'static str, String);
 
 /// Load and check a certificate chain and its key.
 pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, LoadError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| ("cert", format!("cannot read {}: {e}", cert_path.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| ("cert", format!("{}: not PEM: {e}", cert_path.display())))?;
-    if certs.is_empty() {
-        return Err((
-            "cert",
-            format!("{}: no CERTIFICATE block found", cert_path.display()),
-        ));
-    }
+    let certs = read_certs(cert_path).map_err(|m| ("cert", m))?;
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
         (
             "key",
@@ -81,6 +72,18 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, LoadError> {
         warning,
         not_after,
     })
+}
+
+/// The certificates of a PEM file; at least one.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no CERTIFICATE block found", path.display()));
+    }
+    Ok(certs)
 }
 
 /// The leaf's dates: an error if it is not valid now, a warning if it soon will not be; and its end.
@@ -116,13 +119,7 @@ fn validity(leaf: &CertificateDer<'_>) -> Result<(Option<String>, i64), String> 
 /// Load CA certificates to trust for an upstream (`upstreams.NAME.tls.ca`).
 pub fn load_ca(path: &Path) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
     use pingora_core::utils::tls::{parse_x509, WrappedX509};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no CERTIFICATE block found", path.display()));
-    }
+    let certs = read_certs(path)?;
     let mut out = Vec::with_capacity(certs.len());
     for (i, c) in certs.iter().enumerate() {
         // Checked here because Pingora's parser panics on a bad certificate.

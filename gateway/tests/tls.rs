@@ -85,6 +85,26 @@ fn write_pair(dir: &Path, (cert, key, _): &(String, String, Vec<u8>)) {
     }
 }
 
+/// A gateway with a plain and an HTTPS listener (certificate `certs/gw.pem`) routing everything to `be`;
+/// `server_extra` is added to the `server` mapping.
+fn https_gateway(be: &Backend, certs: &Path, server_extra: &str) -> (Gateway, SocketAddr) {
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(&format!(
+        r#"
+server:
+  {{ listen: ["{{listen}}"]{server_extra},
+    tls: {{ listen: ["{tls_addr}"], cert: "{d}/gw.pem", key: "{d}/gw.key" }} }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}
+"#,
+        be.addr,
+        d = certs.display()
+    ));
+    (gw, tls_addr)
+}
+
 #[test]
 fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
     let be = Backend::start("be", Mode::Echo);
@@ -92,20 +112,11 @@ fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
     let certs = tempfile::tempdir().unwrap();
     let first = ca.leaf(Some((2020, 2090)));
     write_pair(certs.path(), &first);
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gw = Gateway::start(&format!(
-        r#"
-server:
-  {{ listen: ["{{listen}}"], reload: {{ watch: true, interval: 100ms }},
-    tls: {{ listen: ["{tls_addr}"], cert: "{dir}/gw.pem", key: "{dir}/gw.key" }} }}
-upstreams:
-  be: {{ targets: [{{ addr: "{}" }}] }}
-routes:
-  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}
-"#,
-        be.addr,
-        dir = certs.path().display()
-    ));
+    let (gw, tls_addr) = https_gateway(
+        &be,
+        certs.path(),
+        ", reload: { watch: true, interval: 100ms }",
+    );
     let (r, leaf) = https_get(tls_addr, &ca.root(), "/x");
     assert_eq!(r.status, 200);
     assert_eq!(leaf, first.2, "the configured certificate");
@@ -245,26 +256,7 @@ fn upstream_tls_verifies_the_certificate_and_its_name() {
     std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
     std::fs::write(dir.path().join("other-ca.pem"), other_ca.cert.pem()).unwrap();
     // The TLS upstream: a second gateway terminating TLS (certificate for `localhost`) in front of `be`.
-    let inner_tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _inner = Gateway::start(
-        &format!(
-            r#"
-server: {{ listen: ["{{listen}}"], tls: {{ listen: ["{inner_tls}"], cert: gw.pem, key: gw.key }} }}
-upstreams:
-  be: {{ targets: [{{ addr: "{}" }}] }}
-routes:
-  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}
-"#,
-            be.addr
-        )
-        .replace(
-            "cert: gw.pem, key: gw.key",
-            &format!(
-                "cert: \"{d}/gw.pem\", key: \"{d}/gw.key\"",
-                d = dir.path().display()
-            ),
-        ),
-    );
+    let (_inner, inner_tls) = https_gateway(&be, dir.path(), "");
     let up = |name: &str, tls: &str| {
         format!("  {name}: {{ targets: [{{ addr: \"{inner_tls}\" }}], tls: {tls} }}\n")
     };
@@ -305,18 +297,7 @@ async fn http2_over_tls_multiplexes_requests() {
     let ca = Ca::new();
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), &ca.leaf(None));
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _gw = Gateway::start(&format!(
-        r#"
-server: {{ listen: ["{{listen}}"], tls: {{ listen: ["{tls_addr}"], cert: "{d}/gw.pem", key: "{d}/gw.key" }} }}
-upstreams:
-  be: {{ targets: [{{ addr: "{}" }}] }}
-routes:
-  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}
-"#,
-        be.addr,
-        d = dir.path().display()
-    ));
+    let (_gw, tls_addr) = https_gateway(&be, dir.path(), "");
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
