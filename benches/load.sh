@@ -43,19 +43,11 @@ cleanup() {
   rm -rf "$RUN"
 }
 trap cleanup EXIT
+source benches/bench-lib.sh
 head -c 16384 /dev/zero | tr '\0' 'x' | sed 's/^/{"pad":"/; s/$/"}/' > "$RUN/www/big.json"
 
-render() { sed "s#@RUN@#$RUN#g" "benches/nginx/$1" > "$RUN/$1"; }
 render backend.nginx.conf
 render nginx.conf
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listening on :$1" >&2; exit 1
-}
 
 step "starting the backend (CPU 0), nginx and two tollgates (CPU 1)"
 taskset -c 0 nginx -c "$RUN/backend.nginx.conf" -p "$RUN" & PIDS+=($!)
@@ -108,26 +100,6 @@ TOKEN=$("$BIN" token -c "$RUN/full.yaml" --sub bench-user --ttl 1h)
 sleep 1
 IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$PLAIN/status)
 
-# CPU ticks (utime + stime) of a process and its children (nginx workers).
-pids_of() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
-ticks() {
-  local t=0
-  for p in $(pids_of "$1"); do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-hwm() {
-  local m=0
-  for p in $(pids_of "$1"); do
-    [ -r "/proc/$p/status" ] || continue
-    m=$((m + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
-  done
-  echo "$m"
-}
-HZ=$(getconf CLK_TCK)
-
 # name -> "url pid [header]"
 declare -A URL=([direct]="http://127.0.0.1:9001/" [tollgate-plain]="http://127.0.0.1:8002/" \
                 [tollgate-full]="http://127.0.0.1:8003/" [nginx]="http://127.0.0.1:8001/")
@@ -142,7 +114,6 @@ wrk_run() { # name seconds
   [ "$name" = tollgate-full ] && hdr=(-H "Authorization: Bearer $TOKEN")
   taskset -c 0 wrk -t1 -c$CONNS -d"${secs}s" --latency "${hdr[@]}" "${URL[$name]}"
 }
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else {sub(/s$/,"",v); print v*1000}}'; }
 
 for round in $(seq 1 "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
@@ -164,7 +135,6 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 col() { awk -F'\t' -v n="$1" -v c="$2" '$1==n {print $c}' "$RESULTS" | median; }
 
 # Latency at half load: each proxy open-loop (oha -q) at half its median peak rate, and the backend
