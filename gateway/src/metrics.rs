@@ -199,9 +199,10 @@ pub fn render(snap: &Snapshot) -> String {
                 .set(i64::from(healthy));
         }
     }
-    m.tls_expiry.set(snap.tls_not_after.unwrap_or(0));
+    let tls_not_after = snap.tls.as_ref().map(|c| c.not_after);
+    m.tls_expiry.set(tls_not_after.unwrap_or(0));
     let mut families = m.registry.gather();
-    if snap.tls_not_after.is_none() {
+    if tls_not_after.is_none() {
         families.retain(|f| f.name() != "tollgate_tls_certificate_expiry_timestamp_seconds");
     }
     let mut out = Vec::new();

@@ -107,9 +107,7 @@ pub struct Snapshot {
     /// Rate-limit policies, whose counters a reload keeps.
     pub rate_limits: BTreeMap<String, Arc<ratelimit::Policy>>,
     /// The HTTPS listeners' certificate.
-    pub tls: Option<Arc<pingora_core::tls::sign::CertifiedKey>>,
-    /// When it expires (Unix seconds).
-    pub tls_not_after: Option<i64>,
+    pub tls: Option<Arc<crate::tls::Certificates>>,
 }
 
 impl Snapshot {
@@ -401,8 +399,7 @@ impl Snapshot {
                 upstreams,
                 jwt: auth.jwt,
                 rate_limits: auth.rate_limits,
-                tls_not_after: tls.as_ref().map(|l| l.not_after),
-                tls: tls.map(|l| l.key),
+                tls,
             },
             d,
         ))
@@ -669,10 +666,11 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
         .tls
         .iter()
         .flat_map(|t| {
-            [
-                config_relative(locs, &t.cert),
-                config_relative(locs, &t.key),
-            ]
+            let pairs = std::iter::once((&t.cert, &t.key))
+                .chain(t.certificates.iter().map(|c| (&c.cert, &c.key)));
+            pairs
+                .flat_map(|(c, k)| [config_relative(locs, c), config_relative(locs, k)])
+                .collect::<Vec<_>>()
         })
         .collect();
     Some(Settings {
@@ -705,28 +703,37 @@ fn config_relative(locs: &Locations, p: &str) -> std::path::PathBuf {
     dir.join(p)
 }
 
-/// Load `server.tls`'s certificate, reporting problems at `server.tls.cert` / `server.tls.key`.
+/// Load `server.tls`'s certificates, reporting problems at `server.tls.cert` / `server.tls.key` (and
+/// `server.tls.certificates[i].cert` / `.key`).
 fn tls_certificate(
     t: &TlsConfig,
     locs: &Locations,
     d: &mut Diagnostics,
-) -> Option<crate::tls::Loaded> {
-    let (cert, key) = (
-        config_relative(locs, &t.cert),
-        config_relative(locs, &t.key),
-    );
-    match crate::tls::load(&cert, &key) {
-        Ok(l) => {
-            if let Some(w) = &l.warning {
-                d.0.push(locs.warning("server.tls.cert", w.clone()));
+) -> Option<Arc<crate::tls::Certificates>> {
+    let mut load = |base: String, cert: &str, key: &str| {
+        let (cert, key) = (config_relative(locs, cert), config_relative(locs, key));
+        match crate::tls::load(&cert, &key) {
+            Ok(l) => {
+                if let Some(w) = &l.warning {
+                    d.0.push(locs.warning(&format!("{base}.cert"), w.clone()));
+                }
+                Some(l)
             }
-            Some(l)
+            Err((field, msg)) => {
+                d.0.push(locs.error(&format!("{base}.{field}"), msg));
+                None
+            }
         }
-        Err((field, msg)) => {
-            d.0.push(locs.error(&format!("server.tls.{field}"), msg));
-            None
-        }
-    }
+    };
+    let default = load("server.tls".into(), &t.cert, &t.key);
+    let more: Vec<Option<crate::tls::Loaded>> = t
+        .certificates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| load(format!("server.tls.certificates[{i}]"), &c.cert, &c.key))
+        .collect();
+    let more: Option<Vec<_>> = more.into_iter().collect();
+    Some(Arc::new(crate::tls::Certificates::new(default?, more?)))
 }
 
 /// Build the router's view of a route; returns it with the names it captures.

@@ -9,7 +9,12 @@
 //! Checked at load: both files readable, PEM with at least one certificate and a private key of a
 //! supported type, the key matching the leaf certificate, and the leaf's validity dates (expired or not
 //! yet valid: an error; expiring within 14 days: a warning).
+//!
+//! Several certificates: [`Certificates`] picks one by the name the client asks for (SNI) among the
+//! DNS names of each certificate (exact names first, then `*.` wildcards one label deep), and falls
+//! back to the default one.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,6 +33,8 @@ const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 /// A loaded certificate with what to warn about.
 pub struct Loaded {
     pub key: Arc<CertifiedKey>,
+    /// Its DNS names (subject alternative names, lowercase), for SNI.
+    pub names: Vec<String>,
     /// e.g. "expires in 3 days".
     pub warning: Option<String>,
     /// When the leaf expires (Unix seconds), for `tollgate_tls_certificate_expiry_timestamp_seconds`.
@@ -55,7 +62,7 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, LoadError> {
             format!("{}: unsupported key: {e}", key_path.display()),
         )
     })?;
-    let (warning, not_after) = validity(&certs[0]).map_err(|m| ("cert", m))?;
+    let (warning, not_after, names) = validity(&certs[0]).map_err(|m| ("cert", m))?;
     let key = CertifiedKey::new(certs, signer);
     key.keys_match().map_err(|_| {
         (
@@ -69,6 +76,7 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, LoadError> {
     })?;
     Ok(Loaded {
         key: Arc::new(key),
+        names,
         warning,
         not_after,
     })
@@ -86,8 +94,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// The leaf's dates: an error if it is not valid now, a warning if it soon will not be; and its end.
-fn validity(leaf: &CertificateDer<'_>) -> Result<(Option<String>, i64), String> {
+/// The leaf's dates: an error if it is not valid now, a warning if it soon will not be; its end and its
+/// DNS names.
+fn validity(leaf: &CertificateDer<'_>) -> Result<(Option<String>, i64, Vec<String>), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| format!("the first certificate does not parse: {e}"))?;
     let now = SystemTime::now()
@@ -113,7 +122,24 @@ fn validity(leaf: &CertificateDer<'_>) -> Result<(Option<String>, i64), String> 
             v.not_after
         )
     });
-    Ok((warning, to))
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((warning, to, names))
 }
 
 /// Load CA certificates to trust for an upstream (`upstreams.NAME.tls.ca`).
@@ -135,6 +161,57 @@ pub fn load_ca(path: &Path) -> Result<Arc<pingora_core::protocols::tls::CaType>,
     Ok(out.into())
 }
 
+/// The HTTPS listeners' certificates, by the names they are for.
+pub struct Certificates {
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` under `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// The earliest expiry (Unix seconds), the one to alert on.
+    pub not_after: i64,
+}
+
+impl Certificates {
+    /// `default` is served when no other certificate names what the client asked for. Earlier
+    /// certificates win a name two of them have.
+    pub fn new(default: Loaded, more: Vec<Loaded>) -> Certificates {
+        let not_after = more
+            .iter()
+            .map(|l| l.not_after)
+            .fold(default.not_after, i64::min);
+        let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
+        for l in more.iter().chain(std::iter::once(&default)) {
+            for n in &l.names {
+                match n.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.to_string()),
+                    None => exact.entry(n.clone()),
+                }
+                .or_insert_with(|| l.key.clone());
+            }
+        }
+        Certificates {
+            default: default.key,
+            exact,
+            wildcard,
+            not_after,
+        }
+    }
+
+    /// The certificate for a client that asked for `name` (or none).
+    pub fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(c) = self.exact.get(&name) {
+            return c.clone();
+        }
+        name.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
 /// Hands the current snapshot's certificate to every TLS handshake.
 pub struct SnapshotCert(pub Arc<ArcSwap<Snapshot>>);
 
@@ -145,7 +222,7 @@ impl std::fmt::Debug for SnapshotCert {
 }
 
 impl ResolvesServerCert for SnapshotCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.load().tls.clone()
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().tls.as_ref()?.pick(hello.server_name()))
     }
 }

@@ -30,8 +30,13 @@ impl Ca {
 
     /// A leaf for `localhost`, valid `from`..`to` (None: rcgen's default window); (cert PEM, key PEM, DER).
     fn leaf(&self, dates: Option<(i32, i32)>) -> (String, String, Vec<u8>) {
+        self.leaf_for("localhost", dates)
+    }
+
+    /// A leaf for the DNS name `name`.
+    fn leaf_for(&self, name: &str, dates: Option<(i32, i32)>) -> (String, String, Vec<u8>) {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
         if let Some((from, to)) = dates {
             params.not_before = rcgen::date_time_ymd(from, 1, 1);
             params.not_after = rcgen::date_time_ymd(to, 1, 1);
@@ -52,6 +57,16 @@ fn https_get(
     root: &rustls::pki_types::CertificateDer<'static>,
     path: &str,
 ) -> (Response, Vec<u8>) {
+    https_get_as(addr, root, "localhost", path)
+}
+
+/// The same, asking for (and verifying) the name `server_name`.
+fn https_get_as(
+    addr: SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    server_name: &str,
+    path: &str,
+) -> (Response, Vec<u8>) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -60,14 +75,18 @@ fn https_get(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        server_name.to_string().try_into().unwrap(),
+    )
+    .unwrap();
     let sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
     tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .unwrap();
     let mut buf = Vec::new();
@@ -86,14 +105,19 @@ fn write_pair(dir: &Path, (cert, key, _): &(String, String, Vec<u8>)) {
 }
 
 /// A gateway with a plain and an HTTPS listener (certificate `certs/gw.pem`) routing everything to `be`;
-/// `server_extra` is added to the `server` mapping.
-fn https_gateway(be: &Backend, certs: &Path, server_extra: &str) -> (Gateway, SocketAddr) {
+/// `server_extra` is added to the `server` mapping, `tls_extra` to `server.tls`.
+fn https_gateway(
+    be: &Backend,
+    certs: &Path,
+    server_extra: &str,
+    tls_extra: &str,
+) -> (Gateway, SocketAddr) {
     let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gw = Gateway::start(&format!(
         r#"
 server:
   {{ listen: ["{{listen}}"]{server_extra},
-    tls: {{ listen: ["{tls_addr}"], cert: "{d}/gw.pem", key: "{d}/gw.key" }} }}
+    tls: {{ listen: ["{tls_addr}"], cert: "{d}/gw.pem", key: "{d}/gw.key"{tls_extra} }} }}
 upstreams:
   be: {{ targets: [{{ addr: "{}" }}] }}
 routes:
@@ -116,6 +140,7 @@ fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
         &be,
         certs.path(),
         ", reload: { watch: true, interval: 100ms }",
+        "",
     );
     let (r, leaf) = https_get(tls_addr, &ca.root(), "/x");
     assert_eq!(r.status, 200);
@@ -256,7 +281,7 @@ fn upstream_tls_verifies_the_certificate_and_its_name() {
     std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
     std::fs::write(dir.path().join("other-ca.pem"), other_ca.cert.pem()).unwrap();
     // The TLS upstream: a second gateway terminating TLS (certificate for `localhost`) in front of `be`.
-    let (_inner, inner_tls) = https_gateway(&be, dir.path(), "");
+    let (_inner, inner_tls) = https_gateway(&be, dir.path(), "", "");
     let up = |name: &str, tls: &str| {
         format!("  {name}: {{ targets: [{{ addr: \"{inner_tls}\" }}], tls: {tls} }}\n")
     };
@@ -297,7 +322,7 @@ async fn http2_over_tls_multiplexes_requests() {
     let ca = Ca::new();
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), &ca.leaf(None));
-    let (_gw, tls_addr) = https_gateway(&be, dir.path(), "");
+    let (_gw, tls_addr) = https_gateway(&be, dir.path(), "", "");
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -319,4 +344,41 @@ async fn http2_over_tls_multiplexes_requests() {
         assert_eq!(body["path"], format!("/h2/{i}"));
         assert_eq!(body["headers"]["x-forwarded-proto"], "https");
     }
+}
+
+#[test]
+fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
+    let be = Backend::start("be", Mode::Echo);
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let default = ca.leaf(Some((2020, 2090)));
+    let api = ca.leaf_for("api.test", Some((2020, 2080)));
+    let wild = ca.leaf_for("*.wild.test", None);
+    write_pair(dir.path(), &default);
+    for (name, pair) in [("api", &api), ("wild", &wild)] {
+        std::fs::write(dir.path().join(format!("{name}.pem")), &pair.0).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.key")), &pair.1).unwrap();
+    }
+    let d = dir.path().display();
+    let (gw, tls_addr) = https_gateway(
+        &be,
+        dir.path(),
+        "",
+        &format!(", certificates: [{{ cert: \"{d}/api.pem\", key: \"{d}/api.key\" }}, {{ cert: \"{d}/wild.pem\", key: \"{d}/wild.key\" }}]"),
+    );
+    for (asked, want) in [
+        ("api.test", &api.2),
+        ("API.Test", &api.2),
+        ("x.wild.test", &wild.2),
+        ("localhost", &default.2),
+    ] {
+        let (r, leaf) = https_get_as(tls_addr, &ca.root(), asked, "/x");
+        assert_eq!(r.status, 200, "{asked}");
+        assert_eq!(&leaf, want, "certificate for {asked}");
+    }
+    let metrics = String::from_utf8(gw.admin_request("GET", "/metrics", &[]).body).unwrap();
+    assert!(
+        metrics.contains("tollgate_tls_certificate_expiry_timestamp_seconds 3471292800"),
+        "the earliest expiry (2080-01-01): {metrics}"
+    );
 }

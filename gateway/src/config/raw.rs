@@ -80,6 +80,18 @@ pub struct TlsConfig {
     pub cert: String,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: String,
+    /// More certificates, each served to clients that ask (SNI) for one of its DNS names; `cert` is
+    /// served to the others.
+    #[serde(default)]
+    pub certificates: Vec<CertPairConfig>,
+}
+
+/// One certificate chain and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPairConfig {
+    pub cert: String,
+    pub key: String,
 }
 
 impl Default for ServerConfig {
