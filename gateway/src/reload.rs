@@ -116,7 +116,7 @@ impl Reloader {
         })
         .await;
         let status = match loaded {
-            Ok(Ok((snap, warnings))) => {
+            Ok(Ok((mut snap, warnings))) => {
                 let mut warnings: Vec<String> = warnings.0.iter().map(|w| w.to_string()).collect();
                 warnings.extend(snap.inherit(&old));
                 for w in &warnings {

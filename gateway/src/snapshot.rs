@@ -409,14 +409,19 @@ impl Snapshot {
 impl Snapshot {
     /// Take over what a reload should not lose from the snapshot being replaced (the JWKS keys already
     /// fetched), and say which changed settings only take effect after a restart or graceful upgrade.
-    pub fn inherit(&self, old: &Snapshot) -> Vec<String> {
+    pub fn inherit(&mut self, old: &Snapshot) -> Vec<String> {
         for (name, p) in &self.jwt {
             if let Some(o) = old.jwt.get(name) {
                 p.inherit_keys(o);
             }
         }
-        let (n, o) = (&self.settings, &old.settings);
         let mut w = Vec::new();
+        // The HTTPS listeners stay until a restart or upgrade; they keep a certificate to serve.
+        if self.tls.is_none() && old.tls.is_some() {
+            self.tls = old.tls.clone();
+            w.push("server.tls removed: the running HTTPS listeners keep their certificates until a graceful upgrade or restart".to_string());
+        }
+        let (n, o) = (&self.settings, &old.settings);
         let mut fixed = |what: &str, changed: bool| {
             if changed {
                 w.push(format!("server.{what} changed: it takes effect after a graceful upgrade or restart; the running value stays"));

@@ -199,6 +199,15 @@ fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (r, leaf) = https_get(tls_addr, &ca.root(), "/x");
+    assert_eq!((r.status, &leaf), (200, &second.2));
+
+    // Removing `server.tls` cannot close a listener before an upgrade; it keeps serving the last good one.
+    gw.reload(|t| {
+        let start = t.find(",\n    tls: {").unwrap();
+        let end = start + t[start..].find("gw.key\" }").unwrap() + "gw.key\" }".len();
+        format!("{}{}", &t[..start], &t[end..])
+    });
+    let (r, leaf) = https_get(tls_addr, &ca.root(), "/x");
     assert_eq!((r.status, leaf), (200, second.2));
 }
 
