@@ -13,6 +13,7 @@ pub mod error;
 pub mod forwarded;
 pub mod headers;
 pub mod metrics;
+pub mod otlp;
 pub mod path;
 pub mod plugin;
 pub mod proxy;

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub last_reload: prometheus::Gauge,
     pub build_info: IntGaugeVec,
     pub tls_expiry: IntGauge,
+    pub spans_dropped: prometheus::IntCounter,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: a gateway's own answers take well under a millisecond, a slow
@@ -106,6 +107,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_tls_certificate_expiry_timestamp_seconds",
         "Unix time when the HTTPS listeners' certificate expires (absent without HTTPS)",
     )?;
+    let spans_dropped = prometheus::IntCounter::new(
+        "tollgate_trace_spans_dropped_total",
+        "Spans not exported: the buffer was full or the collector failed",
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new(
             "tollgate_build_info",
@@ -125,6 +130,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(last_reload.clone()))?;
     registry.register(Box::new(build_info.clone()))?;
     registry.register(Box::new(tls_expiry.clone()))?;
+    registry.register(Box::new(spans_dropped.clone()))?;
     #[cfg(target_os = "linux")]
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
@@ -149,6 +155,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         last_reload,
         build_info,
         tls_expiry,
+        spans_dropped,
     })
 }
 

@@ -609,6 +609,28 @@ impl Gateway {
             r.duration.observe(elapsed.as_secs_f64());
             r.chain.log(status, &ctx.plugins);
         }
+        let tracing = ctx.snapshot.as_ref().is_some_and(|s| s.tracing.is_some());
+        if let (true, Some(t)) = (tracing, ctx.trace.as_ref().filter(|t| t.sampled())) {
+            let end = std::time::SystemTime::now();
+            crate::otlp::Exporter::global().push(crate::otlp::Span {
+                trace_id: t.trace_id.clone(),
+                span_id: t.span_id.clone(),
+                parent_span_id: t.parent_span_id.clone(),
+                method: req.method.as_str().to_string(),
+                path: if ctx.path.is_empty() {
+                    req.uri.path().to_string()
+                } else {
+                    ctx.path.clone()
+                },
+                route: route_label.to_string(),
+                status,
+                client_ip: ctx.client_ip.to_string(),
+                upstream: ctx.route.as_ref().map(|r| r.upstream.name.clone()),
+                target: ctx.target.map(|t| t.to_string()),
+                start: end.checked_sub(elapsed).unwrap_or(end),
+                end,
+            });
+        }
         let Some(log) = &self.log else { return };
         let route = ctx.route.as_deref();
         let path = if ctx.path.is_empty() {

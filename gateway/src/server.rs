@@ -78,6 +78,45 @@ impl BackgroundService for JwksRefresh {
     }
 }
 
+/// Sends finished spans to the collector of the *current* snapshot (see `otlp`). What is left at
+/// shutdown is sent by [`Drain`] once the last request is done.
+pub struct SpanExport {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+/// Send the spans waiting now, to the current snapshot's collector (if tracing is on).
+async fn export_spans(
+    snapshot: &ArcSwap<Snapshot>,
+    client: &reqwest::Client,
+    spans: Vec<crate::otlp::Span>,
+) {
+    let snap = snapshot.load_full();
+    if let (false, Some(t)) = (spans.is_empty(), &snap.tracing) {
+        crate::otlp::Exporter::send(
+            client,
+            &t.otlp_endpoint,
+            &t.service_name,
+            t.timeout.0,
+            spans,
+        )
+        .await;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for SpanExport {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let exporter = crate::otlp::Exporter::global();
+        let client = reqwest::Client::new();
+        loop {
+            tokio::select! {
+                spans = exporter.next_batch() => export_spans(&self.snapshot, &client, spans).await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// Reloads the config when its file changes (polled every `server.reload.interval`) and on SIGHUP.
 pub struct ConfigWatch {
     pub reloader: Arc<Reloader>,
@@ -133,6 +172,8 @@ pub struct Drain {
     phase: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
     /// The public listener's connections.
     connections: Arc<ConnectionTracker>,
+    /// For the last spans' collector.
+    snapshot: Arc<ArcSwap<Snapshot>>,
 }
 
 #[async_trait]
@@ -155,7 +196,9 @@ impl BackgroundService for Drain {
         while !(c.closed() && c.open() == 0 && crate::metrics::metrics().in_flight.get() <= 0) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Let the access-log writer catch up, then go.
+        // Send the last spans, let the access-log writer catch up, then go.
+        let spans = crate::otlp::Exporter::global().take();
+        export_spans(&self.snapshot, &reqwest::Client::new(), spans).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
         log::info!("drained; exiting");
         std::process::exit(0);
@@ -268,7 +311,15 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     ));
     server.add_service(background_service(
         "jwks refresh",
-        JwksRefresh { snapshot: shared },
+        JwksRefresh {
+            snapshot: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "span export",
+        SpanExport {
+            snapshot: shared.clone(),
+        },
     ));
     server.add_service(background_service("config watch", ConfigWatch { reloader }));
     server.add_service(background_service(
@@ -276,6 +327,7 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
         Drain {
             phase: std::sync::Mutex::new(Some(server.watch_execution_phase())),
             connections,
+            snapshot: shared.clone(),
         },
     ));
     server.run_forever()

@@ -108,6 +108,8 @@ pub struct Snapshot {
     pub rate_limits: BTreeMap<String, Arc<ratelimit::Policy>>,
     /// The HTTPS listeners' certificate.
     pub tls: Option<Arc<crate::tls::Certificates>>,
+    /// Span export, when configured.
+    pub tracing: Option<crate::config::raw::TracingConfig>,
 }
 
 impl Snapshot {
@@ -172,6 +174,19 @@ impl Snapshot {
         let mut d = Diagnostics::default();
         let settings = settings(&cfg.server, locs, &mut d);
         let auth = auth_providers(cfg, locs, &mut d, previous);
+        if let Some(t) = &cfg.tracing {
+            match reqwest::Url::parse(&t.otlp_endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => d.0.push(locs.error(
+                    "tracing.otlp_endpoint",
+                    format!(
+                        "`{}` is not an http(s) URL like `http://otel-collector:4318/v1/traces`",
+                        t.otlp_endpoint
+                    ),
+                )),
+            }
+            nonzero(locs, &mut d, "tracing.timeout", t.timeout.0);
+        }
         let tls = cfg
             .server
             .tls
@@ -400,6 +415,7 @@ impl Snapshot {
                 jwt: auth.jwt,
                 rate_limits: auth.rate_limits,
                 tls,
+                tracing: cfg.tracing.clone(),
             },
             d,
         ))

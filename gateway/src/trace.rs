@@ -11,6 +11,8 @@ pub struct TraceContext {
     pub trace_id: String,
     /// The gateway's own span id: the `parent-id` the upstream sees.
     pub span_id: String,
+    /// The caller's span (the `parent-id` it sent), when it sent a valid `traceparent`.
+    pub parent_span_id: Option<String>,
     pub flags: String,
 }
 
@@ -43,14 +45,21 @@ impl TraceContext {
             return TraceContext {
                 trace_id: parent.0,
                 span_id: random_hex(8),
-                flags: parent.1,
+                parent_span_id: Some(parent.1),
+                flags: parent.2,
             };
         }
         TraceContext {
             trace_id: random_hex(16),
             span_id: random_hex(8),
+            parent_span_id: None,
             flags: "01".into(),
         }
+    }
+
+    /// The caller (or the gateway, for a new trace) asked for this trace to be recorded.
+    pub fn sampled(&self) -> bool {
+        u8::from_str_radix(&self.flags, 16).is_ok_and(|f| f & 1 == 1)
     }
 
     /// The `traceparent` value for the upstream request.
@@ -59,8 +68,8 @@ impl TraceContext {
     }
 }
 
-/// `(trace-id, flags)` of a valid `traceparent`.
-fn parse(v: &str) -> Option<(String, String)> {
+/// `(trace-id, parent-id, flags)` of a valid `traceparent`.
+fn parse(v: &str) -> Option<(String, String, String)> {
     let v = v.trim();
     let mut parts = v.split('-');
     let (version, trace, parent, flags) =
@@ -78,7 +87,7 @@ fn parse(v: &str) -> Option<(String, String)> {
     if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
         return None;
     }
-    Some((trace.to_string(), flags.to_string()))
+    Some((trace.to_string(), parent.to_string(), flags.to_string()))
 }
 
 #[cfg(test)]
@@ -92,6 +101,12 @@ mod tests {
         ));
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert!(t.sampled());
+        let unsampled = TraceContext::from_header(Some(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert!(!unsampled.sampled());
         assert_eq!(t.header().len(), 55);
         for bad in [
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",

@@ -615,6 +615,123 @@ fn trace_context_is_propagated_or_started() {
     assert_ne!(r.upstream_header("traceparent").unwrap(), "00-garbage");
 }
 
+#[test]
+fn spans_are_exported_to_an_otlp_collector() {
+    let be = Backend::start("be", Mode::Echo);
+    let collector = StaticServer::start(200, "{}");
+    let g = Gateway::start(&format!(
+        "{}tracing: {{ otlp_endpoint: \"http://{}/v1/traces\", service_name: edge }}\n",
+        config(&be, ""),
+        collector.addr
+    ));
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = request(
+        g.addr,
+        "GET",
+        "/open/x",
+        &[&format!("traceparent: {incoming}")],
+        None,
+    );
+    let ours = r.upstream_header("traceparent").unwrap();
+    let our_span = ours.split('-').nth(2).unwrap().to_string();
+    // Not sampled by the caller: not exported.
+    let unsampled = "00-11111111111111111111111111111111-00f067aa0ba902b7-00";
+    assert_eq!(
+        request(
+            g.addr,
+            "GET",
+            "/open/y",
+            &[&format!("traceparent: {unsampled}")],
+            None
+        )
+        .status,
+        200
+    );
+    assert_eq!(g.get("/secure/x").status, 401);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spans = loop {
+        let spans: Vec<serde_json::Value> = collector
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                assert_eq!(
+                    v["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+                    "edge"
+                );
+                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        if spans.len() >= 2 {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "spans never arrived: {spans:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        spans.len(),
+        2,
+        "the unsampled request is not exported: {spans:?}"
+    );
+    let attr = |s: &serde_json::Value, k: &str| {
+        s["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == k)
+            .map(|a| a["value"].clone())
+    };
+    let open = spans.iter().find(|s| s["name"] == "GET open").unwrap();
+    assert_eq!(open["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        open["parentSpanId"], "00f067aa0ba902b7",
+        "the caller's span"
+    );
+    assert_eq!(
+        open["spanId"],
+        our_span.as_str(),
+        "the span the upstream was told about"
+    );
+    assert_eq!(open["kind"], 2);
+    assert_eq!(
+        attr(open, "http.response.status_code").unwrap()["intValue"],
+        "200"
+    );
+    assert_eq!(attr(open, "url.path").unwrap()["stringValue"], "/open/x");
+    assert_eq!(
+        attr(open, "tollgate.target").unwrap()["stringValue"],
+        be.addr.to_string()
+    );
+    let start: u128 = open["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    let end: u128 = open["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert!(end >= start && start > 1_700_000_000_000_000_000);
+    // A new trace (no traceparent) started by the gateway: no parent.
+    let secure = spans.iter().find(|s| s["name"] == "GET secure").unwrap();
+    assert!(secure.get("parentSpanId").is_none());
+    assert_eq!(
+        attr(secure, "http.response.status_code").unwrap()["intValue"],
+        "401"
+    );
+
+    // A failing collector costs the spans (counted), never the requests.
+    collector.set(500, "{}");
+    assert_eq!(g.get("/open/z").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(&metrics_text(&g), "tollgate_trace_spans_dropped_total", &[]) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped span was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Every `tollgate_*` metric the shipped Grafana dashboard queries exists in `/metrics`.
 #[test]
 fn the_grafana_dashboard_uses_real_metrics() {

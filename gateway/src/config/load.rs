@@ -399,6 +399,11 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                     cfg.redis = Some(r);
                 }
             }
+            "tracing" => {
+                if let Some(t) = section(v, "tracing", locs, diags) {
+                    cfg.tracing = Some(t);
+                }
+            }
             "plugins" => match v {
                 Value::Sequence(list) => cfg.plugins = list,
                 Value::Null => {}

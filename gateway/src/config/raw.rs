@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub rate_limits: BTreeMap<String, crate::plugin::ratelimit::PolicyConfig>,
     /// The shared rate-limit store, for policies with `store: redis`.
     pub redis: Option<crate::plugin::ratelimit::RedisConfig>,
+    /// Span export (OTLP).
+    pub tracing: Option<TracingConfig>,
     /// Upstreams whose definition did not parse (already reported), so routes naming them are not
     /// reported a second time as referring to an unknown upstream.
     pub broken_upstreams: std::collections::BTreeSet<String>,
@@ -39,7 +41,30 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "plugins",
     "rate_limits",
     "redis",
+    "tracing",
 ];
+
+/// `tracing:`: export one span per request to an OpenTelemetry collector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/HTTP traces endpoint, e.g. `http://otel-collector:4318/v1/traces` (JSON encoding).
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Deadline of one export call.
+    #[serde(default = "default_export_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_service_name() -> String {
+    "tollgate".into()
+}
+
+fn default_export_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
 
 /// `auth:`: providers by name. Each provider is parsed on its own, like upstreams.
 #[derive(Debug, Clone, Default)]

@@ -488,11 +488,12 @@ pub fn tollgate(args: &[&str]) -> (i32, String, String) {
 }
 
 /// A tiny HTTP server that answers every request with a status and body that a test can change, e.g.
-/// a JWKS endpoint. Counts requests.
+/// a JWKS endpoint or a trace collector. Counts requests and keeps their bodies.
 pub struct StaticServer {
     pub addr: SocketAddr,
     pub state: Arc<std::sync::Mutex<(u16, String)>>,
     pub hits: Arc<AtomicUsize>,
+    pub bodies: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -503,7 +504,8 @@ impl StaticServer {
         let state = Arc::new(std::sync::Mutex::new((status, body.to_string())));
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, h, s) = (state.clone(), hits.clone(), stop.clone());
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (st, h, s, b) = (state.clone(), hits.clone(), stop.clone(), bodies.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
@@ -513,11 +515,23 @@ impl StaticServer {
                 h.fetch_add(1, Ordering::Relaxed);
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut length = 0;
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
                         break;
                     }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_ok() && length > 0 {
+                    b.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
                 }
                 let (code, body) = st.lock().unwrap().clone();
                 let _ = write!(
@@ -531,6 +545,7 @@ impl StaticServer {
             addr,
             state,
             hits,
+            bodies,
             stop,
         }
     }
