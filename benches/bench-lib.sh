@@ -1,4 +1,22 @@
-# Helpers shared by the load scripts (sourced; expects $RUN).
+# Helpers shared by the load scripts (sourced from the repository root).
+
+# Build the release binary ($BIN), make a run directory ($RUN, with tmp/ logs/ www/ and a 16 KiB JSON
+# file) and kill every process in $PIDS and remove $RUN when the script exits.
+bench_start() {
+  step "building tollgate (release)"
+  cargo build --release --locked -p tollgate
+  BIN=./target/release/tollgate
+  RUN=$(mktemp -d "/tmp/tollgate-$1.XXXXXX")
+  mkdir -p "$RUN"/{tmp,logs,www}
+  PIDS=()
+  trap bench_cleanup EXIT
+  head -c 16384 /dev/zero | tr '\0' 'x' | sed 's/^/{"pad":"/; s/$/"}/' > "$RUN/www/big.json"
+}
+bench_cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$RUN"
+}
 
 # Render an nginx config from benches/nginx/, replacing @RUN@ with the run directory.
 render() { sed "s#@RUN@#$RUN#g" "benches/nginx/$1" > "$RUN/$1"; }

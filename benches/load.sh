@@ -30,21 +30,8 @@ if ! have oha; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
-step "building tollgate (release)"
-cargo build --release --locked -p tollgate
-BIN=./target/release/tollgate
-
-RUN=$(mktemp -d /tmp/tollgate-load.XXXXXX)
-mkdir -p "$RUN"/{tmp,logs,www}
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
 source benches/bench-lib.sh
-head -c 16384 /dev/zero | tr '\0' 'x' | sed 's/^/{"pad":"/; s/$/"}/' > "$RUN/www/big.json"
+bench_start load   # builds the release binary ($BIN), makes $RUN, kills $PIDS on exit
 
 render backend.nginx.conf
 render nginx.conf

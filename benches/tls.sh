@@ -26,21 +26,8 @@ have nginx || { step "installing nginx"; apt_install nginx-light; }
 have openssl || apt_install openssl
 have taskset || apt_install util-linux
 
-step "building tollgate (release)"
-cargo build --release --locked -p tollgate
-BIN=./target/release/tollgate
-
-RUN=$(mktemp -d /tmp/tollgate-tls.XXXXXX)
-mkdir -p "$RUN"/{tmp,logs,www}
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
 source benches/bench-lib.sh
-head -c 16384 /dev/zero | tr '\0' 'x' | sed 's/^/{"pad":"/; s/$/"}/' > "$RUN/www/big.json"
+bench_start tls   # builds the release binary ($BIN), makes $RUN, kills $PIDS on exit
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost -keyout "$RUN/key.pem" -out "$RUN/cert.pem" 2>/dev/null
