@@ -226,3 +226,47 @@ impl ResolvesServerCert for SnapshotCert {
         Some(self.0.load().tls.as_ref()?.pick(hello.server_name()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `names`, loaded as the gateway loads one.
+    fn loaded(dir: &Path, names: &[&str]) -> Loaded {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names.clone())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let stem = names[0].replace('*', "star");
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        load(&c, &k).unwrap()
+    }
+
+    #[test]
+    fn sni_picks_exact_names_then_one_label_wildcards_then_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = loaded(dir.path(), &["default.test"]);
+        let api = loaded(dir.path(), &["api.example.com", "API2.example.com"]);
+        let wild = loaded(dir.path(), &["*.example.com"]);
+        let (d, a, w) = (default.key.clone(), api.key.clone(), wild.key.clone());
+        assert_eq!(api.names, ["api.example.com", "api2.example.com"]);
+        let certs = Certificates::new(default, vec![api, wild]);
+        let is = |name: Option<&str>, want: &Arc<CertifiedKey>| {
+            assert!(Arc::ptr_eq(&certs.pick(name), want), "{name:?}");
+        };
+        is(Some("api.example.com"), &a);
+        is(Some("Api2.Example.COM"), &a);
+        is(Some("www.example.com"), &w);
+        is(Some("example.com"), &d);
+        is(Some("a.b.example.com"), &d);
+        is(Some("other.test"), &d);
+        is(None, &d);
+    }
+}
