@@ -127,6 +127,10 @@ pub struct Entry<'a> {
     #[serde(serialize_with = "display")]
     pub client_ip: std::net::IpAddr,
     pub method: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// `HTTP/1.1`, `HTTP/2.0`...
+    pub protocol: &'a str,
     pub path: &'a str,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,

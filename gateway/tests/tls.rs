@@ -331,7 +331,7 @@ async fn http2_over_tls_multiplexes_requests() {
     let ca = Ca::new();
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), &ca.leaf(None));
-    let (_gw, tls_addr) = https_gateway(&be, dir.path(), "", "");
+    let (gw, tls_addr) = https_gateway(&be, dir.path(), "", "");
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -353,6 +353,18 @@ async fn http2_over_tls_multiplexes_requests() {
         assert_eq!(body["path"], format!("/h2/{i}"));
         assert_eq!(body["headers"]["x-forwarded-proto"], "https");
     }
+    let line = gw.wait_log(|l| l["path"] == "/h2/7");
+    assert_eq!(
+        (&line["scheme"], &line["protocol"]),
+        (&"https".into(), &"HTTP/2.0".into())
+    );
+    let plain = gw.get("/plain");
+    let line = gw.wait_log(|l| l["path"] == "/plain");
+    assert_eq!(plain.status, 200);
+    assert_eq!(
+        (&line["scheme"], &line["protocol"]),
+        (&"http".into(), &"HTTP/1.1".into())
+    );
 }
 
 #[test]
