@@ -1,4 +1,17 @@
-# Helpers shared by the load scripts (sourced from the repository root).
+# Helpers shared by the load scripts (sourced from the repository root, after scripts/lib.sh, with the
+# script's arguments: ROUNDS and SECONDS).
+
+ROUNDS=${1:-3}
+SECS=${2:-8}
+CONNS=64
+
+# The build tools, wrk, nginx and taskset, installed when absent.
+bench_tools() {
+  ensure_build_deps
+  have wrk || { step "installing wrk"; apt_install wrk; }
+  have nginx || { step "installing nginx"; apt_install nginx-light; }
+  have taskset || apt_install util-linux
+}
 
 # Build the release binary ($BIN), make a run directory ($RUN, with tmp/ logs/ www/ and a 16 KiB JSON
 # file) and kill every process in $PIDS and remove $RUN when the script exits.
@@ -31,23 +44,18 @@ wait_port() {
 
 # CPU ticks (utime + stime) of a process and its children (nginx workers).
 pids_of() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
-ticks() {
-  local t=0
+# proc_sum PID FILE AWK: the sum of what AWK prints for /proc/P/FILE over the process and its children.
+proc_sum() {
+  local s=0
   for p in $(pids_of "$1"); do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    [ -r "/proc/$p/$2" ] || continue
+    s=$((s + $(awk "$3" "/proc/$p/$2")))
   done
-  echo "$t"
+  echo "$s"
 }
+ticks() { proc_sum "$1" stat '{print $14 + $15}'; }
 # Peak RSS (KiB) of a process and its children.
-hwm() {
-  local m=0
-  for p in $(pids_of "$1"); do
-    [ -r "/proc/$p/status" ] || continue
-    m=$((m + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
-  done
-  echo "$m"
-}
+hwm() { proc_sum "$1" status '/VmHWM/ {print $2}'; }
 HZ=$(getconf CLK_TCK)
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else {sub(/s$/,"",v); print v*1000}}'; }

@@ -15,22 +15,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+source benches/bench-lib.sh "$@"
 
-ROUNDS=${1:-3}
-SECS=${2:-8}
-CONNS=64
-
-ensure_build_deps
-have wrk || { step "installing wrk"; apt_install wrk; }
-have nginx || { step "installing nginx"; apt_install nginx-light; }
-have taskset || apt_install util-linux
+bench_tools
 if ! have oha; then
   step "installing oha (cargo install, once)"
   cargo install oha --locked --quiet
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
-source benches/bench-lib.sh
 bench_start load   # builds the release binary ($BIN), makes $RUN, kills $PIDS on exit
 
 render backend.nginx.conf

@@ -7,7 +7,7 @@
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -70,53 +70,23 @@ async fn run(snap: &Snapshot, i: usize, req: &RequestHeader, ip: IpAddr) {
     black_box(state);
 }
 
-struct RedisServer(std::process::Child);
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server() -> Option<(RedisServer, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = RedisServer(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((server, format!("redis://127.0.0.1:{port}")));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
+/// The integration tests' harness, for its `redis-server` on a free loopback port.
+#[path = "../gateway/tests/common/mod.rs"]
+mod common;
 
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let redis = redis_server();
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let redis = installed.then(common::Redis::start);
     let url = redis
         .as_ref()
-        .map_or("redis://127.0.0.1:1".to_string(), |(_, u)| u.clone());
+        .map_or("redis://127.0.0.1:1".to_string(), common::Redis::url);
     let snap = snapshot(&config(&url));
     let plain = RequestHeader::build("GET", b"/", None).unwrap();
 

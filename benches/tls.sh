@@ -15,18 +15,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+source benches/bench-lib.sh "$@"
 
-ROUNDS=${1:-3}
-SECS=${2:-8}
-CONNS=64
-
-ensure_build_deps
-have wrk || { step "installing wrk"; apt_install wrk; }
-have nginx || { step "installing nginx"; apt_install nginx-light; }
+bench_tools
 have openssl || apt_install openssl
-have taskset || apt_install util-linux
 
-source benches/bench-lib.sh
 bench_start tls   # builds the release binary ($BIN), makes $RUN, kills $PIDS on exit
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \

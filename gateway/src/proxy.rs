@@ -609,48 +609,38 @@ impl Gateway {
             r.duration.observe(elapsed.as_secs_f64());
             r.chain.log(status, &ctx.plugins);
         }
-        let tracing = ctx.snapshot.as_ref().is_some_and(|s| s.tracing.is_some());
-        if let (true, Some(t)) = (tracing, ctx.trace.as_ref().filter(|t| t.sampled())) {
-            let end = std::time::SystemTime::now();
-            crate::otlp::Exporter::global().push(crate::otlp::Span {
-                trace_id: t.trace_id.clone(),
-                span_id: t.span_id.clone(),
-                parent_span_id: t.parent_span_id.clone(),
-                method: req.method.as_str().to_string(),
-                path: if ctx.path.is_empty() {
-                    req.uri.path().to_string()
-                } else {
-                    ctx.path.clone()
-                },
-                route: route_label.to_string(),
-                status,
-                client_ip: ctx.client_ip.to_string(),
-                upstream: ctx.route.as_ref().map(|r| r.upstream.name.clone()),
-                target: ctx.target.map(|t| t.to_string()),
-                start: end.checked_sub(elapsed).unwrap_or(end),
-                end,
-            });
-        }
-        let Some(log) = &self.log else { return };
-        let route = ctx.route.as_deref();
+        let now = std::time::SystemTime::now();
         let path = if ctx.path.is_empty() {
             req.uri.path()
         } else {
             &ctx.path
         };
+        let tracing = ctx.snapshot.as_ref().is_some_and(|s| s.tracing.is_some());
+        if let (true, Some(t)) = (tracing, ctx.trace.as_ref().filter(|t| t.sampled())) {
+            crate::otlp::Exporter::global().push(crate::otlp::Span {
+                trace_id: t.trace_id.clone(),
+                span_id: t.span_id.clone(),
+                parent_span_id: t.parent_span_id.clone(),
+                method: req.method.as_str().to_string(),
+                path: path.to_string(),
+                route: route_label.to_string(),
+                status,
+                client_ip: ctx.client_ip.to_string(),
+                upstream: ctx.route.as_ref().map(|r| r.upstream.name.clone()),
+                target: ctx.target.map(|t| t.to_string()),
+                start: now.checked_sub(elapsed).unwrap_or(now),
+                end: now,
+            });
+        }
+        let Some(log) = &self.log else { return };
+        let route = ctx.route.as_deref();
         let entry = access_log::Entry {
-            time: std::time::SystemTime::now(),
+            time: now,
             request_id: &ctx.request_id,
             client_ip: ctx.client_ip,
             method: req.method.as_str(),
             scheme: if ctx.tls { "https" } else { "http" },
-            protocol: match req.version {
-                http::Version::HTTP_2 => "HTTP/2.0",
-                http::Version::HTTP_10 => "HTTP/1.0",
-                http::Version::HTTP_09 => "HTTP/0.9",
-                http::Version::HTTP_3 => "HTTP/3.0",
-                _ => "HTTP/1.1",
-            },
+            protocol: protocol_label(req.version),
             path,
             route: route.map(|r| r.name.as_str()),
             upstream: route.map(|r| r.upstream.name.as_str()),
@@ -675,6 +665,17 @@ impl Gateway {
 
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+/// `HTTP/1.1`, `HTTP/2.0`... for the access log.
+fn protocol_label(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// Value of cookie `name` in the request's `Cookie` headers.

@@ -88,9 +88,14 @@ impl Reloader {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// The config file's and its watched files' fingerprint as they are now.
+    fn fingerprint_now(&self) -> Option<u64> {
+        fingerprint(&self.path, &self.shared.load().settings.tls_files)
+    }
+
     /// Has the file's content changed since it was last loaded (or tried)?
     pub fn file_changed(&self) -> bool {
-        let now = fingerprint(&self.path, &self.shared.load().settings.tls_files);
+        let now = self.fingerprint_now();
         let Ok(mut last) = self.fingerprint.lock() else {
             return false;
         };
@@ -105,7 +110,7 @@ impl Reloader {
     pub async fn reload(&self, trigger: &'static str) -> ReloadStatus {
         let _one = self.running.lock().await;
         if let Ok(mut f) = self.fingerprint.lock() {
-            *f = fingerprint(&self.path, &self.shared.load().settings.tls_files);
+            *f = self.fingerprint_now();
         }
         let (path, registry) = (self.path.clone(), self.registry.clone());
         // Only reloads store snapshots and they run one at a time, so this is the one being replaced.
@@ -116,9 +121,9 @@ impl Reloader {
         })
         .await;
         let status = match loaded {
-            Ok(Ok((mut snap, warnings))) => {
+            Ok(Ok((snap, warnings))) => {
                 let mut warnings: Vec<String> = warnings.0.iter().map(|w| w.to_string()).collect();
-                warnings.extend(snap.inherit(&old));
+                warnings.extend(snap.fixed_setting_changes(&old));
                 for w in &warnings {
                     log::warn!("reload: {w}");
                 }

@@ -163,8 +163,9 @@ impl Snapshot {
         Self::compile_replacing(cfg, locs, registry, None)
     }
 
-    /// Like [`Snapshot::compile_with`], for a reload: state that must survive it (upstream target health)
-    /// is taken over from `previous`, the running snapshot.
+    /// Like [`Snapshot::compile_with`], for a reload: what the running snapshot `previous` has learned
+    /// is taken over: JWKS keys, upstream target health, rate-limit counters, and the certificates of
+    /// HTTPS listeners whose `server.tls` was removed (listeners only change with an upgrade).
     pub fn compile_replacing(
         cfg: &RawConfig,
         locs: &Locations,
@@ -187,11 +188,16 @@ impl Snapshot {
             }
             nonzero(locs, &mut d, "tracing.timeout", t.timeout.0);
         }
-        let tls = cfg
-            .server
-            .tls
-            .as_ref()
-            .and_then(|t| tls_certificate(t, locs, &mut d));
+        let tls = match &cfg.server.tls {
+            Some(t) => tls_certificate(t, locs, &mut d),
+            None => {
+                let kept = previous.and_then(|p| p.tls.clone());
+                if kept.is_some() {
+                    d.0.push(locs.warning("server", "server.tls removed: the running HTTPS listeners keep their certificates until a graceful upgrade or restart"));
+                }
+                kept
+            }
+        };
         let global = plugins(&cfg.plugins, "plugins", registry, &auth, locs, &mut d);
 
         let mut upstreams = BTreeMap::new();
@@ -423,20 +429,10 @@ impl Snapshot {
 }
 
 impl Snapshot {
-    /// Take over what a reload should not lose from the snapshot being replaced (the JWKS keys already
-    /// fetched), and say which changed settings only take effect after a restart or graceful upgrade.
-    pub fn inherit(&mut self, old: &Snapshot) -> Vec<String> {
-        for (name, p) in &self.jwt {
-            if let Some(o) = old.jwt.get(name) {
-                p.inherit_keys(o);
-            }
-        }
+    /// Which changed settings only take effect after a restart or graceful upgrade (what a reload
+    /// keeps from `old` is taken over while compiling, see [`Snapshot::compile_replacing`]).
+    pub fn fixed_setting_changes(&self, old: &Snapshot) -> Vec<String> {
         let mut w = Vec::new();
-        // The HTTPS listeners stay until a restart or upgrade; they keep a certificate to serve.
-        if self.tls.is_none() && old.tls.is_some() {
-            self.tls = old.tls.clone();
-            w.push("server.tls removed: the running HTTPS listeners keep their certificates until a graceful upgrade or restart".to_string());
-        }
         let (n, o) = (&self.settings, &old.settings);
         let mut fixed = |what: &str, changed: bool| {
             if changed {
@@ -470,11 +466,7 @@ fn auth_providers(
     d: &mut Diagnostics,
     previous: Option<&Snapshot>,
 ) -> BuildContext {
-    let dir = std::path::Path::new(locs.file())
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    let read = |f: &str| std::fs::read(dir.join(f));
+    let read = |f: &str| std::fs::read(config_relative(locs, f));
     let mut ctx = BuildContext {
         failed: cfg.auth.broken.clone(),
         ..BuildContext::default()
@@ -482,6 +474,9 @@ fn auth_providers(
     for (name, p) in &cfg.auth.jwt {
         match jwt::Provider::build(name, p, &read) {
             Ok(p) => {
+                if let Some(old) = previous.and_then(|s| s.jwt.get(name)) {
+                    p.inherit_keys(old);
+                }
                 ctx.jwt.insert(name.clone(), Arc::new(p));
             }
             Err(errs) => {

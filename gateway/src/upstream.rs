@@ -129,13 +129,28 @@ fn backends_of(balance: Balance, targets: &[Target]) -> BTreeSet<Backend> {
         .collect()
 }
 
-/// `Host` to send to each address of a named target (its name, not the address).
-fn host_names(targets: &[Target]) -> HashMap<SocketAddr, http::HeaderValue> {
+/// The name of a named target's address, worked out once per resolution rather than per request.
+#[derive(Debug, Clone)]
+struct TargetName {
+    /// `Host` to send: the target as written (`name:port`).
+    host: http::HeaderValue,
+    /// The TLS server name: the host part.
+    sni: String,
+}
+
+/// The names of the addresses of named targets.
+fn target_names(targets: &[Target]) -> HashMap<SocketAddr, TargetName> {
     targets
         .iter()
         .filter(|t| t.named)
-        .filter_map(|t| Some((t, http::HeaderValue::from_str(&t.spec).ok()?)))
-        .flat_map(|(t, h)| t.addrs.iter().map(move |a| (*a, h.clone())))
+        .filter_map(|t| {
+            let name = TargetName {
+                host: http::HeaderValue::from_str(&t.spec).ok()?,
+                sni: host_of(&t.spec).to_string(),
+            };
+            Some((t, name))
+        })
+        .flat_map(|(t, n)| t.addrs.iter().map(move |a| (*a, n.clone())))
         .collect()
 }
 
@@ -212,8 +227,8 @@ pub struct Upstream {
     health_registry: Arc<HealthRegistry>,
     /// The configured targets with their current addresses.
     targets: Mutex<Vec<Target>>,
-    /// `Host` for the addresses of named targets.
-    host_names: ArcSwap<HashMap<SocketAddr, http::HeaderValue>>,
+    /// `Host` and TLS name for the addresses of named targets.
+    names: ArcSwap<HashMap<SocketAddr, TargetName>>,
     dns_refresh: Duration,
     has_names: bool,
     resolving: AtomicBool,
@@ -327,7 +342,7 @@ impl Upstream {
             discovery,
             pool,
             health_registry,
-            host_names: ArcSwap::from_pointee(host_names(&targets)),
+            names: ArcSwap::from_pointee(target_names(&targets)),
             has_names: targets.iter().any(|t| t.named),
             targets: Mutex::new(targets),
             dns_refresh: cfg.dns_refresh.0,
@@ -389,8 +404,8 @@ impl Upstream {
     /// The TLS name of `addr`: its target's name, or the address itself (verified against the
     /// certificate's IP addresses).
     fn sni_for(&self, addr: SocketAddr) -> String {
-        match self.host_for(addr) {
-            Some(h) => host_of(h.to_str().unwrap_or_default()).to_string(),
+        match self.names.load().get(&addr) {
+            Some(n) => n.sni.clone(),
             None => addr.ip().to_string(),
         }
     }
@@ -401,7 +416,7 @@ impl Upstream {
         if !self.has_names {
             return None;
         }
-        self.host_names.load().get(&addr).cloned()
+        self.names.load().get(&addr).map(|n| n.host.clone())
     }
 
     /// Resolve named targets again if they have any and it is due. Returns at once; the lookups run on
@@ -470,7 +485,7 @@ impl Upstream {
         if !changed {
             return false;
         }
-        self.host_names.store(Arc::new(host_names(&targets)));
+        self.names.store(Arc::new(target_names(&targets)));
         self.discovery.set(backends_of(self.balance, &targets));
         if let Err(e) = self.update().await {
             log::warn!("upstream {}: updating targets failed: {e}", self.name);

@@ -96,11 +96,11 @@ fn https_get_as(
     (parse_response(&buf), leaf)
 }
 
-fn write_pair(dir: &Path, (cert, key, _): &(String, String, Vec<u8>)) {
-    // Write to a temporary name and rename, as cert-manager and certbot do.
-    for (name, text) in [("gw.pem", cert), ("gw.key", key)] {
+/// Write `STEM.pem` and `STEM.key` (to a temporary name, then renamed, as cert-manager and certbot do).
+fn write_pair(dir: &Path, stem: &str, (cert, key, _): &(String, String, Vec<u8>)) {
+    for (name, text) in [(format!("{stem}.pem"), cert), (format!("{stem}.key"), key)] {
         std::fs::write(dir.join(format!("{name}.tmp")), text).unwrap();
-        std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(name)).unwrap();
+        std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(&name)).unwrap();
     }
 }
 
@@ -135,7 +135,7 @@ fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
     let ca = Ca::new();
     let certs = tempfile::tempdir().unwrap();
     let first = ca.leaf(Some((2020, 2090)));
-    write_pair(certs.path(), &first);
+    write_pair(certs.path(), "gw", &first);
     let (gw, tls_addr) = https_gateway(
         &be,
         certs.path(),
@@ -172,7 +172,7 @@ fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
 
     // Renewal in place: the watcher reloads, new handshakes get the new certificate.
     let second = ca.leaf(None);
-    write_pair(certs.path(), &second);
+    write_pair(certs.path(), "gw", &second);
     let deadline = Instant::now() + Duration::from_secs(10);
     while https_get(tls_addr, &ca.root(), "/x").1 != second.2 {
         assert!(
@@ -218,10 +218,8 @@ fn broken_certificates_are_reported_with_their_place() {
     let good = ca.leaf(None);
     let expired = ca.leaf(Some((2000, 2001)));
     let other = ca.leaf(None);
-    std::fs::write(dir.path().join("good.pem"), &good.0).unwrap();
-    std::fs::write(dir.path().join("good.key"), &good.1).unwrap();
-    std::fs::write(dir.path().join("expired.pem"), &expired.0).unwrap();
-    std::fs::write(dir.path().join("expired.key"), &expired.1).unwrap();
+    write_pair(dir.path(), "good", &good);
+    write_pair(dir.path(), "expired", &expired);
     std::fs::write(dir.path().join("other.key"), &other.1).unwrap();
     std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
     // The place is the value of the field at fault: `cert` on line 5, `key` on line 6.
@@ -286,7 +284,7 @@ fn upstream_tls_verifies_the_certificate_and_its_name() {
     let ca = Ca::new();
     let other_ca = Ca::new();
     let dir = tempfile::tempdir().unwrap();
-    write_pair(dir.path(), &ca.leaf(None));
+    write_pair(dir.path(), "gw", &ca.leaf(None));
     std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
     std::fs::write(dir.path().join("other-ca.pem"), other_ca.cert.pem()).unwrap();
     // The TLS upstream: a second gateway terminating TLS (certificate for `localhost`) in front of `be`.
@@ -330,7 +328,7 @@ async fn http2_over_tls_multiplexes_requests() {
     let be = Backend::start("be", Mode::Echo);
     let ca = Ca::new();
     let dir = tempfile::tempdir().unwrap();
-    write_pair(dir.path(), &ca.leaf(None));
+    write_pair(dir.path(), "gw", &ca.leaf(None));
     let (gw, tls_addr) = https_gateway(&be, dir.path(), "", "");
     let client = reqwest::Client::builder()
         .use_rustls_tls()
@@ -375,10 +373,9 @@ fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
     let default = ca.leaf(Some((2020, 2090)));
     let api = ca.leaf_for("api.test", Some((2020, 2080)));
     let wild = ca.leaf_for("*.wild.test", None);
-    write_pair(dir.path(), &default);
+    write_pair(dir.path(), "gw", &default);
     for (name, pair) in [("api", &api), ("wild", &wild)] {
-        std::fs::write(dir.path().join(format!("{name}.pem")), &pair.0).unwrap();
-        std::fs::write(dir.path().join(format!("{name}.key")), &pair.1).unwrap();
+        write_pair(dir.path(), name, pair);
     }
     let d = dir.path().display();
     let (gw, tls_addr) = https_gateway(
