@@ -1,6 +1,6 @@
 //! The cost of the request-phase plugins on their own (no sockets): a local rate-limit check, a Redis
 //! rate-limit check (against a real `redis-server` on loopback, when one is installed), and JWT
-//! verification (HS256, RS256, ES256).
+//! verification (HS256, RS256, ES256), of a token seen before and of a new one.
 //!
 //! Run: `cargo bench -p tollgate --bench plugins`. Figures are recorded in `benches/README.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -48,9 +48,9 @@ routes:
     )
 }
 
-fn token(alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey) -> String {
-    let claims =
-        serde_json::json!({"sub": "bench", "exp": jsonwebtoken::get_current_timestamp() + 86_400});
+/// A token for `sub` `bench-N`.
+fn token(alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey, n: usize) -> String {
+    let claims = serde_json::json!({"sub": format!("bench-{n}"), "exp": jsonwebtoken::get_current_timestamp() + 86_400});
     jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).unwrap()
 }
 
@@ -115,38 +115,50 @@ fn benches(c: &mut Criterion) {
     });
 
     let read = |f: &str| std::fs::read(format!("{FIXTURES}/{f}")).unwrap();
-    let cases = [
+    let keys = [
         (
             2,
-            "jwt/HS256",
-            token(
-                jsonwebtoken::Algorithm::HS256,
-                &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-            ),
+            "HS256",
+            jsonwebtoken::Algorithm::HS256,
+            jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
         ),
         (
             3,
-            "jwt/RS256",
-            token(
-                jsonwebtoken::Algorithm::RS256,
-                &jsonwebtoken::EncodingKey::from_rsa_pem(&read("rsa1.key")).unwrap(),
-            ),
+            "RS256",
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::EncodingKey::from_rsa_pem(&read("rsa1.key")).unwrap(),
         ),
         (
             4,
-            "jwt/ES256",
-            token(
-                jsonwebtoken::Algorithm::ES256,
-                &jsonwebtoken::EncodingKey::from_ec_pem(&read("ec256.key")).unwrap(),
-            ),
+            "ES256",
+            jsonwebtoken::Algorithm::ES256,
+            jsonwebtoken::EncodingKey::from_ec_pem(&read("ec256.key")).unwrap(),
         ),
     ];
-    for (i, name, t) in cases {
+    let bearer = |t: &str| {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("authorization", format!("Bearer {t}"))
             .unwrap();
-        c.bench_function(name, |b| {
-            b.iter(|| rt.block_on(run(&snap, i, &req, IpAddr::V4(Ipv4Addr::LOCALHOST))))
+        req
+    };
+    for (i, name, alg, key) in &keys {
+        // The same token again: what a client sending its token on every request costs (the
+        // provider's verified-token cache answers).
+        let again = bearer(&token(*alg, key, 0));
+        c.bench_function(&format!("jwt/{name} (token seen before)"), |b| {
+            b.iter(|| rt.block_on(run(&snap, *i, &again, IpAddr::V4(Ipv4Addr::LOCALHOST))))
+        });
+        // A token not seen before: the signature check. Cycling through one token more than the
+        // cache holds means every lookup misses.
+        let fresh: Vec<RequestHeader> = (0..=tollgate::plugin::jwt::CACHE_ENTRIES)
+            .map(|n| bearer(&token(*alg, key, n)))
+            .collect();
+        let mut n = 0;
+        c.bench_function(&format!("jwt/{name} (new token)"), |b| {
+            b.iter(|| {
+                n = (n + 1) % fresh.len();
+                rt.block_on(run(&snap, *i, &fresh[n], IpAddr::V4(Ipv4Addr::LOCALHOST)))
+            })
         });
     }
 }

@@ -247,7 +247,8 @@ struct Cached {
     nbf: Option<u64>,
 }
 
-const CACHE_ENTRIES: usize = 10_000;
+/// Entries the verified-token cache holds before it starts over.
+pub const CACHE_ENTRIES: usize = 10_000;
 
 impl VerifiedCache {
     fn new() -> Self {
