@@ -42,8 +42,7 @@ impl Plugin for TenantHeader {
             Some(t) if self.allow.iter().any(|a| a == t) => {
                 if let Ok(v) = http::HeaderValue::from_str(t) {
                     state
-                        .upstream_set
-                        .push((http::HeaderName::from_static("x-tenant-verified"), v));
+                        .set_upstream_header(http::HeaderName::from_static("x-tenant-verified"), v);
                 }
                 Decision::Continue
             }

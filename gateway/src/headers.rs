@@ -71,6 +71,69 @@ pub fn hop_by_hop_present(h: &HeaderMap) -> Vec<HeaderName> {
     out
 }
 
+/// Headers that tell who the client is or how it connected. Only a trusted proxy may send them; from
+/// anyone else they are removed (the gateway sets its own `X-Forwarded-For/-Proto/-Host`), or a
+/// client could pick the address an upstream logs, rate-limits or trusts.
+pub const FROM_TRUSTED_ONLY: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-client-ip",
+    "cf-connecting-ip",
+];
+
+/// Headers the gateway sets, strips or vouches for.
+const GATEWAY_SET: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "host",
+    "content-length",
+    "transfer-encoding",
+];
+
+/// Headers to remove from an upstream request before the gateway adds its own: the
+/// [`FROM_TRUSTED_ONLY`] ones unless the peer is a trusted proxy, and, from anyone, a header whose name
+/// becomes a stripped or gateway-set one when `_` is read as `-` (`X_Forwarded_For`, `X_User_Id`):
+/// CGI, WSGI, Rack and PHP map both spellings to the same variable, so the backend could read the
+/// client's copy. `protected` says whether a name (lower case, with `-`) is one the chain sets or
+/// strips (identity headers). Allocates nothing in the common case.
+pub fn spoofable_present(
+    h: &HeaderMap,
+    trusted: bool,
+    protected: impl Fn(&str) -> bool,
+) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    if !trusted {
+        for name in FROM_TRUSTED_ONLY {
+            if h.contains_key(*name) {
+                out.push(HeaderName::from_static(name));
+            }
+        }
+    }
+    for name in h.keys() {
+        let n = name.as_str();
+        if !n.contains('_') {
+            continue;
+        }
+        let dashed = n.replace('_', "-");
+        let d = dashed.as_str();
+        if HOP_BY_HOP.contains(&d)
+            || GATEWAY_SET.contains(&d)
+            || FROM_TRUSTED_ONLY.contains(&d)
+            || protected(d)
+        {
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
 /// A client's request id is kept when it is 1..=128 characters of `[A-Za-z0-9._:-]`; otherwise we make one.
 pub fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty()
@@ -113,6 +176,34 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("Upgrade"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         assert!(hop_by_hop_present(&h).is_empty());
+    }
+
+    #[test]
+    fn spoofable() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-real-ip", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_user_id", "7"),
+            ("x_fine_header", "1"),
+            ("x-fine", "1"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let names = |trusted| {
+            let mut v: Vec<String> = spoofable_present(&h, trusted, |n| n == "x-user-id")
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(false),
+            ["forwarded", "x-real-ip", "x_forwarded_for", "x_user_id"]
+        );
+        assert_eq!(names(true), ["x_forwarded_for", "x_user_id"]);
     }
 
     #[test]

@@ -9,6 +9,17 @@
 //! - `.` and `..` segments are resolved (RFC 3986 §5.2.4), including encoded ones, never above the root;
 //! - runs of `/` collapse to one. A trailing slash is kept.
 //!
+//! Refused outright (each a `400 invalid_path`), because some backend reads them differently from the
+//! gateway (the README has the table with the reasons):
+//! - a dot-segment carrying parameters (`..;x`, `.;`): Tomcat, Jetty and Spring drop `;...` from a
+//!   segment and then resolve the `..`, so `/public/..;/private` would reach `/private`;
+//! - a percent-encoded `%` that encodes `.`, `/`, `\` or `%` again (`%252e`, `%252f`, `%255c`, `%2525`):
+//!   a backend or framework that decodes twice sees a dot-segment or a slash the router never saw;
+//! - percent-escapes that decode to bytes that are not UTF-8 (overlong `%c0%ae`, stray `%ff`): some
+//!   decoders map overlong forms to `.` and `/`;
+//! - percent-encoded control characters (`%00`-`%1F`, `%7F`): `%0d%0a` splits log lines and headers in
+//!   backends that decode the path into a header or a log.
+//!
 //! The common case (a path with none of `%`, `//`, `/.` or `\`) is returned borrowed, without allocating.
 
 use std::borrow::Cow;
@@ -23,6 +34,14 @@ pub enum PathError {
     EncodedSlash,
     Nul,
     Backslash,
+    /// A `.` or `..` segment with `;parameters`.
+    DotSegmentParams,
+    /// `%25` followed by the escape of `.`, `/`, `\` or `%`.
+    DoubleEncoding,
+    /// Percent-escapes that decode to something that is not UTF-8.
+    InvalidUtf8,
+    /// A percent-encoded control character.
+    EncodedControl,
 }
 
 impl PathError {
@@ -33,6 +52,16 @@ impl PathError {
             PathError::EncodedSlash => "an encoded slash (%2F) is not allowed in the request path",
             PathError::Nul => "a NUL byte is not allowed in the request path",
             PathError::Backslash => "a backslash is not allowed in the request path",
+            PathError::DotSegmentParams => {
+                "a dot-segment with parameters (`..;`, `.;`) is not allowed in the request path"
+            }
+            PathError::DoubleEncoding => {
+                "a double-encoded `.`, `/`, `\\` or `%` (`%252e`...) is not allowed in the request path"
+            }
+            PathError::InvalidUtf8 => "the request path's percent-escapes do not decode to UTF-8",
+            PathError::EncodedControl => {
+                "an encoded control character (`%00`-`%1F`, `%7F`) is not allowed in the request path"
+            }
         }
     }
 }
@@ -64,6 +93,41 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// After a `%25`: do the next bytes spell the escape of `.`, `/`, `\` or `%`?
+fn double_encoded(rest: &[u8]) -> bool {
+    match (
+        rest.first().and_then(|&x| hex(x)),
+        rest.get(1).and_then(|&x| hex(x)),
+    ) {
+        (Some(h), Some(l)) => matches!(h << 4 | l, b'.' | b'/' | b'\\' | b'%'),
+        _ => false,
+    }
+}
+
+/// Do the path's bytes, every escape decoded, form UTF-8? (Only called when an escape is >= 0x80;
+/// escapes were checked to be well formed.)
+fn decodes_to_utf8(raw: &[u8]) -> bool {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match (
+            raw[i],
+            raw.get(i + 1).and_then(|&x| hex(x)),
+            raw.get(i + 2).and_then(|&x| hex(x)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
+}
+
 /// Normalize a request path (without its query). See the module docs for the rules.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let raw = path.as_bytes();
@@ -76,6 +140,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 
     // Pass 1: decode unreserved escapes, refuse the dangerous ones.
     let mut decoded = Vec::with_capacity(raw.len());
+    let mut high = false;
     let mut i = 0;
     while i < raw.len() {
         let b = raw[i];
@@ -91,10 +156,13 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                     _ => return Err(PathError::BadEscape),
                 };
                 let c = h << 4 | l;
+                high |= c >= 0x80;
                 match c {
                     b'/' => return Err(PathError::EncodedSlash),
                     0 => return Err(PathError::Nul),
                     b'\\' => return Err(PathError::Backslash),
+                    0x01..=0x1f | 0x7f => return Err(PathError::EncodedControl),
+                    b'%' if double_encoded(&raw[i + 3..]) => return Err(PathError::DoubleEncoding),
                     c if is_unreserved(c) => decoded.push(c),
                     c => {
                         const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -114,11 +182,20 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         }
     }
 
+    if high && !decodes_to_utf8(raw) {
+        return Err(PathError::InvalidUtf8);
+    }
+
     // Pass 2: segments, dropping empty ones and resolving dot-segments.
     let mut segs: Vec<&[u8]> = Vec::new();
     let mut trailing_slash = false;
     for seg in decoded.split(|&b| b == b'/').skip(1) {
         trailing_slash = false;
+        if let Some(semi) = seg.iter().position(|&b| b == b';') {
+            if matches!(&seg[..semi], b"." | b"..") {
+                return Err(PathError::DotSegmentParams);
+            }
+        }
         match seg {
             b"" => trailing_slash = true,
             b"." => trailing_slash = true,
@@ -177,8 +254,11 @@ mod tests {
             ("//", "/"),
             ("/.", "/"),
             ("/..", "/"),
-            ("/api/users/..;/admin", "/api/users/..;/admin"),
             ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/a;b/c;d=1", "/a;b/c;d=1"),
+            ("/a/...;x", "/a/...;x"),
+            ("/a%25b", "/a%25b"),
+            ("/a%2541", "/a%2541"),
         ];
         for (input, want) in cases {
             let got = n(input);
@@ -201,6 +281,24 @@ mod tests {
         assert_eq!(n("/a%2"), Err(PathError::BadEscape));
         assert_eq!(n("a/b"), Err(PathError::NotAbsolute));
         assert_eq!(n("*"), Err(PathError::NotAbsolute));
+        for p in [
+            "/public/..;/private/x",
+            "/a/.;/b",
+            "/a/..;",
+            "/a/%2e%2e;x/b",
+            "/a/.;jsessionid=1",
+        ] {
+            assert_eq!(n(p), Err(PathError::DotSegmentParams), "{p}");
+        }
+        for p in ["/a/%252e%252e/b", "/a%252Fb", "/a%255cb", "/a%2525"] {
+            assert_eq!(n(p), Err(PathError::DoubleEncoding), "{p}");
+        }
+        for p in ["/a/%c0%ae%c0%ae/b", "/%ff", "/caf%C3", "/%e0%80%af"] {
+            assert_eq!(n(p), Err(PathError::InvalidUtf8), "{p}");
+        }
+        for p in ["/a%0d%0aSet-Cookie:x", "/a%09", "/a%1F", "/a%7f"] {
+            assert_eq!(n(p), Err(PathError::EncodedControl), "{p}");
+        }
     }
 
     #[test]

@@ -28,8 +28,9 @@ use crate::forwarded;
 use crate::headers;
 use crate::metrics::{method_label, metrics};
 use crate::path;
-use crate::plugin::{cors, Decision, PluginState, Reply, RequestView};
-use crate::router::Found;
+use crate::plugin::{cors, Chain, Decision, HeaderEdit, PluginState, Reply, RequestView};
+use crate::request::{self, Form};
+use crate::router::{Found, Params};
 use crate::snapshot::{Route, Snapshot};
 use crate::trace::TraceContext;
 use crate::upstream::{ip_key, HashOn};
@@ -65,10 +66,16 @@ pub struct Ctx {
     client_ip: IpAddr,
     peer_trusted: bool,
     route: Option<Arc<Route>>,
-    /// Normalized path plus query, as sent upstream (after strip/rewrite).
-    upstream_uri: Option<String>,
-    /// Normalized request path, for the log.
+    /// The route's parameters, as byte ranges of `path`.
+    params: Option<Params>,
+    /// Normalized request path (what was routed, what the log shows).
     path: String,
+    /// The authority of an absolute-form target, which stands for `Host` (RFC 9112 §3.2.2).
+    authority: Option<String>,
+    /// The request matched no route and ran the global chain: its response phase applies.
+    global_chain: bool,
+    /// The upstream answered `101 Switching Protocols`: the connection is a tunnel now.
+    upgraded: bool,
     target: Option<SocketAddr>,
     upstream_start: Option<Instant>,
     upstream_ms: Option<f64>,
@@ -119,10 +126,8 @@ impl Gateway {
         for (name, value) in &err.headers {
             resp.append_header(name.clone(), value.clone())?;
         }
-        if let Some(route) = &ctx.route {
-            route
-                .chain
-                .response(&mut resp, session.req_header(), &ctx.plugins);
+        if let Some(chain) = ctx.chain() {
+            chain.response(&mut resp, session.req_header(), &ctx.plugins);
         }
         // Errors about the request itself may leave junk on the connection; don't reuse it.
         if matches!(err.status, 400 | 408 | 413 | 414 | 431) {
@@ -147,10 +152,8 @@ impl Gateway {
         }
         resp.insert_header(CONTENT_LENGTH, r.body.len().to_string())?;
         resp.insert_header(X_REQUEST_ID, &ctx.request_id)?;
-        if let Some(route) = &ctx.route {
-            route
-                .chain
-                .response(&mut resp, session.req_header(), &ctx.plugins);
+        if let Some(chain) = ctx.chain() {
+            chain.response(&mut resp, session.req_header(), &ctx.plugins);
         }
         let empty = r.body.is_empty();
         session.write_response_header(Box::new(resp), empty).await?;
@@ -160,23 +163,26 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Run the route's plugins. `Ok(true)`: a plugin answered.
-    async fn run_plugins(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(route) = ctx.route.clone() else {
-            return Ok(false);
-        };
-        if route.chain.is_empty() {
+    /// Run `chain`'s request phase. `Ok(true)`: a plugin answered.
+    async fn run_chain(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        chain: &Chain,
+        route: &str,
+    ) -> Result<bool> {
+        if chain.is_empty() {
             return Ok(false);
         }
         let view = RequestView {
             req: session.req_header(),
             client_ip: ctx.client_ip,
             path: &ctx.path,
-            route: &route.name,
+            route,
             request_id: &ctx.request_id,
         };
-        match route.chain.request(&view, &mut ctx.plugins).await {
-            (Decision::Continue, _) => {}
+        match chain.request(&view, &mut ctx.plugins).await {
+            (Decision::Continue, _) => Ok(false),
             (Decision::Deny(err), by) => {
                 if matches!(err.status, 401 | 403) {
                     metrics()
@@ -184,31 +190,10 @@ impl Gateway {
                         .with_label_values(&[by, err.code])
                         .inc();
                 }
-                return self.respond(session, ctx, err).await;
+                self.respond(session, ctx, err).await
             }
-            (Decision::Reply(r), _) => return self.reply(session, ctx, r).await,
+            (Decision::Reply(r), _) => self.reply(session, ctx, r).await,
         }
-        // Credentials given in the query (API keys, tokens) never reach the upstream.
-        if !ctx.plugins.query_remove.is_empty() {
-            let req = session.req_header();
-            if let Some(q) = req.uri.query() {
-                let uri = ctx
-                    .upstream_uri
-                    .take()
-                    .unwrap_or_else(|| with_query(req.uri.path(), Some(q)));
-                if let Some(base) = uri.strip_suffix(q).and_then(|b| b.strip_suffix('?')) {
-                    ctx.upstream_uri = Some(
-                        match crate::plugin::strip_query(q, &ctx.plugins.query_remove) {
-                            Some(kept) => format!("{base}?{kept}"),
-                            None => base.to_string(),
-                        },
-                    );
-                } else {
-                    ctx.upstream_uri = Some(uri);
-                }
-            }
-        }
-        Ok(false)
     }
 
     /// Size limits on the request head.
@@ -243,19 +228,30 @@ impl Gateway {
         None
     }
 
-    /// Normalize, route, and build the upstream URI. Errors are what to answer.
+    /// Build the request model: classify the target, check the host and framing, normalize the path,
+    /// route. Errors are what to answer; `Ok(Form::Asterisk)` is an `OPTIONS *` (answered, never
+    /// routed).
     fn route(
         s: &Snapshot,
         req: &RequestHeader,
         ctx: &mut Ctx,
-    ) -> std::result::Result<(), GatewayError> {
-        let raw = req.uri.path();
-        let norm = path::normalize(raw)
+    ) -> std::result::Result<Form, GatewayError> {
+        let target = request::parse_target(req.raw_path(), &req.method)?;
+        let host = request::host(
+            &target,
+            req.uri.authority().map(|a| a.as_str()),
+            &req.headers,
+            req.version,
+        )?;
+        request::check_framing(&req.headers)?;
+        if target.form == Form::Asterisk {
+            return Ok(Form::Asterisk);
+        }
+        if target.form == Form::Absolute {
+            ctx.authority = host.map(str::to_string);
+        }
+        let norm = path::normalize(target.path)
             .map_err(|e| GatewayError::new(400, "invalid_path", e.message()))?;
-        let host = req
-            .uri
-            .host()
-            .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()));
         let mut found = s.router.find(host, &req.method, &norm, &req.headers);
         // A CORS preflight goes where the request it announces would go, if that route does CORS.
         if let Some(m) = cors::preflight_method(req) {
@@ -266,41 +262,28 @@ impl Gateway {
                 }
             }
         }
+        ctx.path = norm.into_owned();
         match found {
             Found::Route(i, params) => {
-                let route = s.routes[i].clone();
-                // The common case (no rewrite, no strip, a path already in normal form) sends the
-                // request target as it came: nothing to build or parse again.
-                let up_path = route.upstream_path(&norm, &params);
-                ctx.upstream_uri =
-                    (up_path != req.uri.path()).then(|| with_query(&up_path, req.uri.query()));
-                ctx.route = Some(route);
-                ctx.path = norm.into_owned();
-                Ok(())
+                ctx.route = Some(s.routes[i].clone());
+                ctx.params = Some(params);
+                Ok(target.form)
             }
-            Found::MethodNotAllowed(allow) => {
-                ctx.path = norm.into_owned();
-                Err(GatewayError::method_not_allowed(allow))
-            }
-            Found::NotFound => {
-                ctx.path = norm.into_owned();
-                Err(GatewayError::not_found())
-            }
+            Found::MethodNotAllowed(allow) => Err(GatewayError::method_not_allowed(allow)),
+            Found::NotFound => Err(GatewayError::not_found()),
         }
     }
 }
 
-/// `path` with `query` appended.
-fn with_query(path: &str, query: Option<&str>) -> String {
-    match query {
-        Some(q) => {
-            let mut s = String::with_capacity(path.len() + q.len() + 1);
-            s.push_str(path);
-            s.push('?');
-            s.push_str(q);
-            s
+impl Ctx {
+    /// The chain whose response phase applies to this request's answer: the route's, or the global
+    /// one for a request that matched no route.
+    fn chain(&self) -> Option<&Chain> {
+        match (&self.route, &self.snapshot) {
+            (Some(r), _) => Some(&r.chain),
+            (None, Some(s)) if self.global_chain => Some(&s.global),
+            _ => None,
         }
-        None => path.to_string(),
     }
 }
 
@@ -316,8 +299,11 @@ impl ProxyHttp for Gateway {
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             peer_trusted: false,
             route: None,
-            upstream_uri: None,
+            params: None,
             path: String::new(),
+            authority: None,
+            global_chain: false,
+            upgraded: false,
             target: None,
             upstream_start: None,
             upstream_ms: None,
@@ -376,10 +362,34 @@ impl ProxyHttp for Gateway {
         if let Some(err) = Self::check_limits(&snap, session.req_header()) {
             return self.respond(session, ctx, err).await;
         }
-        if let Err(err) = Self::route(&snap, session.req_header(), ctx) {
-            return self.respond(session, ctx, err).await;
+        match Self::route(&snap, session.req_header(), ctx) {
+            Ok(Form::Asterisk) => {
+                // `OPTIONS *` asks about the server itself: answered here, never forwarded.
+                let reply = Reply {
+                    status: 200,
+                    headers: vec![(
+                        http::header::ALLOW,
+                        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                    )],
+                    body: bytes::Bytes::new(),
+                };
+                return self.reply(session, ctx, reply).await;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                // Unrouted requests run the global chain (limits, IP rules) before their 404/405.
+                if matches!(err.status, 404 | 405) {
+                    ctx.global_chain = true;
+                    if self.run_chain(session, ctx, &snap.global, "").await? {
+                        return Ok(true);
+                    }
+                }
+                return self.respond(session, ctx, err).await;
+            }
         }
-        self.run_plugins(session, ctx).await
+        let route = ctx.route.clone().expect("routed");
+        self.run_chain(session, ctx, &route.chain, &route.name)
+            .await
     }
 
     async fn request_body_filter(
@@ -389,6 +399,10 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // After a 101 the bytes are the tunnel's, not a request body: no body limit applies.
+        if ctx.upgraded {
+            return Ok(());
+        }
         if let Some(route) = &ctx.route {
             if let Err(err) = route.chain.request_body(body.as_ref(), &mut ctx.plugins) {
                 let status = err.status;
@@ -412,10 +426,10 @@ impl ProxyHttp for Gateway {
         let key: &[u8] = match &up.hash_on {
             None => b"",
             Some(HashOn::ClientIp) => ip_key(ctx.client_ip, &mut ipbuf),
-            Some(HashOn::Header(h)) => session
-                .req_header()
-                .headers
-                .get(h)
+            // The header as the chain left it (a `jwt` plugin's `X-User-Id`, not the client's).
+            Some(HashOn::Header(h)) => ctx
+                .plugins
+                .upstream_header(h, session.req_header().headers.get(h))
                 .map(|v| v.as_bytes())
                 .unwrap_or(b""),
             Some(HashOn::Cookie(name)) => cookie(session.req_header(), name).unwrap_or(b""),
@@ -454,20 +468,41 @@ impl ProxyHttp for Gateway {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(uri) = ctx.upstream_uri.take() {
-            let parsed: http::Uri = uri
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "upstream uri"))?;
-            up.set_uri(parsed);
-        }
+        let route = ctx.route.clone().expect("routed");
+        // The upstream target is built from the model (normalized path, route, the chain's query
+        // edits), never copied from the bytes the client sent.
+        let query = request::parse_target(session.req_header().raw_path(), &up.method)
+            .ok()
+            .and_then(|t| t.query);
+        let up_path = match &ctx.params {
+            Some(params) => route.upstream_path(&ctx.path, params),
+            None => std::borrow::Cow::Borrowed(ctx.path.as_str()),
+        };
+        let target = request::upstream_target(&up_path, query, &ctx.plugins.query_remove);
+        let uri = http::Uri::try_from(target)
+            .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "upstream uri"))?;
+        up.set_uri(uri);
         for name in headers::hop_by_hop_present(&up.headers) {
+            up.remove_header(&name);
+        }
+        let edits = &ctx.plugins.upstream_headers;
+        let protected = |n: &str| {
+            edits.iter().any(|e| match e {
+                HeaderEdit::Remove(h) | HeaderEdit::Set(h, _) => h.as_str() == n,
+                HeaderEdit::Append(..) => false,
+            })
+        };
+        for name in headers::spoofable_present(&up.headers, ctx.peer_trusted, protected) {
             up.remove_header(&name);
         }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let original_host = session.req_header().headers.get(HOST).cloned();
+        let original_host = match &ctx.authority {
+            Some(a) => HeaderValue::from_str(a).ok(),
+            None => session.req_header().headers.get(HOST).cloned(),
+        };
         // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
         let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
         let xff = if ctx.peer_trusted {
@@ -502,7 +537,6 @@ impl ProxyHttp for Gateway {
         if let Some(t) = &ctx.trace {
             up.insert_header(TRACEPARENT, t.header())?;
         }
-        let route = ctx.route.as_ref().expect("routed");
         if !route.preserve_host {
             if let Some(t) = ctx.target {
                 match route.upstream.host_for(t) {
@@ -510,14 +544,12 @@ impl ProxyHttp for Gateway {
                     None => up.insert_header(HOST, t.to_string())?,
                 }
             }
+        } else if let Some(h) = &original_host {
+            // An absolute-form target's authority replaces `Host` (RFC 9112 §3.2.2).
+            up.insert_header(HOST, h.clone())?;
         }
         let p = &ctx.plugins;
-        for name in &p.upstream_remove {
-            up.remove_header(name);
-        }
-        for (name, value) in &p.upstream_set {
-            up.insert_header(name.clone(), value.clone())?;
-        }
+        p.apply_upstream_headers(up);
         route.chain.upstream_request(up, p);
         Ok(())
     }
@@ -535,7 +567,9 @@ impl ProxyHttp for Gateway {
                 route.upstream.duration.observe(took);
             }
         }
-        if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.upgraded = true;
+        } else {
             for name in headers::hop_by_hop_present(&resp.headers) {
                 resp.remove_header(&name);
             }
@@ -544,10 +578,8 @@ impl ProxyHttp for Gateway {
             X_REQUEST_ID,
             HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-")),
         )?;
-        if let Some(route) = &ctx.route {
-            route
-                .chain
-                .response(resp, session.req_header(), &ctx.plugins);
+        if let Some(chain) = ctx.chain() {
+            chain.response(resp, session.req_header(), &ctx.plugins);
         }
         Ok(())
     }
@@ -607,7 +639,9 @@ impl Gateway {
             .inc();
         if let Some(r) = &ctx.route {
             r.duration.observe(elapsed.as_secs_f64());
-            r.chain.log(status, &ctx.plugins);
+        }
+        if let Some(chain) = ctx.chain() {
+            chain.log(status, &ctx.plugins);
         }
         let now = std::time::SystemTime::now();
         let path = if ctx.path.is_empty() {

@@ -13,7 +13,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::deadline::{ConnectionTracker, HeaderDeadline};
+use crate::conn::{ConnectionTracker, HeaderDeadline};
 use crate::plugin::Registry;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
@@ -275,7 +275,11 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(settings.keepalive_timeout);
     http.server_options = Some(options);
-    let app = HeaderDeadline::new(Arc::new(http), settings.header_read_timeout);
+    let app = HeaderDeadline::new(
+        Arc::new(http),
+        settings.header_read_timeout,
+        settings.tunnel_idle_timeout,
+    );
     let connections = app.tracker.clone();
     let mut proxy = Service::new("tollgate".to_string(), app);
     for addr in &settings.listen {

@@ -35,6 +35,7 @@ pub struct Settings {
     pub max_uri_bytes: usize,
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
     pub access_log: bool,
     pub access_log_path: Option<String>,
     pub shutdown_timeout: Duration,
@@ -49,7 +50,11 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Lit(String),
-    Param(String),
+    /// A route parameter, percent-encoded for where it stands: in the path, or after the `?`.
+    Param {
+        name: String,
+        in_query: bool,
+    },
 }
 
 /// A compiled route.
@@ -78,7 +83,11 @@ impl Route {
             for p in parts {
                 match p {
                     Part::Lit(s) => out.push_str(s),
-                    Part::Param(n) => out.push_str(params.get(path, n).unwrap_or("")),
+                    Part::Param { name, in_query } => crate::request::encode_into(
+                        &mut out,
+                        params.get(path, name).unwrap_or(""),
+                        *in_query,
+                    ),
                 }
             }
             return Cow::Owned(out);
@@ -99,6 +108,9 @@ impl Route {
 
 pub struct Snapshot {
     pub settings: Settings,
+    /// The global `plugins:` alone: what a request that matches no route runs (so a 404 costs a
+    /// scanner its rate-limit quota too).
+    pub global: Chain,
     pub router: Router,
     pub routes: Vec<Arc<Route>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -422,6 +434,7 @@ impl Snapshot {
                 rate_limits: auth.rate_limits,
                 tls,
                 tracing: cfg.tracing.clone(),
+                global: Chain::new(global),
             },
             d,
         ))
@@ -450,6 +463,10 @@ impl Snapshot {
         fixed(
             "limits.header_read_timeout",
             n.header_read_timeout != o.header_read_timeout,
+        );
+        fixed(
+            "limits.tunnel_idle_timeout",
+            n.tunnel_idle_timeout != o.tunnel_idle_timeout,
         );
         fixed("shutdown", n.shutdown_timeout != o.shutdown_timeout);
         fixed("upgrade_sock", n.upgrade_sock != o.upgrade_sock);
@@ -648,6 +665,12 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
         "server.limits.header_read_timeout",
         l.header_read_timeout.0,
     );
+    nonzero(
+        locs,
+        d,
+        "server.limits.tunnel_idle_timeout",
+        l.tunnel_idle_timeout.0,
+    );
     let mut admin_listen = None;
     if s.admin.enabled {
         match s.admin.listen.parse::<SocketAddr>() {
@@ -700,6 +723,7 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
         max_uri_bytes: l.max_uri_bytes.0 as usize,
         header_read_timeout: l.header_read_timeout.0,
         keepalive_timeout: l.keepalive_timeout.0,
+        tunnel_idle_timeout: l.tunnel_idle_timeout.0,
         access_log: s.access_log.enabled,
         access_log_path: s.access_log.path.clone(),
         shutdown_timeout: s.shutdown.timeout.0,
@@ -922,6 +946,9 @@ fn parse_rewrite(rw: &str, captures: &[String]) -> Result<Vec<Part>, String> {
     if !rw.starts_with('/') {
         return Err("must start with '/'".into());
     }
+    if !rw.bytes().all(crate::request::target_byte) {
+        return Err("may hold only visible ASCII, without spaces or `#`".into());
+    }
     let mut parts = Vec::new();
     let mut rest = rw;
     while let Some(open) = rest.find('{') {
@@ -940,7 +967,11 @@ fn parse_rewrite(rw: &str, captures: &[String]) -> Result<Vec<Part>, String> {
                 )
             });
         }
-        parts.push(Part::Param(name.to_string()));
+        let in_query = rw[..rw.len() - rest.len() + open].contains('?');
+        parts.push(Part::Param {
+            name: name.to_string(),
+            in_query,
+        });
         rest = &rest[close + 1..];
     }
     if rest.contains('}') {

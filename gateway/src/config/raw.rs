@@ -212,6 +212,10 @@ pub struct LimitsConfig {
     pub header_read_timeout: HumanDuration,
     /// How long an idle keep-alive client connection is kept open.
     pub keepalive_timeout: HumanDuration,
+    /// How long an upgraded connection (a WebSocket after `101`) may pass no byte in either direction
+    /// before both sides are closed. No head deadline, body limit or upstream read timeout applies to
+    /// a tunnel.
+    pub tunnel_idle_timeout: HumanDuration,
 }
 
 impl Default for LimitsConfig {
@@ -222,6 +226,7 @@ impl Default for LimitsConfig {
             max_uri_bytes: ByteSize(8 * 1024),
             header_read_timeout: HumanDuration::secs(10),
             keepalive_timeout: HumanDuration::secs(60),
+            tunnel_idle_timeout: HumanDuration::secs(3600),
         }
     }
 }

@@ -165,8 +165,8 @@ impl Plugin for ApiKeyAuth {
 
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
         let set = &self.set;
-        state.upstream_remove.push(self.forward_as.clone());
-        state.upstream_remove.push(set.header.clone());
+        state.remove_upstream_header(self.forward_as.clone());
+        state.remove_upstream_header(set.header.clone());
         let mut presented: Vec<&[u8]> = req
             .req
             .headers
@@ -198,7 +198,7 @@ impl Plugin for ApiKeyAuth {
         match set.lookup(key) {
             Some(id) => {
                 if let Ok(v) = HeaderValue::from_str(id) {
-                    state.upstream_set.push((self.forward_as.clone(), v));
+                    state.set_upstream_header(self.forward_as.clone(), v);
                 }
                 state.identity.consumer = Some(id.to_string());
                 Decision::Continue

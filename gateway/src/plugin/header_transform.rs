@@ -8,7 +8,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use super::{BuildContext, BuildError, Plugin, PluginState};
+use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -103,8 +103,20 @@ impl Plugin for HeaderTransform {
         "headers"
     }
 
-    fn upstream_request(&self, up: &mut RequestHeader, _state: &PluginState) {
-        apply!(&self.request, up);
+    /// Request edits are recorded in the request phase (not applied to the upstream request later), so
+    /// that balancing on a header sees them, in chain order with other plugins' edits.
+    async fn request(&self, _req: &RequestView<'_>, state: &mut PluginState) -> Decision {
+        let o = &self.request;
+        for name in &o.remove {
+            state.remove_upstream_header(name.clone());
+        }
+        for (k, v) in &o.set {
+            state.set_upstream_header(k.clone(), v.clone());
+        }
+        for (k, v) in &o.add {
+            state.append_upstream_header(k.clone(), v.clone());
+        }
+        Decision::Continue
     }
 
     fn response(&self, resp: &mut ResponseHeader, _req: &RequestHeader, _state: &PluginState) {

@@ -729,8 +729,47 @@ pub struct JwtConfig {
     #[serde(default)]
     pub claims: BTreeMap<String, ClaimRule>,
     /// Claim name → header to send upstream with its value. Client-sent copies are always removed.
+    /// A claim that is absent or cannot be a header value (null, an object, a control character) is a
+    /// 401, unless the entry is `{ header: NAME, optional: true }`: an upstream that scopes its answer
+    /// by the header must never see the request without it by accident.
     #[serde(default)]
-    pub forward_claims: BTreeMap<String, String>,
+    pub forward_claims: BTreeMap<String, ForwardClaim>,
+}
+
+/// One `forward_claims` entry: a header name, or `{ header, optional }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ForwardClaim {
+    Header(String),
+    Long(ForwardClaimLong),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardClaimLong {
+    pub header: String,
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// A claim as a header value: strings, numbers and booleans as written, a list of strings joined by
+/// spaces (scopes, roles). `None` for anything else, or text a header cannot carry.
+fn claim_header_value(v: Option<&Json>) -> Option<HeaderValue> {
+    let text = match v? {
+        Json::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+        Json::Number(n) => std::borrow::Cow::Owned(n.to_string()),
+        Json::Bool(b) => std::borrow::Cow::Borrowed(if *b { "true" } else { "false" }),
+        Json::Array(a) => {
+            let parts: Option<Vec<&str>> = a.iter().map(Json::as_str).collect();
+            std::borrow::Cow::Owned(parts?.join(" "))
+        }
+        _ => return None,
+    };
+    // Visible ASCII and spaces only: no control characters, nothing a backend decodes differently.
+    if text.is_empty() || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    HeaderValue::from_str(&text).ok()
 }
 
 fn default_roles_claim() -> String {
@@ -744,7 +783,8 @@ pub struct JwtAuth {
     roles: Vec<String>,
     roles_claim: String,
     claims: Vec<(String, ClaimRule)>,
-    forward: Vec<(String, HeaderName)>,
+    /// (claim, header, optional)
+    forward: Vec<(String, HeaderName, bool)>,
     /// `scope="a b"` for the 403's `WWW-Authenticate`.
     scope_hint: String,
 }
@@ -761,11 +801,16 @@ impl JwtAuth {
             }
         }
         let mut forward = Vec::new();
-        for (claim, header) in &cfg.forward_claims {
-            forward.push((
-                claim.clone(),
-                super::header_name(header, &format!("forward_claims.{claim}"))?,
-            ));
+        for (claim, entry) in &cfg.forward_claims {
+            let (header, optional, at) = match entry {
+                ForwardClaim::Header(h) => (h, false, format!("forward_claims.{claim}")),
+                ForwardClaim::Long(l) => (
+                    &l.header,
+                    l.optional,
+                    format!("forward_claims.{claim}.header"),
+                ),
+            };
+            forward.push((claim.clone(), super::header_name(header, &at)?, optional));
         }
         Ok(JwtAuth {
             provider,
@@ -892,8 +937,8 @@ impl Plugin for JwtAuth {
 
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
         // Whatever happens, a client never gets to set the identity headers itself.
-        for (_, h) in &self.forward {
-            state.upstream_remove.push(h.clone());
+        for (_, h, _) in &self.forward {
+            state.remove_upstream_header(h.clone());
         }
         if let Some(q) = &self.provider.query {
             state.query_remove.push(q.clone());
@@ -909,21 +954,25 @@ impl Plugin for JwtAuth {
         if let Err(e) = self.authorize(&claims) {
             return Decision::Deny(e);
         }
-        for (claim, header) in &self.forward {
-            let value = match claims.get(claim) {
-                Some(Json::String(s)) => HeaderValue::from_str(s).ok(),
-                Some(Json::Number(n)) => HeaderValue::from_str(&n.to_string()).ok(),
-                Some(Json::Bool(b)) => {
-                    Some(HeaderValue::from_static(if *b { "true" } else { "false" }))
+        for (claim, header, optional) in &self.forward {
+            match claim_header_value(claims.get(claim)) {
+                Some(v) => state.set_upstream_header(header.clone(), v),
+                None if *optional => {}
+                None => {
+                    return Decision::Deny(
+                        GatewayError::new(
+                            401,
+                            "invalid_token",
+                            format!("the token's `{claim}` claim is missing or not a plain value"),
+                        )
+                        .with_header(
+                            http::header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(
+                                "Bearer realm=\"tollgate\", error=\"invalid_token\"",
+                            ),
+                        ),
+                    )
                 }
-                Some(Json::Array(a)) => {
-                    let parts: Vec<&str> = a.iter().filter_map(Json::as_str).collect();
-                    HeaderValue::from_str(&parts.join(" ")).ok()
-                }
-                _ => None,
-            };
-            if let Some(v) = value {
-                state.upstream_set.push((header.clone(), v));
             }
         }
         state.identity.subject = claims.get("sub").and_then(Json::as_str).map(str::to_string);

@@ -67,10 +67,10 @@ pub struct Identity {
 #[derive(Default)]
 pub struct PluginState {
     pub identity: Identity,
-    /// Headers to remove from the upstream request (applied before `upstream_set`).
-    pub upstream_remove: Vec<HeaderName>,
-    /// Headers to set on the upstream request.
-    pub upstream_set: Vec<(HeaderName, HeaderValue)>,
+    /// Edits of the upstream request's headers, applied in the order the chain made them (after the
+    /// gateway's own header handling). Kept here rather than applied to the upstream request later so
+    /// that balancing (`hash_on: header:...`) sees the request as the plugins left it.
+    pub upstream_headers: Vec<HeaderEdit>,
     /// Query parameters to remove from the upstream request (credentials given in the query).
     pub query_remove: Vec<String>,
     /// A CORS preflight routed by its `Access-Control-Request-Method`.
@@ -84,6 +84,62 @@ pub struct PluginState {
     pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
     /// State of plugins the gateway does not know about (user plugins), by type.
     pub ext: http::Extensions,
+}
+
+/// One edit of the upstream request's headers.
+#[derive(Debug, Clone)]
+pub enum HeaderEdit {
+    Remove(HeaderName),
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+}
+
+impl PluginState {
+    /// Remove `name` from the upstream request (e.g. a client's copy of an identity header).
+    pub fn remove_upstream_header(&mut self, name: HeaderName) {
+        self.upstream_headers.push(HeaderEdit::Remove(name));
+    }
+    /// Set `name` on the upstream request, replacing any value.
+    pub fn set_upstream_header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.upstream_headers.push(HeaderEdit::Set(name, value));
+    }
+    /// Add a value of `name` to the upstream request.
+    pub fn append_upstream_header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.upstream_headers.push(HeaderEdit::Append(name, value));
+    }
+
+    /// The (first) value header `name` will have upstream, when the client sent `client`.
+    pub fn upstream_header<'a>(
+        &'a self,
+        name: &HeaderName,
+        client: Option<&'a HeaderValue>,
+    ) -> Option<&'a HeaderValue> {
+        let mut v = client;
+        for e in &self.upstream_headers {
+            match e {
+                HeaderEdit::Remove(n) if n == name => v = None,
+                HeaderEdit::Set(n, x) if n == name => v = Some(x),
+                HeaderEdit::Append(n, x) if n == name && v.is_none() => v = Some(x),
+                _ => {}
+            }
+        }
+        v
+    }
+
+    /// Apply the chain's header edits to the upstream request.
+    pub fn apply_upstream_headers(&self, up: &mut RequestHeader) {
+        for e in &self.upstream_headers {
+            // Names and values were checked when they were made; insertion cannot fail.
+            let _ = match e {
+                HeaderEdit::Remove(n) => {
+                    up.remove_header(n);
+                    Ok(())
+                }
+                HeaderEdit::Set(n, v) => up.insert_header(n.clone(), v.clone()),
+                HeaderEdit::Append(n, v) => up.append_header(n.clone(), v.clone()).map(|_| ()),
+            };
+        }
+    }
 }
 
 /// What a plugin sees of the request in the request phase.

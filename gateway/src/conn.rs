@@ -1,0 +1,584 @@
+//! Connection states around every HTTP/1 client connection: reading a head, in a request, responded,
+//! tunnel. This module watches the bytes the HTTP parser reads and the bytes the gateway writes, and
+//! enforces what each state allows.
+//!
+//! - **Head**: from the start of a request head until its blank line the client has
+//!   `header_read_timeout` in total (Pingora times out each *read*, 60 s, so a client that sends a
+//!   byte every 59 s would hold the connection forever: slowloris). Empty lines before the request
+//!   line (RFC 9112 §2.2 lets a server skip them) count toward it. Past it the client gets a `408`
+//!   JSON answer (if any byte of the request arrived) and the connection is closed. For the first
+//!   request the clock starts at accept; for later keep-alive requests at their first byte, so idle
+//!   keep-alive time is governed by the keep-alive timeout alone.
+//! - **Request**: the head is in; body reads are not under the head deadline. An informational
+//!   response (`100 Continue`, `103`) keeps the connection here: a slow upload after `Expect:
+//!   100-continue` is still a request.
+//! - **Responded**: the final response head was written; the client's next byte starts a new head.
+//! - **Tunnel**: the gateway wrote `101 Switching Protocols`. From now on the bytes belong to the
+//!   upgraded protocol (a WebSocket): no head deadline, and no byte of the gateway's is ever written
+//!   into it. The tunnel closes after `tunnel_idle_timeout` with no byte in either direction.
+//!
+//! The wrapper also makes shutdown lossless for new connections. On SIGTERM/SIGQUIT Pingora stops
+//! accepting and then (in `cleanup`) drops every connection whose request head it has not read yet,
+//! including one accepted a moment earlier whose client has not had the chance to send. That client gets a
+//! closed connection instead of an answer: during an upgrade under load, a few requests fail. So
+//! [`HeaderDeadline`] counts the connections still waiting for their first head and lets `cleanup`
+//! wait for them (at most the head deadline, which would close them anyway) before Pingora's. The
+//! [`ConnectionTracker`] also counts open connections, which the drain logic waits for before exiting.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
+};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{sleep, Sleep};
+
+/// The answer a client gets when it was too slow to send its request head.
+const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 119\r\n\r\n{\"error\":{\"status\":408,\"code\":\"request_timeout\",\"message\":\"the request head was not received in time\",\"request_id\":\"\"}}";
+
+/// Client connections of one listening service, for a shutdown that drops nothing.
+#[derive(Debug, Default)]
+pub struct ConnectionTracker {
+    /// Connections being served.
+    open: AtomicUsize,
+    /// Connections whose first request head has not been read completely yet.
+    fresh: AtomicUsize,
+    /// The service has stopped accepting and closed its idle connections.
+    closed: AtomicBool,
+}
+
+impl ConnectionTracker {
+    /// Open client connections.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+    /// Connections accepted that have not sent a whole first request head.
+    pub fn fresh(&self) -> usize {
+        self.fresh.load(Ordering::Acquire)
+    }
+    /// True once the service stopped accepting and closed its idle connections (shutdown only).
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Holds one unit of a counter until dropped.
+struct Count(
+    Arc<ConnectionTracker>,
+    fn(&ConnectionTracker) -> &AtomicUsize,
+);
+
+impl Count {
+    fn new(t: &Arc<ConnectionTracker>, f: fn(&ConnectionTracker) -> &AtomicUsize) -> Count {
+        f(t).fetch_add(1, Ordering::AcqRel);
+        Count(t.clone(), f)
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Wraps a Pingora app so that every connection it serves has a request-head deadline, and so that
+/// shutdown waits for connections that have not sent their first request yet.
+pub struct HeaderDeadline<A> {
+    pub inner: Arc<A>,
+    pub timeout: Duration,
+    pub tunnel_idle: Duration,
+    pub tracker: Arc<ConnectionTracker>,
+}
+
+impl<A> HeaderDeadline<A> {
+    pub fn new(inner: Arc<A>, timeout: Duration, tunnel_idle: Duration) -> Self {
+        HeaderDeadline {
+            inner,
+            timeout,
+            tunnel_idle,
+            tracker: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Pingora serves every request of an HTTP/1 connection inside one `process_new` call.
+        let _open = Count::new(&self.tracker, |t| &t.open);
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 frames its requests itself; this byte-level watch only knows HTTP/1 heads. An h2
+            // connection is bounded by its idle timeout (`h2_idle_timeout`) instead.
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let mut wrapped = DeadlineStream::new(stream, self.timeout, self.tunnel_idle);
+        wrapped.fresh = Some(Count::new(&self.tracker, |t| &t.fresh));
+        self.inner.process_new(Box::new(wrapped), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        // The accept loops have stopped. Let connections accepted just before start to be served (their
+        // tasks may not have run yet), then wait until every accepted client sent its first request
+        // head; the head deadline bounds the wait, as it would close them anyway.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while self.tracker.fresh() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.inner.cleanup().await;
+        self.tracker.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Where a connection is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Head,
+    Request,
+    Responded,
+    Tunnel,
+}
+
+/// What the gateway's writes have shown of the response head being written (in state `Request`).
+#[derive(Debug, Default)]
+struct StatusScan {
+    /// The first bytes of the head: `HTTP/1.1 101` is 12.
+    prefix: [u8; 12],
+    len: u8,
+    /// How much of `\r\n\r\n` the last bytes matched (to find the end of an informational head).
+    terminator: u8,
+}
+
+/// A client connection in one of the [`State`]s.
+pub struct DeadlineStream {
+    inner: Stream,
+    timeout: Duration,
+    tunnel_idle: Duration,
+    /// One timer per connection, reset rather than reallocated: the head deadline in `Head`, the idle
+    /// timeout in `Tunnel`.
+    timer: Pin<Box<Sleep>>,
+    /// The timer is running (`Head` with a start, or `Tunnel`).
+    armed: bool,
+    state: State,
+    /// Bytes of the current head seen (0: none yet), leading empty lines included.
+    head_bytes: usize,
+    /// The current line of the head has a byte other than CR.
+    line_has_content: bool,
+    /// A non-empty line of this head was seen (so an empty line now ends it).
+    request_line_seen: bool,
+    status: StatusScan,
+    /// Counts this connection as waiting for its first request head, until that head is complete.
+    fresh: Option<Count>,
+}
+
+impl std::fmt::Debug for DeadlineStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineStream")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl DeadlineStream {
+    pub fn new(inner: Stream, timeout: Duration, tunnel_idle: Duration) -> Self {
+        DeadlineStream {
+            inner,
+            timeout,
+            tunnel_idle,
+            timer: Box::pin(sleep(timeout)),
+            armed: true,
+            state: State::Head,
+            head_bytes: 0,
+            line_has_content: false,
+            request_line_seen: false,
+            status: StatusScan::default(),
+            fresh: None,
+        }
+    }
+
+    /// The connection's state (for tests and logs).
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    fn arm(&mut self, d: Duration) {
+        self.timer.as_mut().reset(tokio::time::Instant::now() + d);
+        self.armed = true;
+    }
+
+    /// Feed bytes the parser just read.
+    fn on_read(&mut self, bytes: &[u8]) {
+        match self.state {
+            State::Responded if !bytes.is_empty() => {
+                // The client is sending again after our response: a new request head starts.
+                self.state = State::Head;
+                self.head_bytes = 0;
+                self.arm(self.timeout);
+                self.scan_head(bytes);
+            }
+            State::Head => self.scan_head(bytes),
+            State::Tunnel if !bytes.is_empty() => self.arm(self.tunnel_idle),
+            _ => {}
+        }
+    }
+
+    /// Find the blank line that ends the head. Lines end in LF (a CR before it is optional, as
+    /// Pingora's parser accepts both); empty lines before the request line are skipped, not taken
+    /// for the end of a head, but their bytes count and the clock keeps running.
+    fn scan_head(&mut self, bytes: &[u8]) {
+        if self.head_bytes == 0 && !bytes.is_empty() && !self.armed {
+            self.arm(self.timeout);
+        }
+        self.head_bytes += bytes.len();
+        for &b in bytes {
+            match b {
+                b'\n' if !self.line_has_content && self.request_line_seen => {
+                    self.fresh = None;
+                    self.state = State::Request;
+                    self.armed = false;
+                    self.request_line_seen = false;
+                    self.status = StatusScan::default();
+                    return;
+                }
+                b'\n' => {
+                    self.request_line_seen |= self.line_has_content;
+                    self.line_has_content = false;
+                }
+                b'\r' => {}
+                _ => self.line_has_content = true,
+            }
+        }
+    }
+
+    /// Watch bytes the gateway writes in state `Request` for the status of the response head.
+    fn on_write(&mut self, bytes: &[u8]) {
+        match self.state {
+            State::Request => {}
+            State::Tunnel if !bytes.is_empty() => {
+                self.arm(self.tunnel_idle);
+                return;
+            }
+            _ => return,
+        }
+        let st = &mut self.status;
+        for &b in bytes {
+            if (st.len as usize) < st.prefix.len() {
+                st.prefix[st.len as usize] = b;
+                st.len += 1;
+                if st.len as usize == st.prefix.len() {
+                    // `HTTP/1.1 NNN`
+                    match &st.prefix[9..12] {
+                        b"101" => {
+                            self.state = State::Tunnel;
+                            self.arm(self.tunnel_idle);
+                            return;
+                        }
+                        [b'1', _, _] => {}
+                        _ => {
+                            self.state = State::Responded;
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
+            // An informational head: find its end; the next bytes are another head.
+            st.terminator = match (st.terminator, b) {
+                (0 | 2, b'\r') => st.terminator + 1,
+                (1 | 3, b'\n') => st.terminator + 1,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+            if st.terminator == 4 {
+                *st = StatusScan::default();
+            }
+        }
+    }
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut *this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.on_read(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if !this.armed || this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.armed = false;
+                if this.state == State::Tunnel {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tunnel idle timeout",
+                    )));
+                }
+                if this.state == State::Head && this.head_bytes > 0 {
+                    // Best effort: tell the client why, without waiting on it.
+                    let _ = Pin::new(&mut *this.inner).poll_write(cx, TIMEOUT_RESPONSE);
+                    let _ = Pin::new(&mut *this.inner).poll_flush(cx);
+                }
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not received in time",
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for DeadlineStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.on_write(&buf[..n]);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut *this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = r {
+            for b in bufs {
+                if n == 0 {
+                    break;
+                }
+                let take = n.min(b.len());
+                this.on_write(&b[..take]);
+                n -= take;
+            }
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for DeadlineStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for DeadlineStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for DeadlineStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for DeadlineStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for DeadlineStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for DeadlineStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.inner.set_socket_digest(d)
+    }
+}
+
+#[async_trait]
+impl Peek for DeadlineStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair(timeout: Duration) -> (DeadlineStream, tokio::io::DuplexStream) {
+        let (a, b) = tokio::io::duplex(4096);
+        (
+            DeadlineStream::new(Box::new(a), timeout, Duration::from_secs(100)),
+            b,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_times_out() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let mut answer = vec![0u8; TIMEOUT_RESPONSE.len()];
+        client.read_exact(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 408"));
+        let body = &TIMEOUT_RESPONSE[TIMEOUT_RESPONSE
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap()
+            + 4..];
+        assert_eq!(body.len(), 119, "content-length matches the body");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn complete_head_stops_the_clock_and_keepalive_idle_is_free() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Idle for longer than the head deadline, then a second request: fine.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        // A body read after the head is not under the deadline.
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client
+            .write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        client.write_all(b"hello").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leading_empty_lines_count_toward_the_deadline() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client.write_all(b"\r\n\r\n\r\n\r\nGET").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(s.state(), State::Head);
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // LF-only heads end too (the parser accepts them).
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client
+            .write_all(b"\nGET / HTTP/1.1\nHost: x\n\n")
+            .await
+            .unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(s.state(), State::Request);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn informational_responses_keep_the_request_and_101_makes_a_tunnel() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client
+            .write_all(b"POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 128];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        // Written in pieces, as a socket may take them.
+        s.write_all(b"HTTP/1.1 10").await.unwrap();
+        s.write_all(b"0 Continue\r\n\r\n").await.unwrap();
+        assert_eq!(s.state(), State::Request);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"hello").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 5, "a slow body is not cut");
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(s.state(), State::Responded);
+
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        client
+            .write_all(b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(s.state(), State::Tunnel);
+        // Idle past the head deadline: nothing is written into the tunnel, reads go on.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        client.write_all(b"\x81\x02hi").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(s.state(), State::Tunnel);
+        // Idle past the tunnel timeout: closed, and the client got no byte of ours.
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(s);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.starts_with(b"HTTP/1.1 101"), "only the 101 itself");
+        assert!(!rest.windows(3).any(|w| w == b"408"));
+    }
+}
