@@ -375,6 +375,20 @@ fn classic_attacks_are_refused() {
     h.kid = Some("rsa-2".into());
     let t = encode(&h, &claims("mallory"), &rsa("rsa2.key")).unwrap();
     assert_401(&get(&g, "/rs/x", &[&bearer(&t)]), "jku/x5u/jwk");
+    // `crit` lists extensions a recipient must understand to accept the token (RFC 7515 §4.1.11): the
+    // gateway understands none, so a correctly signed token that has one is refused.
+    for crit in ["exp", "b64"] {
+        let mut h = Header::new(Algorithm::HS256);
+        h.crit = Some(vec![crit.to_string()]);
+        let t = encode(&h, &claims("alice"), &hs()).unwrap();
+        let r = get(&g, "/api/secure/x", &[&bearer(&t)]);
+        assert_401(&r, &format!("crit: [{crit}]"));
+        assert!(
+            r.header("www-authenticate").unwrap().contains("(crit)"),
+            "{:?}",
+            r.header("www-authenticate")
+        );
+    }
     // ES256 with r = s = 0 ("psychic signatures").
     let t = unsigned(
         json!({"alg": "ES256", "typ": "JWT"}),

@@ -7,6 +7,8 @@
 //!   that verifies it, so an HMAC token can never be checked against an RSA public key (key confusion);
 //! - keys are looked up by `kid` in memory only: a `kid` is never a path or URL, and the `jku`, `x5u`
 //!   and `jwk` header fields are ignored;
+//! - a token whose header has `crit` is refused: it names extensions the recipient must understand, and
+//!   we understand none (RFC 7515 §4.1.11);
 //! - `exp` is required, `nbf` is enforced, `iss` and `aud` are checked when configured, all with an
 //!   explicit leeway (default 30 s);
 //! - symmetric (`oct`) keys are never taken from a JWKS URL;
@@ -159,6 +161,8 @@ pub enum Rejection {
     WrongIssuer,
     WrongAudience,
     InvalidClaims,
+    /// The header has `crit`.
+    CriticalExtension,
 }
 
 impl Rejection {
@@ -176,6 +180,7 @@ impl Rejection {
             Rejection::WrongIssuer => "wrong_issuer",
             Rejection::WrongAudience => "wrong_audience",
             Rejection::InvalidClaims => "invalid_claims",
+            Rejection::CriticalExtension => "critical_extension",
         }
     }
     fn describe(self) -> &'static str {
@@ -192,6 +197,9 @@ impl Rejection {
             Rejection::WrongIssuer => "the token's issuer is not accepted",
             Rejection::WrongAudience => "the token's audience is not accepted",
             Rejection::InvalidClaims => "the token's claims are invalid",
+            Rejection::CriticalExtension => {
+                "the token requires extensions (crit) that are not supported"
+            }
         }
     }
 
@@ -499,6 +507,11 @@ impl Provider {
 
     async fn verify_uncached(&self, token: &str) -> Result<Map<String, Json>, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        // Like `jku`/`x5u`/`jwk`, decided from the header alone, before any key is looked at. Any
+        // `crit` names an extension we do not implement, and RFC 7515 §4.1.11 says to refuse it.
+        if header.crit.is_some() {
+            return Err(Rejection::CriticalExtension);
+        }
         if !self.algorithms.contains(&header.alg) {
             return Err(Rejection::AlgorithmNotAllowed);
         }
@@ -1091,6 +1104,32 @@ mod tests {
             ["algorithms[1]", "secret", "algorithms[2]"],
             "{errs:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_crit_header_is_refused() {
+        let p = provider(&format!("{{ algorithms: [HS256], secret: {SECRET} }}"));
+        let claims = serde_json::json!({"sub": "1", "exp": now() + 60});
+        for crit in [vec!["exp"], vec!["b64"], vec![]] {
+            let mut h = jsonwebtoken::Header::new(Algorithm::HS256);
+            h.crit = Some(crit.iter().map(|c| c.to_string()).collect());
+            let t = jsonwebtoken::encode(
+                &h,
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap();
+            assert_eq!(
+                p.verify(&t).await.unwrap_err(),
+                Rejection::CriticalExtension,
+                "{crit:?}"
+            );
+        }
+        // The same token without `crit` is fine.
+        assert!(p
+            .verify(&hs(claims, Algorithm::HS256, SECRET))
+            .await
+            .is_ok());
     }
 
     #[test]
