@@ -627,6 +627,112 @@ routes:
     assert!(extra < 20, "{extra} fetches for 20 unknown kids");
 }
 
+/// A JWKS over 1 MiB (here a valid one, with another key, padded with spaces) is refused: the keys
+/// fetched before stay, and the log says why.
+#[test]
+fn an_oversized_jwks_is_refused_and_the_last_good_keys_stay() {
+    let be = Backend::start("be", Mode::Echo);
+    let jwks = StaticServer::start(
+        200,
+        &std::fs::read_to_string(fixture("jwks-rsa1.json")).unwrap(),
+    );
+    let g = Gateway::start(&format!(
+        "server: {{ listen: [\"{{listen}}\"] }}
+auth:
+  jwt:
+    idp: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks\", jwks_refresh: 200ms, jwks_min_refetch: 100ms, jwks_timeout: 2s, issuer: test-idp, audience: api }}
+upstreams:
+  be: {{ targets: [{{ addr: \"{}\" }}] }}
+routes:
+  - name: r
+    match: {{ path_prefix: / }}
+    upstream: be
+    plugins: [{{ jwt: {{ provider: idp }} }}]
+",
+        jwks.addr, be.addr
+    ));
+    let t1 = sign(
+        Algorithm::RS256,
+        &rsa("rsa1.key"),
+        Some("rsa-1"),
+        &claims("alice"),
+    );
+    let t2 = sign(
+        Algorithm::RS256,
+        &rsa("rsa2.key"),
+        Some("rsa-2"),
+        &claims("bob"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get(&g, "/x", &[&bearer(&t1)]).status != 200 {
+        assert!(std::time::Instant::now() < deadline, "rsa-1 never loaded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let big = format!(
+        "{}{}",
+        " ".repeat(2 * 1024 * 1024),
+        std::fs::read_to_string(fixture("jwks-rsa2.json")).unwrap()
+    );
+    jwks.set(200, &big);
+    // Let the gateway try it at least twice.
+    let hits = jwks.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while jwks.hits.load(std::sync::atomic::Ordering::Relaxed) < hits + 2 {
+        assert!(std::time::Instant::now() < deadline, "no refresh was tried");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        get(&g, "/x", &[&bearer(&t1)]).status,
+        200,
+        "the last good keys stay"
+    );
+    assert_eq!(
+        get(&g, "/x", &[&bearer(&t2)]).status,
+        401,
+        "nothing from the oversized JWKS was taken"
+    );
+    assert!(
+        g.stderr_text().contains("JWKS larger than 1 MiB"),
+        "{}",
+        g.stderr_text()
+    );
+}
+
+/// A plain-http JWKS URL is allowed to a loopback host only; anything else is a located error.
+#[test]
+fn a_plain_http_jwks_url_must_be_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "auth:
+  jwt:
+    idp: { algorithms: [RS256], jwks_url: \"http://example.com/jwks\" }
+    local: { algorithms: [RS256], jwks_url: \"http://127.0.0.1:9999/jwks\" }
+    tls: { algorithms: [RS256], jwks_url: \"https://idp.example.com/jwks\" }
+upstreams:
+  be: { targets: [{ addr: \"127.0.0.1:1\" }] }
+routes:
+  - name: a
+    match: { path: /a }
+    upstream: be
+    plugins: [{ jwt: { provider: local } }]
+",
+    )
+    .unwrap();
+    let (code, out, _) = tollgate(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let f = path.to_str().unwrap();
+    let want = format!(
+        "{f}:3:43: auth.jwt.idp.jwks_url: `http://example.com/jwks`: use https:// (http is accepted only for loopback"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with(&want)),
+        "missing `{want}` in:\n{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "only that error:\n{out}");
+}
+
 #[test]
 fn api_keys() {
     let be = Backend::start("be", Mode::Echo);

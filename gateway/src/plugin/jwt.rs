@@ -13,7 +13,10 @@
 //!   explicit leeway (default 30 s);
 //! - symmetric (`oct`) keys are never taken from a JWKS URL;
 //! - a JWKS URL is fetched at start and refreshed in the background; an unknown `kid` triggers a refetch
-//!   at most once per `jwks_min_refetch`; when the endpoint fails the last good keys stay.
+//!   at most once per `jwks_min_refetch`; when the endpoint fails the last good keys stay;
+//! - a JWKS URL is `https://` (plain `http://` only to a loopback host), redirects never change the
+//!   scheme (nor leave loopback for plain http) and stop after [`MAX_JWKS_REDIRECTS`], and a body over
+//!   [`MAX_JWKS_BYTES`] is refused: whoever can answer for the URL chooses the keys.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -315,6 +318,82 @@ struct Jwks {
     next_due: std::sync::Mutex<Option<Instant>>,
 }
 
+/// Largest JWKS body accepted: real ones are a few KiB; this bounds what a broken or hostile endpoint
+/// can make the gateway buffer.
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Redirects a JWKS fetch follows.
+pub const MAX_JWKS_REDIRECTS: usize = 3;
+
+/// Is this URL's host loopback (127.0.0.0/8, ::1 or `localhost`)?
+fn loopback_host(u: &reqwest::Url) -> bool {
+    let Some(host) = u.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A `jwks_url` as configured: https, or http to a loopback host (a local sidecar or test IdP), where
+/// nobody on the network can swap the keys.
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if loopback_host(&u) => Ok(()),
+        "http" => Err(format!(
+            "`{url}`: use https:// (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost), or anyone on the way could hand out their own keys"
+        )),
+        _ => Err("must be an https:// URL (or http:// to a loopback host)".into()),
+    }
+}
+
+/// Whether a JWKS fetch may follow a redirect from `original` to `next`, `hops` being the number of
+/// requests made so far. A redirect must keep the scheme (https never falls back to plain http), a
+/// plain-http one must stay on loopback (the reason http was allowed), and there are at most
+/// [`MAX_JWKS_REDIRECTS`].
+fn redirect_verdict(
+    original: &reqwest::Url,
+    next: &reqwest::Url,
+    hops: usize,
+) -> Result<(), String> {
+    if hops > MAX_JWKS_REDIRECTS {
+        return Err(format!("more than {MAX_JWKS_REDIRECTS} redirects"));
+    }
+    if next.scheme() != original.scheme() {
+        return Err(format!(
+            "refusing a redirect from {}:// to {}",
+            original.scheme(),
+            next
+        ));
+    }
+    if next.scheme() == "http" && !loopback_host(next) {
+        return Err(format!(
+            "refusing a plain-http redirect away from loopback, to {next}"
+        ));
+    }
+    Ok(())
+}
+
+/// An error with its causes (reqwest puts the interesting part, such as a refused redirect, in the
+/// source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 fn parse_alg(s: &str) -> Option<Algorithm> {
     // Exact, case-sensitive names as in RFC 7518; `none` is not an algorithm here.
     s.parse::<Algorithm>().ok()
@@ -392,15 +471,12 @@ impl Provider {
                 Err(e) => errs.push(("jwk_file".into(), format!("cannot read `{file}`: {e}"))),
             }
         }
-        let jwks = match &cfg.jwks_url {
-            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                errs.push((
-                    "jwks_url".into(),
-                    "must be an http:// or https:// URL".into(),
-                ));
+        let jwks = match cfg.jwks_url.as_ref().map(|u| (u, check_jwks_url(u))) {
+            Some((_, Err(e))) => {
+                errs.push(("jwks_url".into(), e));
                 None
             }
-            Some(url) => Some(Jwks {
+            Some((url, Ok(()))) => Some(Jwks {
                 url: url.clone(),
                 refresh: cfg.jwks_refresh.0,
                 min_refetch: cfg.jwks_min_refetch.0,
@@ -410,16 +486,17 @@ impl Provider {
             }),
             None => None,
         };
+        // A `jwks_url` that was refused above is a key source all the same: it was reported already.
         if cfg.secret.is_none()
             && cfg.public_key_file.is_none()
             && cfg.jwk_file.is_none()
-            && jwks.is_none()
+            && cfg.jwks_url.is_none()
         {
             errs.push((
                 String::new(),
                 "give a key source: `secret`, `public_key_file`, `jwk_file` or `jwks_url`".into(),
             ));
-        } else if jwks.is_none() {
+        } else if cfg.jwks_url.is_none() {
             // Every allowed algorithm needs a key that can verify it, or it is a typo waiting to bite.
             for (i, alg) in &algorithms {
                 if !static_keys.iter().any(|k| k.algs.contains(alg)) {
@@ -614,16 +691,48 @@ impl Provider {
     }
 
     async fn fetch(&self, j: &Jwks) -> Result<(), String> {
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let verdict = match attempt.previous().first() {
+                Some(original) => {
+                    redirect_verdict(original, attempt.url(), attempt.previous().len())
+                }
+                None => Ok(()),
+            };
+            match verdict {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(e),
+            }
+        });
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(j.timeout)
+            .redirect(redirects)
             .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client.get(&j.url).send().await.map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
+        let mut resp = client
+            .get(&j.url)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        // Content-Length refuses an honest large answer before reading it; counting the chunks
+        // refuses one that does not say (chunked) or lies.
+        let too_large = || "JWKS larger than 1 MiB".to_string();
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
         let fetched = parse_jwks(&body, false)?;
         if fetched.is_empty() {
             return Err("the JWKS has no usable signing key".into());
@@ -1130,6 +1239,190 @@ mod tests {
             .verify(&hs(claims, Algorithm::HS256, SECRET))
             .await
             .is_ok());
+    }
+
+    #[test]
+    fn jwks_url_is_https_unless_loopback() {
+        let build = |url: &str| {
+            let cfg: ProviderConfig =
+                serde_yaml_ng::from_str(&format!("{{ algorithms: [RS256], jwks_url: \"{url}\" }}"))
+                    .unwrap();
+            Provider::build("t", &cfg, &|_| Err(std::io::Error::other("x"))).err()
+        };
+        for ok in [
+            "https://idp.example.com/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://127.9.8.7/jwks",
+            "http://localhost/jwks",
+            "http://LOCALHOST:1/jwks",
+            "http://[::1]:8080/jwks",
+        ] {
+            assert!(build(ok).is_none(), "{ok}: {:?}", build(ok));
+        }
+        for bad in [
+            "http://example.com/jwks",
+            "http://10.0.0.1/jwks",
+            "http://localhost.example.com/jwks",
+            "http://[::ffff:10.0.0.1]/jwks",
+        ] {
+            let errs = build(bad).unwrap_or_default();
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].0, "jwks_url");
+            assert!(
+                errs[0].1.contains("use https://")
+                    && errs[0].1.contains("http is accepted only for loopback"),
+                "{bad}: {errs:?}"
+            );
+        }
+        let errs = build("ftp://idp/jwks").unwrap_or_default();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+    }
+
+    #[test]
+    fn redirects_keep_the_scheme_and_are_few() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        let https = u("https://idp.example.com/jwks");
+        assert!(redirect_verdict(&https, &u("https://cdn.example.com/jwks"), 1).is_ok());
+        assert!(redirect_verdict(&https, &u("https://cdn.example.com/jwks"), 3).is_ok());
+        let e = redirect_verdict(&https, &u("http://idp.example.com/jwks"), 1).unwrap_err();
+        assert!(e.contains("from https:// to http://"), "{e}");
+        assert!(redirect_verdict(&https, &u("https://cdn.example.com/jwks"), 4).is_err());
+        let local = u("http://127.0.0.1:1/jwks");
+        assert!(redirect_verdict(&local, &u("http://localhost:2/jwks"), 1).is_ok());
+        assert!(redirect_verdict(&local, &u("https://127.0.0.1:1/jwks"), 1).is_err());
+        assert!(redirect_verdict(&local, &u("http://idp.example.com/jwks"), 1).is_err());
+    }
+
+    /// An HTTP server on 127.0.0.1 that answers every request with the raw bytes a test sets.
+    struct RawServer {
+        addr: std::net::SocketAddr,
+        answer: Arc<std::sync::Mutex<Vec<u8>>>,
+        hits: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl RawServer {
+        fn start() -> RawServer {
+            use std::io::{Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let answer = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (a, h) = (answer.clone(), hits.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    let answer = a.lock().unwrap().clone();
+                    // The client may hang up half-way (a refused body): nothing to do then.
+                    let _ = conn.write_all(&answer);
+                }
+            });
+            RawServer { addr, answer, hits }
+        }
+
+        fn set(&self, raw: Vec<u8>) {
+            *self.answer.lock().unwrap() = raw;
+        }
+
+        fn hits(&self) -> usize {
+            self.hits.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn ok_answer(body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// Chunked, so no Content-Length warns of the size.
+    fn chunked_answer(body: &str) -> Vec<u8> {
+        let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+        for chunk in body.as_bytes().chunks(64 * 1024) {
+            out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn kids(p: &Provider) -> Vec<Option<String>> {
+        p.keys.load().keys.iter().map(|k| k.kid.clone()).collect()
+    }
+
+    fn jwks_provider(server: &RawServer) -> Provider {
+        provider(&format!(
+            "{{ algorithms: [RS256], jwks_url: \"http://{}/jwks\", jwks_timeout: 5s }}",
+            server.addr
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_jwks_over_1_mib_is_refused_and_the_keys_stay() {
+        let server = RawServer::start();
+        let p = jwks_provider(&server);
+        let j = p.jwks.as_ref().unwrap();
+        server.set(ok_answer(&fixture("jwks-rsa1.json")));
+        p.fetch(j).await.unwrap();
+        assert_eq!(kids(&p), [Some("rsa-1".to_string())]);
+        // A valid JWKS with another key, padded to 2 MiB: with and without Content-Length.
+        let big = format!(
+            "{}{}",
+            " ".repeat(2 * MAX_JWKS_BYTES),
+            fixture("jwks-rsa2.json")
+        );
+        for answer in [ok_answer(&big), chunked_answer(&big)] {
+            server.set(answer);
+            assert_eq!(p.fetch(j).await.unwrap_err(), "JWKS larger than 1 MiB");
+            assert_eq!(
+                kids(&p),
+                [Some("rsa-1".to_string())],
+                "the last good keys stay"
+            );
+        }
+        // Exactly 1 MiB is still fine.
+        let rsa2 = fixture("jwks-rsa2.json");
+        let edge = format!("{}{rsa2}", " ".repeat(MAX_JWKS_BYTES - rsa2.len()));
+        server.set(chunked_answer(&edge));
+        p.fetch(j).await.unwrap();
+        assert_eq!(kids(&p), [Some("rsa-2".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn jwks_redirects_are_capped_and_keep_the_scheme() {
+        let server = RawServer::start();
+        let p = jwks_provider(&server);
+        let j = p.jwks.as_ref().unwrap();
+        let redirect = |to: &str| {
+            format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .into_bytes()
+        };
+        // To https on the same host: refused before any connection is made.
+        server.set(redirect(&format!("https://{}/jwks", server.addr)));
+        let e = p.fetch(j).await.unwrap_err();
+        assert!(e.contains("from http:// to https://"), "{e}");
+        assert_eq!(server.hits(), 1);
+        // A loop: the first request and three redirects, then it stops.
+        server.set(redirect("/jwks"));
+        let e = p.fetch(j).await.unwrap_err();
+        assert!(e.contains("more than 3 redirects"), "{e}");
+        assert_eq!(server.hits(), 1 + 1 + MAX_JWKS_REDIRECTS);
     }
 
     #[test]
