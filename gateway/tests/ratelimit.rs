@@ -355,3 +355,58 @@ fn a_reload_keeps_the_slots_of_requests_in_flight() {
     assert_eq!(first.join().unwrap().status, 200);
     assert_eq!(g.get("/one").status, 200, "and gives it back when done");
 }
+
+#[test]
+fn long_header_values_are_counted_apart_under_bounded_keys() {
+    let be = Backend::start("be", Mode::Echo);
+    let redis = Redis::start();
+    let g = gateway(
+        &be,
+        Some(&redis),
+        "  shared: { requests: 2, per: 1h, key: \"header:X-Tenant\", store: redis, on_error: fail_closed }
+  local: { requests: 2, per: 1h, key: \"header:X-Tenant\" }
+",
+        &(route("shared", "/shared", "shared") + &route("local", "/local", "local")),
+    );
+    // Two 10 KiB values that differ only in their last byte.
+    let a = format!("{}a", "x".repeat(10 * 1024));
+    let b = format!("{}b", "x".repeat(10 * 1024));
+    for path in ["/shared", "/local"] {
+        let get = |v: &str| request(g.addr, "GET", path, &[&format!("X-Tenant: {v}")], None).status;
+        assert_eq!([get(&a), get(&a), get(&a)], [200, 200, 429], "{path}");
+        assert_eq!(
+            [get(&b), get(&b), get(&b)],
+            [200, 200, 429],
+            "{path}: another long value is another client"
+        );
+        assert_eq!([get("acme"), get("acme"), get("acme")], [200, 200, 429]);
+    }
+    // Redis holds the short value as it is and the long ones by their hash: no key anywhere near the
+    // size of a value the client chose.
+    let keys = redis.keys();
+    // On failure, each key's length and start (a 10 KiB key in full helps nobody).
+    let shown: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "{} bytes: {}",
+                k.len(),
+                k.chars().take(60).collect::<String>()
+            )
+        })
+        .collect();
+    let longest = keys.iter().map(String::len).max().unwrap_or(0);
+    assert!(longest < 200, "a key of {longest} bytes in {shown:?}");
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("tollgate:rl:shared:header:acme:")),
+        "{shown:?}"
+    );
+    assert!(
+        keys.iter()
+            .filter(|k| k.starts_with("tollgate:rl:shared:header-sha256:"))
+            .count()
+            >= 2,
+        "{shown:?}"
+    );
+}

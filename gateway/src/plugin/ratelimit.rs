@@ -24,6 +24,8 @@
 //! Keys: `client_ip` (after `trusted_proxies`, so a spoofed `X-Forwarded-For` changes nothing),
 //! `jwt_claim:NAME`, `api_key` (the consumer id), `header:NAME`, or `route` (the route as a whole). A
 //! request without the key's value (no token, no header) is counted by its client IP instead.
+//! - A value the client chooses (a header, a claim) longer than [`MAX_KEY_VALUE`] bytes is counted
+//!   under its SHA-256, so a client cannot make the gateway keep (or Redis store) keys of any size.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +38,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_limits::inflight::Inflight;
 use pingora_limits::rate::Rate;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
 use crate::config::units::HumanDuration;
@@ -115,6 +118,19 @@ fn default_key() -> String {
     "client_ip".into()
 }
 
+/// Longest client-chosen key value (header, claim) used as it is; longer ones are hashed.
+pub const MAX_KEY_VALUE: usize = 256;
+
+/// `kind:value`, or `kind-sha256:HEX` for a value longer than [`MAX_KEY_VALUE`]. The two prefixes
+/// differ, so a short value can never land in the bucket of a hashed one.
+fn client_value(kind: &str, raw: &[u8]) -> String {
+    if raw.len() > MAX_KEY_VALUE {
+        format!("{kind}-sha256:{}", hex::encode(Sha256::digest(raw)))
+    } else {
+        format!("{kind}:{}", String::from_utf8_lossy(raw))
+    }
+}
+
 /// What a policy counts by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -146,7 +162,8 @@ impl KeySource {
         ))
     }
 
-    /// The value to count this request under.
+    /// The value to count this request under. The route and the consumer id come from the config;
+    /// headers and claims from the client, so those are bounded by [`client_value`].
     fn value(&self, req: &RequestView<'_>, state: &PluginState) -> String {
         let found =
             match self {
@@ -163,14 +180,14 @@ impl KeySource {
                     .as_ref()
                     .and_then(|m| m.get(c))
                     .map(|v| match v {
-                        serde_json::Value::String(s) => format!("claim:{s}"),
-                        other => format!("claim:{other}"),
+                        serde_json::Value::String(s) => client_value("claim", s.as_bytes()),
+                        other => client_value("claim", other.to_string().as_bytes()),
                     }),
                 KeySource::Header(h) => req
                     .req
                     .headers
                     .get(h)
-                    .map(|v| format!("header:{}", String::from_utf8_lossy(v.as_bytes()))),
+                    .map(|v| client_value("header", v.as_bytes())),
             };
         found.unwrap_or_else(|| format!("ip:{}", req.client_ip))
     }
@@ -856,5 +873,59 @@ mod tests {
         assert_eq!(fields, ["on_error", "store"]);
         let cfg: PolicyConfig = serde_yaml_ng::from_str("{ requests: 5 }").unwrap();
         assert!(Policy::build("p", &cfg, false, None).is_err());
+    }
+
+    fn view_req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            req.insert_header(k.to_string(), v.to_string()).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn long_client_values_are_hashed() {
+        let state = PluginState::default();
+        let key = KeySource::Header(HeaderName::from_static("x-tenant"));
+        let value_of = |v: &str| {
+            let req = view_req(&[("x-tenant", v)]);
+            let view = RequestView {
+                req: &req,
+                client_ip: "192.0.2.1".parse().unwrap(),
+                path: "/",
+                route: "r",
+                request_id: "t",
+            };
+            key.value(&view, &state)
+        };
+        // Short values are used as they are (what counted before still counts the same).
+        assert_eq!(value_of("acme"), "header:acme");
+        let edge = "e".repeat(MAX_KEY_VALUE);
+        assert_eq!(value_of(&edge), format!("header:{edge}"));
+        // Long ones: bounded, and two different values stay two keys.
+        let a = format!("{}a", "x".repeat(10 * 1024));
+        let b = format!("{}b", "x".repeat(10 * 1024));
+        let (ka, kb) = (value_of(&a), value_of(&b));
+        assert!(
+            ka.starts_with("header-sha256:") && ka.len() == 14 + 64,
+            "{ka}"
+        );
+        assert_ne!(ka, kb);
+        assert_eq!(ka, value_of(&a), "the same value, the same key");
+        // Claims too.
+        let mut state = PluginState::default();
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_value(serde_json::json!({ "sub": "y".repeat(5000) })).unwrap();
+        state.identity.claims = Some(Arc::new(claims));
+        let req = view_req(&[]);
+        let view = RequestView {
+            req: &req,
+            client_ip: "192.0.2.1".parse().unwrap(),
+            path: "/",
+            route: "r",
+            request_id: "t",
+        };
+        let k = KeySource::JwtClaim("sub".into()).value(&view, &state);
+        assert!(k.starts_with("claim-sha256:") && k.len() == 13 + 64, "{k}");
     }
 }

@@ -647,6 +647,27 @@ impl Redis {
         }
     }
 
+    /// Every key Redis holds (`KEYS *`, spoken in RESP over a plain socket).
+    pub fn keys(&self) -> Vec<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"KEYS *\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let n: usize = line.trim().strip_prefix('*').unwrap().parse().unwrap();
+        (0..n)
+            .map(|_| {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                let len: usize = line.trim().strip_prefix('$').unwrap().parse().unwrap();
+                let mut buf = vec![0u8; len + 2];
+                r.read_exact(&mut buf).unwrap();
+                String::from_utf8_lossy(&buf[..len]).into_owned()
+            })
+            .collect()
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
