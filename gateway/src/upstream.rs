@@ -71,6 +71,9 @@ enum Pool {
 /// What consistent hashing hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashOn {
+    /// Per address, IPv6 included: unlike a rate-limit key (counted per /64, see
+    /// `plugin::ratelimit`), stickiness gains nothing from grouping a network's addresses, and a
+    /// client that changes address only moves itself to another target.
     ClientIp,
     Header(http::HeaderName),
     Cookie(String),

@@ -410,3 +410,38 @@ fn long_header_values_are_counted_apart_under_bounded_keys() {
         "{shown:?}"
     );
 }
+
+#[test]
+fn an_invalid_ipv6_prefix_is_a_located_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "rate_limits:
+  wide: { requests: 5, per: 1m, ipv6_prefix: 129 }
+  zero: { requests: 5, per: 1m, ipv6_prefix: 0 }
+  fine: { requests: 5, per: 1m, ipv6_prefix: 56 }
+upstreams:
+  be: { targets: [{ addr: \"127.0.0.1:1\" }] }
+routes:
+  - name: r
+    match: { path: /r }
+    upstream: be
+    plugins: [{ rate_limit: fine }]
+",
+    )
+    .unwrap();
+    let (code, out, _) = tollgate(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let f = path.to_str().unwrap();
+    for want in [
+        format!("{f}:2:46: rate_limits.wide.ipv6_prefix: must be a prefix length from 1 to 128"),
+        format!("{f}:3:46: rate_limits.zero.ipv6_prefix: must be a prefix length from 1 to 128"),
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&want)),
+            "missing `{want}` in:\n{out}"
+        );
+    }
+    assert!(!out.contains("rate_limits.fine"), "{out}");
+}

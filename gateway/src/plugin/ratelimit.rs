@@ -24,6 +24,9 @@
 //! Keys: `client_ip` (after `trusted_proxies`, so a spoofed `X-Forwarded-For` changes nothing),
 //! `jwt_claim:NAME`, `api_key` (the consumer id), `header:NAME`, or `route` (the route as a whole). A
 //! request without the key's value (no token, no header) is counted by its client IP instead.
+//! - An IPv6 client is counted by its network (`ipv6_prefix`, default /64), not its address: one host
+//!   usually has a whole /64 to pick addresses from, so counting per address would let it reset its
+//!   limit at will. IPv4 (and IPv4-mapped IPv6) is counted per address.
 //! - A value the client chooses (a header, a claim) longer than [`MAX_KEY_VALUE`] bytes is counted
 //!   under its SHA-256, so a client cannot make the gateway keep (or Redis store) keys of any size.
 
@@ -112,10 +115,16 @@ pub struct PolicyConfig {
     /// Required with `store: redis`.
     #[serde(default)]
     pub on_error: Option<FailMode>,
+    /// The IPv6 network (prefix length, 1..=128) a client address is counted by.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: i64,
 }
 
 fn default_key() -> String {
     "client_ip".into()
+}
+fn default_ipv6_prefix() -> i64 {
+    64
 }
 
 /// Longest client-chosen key value (header, claim) used as it is; longer ones are hashed.
@@ -128,6 +137,18 @@ fn client_value(kind: &str, raw: &[u8]) -> String {
         format!("{kind}-sha256:{}", hex::encode(Sha256::digest(raw)))
     } else {
         format!("{kind}:{}", String::from_utf8_lossy(raw))
+    }
+}
+
+/// The key of a client address: IPv4 per address, IPv6 per network of `ipv6_prefix` bits. An
+/// IPv4-mapped IPv6 address (a dual-stack listener) is the IPv4 client it stands for.
+fn ip_value(ip: std::net::IpAddr, ipv6_prefix: u8) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(a) => format!("ip:{a}"),
+        std::net::IpAddr::V6(a) => match ipnet::Ipv6Net::new(a, ipv6_prefix) {
+            Ok(net) if ipv6_prefix < 128 => format!("ip:{}", net.trunc()),
+            _ => format!("ip:{a}"),
+        },
     }
 }
 
@@ -164,7 +185,7 @@ impl KeySource {
 
     /// The value to count this request under. The route and the consumer id come from the config;
     /// headers and claims from the client, so those are bounded by [`client_value`].
-    fn value(&self, req: &RequestView<'_>, state: &PluginState) -> String {
+    fn value(&self, req: &RequestView<'_>, state: &PluginState, ipv6_prefix: u8) -> String {
         let found =
             match self {
                 KeySource::ClientIp => None,
@@ -189,7 +210,7 @@ impl KeySource {
                     .get(h)
                     .map(|v| client_value("header", v.as_bytes())),
             };
-        found.unwrap_or_else(|| format!("ip:{}", req.client_ip))
+        found.unwrap_or_else(|| ip_value(req.client_ip, ipv6_prefix))
     }
 }
 
@@ -213,6 +234,8 @@ pub struct Policy {
     pub name: String,
     kind: Kind,
     key: KeySource,
+    /// IPv6 clients are counted per network of this many bits.
+    ipv6_prefix: u8,
     store: StoreKind,
     on_error: FailMode,
     /// `"name";q=N;w=S` for `RateLimit-Policy`.
@@ -239,6 +262,19 @@ impl Policy {
             .map_err(|e| errs.push(("key".to_string(), e)))
             .ok();
         let previous = previous.filter(|p| Some(&p.key) == key.as_ref());
+        let ipv6_prefix = match u8::try_from(cfg.ipv6_prefix) {
+            Ok(n @ 1..=128) => n,
+            _ => {
+                errs.push((
+                    "ipv6_prefix".into(),
+                    format!(
+                        "must be a prefix length from 1 to 128 (the IPv6 network a client is counted by), got {}",
+                        cfg.ipv6_prefix
+                    ),
+                ));
+                64
+            }
+        };
         let kind = match (cfg.requests, cfg.per, cfg.concurrency) {
             (Some(requests), Some(per), None) => {
                 if requests == 0 {
@@ -320,6 +356,7 @@ impl Policy {
             name: name.to_string(),
             kind,
             key,
+            ipv6_prefix,
             store: cfg.store,
             on_error,
             policy_header,
@@ -635,7 +672,7 @@ impl Plugin for RateLimit {
         // Redis window policies: (policy, key, window, limit), checked together in one call below.
         let mut shared: Vec<(&Arc<Policy>, String, Duration, u64)> = Vec::new();
         for p in &self.policies {
-            let key = p.key.value(req, state);
+            let key = p.key.value(req, state, p.ipv6_prefix);
             match &p.kind {
                 Kind::Window {
                     limit,
@@ -873,6 +910,28 @@ mod tests {
         assert_eq!(fields, ["on_error", "store"]);
         let cfg: PolicyConfig = serde_yaml_ng::from_str("{ requests: 5 }").unwrap();
         assert!(Policy::build("p", &cfg, false, None).is_err());
+        for bad in ["0", "129", "-1", "100000"] {
+            let cfg: PolicyConfig =
+                serde_yaml_ng::from_str(&format!("{{ requests: 5, per: 1m, ipv6_prefix: {bad} }}"))
+                    .unwrap();
+            let errs = Policy::build("p", &cfg, false, None).err().unwrap();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].0, "ipv6_prefix");
+            assert!(errs[0].1.contains("from 1 to 128"), "{errs:?}");
+        }
+    }
+
+    /// A `rate_limit` plugin with the one policy `p` written as `policy`.
+    fn limiter(policy: &str) -> RateLimit {
+        let cfg: PolicyConfig = serde_yaml_ng::from_str(policy).unwrap();
+        let p = Policy::build("p", &cfg, false, None)
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        let mut ctx = BuildContext::default();
+        ctx.rate_limits.insert("p".into(), Arc::new(p));
+        RateLimit::build(RateLimitConfig::One("p".into()), &ctx)
+            .map_err(|e| e.message)
+            .unwrap()
     }
 
     fn view_req(headers: &[(&str, &str)]) -> RequestHeader {
@@ -881,6 +940,51 @@ mod tests {
             req.insert_header(k.to_string(), v.to_string()).unwrap();
         }
         req
+    }
+
+    /// Does `rl` let a request from `ip` through?
+    async fn admits(rl: &RateLimit, ip: &str) -> bool {
+        let req = view_req(&[]);
+        let view = RequestView {
+            req: &req,
+            client_ip: ip.parse().unwrap(),
+            path: "/",
+            route: "r",
+            request_id: "t",
+        };
+        let mut state = PluginState::default();
+        matches!(rl.request(&view, &mut state).await, Decision::Continue)
+    }
+
+    #[tokio::test]
+    async fn ipv6_clients_are_counted_per_network() {
+        // One request per key: a second one from the same key is refused.
+        let rl = limiter("{ requests: 1, per: 1h }");
+        assert!(admits(&rl, "2001:db8:1:2::1").await);
+        assert!(
+            !admits(&rl, "2001:db8:1:2:ffff:ffff:ffff:ffff").await,
+            "same /64: same client"
+        );
+        assert!(admits(&rl, "2001:db8:1:3::1").await, "another /64");
+        // IPv4 is per address, and an IPv4-mapped address is that IPv4 client.
+        assert!(admits(&rl, "192.0.2.1").await);
+        assert!(!admits(&rl, "::ffff:192.0.2.1").await);
+        assert!(admits(&rl, "192.0.2.2").await);
+
+        let rl = limiter("{ requests: 1, per: 1h, ipv6_prefix: 128 }");
+        assert!(admits(&rl, "2001:db8:1:2::1").await);
+        assert!(admits(&rl, "2001:db8:1:2::2").await, "/128: per address");
+        assert!(!admits(&rl, "2001:db8:1:2::2").await);
+
+        let rl = limiter("{ requests: 1, per: 1h, ipv6_prefix: 48 }");
+        assert!(admits(&rl, "2001:db8:1:2::1").await);
+        assert!(!admits(&rl, "2001:db8:1:3::1").await, "same /48");
+        assert!(admits(&rl, "2001:db8:2::1").await);
+
+        // The fallback of a key whose value is missing is the same network.
+        let rl = limiter("{ requests: 1, per: 1h, key: \"header:X-Tenant\" }");
+        assert!(admits(&rl, "2001:db8:1:2::1").await);
+        assert!(!admits(&rl, "2001:db8:1:2::2").await);
     }
 
     #[test]
@@ -896,7 +1000,7 @@ mod tests {
                 route: "r",
                 request_id: "t",
             };
-            key.value(&view, &state)
+            key.value(&view, &state, 64)
         };
         // Short values are used as they are (what counted before still counts the same).
         assert_eq!(value_of("acme"), "header:acme");
@@ -925,7 +1029,7 @@ mod tests {
             route: "r",
             request_id: "t",
         };
-        let k = KeySource::JwtClaim("sub".into()).value(&view, &state);
+        let k = KeySource::JwtClaim("sub".into()).value(&view, &state, 64);
         assert!(k.starts_with("claim-sha256:") && k.len() == 13 + 64, "{k}");
     }
 }
