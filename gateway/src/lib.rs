@@ -24,4 +24,5 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod trace;
+pub mod upgrade;
 pub mod upstream;

@@ -222,6 +222,15 @@ pub struct RunOptions {
 /// SIGINT stops at once; SIGHUP reloads.
 pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let settings = snapshot.settings.clone();
+    // The upgrade socket hands the listening sockets to whoever listens on it: its directory must be
+    // ours alone, checked (or created) before anything starts. Both the old and the new process run this.
+    if let Err(e) = crate::upgrade::prepare_dir(std::path::Path::new(&settings.upgrade_sock)) {
+        eprintln!(
+            "tollgate: upgrade socket `{}` (server.upgrade_sock): {e}",
+            settings.upgrade_sock
+        );
+        std::process::exit(1);
+    }
     // Pingora retries a busy address for a while and then runs without that listener; an operator
     // wants to know at once. (With --upgrade the sockets come from the running instance instead.)
     if !opts.upgrade {

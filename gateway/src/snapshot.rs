@@ -43,6 +43,8 @@ pub struct Settings {
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<String>,
     pub watch_config: Option<Duration>,
+    /// `server.upgrade_sock`, or the default (in a private directory); its directory is checked when
+    /// the gateway starts (`crate::upgrade::prepare_dir`), not by `validate`.
     pub upgrade_sock: String,
 }
 
@@ -698,6 +700,15 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
         }
     }
     nonzero(locs, d, "server.reload.interval", s.reload.interval.0);
+    if s.upgrade_sock
+        .as_deref()
+        .is_some_and(|p| p.trim().is_empty())
+    {
+        d.0.push(locs.error(
+            "server.upgrade_sock",
+            "must be a path (or left out for the default)",
+        ));
+    }
     if d.0.len() > before {
         return None;
     }
@@ -730,7 +741,11 @@ fn settings(s: &ServerConfig, locs: &Locations, d: &mut Diagnostics) -> Option<S
         admin_listen,
         admin_token: s.admin.token.clone(),
         watch_config: s.reload.watch.then_some(s.reload.interval.0),
-        upgrade_sock: s.upgrade_sock.clone(),
+        upgrade_sock: s.upgrade_sock.clone().unwrap_or_else(|| {
+            crate::upgrade::default_path()
+                .to_string_lossy()
+                .into_owned()
+        }),
     })
 }
 

@@ -576,6 +576,142 @@ fn upgrade_hands_over_the_sockets_under_load() {
     );
 }
 
+/// Without `upgrade_sock`, the socket lives in a directory of the gateway's own (here
+/// `$XDG_RUNTIME_DIR/tollgate`), created with mode 0700 when the gateway starts, and the upgrade goes
+/// through it.
+#[test]
+fn the_default_upgrade_socket_is_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let be = Backend::start("be", Mode::Echo);
+    let runtime = tempfile::tempdir().unwrap();
+    let env = [("XDG_RUNTIME_DIR", runtime.path().to_str().unwrap())];
+    let mut old = Gateway::start_with_env(
+        &format!(
+            "server: {{ listen: [\"{{listen}}\"] }}
+upstreams:
+  be: {{ targets: [{{ addr: \"{}\" }}] }}
+routes:
+  - {{ name: open, match: {{ path_prefix: / }}, upstream: be }}
+",
+            be.addr
+        ),
+        &env,
+    );
+    let dir = runtime.path().join("tollgate");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "{}", old.stderr_text());
+    assert_eq!(old.get("/x").status, 200);
+
+    let mut new = old.start_upgrade_with_env(&env);
+    let sock = dir.join("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process never opened {}: {}",
+            sock.display(),
+            new.stderr_text()
+        );
+        assert!(
+            new.wait_exit(Duration::ZERO).is_none(),
+            "new process died: {}",
+            new.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    old.signal("QUIT");
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        old.stderr_text()
+    );
+    assert_eq!(new.get("/x").status, 200, "{}", new.stderr_text());
+}
+
+/// Run `tollgate run` on `config` until it exits (at most 10 s): its exit code and stderr.
+fn run_to_exit(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, config).unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "-c", path.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, std::fs::read_to_string(&stderr).unwrap_or_default())
+}
+
+/// An upgrade socket in a directory that someone else could write to, or that belongs to someone
+/// else, is refused at start with the reason; `validate` has nothing to say about it.
+#[test]
+fn an_upgrade_socket_in_a_shared_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let config = |sock: Option<&std::path::Path>| {
+        let sock = sock
+            .map(|p| format!(", upgrade_sock: \"{}\"", p.display()))
+            .unwrap_or_default();
+        format!(
+            "server: {{ listen: [\"127.0.0.1:{}\"], admin: {{ enabled: false }}{sock} }}
+upstreams:
+  be: {{ targets: [{{ addr: \"127.0.0.1:1\" }}] }}
+routes: []
+",
+            free_port()
+        )
+    };
+    // Configured, in a folder like /tmp (world-writable, sticky).
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let text = config(Some(&shared.path().join("up.sock")));
+    let (code, err) = run_to_exit(&text, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("server.upgrade_sock") && err.contains("group- or world-writable (mode 1777)"),
+        "{err}"
+    );
+    let file = shared.path().join("t.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let (code, out, _) = tollgate(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "validate does not look at the machine: {out}");
+
+    // The default, when its directory was made by someone else first, group-writable.
+    let runtime = tempfile::tempdir().unwrap();
+    let dir = runtime.path().join("tollgate");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let env = [("XDG_RUNTIME_DIR", runtime.path().to_str().unwrap())];
+    let (code, err) = run_to_exit(&config(None), &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("mode 0770"), "{err}");
+
+    // Another user's directory (only root can make one to try).
+    if tollgate::upgrade::effective_uid().unwrap() == 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let (code, err) = run_to_exit(&config(None), &env);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+    }
+}
+
 #[test]
 fn trace_context_is_propagated_or_started() {
     let be = Backend::start("be", Mode::Echo);

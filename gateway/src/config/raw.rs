@@ -90,7 +90,8 @@ pub struct ServerConfig {
     pub admin: AdminConfig,
     pub reload: ReloadConfig,
     /// Unix socket through which a new `tollgate run --upgrade` takes over the listening sockets.
-    pub upgrade_sock: String,
+    /// Default: in a private directory, see `crate::upgrade::default_path`.
+    pub upgrade_sock: Option<String>,
     /// HTTPS listeners and their certificate.
     pub tls: Option<TlsConfig>,
 }
@@ -130,7 +131,7 @@ impl Default for ServerConfig {
             shutdown: ShutdownConfig::default(),
             admin: AdminConfig::default(),
             reload: ReloadConfig::default(),
-            upgrade_sock: "/tmp/tollgate_upgrade.sock".into(),
+            upgrade_sock: None,
             tls: None,
         }
     }

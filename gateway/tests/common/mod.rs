@@ -183,8 +183,22 @@ impl Gateway {
         Self::start_program(std::path::Path::new(bin()), &["run", "-c"], config)
     }
 
+    /// Start the gateway with `config` and these extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_program_env(std::path::Path::new(bin()), &["run", "-c"], config, env)
+    }
+
     /// Start `program` with `args` followed by the config file's path.
     pub fn start_program(program: &std::path::Path, args: &[&str], config: &str) -> Gateway {
+        Self::start_program_env(program, args, config, &[])
+    }
+
+    fn start_program_env(
+        program: &std::path::Path,
+        args: &[&str],
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         for _attempt in 0..3 {
             let port = free_port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -210,6 +224,7 @@ impl Gateway {
                 .args(args)
                 .arg(cfg_path.to_str().unwrap())
                 .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(&stdout).unwrap())
                 .stderr(std::fs::File::create(&stderr).unwrap())
@@ -295,6 +310,11 @@ impl Gateway {
 
     /// Start a second `tollgate run --upgrade` on this gateway's config file, to take over its sockets.
     pub fn start_upgrade(&self) -> Gateway {
+        self.start_upgrade_with_env(&[])
+    }
+
+    /// [`Gateway::start_upgrade`] with extra environment variables.
+    pub fn start_upgrade_with_env(&self, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let stdout = dir.path().join("stdout.log");
         let stderr = dir.path().join("stderr.log");
@@ -306,6 +326,7 @@ impl Gateway {
                 self.config_path().to_str().unwrap(),
             ])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
