@@ -443,7 +443,19 @@ impl ProxyHttp for Gateway {
         };
         ctx.target = Some(addr);
         ctx.upstream_start = Some(Instant::now());
-        Ok(Box::new(up.peer(addr)))
+        let mut peer = up.peer(addr);
+        if session.is_upgrade_req() {
+            // Pingora applies the upstream read timeout to every read, tunnel reads too, and it
+            // cannot be changed once the 101 arrives: an upgrade request waits for its 101, and its
+            // tunnel for upstream bytes, up to the tunnel idle timeout instead (the connection's own
+            // idle timer closes a tunnel silent in both directions, see `conn`).
+            let idle = ctx
+                .snapshot
+                .as_ref()
+                .map_or(up.read_timeout, |s| s.settings.tunnel_idle_timeout);
+            peer.options.read_timeout = Some(idle.max(up.read_timeout));
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -568,7 +580,10 @@ impl ProxyHttp for Gateway {
             }
         }
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // A tunnel now: Pingora's per-read timeout (60 s) would cut a quiet client side; the
+            // connection's tunnel idle timer governs instead.
             ctx.upgraded = true;
+            session.set_read_timeout(None);
         } else {
             for name in headers::hop_by_hop_present(&resp.headers) {
                 resp.remove_header(&name);

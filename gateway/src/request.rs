@@ -263,7 +263,8 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
 }
 
 /// Percent-encode `value` for the position it is put in by a rewrite: a path segment keeps what a
-/// segment may hold (`pchar`, RFC 3986 §3.3) and encodes the rest (`?`, `#`, space...); a query value
+/// segment may hold (`pchar`, RFC 3986 §3.3, and `/`: a regex capture may span segments of the
+/// normalized path) and encodes the rest (`?`, `#`, space...); a query value
 /// also encodes `&`, `=`, `+` and `;`, which would start a new parameter or mean a space. Existing
 /// percent-escapes (the normalized path keeps them) are kept as they are.
 pub fn encode_into(out: &mut String, value: &str, in_query: bool) {
@@ -291,6 +292,7 @@ pub fn encode_into(out: &mut String, value: &str, in_query: bool) {
                     | b','
                     | b':'
                     | b'@'
+                    | b'/'
             )
             || (!in_query && matches!(b, b'&' | b'=' | b'+' | b';'));
         if keep {

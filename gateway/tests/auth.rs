@@ -194,7 +194,7 @@ routes:
   - name: secure
     match: {{ path_prefix: /api/secure }}
     upstream: be
-    plugins: [{{ jwt: {{ provider: hs, scopes: [write], forward_claims: {{ sub: X-User-Id, scope: X-Scopes }} }} }}]
+    plugins: [{{ jwt: {{ provider: hs, scopes: [write], forward_claims: {{ sub: X-User-Id, scope: {{ header: X-Scopes, optional: true }} }} }} }}]
   - name: rs
     match: {{ path_prefix: /rs }}
     upstream: be
