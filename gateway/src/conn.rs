@@ -48,6 +48,14 @@ use tokio::time::{sleep, Sleep};
 /// The answer a client gets when it was too slow to send its request head.
 const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 119\r\n\r\n{\"error\":{\"status\":408,\"code\":\"request_timeout\",\"message\":\"the request head was not received in time\",\"request_id\":\"\"}}";
 
+/// Told about each request Pingora's HTTP/1 parser refused. Pingora answers those itself with a bare
+/// `400` before any `ProxyHttp` hook runs (pingora-proxy `process_new_http` → `respond_error(400)`),
+/// so the connection swaps that answer for the gateway's JSON error and reports it here, for the
+/// access log and the metrics.
+pub trait RefusedRequests: Send + Sync {
+    fn refused(&self, client: Option<std::net::IpAddr>, request_id: &str, tls: bool);
+}
+
 /// Client connections of one listening service, for a shutdown that drops nothing.
 #[derive(Debug, Default)]
 pub struct ConnectionTracker {
@@ -100,6 +108,7 @@ pub struct HeaderDeadline<A> {
     pub timeout: Duration,
     pub tunnel_idle: Duration,
     pub tracker: Arc<ConnectionTracker>,
+    pub refused: Option<Arc<dyn RefusedRequests>>,
 }
 
 impl<A> HeaderDeadline<A> {
@@ -109,7 +118,14 @@ impl<A> HeaderDeadline<A> {
             timeout,
             tunnel_idle,
             tracker: Arc::default(),
+            refused: None,
         }
+    }
+
+    /// Report requests the parser refused to `sink`.
+    pub fn with_refused(mut self, sink: Arc<dyn RefusedRequests>) -> Self {
+        self.refused = Some(sink);
+        self
     }
 }
 
@@ -128,6 +144,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             return self.inner.process_new(stream, shutdown).await;
         }
         let mut wrapped = DeadlineStream::new(stream, self.timeout, self.tunnel_idle);
+        wrapped.refused = self.refused.clone();
         wrapped.fresh = Some(Count::new(&self.tracker, |t| &t.fresh));
         self.inner.process_new(Box::new(wrapped), shutdown).await
     }
@@ -185,6 +202,11 @@ pub struct DeadlineStream {
     status: StatusScan,
     /// Counts this connection as waiting for its first request head, until that head is complete.
     fresh: Option<Count>,
+    refused: Option<Arc<dyn RefusedRequests>>,
+    /// The gateway's answer in place of Pingora's bare 400, and how much of it is written.
+    replacement: Option<(Vec<u8>, usize)>,
+    /// The replacement is written: what Pingora writes after it is dropped.
+    swallow: bool,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -210,7 +232,72 @@ impl DeadlineStream {
             request_line_seen: false,
             status: StatusScan::default(),
             fresh: None,
+            refused: None,
+            replacement: None,
+            swallow: false,
         }
+    }
+
+    /// Is `buf` the start of Pingora's own `400` for a head it could not parse? Every answer of the
+    /// gateway's carries `X-Request-Id`; Pingora's pre-built one does not, and names itself.
+    fn is_parser_refusal(&self, buf: &[u8]) -> bool {
+        if !matches!(self.state, State::Head | State::Request) || self.status.len != 0 {
+            return false;
+        }
+        if !buf.starts_with(b"HTTP/1.1 400 ") {
+            return false;
+        }
+        let head = match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) => &buf[..end],
+            None => buf,
+        };
+        let lower = head.to_ascii_lowercase();
+        let has = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+        has(b"server: pingora") && !has(b"x-request-id")
+    }
+
+    /// Start answering with the gateway's own JSON 400 instead of Pingora's, and report it.
+    fn replace_refusal(&mut self) {
+        let id = crate::headers::new_request_id();
+        let client = self
+            .inner
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let tls = self.inner.get_ssl_digest().is_some();
+        if let Some(sink) = &self.refused {
+            sink.refused(client, &id, tls);
+        }
+        let body = crate::error::GatewayError::new(
+            400,
+            "bad_request",
+            "the request head could not be parsed",
+        )
+        .body(&id);
+        let mut out = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        self.replacement = Some((out, 0));
+        self.state = State::Responded;
+    }
+
+    /// Write what is left of the replacement. `Ready(Ok(()))` once all of it is out.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((bytes, off)) = &mut self.replacement {
+            while *off < bytes.len() {
+                match Pin::new(&mut *self.inner).poll_write(cx, &bytes[*off..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => *off += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.replacement = None;
+            self.swallow = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// The connection's state (for tests and logs).
@@ -359,6 +446,19 @@ impl AsyncWrite for DeadlineStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.replacement.is_none() && !this.swallow && this.is_parser_refusal(buf) {
+            this.replace_refusal();
+        }
+        if this.replacement.is_some() {
+            match this.poll_replacement(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if this.swallow {
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = Pin::new(&mut *this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             this.on_write(&buf[..n]);
@@ -377,6 +477,17 @@ impl AsyncWrite for DeadlineStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        // Where a refusal may be replaced, write one buffer at a time through `poll_write`.
+        if this.swallow
+            || this.replacement.is_some()
+            || (matches!(this.state, State::Head | State::Request) && this.status.len == 0)
+        {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return Pin::new(this).poll_write(cx, first);
+        }
         let r = Pin::new(&mut *this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(mut n)) = r {
             for b in bufs {

@@ -44,7 +44,7 @@ const TRACEPARENT: &str = "traceparent";
 /// The proxy. Holds the current config snapshot; each request pins the one it started with.
 pub struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    log: Option<AccessLog>,
+    log: Option<Arc<AccessLog>>,
 }
 
 impl Gateway {
@@ -53,8 +53,52 @@ impl Gateway {
         let log = s
             .settings
             .access_log
-            .then(|| AccessLog::new(s.settings.access_log_path.clone()));
+            .then(|| Arc::new(AccessLog::new(s.settings.access_log_path.clone())));
         Gateway { snapshot, log }
+    }
+
+    /// Accounts for requests Pingora's parser refused (see [`crate::conn::RefusedRequests`]).
+    pub fn refused_requests(&self) -> Arc<dyn crate::conn::RefusedRequests> {
+        Arc::new(Refused {
+            log: self.log.clone(),
+        })
+    }
+}
+
+/// Access-log line and request count of a request the parser refused: nothing of it is known but
+/// the peer, so method and path are `-`.
+struct Refused {
+    log: Option<Arc<AccessLog>>,
+}
+
+impl crate::conn::RefusedRequests for Refused {
+    fn refused(&self, client: Option<IpAddr>, request_id: &str, tls: bool) {
+        metrics()
+            .requests
+            .with_label_values(&["", "OTHER", "400"])
+            .inc();
+        let Some(log) = &self.log else { return };
+        log.write(&access_log::Entry {
+            time: std::time::SystemTime::now(),
+            request_id,
+            client_ip: client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            method: "-",
+            scheme: if tls { "https" } else { "http" },
+            protocol: "HTTP/1.1",
+            path: "-",
+            route: None,
+            upstream: None,
+            target: None,
+            status: 400,
+            duration_ms: 0.0,
+            upstream_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            user_agent: None,
+            trace_id: "",
+            principal: None,
+            error: Some("bad_request"),
+        });
     }
 }
 

@@ -276,8 +276,9 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut http =
-        pingora_proxy::HttpProxy::new(Gateway::new(shared.clone()), server.configuration.clone());
+    let gateway = Gateway::new(shared.clone());
+    let refused = gateway.refused_requests();
+    let mut http = pingora_proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
     // HTTP/2 (negotiated by ALPN on the HTTPS listeners): an idle connection closes like an idle
     // HTTP/1 keep-alive one.
@@ -288,7 +289,8 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
         Arc::new(http),
         settings.header_read_timeout,
         settings.tunnel_idle_timeout,
-    );
+    )
+    .with_refused(refused);
     let connections = app.tracker.clone();
     let mut proxy = Service::new("tollgate".to_string(), app);
     for addr in &settings.listen {

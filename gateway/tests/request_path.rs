@@ -1,0 +1,383 @@
+//! The request path, attacked with a raw socket through the real binary. Each case asserts what the
+//! upstream received (the echo backend reports its exact request line and headers), or that nothing
+//! reached it, not only the status the client got.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{Backend, Gateway, Mode};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn token(claims: serde_json::Value) -> String {
+    let mut c = claims;
+    c["exp"] = json!(jsonwebtoken::get_current_timestamp() + 300);
+    encode(
+        &Header::new(Algorithm::HS256),
+        &c,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn config(be: &Backend, extra: &str) -> String {
+    format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1, limits: {{ header_read_timeout: 1s }} }}
+auth:
+  jwt:
+    hs: {{ algorithms: [HS256], secret: "{SECRET}" }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}], timeouts: {{ read: 5s }} }}
+routes:
+  - {{ name: private, match: {{ path_prefix: /private }}, upstream: be, plugins: [{{ jwt: {{ provider: hs }} }}] }}
+  - name: me
+    match: {{ path_prefix: /me }}
+    upstream: be
+    plugins: [{{ jwt: {{ provider: hs, forward_claims: {{ sub: X-User-Id, tenant: {{ header: X-Tenant, optional: true }} }} }} }}]
+  - {{ name: lookup, match: {{ path: "/lookup/{{q}}" }}, upstream: be, rewrite: "/search?q={{q}}" }}
+  - {{ name: seg, match: {{ path: "/seg/{{q}}" }}, upstream: be, rewrite: "/items/{{q}}/detail" }}
+  - {{ name: open, match: {{ path_prefix: / }}, upstream: be }}
+{extra}"#,
+        be.addr
+    )
+}
+
+/// Send raw bytes; the gateway's answer.
+fn raw(gw: &Gateway, bytes: &str) -> common::Response {
+    gw.send(bytes)
+}
+
+fn get(gw: &Gateway, target: &str, extra: &str) -> common::Response {
+    raw(
+        gw,
+        &format!("GET {target} HTTP/1.1\r\nHost: test.local\r\n{extra}Connection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn request_targets_other_than_origin_absolute_and_asterisk_are_refused() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&config(&be, ""));
+    for target in [
+        "admin/users",
+        "x:/admin/users",
+        "ftp://test.local/admin",
+        "test.local:80",
+        "*",
+        "http://user@test.local/x",
+    ] {
+        let r = get(&gw, target, "");
+        assert_eq!(r.status, 400, "{target}");
+        // Pingora's parser refuses some of these before the gateway sees them; the gateway still
+        // answers in its own shape.
+        let code = r.error_code();
+        assert!(
+            ["invalid_target", "bad_request"].contains(&code.as_str()),
+            "{target}: {code}"
+        );
+        assert!(r.header("x-request-id").is_some());
+    }
+    assert_eq!(be.hits.load(Ordering::Relaxed), 0, "nothing was forwarded");
+
+    // Absolute-form: the authority is the host, and the upstream gets an origin-form target.
+    let r = raw(
+        &gw,
+        "GET http://other.example/open/x?a=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/open/x?a=1");
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("other.example")
+    );
+    // `OPTIONS *` is answered by the gateway, never forwarded.
+    let hits = be.hits.load(Ordering::Relaxed);
+    let r = raw(
+        &gw,
+        "OPTIONS * HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("allow").unwrap().contains("GET"));
+    assert_eq!(be.hits.load(Ordering::Relaxed), hits);
+}
+
+#[test]
+fn requests_the_parser_refuses_are_answered_logged_and_counted() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&config(&be, ""));
+    for head in [
+        "GET /open?a=\"x\" HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GARBAGE\r\n\r\n",
+        "GET /open HTTP/1.1\r\nBad Header\r\n\r\n",
+    ] {
+        let r = raw(&gw, head);
+        assert_eq!(r.status, 400, "{head:?}");
+        assert_eq!(r.error_code(), "bad_request", "{head:?}");
+        let id = r.header("x-request-id").unwrap().to_string();
+        assert_eq!(r.json()["error"]["request_id"], id.as_str());
+        let line = gw.wait_log(|l| l["request_id"] == id.as_str());
+        assert_eq!(line["status"], 400);
+        assert_eq!(line["error"], "bad_request");
+    }
+    assert_eq!(be.hits.load(Ordering::Relaxed), 0);
+    let m = gw.admin_request("GET", "/metrics", &[]);
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("tollgate_requests_total{method=\"OTHER\",route=\"\",status=\"400\"} 3")),
+        "{text}"
+    );
+}
+
+#[test]
+fn hosts_must_be_one_valid_host() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&config(&be, ""));
+    for head in [
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: evil.example/x\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a.example:99999\r\nConnection: close\r\n\r\n",
+    ] {
+        let r = raw(&gw, head);
+        assert_eq!(r.status, 400, "{head:?}");
+        let code = r.error_code();
+        assert!(
+            ["invalid_host", "bad_request"].contains(&code.as_str()),
+            "{head:?}: {code}"
+        );
+    }
+    assert_eq!(be.hits.load(Ordering::Relaxed), 0);
+    // HTTP/1.0 may go without.
+    let r = raw(&gw, "GET /open HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn paths_that_backends_read_differently_are_refused() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&config(&be, ""));
+    for target in [
+        "/public/..;/private/x",
+        "/open/.;/private",
+        "/open/%0d%0aSet-Cookie:%20x=1",
+        "/open/%00",
+        "/open/%252e%252e/private",
+        "/open/%c0%ae%c0%ae/private",
+        "/open/%ff",
+    ] {
+        let r = get(&gw, target, "");
+        assert_eq!(r.status, 400, "{target}");
+        assert_eq!(r.error_code(), "invalid_path", "{target}");
+    }
+    assert_eq!(be.hits.load(Ordering::Relaxed), 0, "nothing was forwarded");
+    // Normalization still applies, and what goes upstream is the normalized path.
+    let r = get(&gw, "/open/a/../b//c?x=1", "");
+    assert_eq!(r.json()["path"], "/open/b/c?x=1");
+    let r = get(&gw, "/open/%7euser", "");
+    assert_eq!(r.json()["path"], "/open/~user");
+}
+
+#[test]
+fn ambiguous_framing_is_refused_and_the_connection_closed() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&config(&be, ""));
+    for head in [
+        "POST /open HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "POST /open HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "POST /open HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "POST /open HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    ] {
+        // No `Connection: close`: the gateway closes by itself.
+        let r = raw(&gw, head);
+        assert_eq!(r.status, 400, "{head:?}");
+        let code = r.error_code();
+        assert!(
+            ["invalid_framing", "bad_request"].contains(&code.as_str()),
+            "{head:?}: {code}"
+        );
+        assert_eq!(r.header("connection"), Some("close"), "{head:?}");
+    }
+    assert_eq!(be.hits.load(Ordering::Relaxed), 0);
+    // A chunk-size line ending in a bare LF: the body is streamed, so the head has gone upstream
+    // by then; the client gets a 400 (never a 200) and the connection is closed.
+    let r = raw(
+        &gw,
+        "POST /open HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+#[test]
+fn empty_lines_before_a_request_count_toward_the_head_deadline() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&config(&be, ""));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    // One empty line every 200 ms: each read is quick, the head never comes.
+    let mut closed = false;
+    for _ in 0..50 {
+        if s.write_all(b"\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        closed || start.elapsed() < Duration::from_secs(15),
+        "the connection was held"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
+#[test]
+fn forwarded_claims_fail_closed_and_balancing_sees_them() {
+    let bes: Vec<Backend> = (0..3)
+        .map(|i| Backend::start(&format!("b{i}"), Mode::Echo))
+        .collect();
+    let targets: Vec<String> = bes
+        .iter()
+        .map(|b| format!("{{ addr: \"{}\" }}", b.addr))
+        .collect();
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+auth:
+  jwt:
+    hs: {{ algorithms: [HS256], secret: "{SECRET}" }}
+upstreams:
+  be: {{ targets: [{}], balance: consistent_hash, hash_on: "header:X-User-Id" }}
+routes:
+  - name: me
+    match: {{ path_prefix: /me }}
+    upstream: be
+    plugins: [{{ jwt: {{ provider: hs, forward_claims: {{ sub: X-User-Id, tenant: {{ header: X-Tenant, optional: true }} }} }} }}]
+"#,
+        targets.join(", ")
+    );
+    let gw = Gateway::start(&cfg);
+    let auth = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    // A claim that cannot be a header value: 401, nothing forwarded.
+    for claims in [
+        json!({}),
+        json!({"sub": null}),
+        json!({"sub": {"id": 1}}),
+        json!({"sub": "1\r\nX-Admin: yes"}),
+        json!({"sub": ""}),
+    ] {
+        let r = get(&gw, "/me", &auth(&token(claims.clone())));
+        assert_eq!(r.status, 401, "{claims}");
+        assert_eq!(r.error_code(), "invalid_token");
+    }
+    assert_eq!(
+        bes.iter()
+            .map(|b| b.hits.load(Ordering::Relaxed))
+            .sum::<usize>(),
+        0
+    );
+    // An optional claim may be absent; the client's copies never pass.
+    let r = get(
+        &gw,
+        "/me",
+        &format!(
+            "{}X-User-Id: 999\r\nX-Tenant: spoofed\r\nX_User_Id: 999\r\n",
+            auth(&token(json!({"sub": "u1"})))
+        ),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-user-id").as_deref(), Some("u1"));
+    assert_eq!(r.upstream_header("x-tenant"), None);
+    assert_eq!(r.upstream_header("x_user_id"), None);
+    // Balancing hashes the header the jwt plugin set, not the client's: whatever the client sends,
+    // one subject lands on one target.
+    let t = token(json!({"sub": "u1"}));
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let r = get(&gw, "/me", &format!("{}X-User-Id: spoof-{i}\r\n", auth(&t)));
+        seen.insert(r.json()["backend"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}
+
+#[test]
+fn rewrites_encode_parameters_for_their_position() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&config(&be, ""));
+    let r = get(&gw, "/lookup/1&admin=true", "");
+    assert_eq!(r.json()["path"], "/search?q=1%26admin%3Dtrue");
+    let r = get(&gw, "/lookup/a+b?page=2", "");
+    assert_eq!(r.json()["path"], "/search?q=a%2Bb&page=2");
+    let r = get(&gw, "/seg/a&b=c", "");
+    assert_eq!(r.json()["path"], "/items/a&b=c/detail");
+}
+
+#[test]
+fn spoofable_headers_from_an_untrusted_peer_are_removed() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&config(&be, ""));
+    let r = get(
+        &gw,
+        "/open",
+        "Forwarded: for=1.2.3.4\r\nX-Real-IP: 1.2.3.4\r\nTrue-Client-IP: 1.2.3.4\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Prefix: /admin\r\nX_Forwarded_For: 1.2.3.4\r\nX_Request_Id: x\r\nX-Custom_Header: kept\r\n",
+    );
+    assert_eq!(r.status, 200);
+    for h in [
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x_forwarded_for",
+        "x_request_id",
+    ] {
+        assert_eq!(r.upstream_header(h), None, "{h} reached the upstream");
+    }
+    assert_eq!(
+        r.upstream_header("x-custom_header").as_deref(),
+        Some("kept")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+}
+
+#[test]
+fn unrouted_requests_run_the_global_chain() {
+    let be = Backend::start("be", Mode::Echo);
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+rate_limits:
+  scan: {{ requests: 5, per: 1m }}
+plugins: [{{ rate_limit: scan }}]
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: api, match: {{ path_prefix: /api }}, upstream: be }}
+"#,
+        be.addr
+    );
+    let gw = Gateway::start(&cfg);
+    let statuses: Vec<u16> = (0..8)
+        .map(|i| get(&gw, &format!("/wp-admin/{i}.php"), "").status)
+        .collect();
+    assert_eq!(statuses, [404, 404, 404, 404, 404, 429, 429, 429]);
+    let r = get(&gw, "/nope", "");
+    assert_eq!(r.error_code(), "rate_limited");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(be.hits.load(Ordering::Relaxed), 0);
+}
