@@ -381,3 +381,56 @@ routes:
     assert!(r.header("retry-after").is_some());
     assert_eq!(be.hits.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn a_slow_upload_after_100_continue_is_not_cut_by_the_head_deadline() {
+    // An upstream that answers `Expect: 100-continue` (the echo backend does not): 100, then the
+    // final answer with the body it read.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let _ = c.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let mut body = [0u8; 5];
+            if c.read_exact(&mut body).is_ok() {
+                let _ = c.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n{}",
+                        String::from_utf8_lossy(&body)
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "server: {{ listen: [\"{{listen}}\"], threads: 1, limits: {{ header_read_timeout: 1s }} }}\nupstreams:\n  be: {{ targets: [{{ addr: \"{addr}\" }}], timeouts: {{ read: 10s }} }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}\n"
+    ));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        got.push(b[0]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // Longer than the head deadline before the body comes.
+    std::thread::sleep(Duration::from_millis(2500));
+    s.write_all(b"hello").unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let r = common::parse_response(&rest);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello");
+}
