@@ -1,6 +1,10 @@
 //! WebSockets through the real binary, with a real WebSocket library on both sides: after the `101` the
 //! connection is a tunnel, with no head deadline, no body limit and no byte of the gateway's in it.
-#![allow(clippy::unwrap_used, clippy::result_large_err, clippy::collapsible_match)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::result_large_err,
+    clippy::collapsible_match
+)]
 
 mod common;
 
