@@ -224,3 +224,22 @@ fn run_refuses_a_busy_address() {
         );
     }
 }
+
+#[test]
+fn validate_locates_the_request_path_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "opts.yaml",
+        "server:\n  limits: { tunnel_idle_timeout: 0s }\nauth:\n  jwt:\n    hs: { algorithms: [HS256], secret: \"0123456789abcdef0123456789abcdef\" }\nupstreams:\n  u: { targets: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - name: a\n    match: { path_prefix: /a }\n    upstream: u\n    rewrite: \"/b#frag\"\n    plugins: [{ jwt: { provider: hs, forward_claims: { sub: { header: \"bad header\" } } } }]\n",
+    );
+    let (code, out, _) = tollgate(&["validate", &f]);
+    assert_eq!(code, 1);
+    for want in [
+        format!("{f}:2:34: server.limits.tunnel_idle_timeout: must be greater than zero"),
+        format!("{f}:12:14: routes[0].rewrite: may hold only visible ASCII"),
+        format!("{f}:13:71: routes[0].plugins[0].jwt.forward_claims.sub.header: `bad header` is not a valid header name"),
+    ] {
+        assert!(out.contains(&want), "missing `{want}` in:\n{out}");
+    }
+}
