@@ -537,18 +537,14 @@ fn classic_attacks_are_refused() {
     assert_eq!(get(&g, "/api/public/x", &[]).status, 200);
 }
 
-#[test]
-fn jwks_rotation_and_outage() {
-    let be = Backend::start("be", Mode::Echo);
-    let jwks = StaticServer::start(
-        200,
-        &std::fs::read_to_string(fixture("jwks-rsa1.json")).unwrap(),
-    );
-    let g = Gateway::start(&format!(
+/// A gateway whose one route needs a token of provider `idp`, whose keys come from `jwks` (`timing`: the
+/// provider's jwks_refresh/min_refetch/timeout fields).
+fn jwks_gateway(be: &Backend, jwks: &StaticServer, timing: &str) -> Gateway {
+    Gateway::start(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}
 auth:
   jwt:
-    idp: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks\", jwks_refresh: 300ms, jwks_min_refetch: 100ms, jwks_timeout: 1s, issuer: test-idp, audience: api }}
+    idp: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks\", {timing}, issuer: test-idp, audience: api }}
 upstreams:
   be: {{ targets: [{{ addr: \"{}\" }}] }}
 routes:
@@ -558,19 +554,40 @@ routes:
     plugins: [{{ jwt: {{ provider: idp }} }}]
 ",
         jwks.addr, be.addr
-    ));
-    let t1 = sign(
-        Algorithm::RS256,
-        &rsa("rsa1.key"),
-        Some("rsa-1"),
-        &claims("alice"),
+    ))
+}
+
+/// Alice's token signed with rsa-1, Bob's with rsa-2.
+fn rsa_tokens() -> (String, String) {
+    (
+        sign(
+            Algorithm::RS256,
+            &rsa("rsa1.key"),
+            Some("rsa-1"),
+            &claims("alice"),
+        ),
+        sign(
+            Algorithm::RS256,
+            &rsa("rsa2.key"),
+            Some("rsa-2"),
+            &claims("bob"),
+        ),
+    )
+}
+
+#[test]
+fn jwks_rotation_and_outage() {
+    let be = Backend::start("be", Mode::Echo);
+    let jwks = StaticServer::start(
+        200,
+        &std::fs::read_to_string(fixture("jwks-rsa1.json")).unwrap(),
     );
-    let t2 = sign(
-        Algorithm::RS256,
-        &rsa("rsa2.key"),
-        Some("rsa-2"),
-        &claims("bob"),
+    let g = jwks_gateway(
+        &be,
+        &jwks,
+        "jwks_refresh: 300ms, jwks_min_refetch: 100ms, jwks_timeout: 1s",
     );
+    let (t1, t2) = rsa_tokens();
     let eventually = |token: &str, want: u16| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -636,33 +653,12 @@ fn an_oversized_jwks_is_refused_and_the_last_good_keys_stay() {
         200,
         &std::fs::read_to_string(fixture("jwks-rsa1.json")).unwrap(),
     );
-    let g = Gateway::start(&format!(
-        "server: {{ listen: [\"{{listen}}\"] }}
-auth:
-  jwt:
-    idp: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks\", jwks_refresh: 200ms, jwks_min_refetch: 100ms, jwks_timeout: 2s, issuer: test-idp, audience: api }}
-upstreams:
-  be: {{ targets: [{{ addr: \"{}\" }}] }}
-routes:
-  - name: r
-    match: {{ path_prefix: / }}
-    upstream: be
-    plugins: [{{ jwt: {{ provider: idp }} }}]
-",
-        jwks.addr, be.addr
-    ));
-    let t1 = sign(
-        Algorithm::RS256,
-        &rsa("rsa1.key"),
-        Some("rsa-1"),
-        &claims("alice"),
+    let g = jwks_gateway(
+        &be,
+        &jwks,
+        "jwks_refresh: 200ms, jwks_min_refetch: 100ms, jwks_timeout: 2s",
     );
-    let t2 = sign(
-        Algorithm::RS256,
-        &rsa("rsa2.key"),
-        Some("rsa-2"),
-        &claims("bob"),
-    );
+    let (t1, t2) = rsa_tokens();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while get(&g, "/x", &[&bearer(&t1)]).status != 200 {
         assert!(std::time::Instant::now() < deadline, "rsa-1 never loaded");
