@@ -412,6 +412,19 @@ fn reload_under_load_drops_nothing_and_bad_files_never_replace_good_ones() {
         .unwrap()
             >= 3.0
     );
+    // An empty file (a truncated write) is refused the same way: every route stays.
+    std::fs::write(g.config_path(), "").unwrap();
+    let r = g.admin_request("POST", "/admin/reload", &[&auth]);
+    assert_eq!(r.status, 422);
+    assert!(
+        r.json()["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("tollgate.yaml:1:1: the config file is empty"),
+        "{}",
+        r.json()
+    );
+    assert_eq!(g.get("/added2").status, 200);
     // Fixed again: SIGHUP applies it.
     std::fs::write(g.config_path(), &added).unwrap();
     g.signal("HUP");

@@ -257,8 +257,19 @@ pub fn load_str(
         keys: indexer.keys,
     };
 
+    // An empty file is never a config: it is what a truncated write or a ConfigMap glitch leaves, and
+    // applying it would turn every route into a 404 and the admin API off (so it could not be mended
+    // through the API). A reload of it keeps the running config.
     let mut root: Value = if text.trim().is_empty() {
-        Value::Mapping(Default::default())
+        return Err(Diagnostics(vec![Diagnostic {
+            file: file.to_string(),
+            line: 1,
+            col: 1,
+            path: String::new(),
+            message: "the config file is empty (a truncated write?): it needs at least `routes:`"
+                .into(),
+            severity: Severity::Error,
+        }]));
     } else {
         serde_yaml_ng::from_str(text).map_err(|e| {
             let (line, col) = e
@@ -715,6 +726,12 @@ mod tests {
 
     #[test]
     fn syntax_error_has_place() {
+        for empty in ["", "  \n\n"] {
+            let e = load_str("f.yaml", empty, &env).err().unwrap();
+            let text = e.0[0].to_string();
+            assert!(text.starts_with("f.yaml:1:1: "), "{text}");
+            assert!(text.contains("the config file is empty"), "{text}");
+        }
         let errs = load_str("f.yaml", "routes:\n  - name: a\n   bad: [\n", &env)
             .err()
             .unwrap();
