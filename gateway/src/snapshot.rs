@@ -314,10 +314,11 @@ impl Snapshot {
         let mut routes = Vec::new();
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, r) in cfg.routes.iter().enumerate() {
-            let base = format!("routes[{i}]");
+            // `i` is the position among the routes that parsed (the router's), `r.index` the file's.
+            let base = format!("routes[{}]", r.index);
             if r.name.trim().is_empty() {
                 d.0.push(locs.error(&format!("{base}.name"), "a route needs a name"));
-            } else if let Some(first) = names.insert(&r.name, i) {
+            } else if let Some(first) = names.insert(&r.name, r.index) {
                 d.0.push(locs.error(
                     &format!("{base}.name"),
                     format!(
@@ -398,7 +399,7 @@ impl Snapshot {
                 let preserve_host = r.preserve_host.unwrap_or(up.preserve_host);
                 routes.push(Arc::new(Route {
                     name: r.name.clone(),
-                    index: i,
+                    index: r.index,
                     upstream: up,
                     strip_prefix: r.strip_prefix.clone(),
                     rewrite,
@@ -544,36 +545,16 @@ fn plugins(
         let at = format!("{base}[{i}]");
         match registry.build(entry, ctx) {
             Ok(p) => out.push(p),
-            // A provider that failed to compile was reported already; don't say it is unknown too.
-            Err(e)
-                if e.path.ends_with("provider")
-                    && e.message.starts_with("unknown")
-                    && provider_broken(entry, ctx) => {}
+            // A provider that failed to compile was reported where it is defined.
+            Err(e) if e.reported => {}
             Err(e) => {
                 let path = sub_path(&at, &e.path);
-                let at_key = e.message.starts_with("unknown field");
-                let mut diag = locs.diag(
-                    &path,
-                    e.message,
-                    crate::config::diag::Severity::Error,
-                    at_key,
-                );
-                diag.path = path;
-                d.0.push(diag);
+                let severity = crate::config::diag::Severity::Error;
+                d.0.push(locs.diag(&path, e.message, severity, e.at_key));
             }
         }
     }
     out
-}
-
-/// Does this plugin entry name a provider that exists in the file but failed to compile?
-fn provider_broken(entry: &serde_yaml_ng::Value, ctx: &BuildContext) -> bool {
-    let name = entry
-        .as_mapping()
-        .and_then(|m| m.values().next())
-        .and_then(|v| v.get("provider"))
-        .and_then(|v| v.as_str());
-    name.is_some_and(|n| ctx.failed.contains(n))
 }
 
 fn positive(locs: &Locations, d: &mut Diagnostics, path: &str, v: i64) {
@@ -1048,25 +1029,29 @@ fn warn_shadowed(
         };
         format!("{:?}|{p}", m.host)
     };
-    let mut seen: Vec<(String, &RouteMatcher, usize)> = Vec::new();
+    // Only routes with the same host and path shape can shadow each other: group them by that key so
+    // the check stays linear in the route count (a config of 100,000 distinct routes is one pass).
+    let mut groups: std::collections::HashMap<String, Vec<(usize, &RouteMatcher)>> =
+        std::collections::HashMap::with_capacity(matchers.len());
     let mut warned = HashSet::new();
     for (i, m) in matchers {
-        let k = key(m);
-        for (k2, earlier, j) in &seen {
+        let group = groups.entry(key(m)).or_default();
+        for (j, earlier) in group.iter() {
             let methods_covered = earlier.methods.is_empty()
                 || (!m.methods.is_empty() && m.methods.iter().all(|x| earlier.methods.contains(x)));
             let headers_covered = earlier.headers.iter().all(|h| m.headers.contains(h));
-            if *k2 == k && methods_covered && headers_covered && warned.insert(*i) {
+            if methods_covered && headers_covered && warned.insert(*i) {
+                let (r, e) = (&cfg.routes[*i], &cfg.routes[*j]);
                 d.0.push(locs.warning(
-                    &format!("routes[{i}]"),
+                    &format!("routes[{}]", r.index),
                     format!(
-                        "route `{}` is never matched: route `{}` (routes[{j}]) matches the same requests first",
-                        cfg.routes[*i].name, cfg.routes[*j].name
+                        "route `{}` is never matched: route `{}` (routes[{}]) matches the same requests first",
+                        r.name, e.name, e.index
                     ),
                 ));
             }
         }
-        seen.push((k, m, *i));
+        group.push((*i, m));
     }
 }
 
@@ -1091,11 +1076,13 @@ mod tests {
         let errs = compile(&text).err().unwrap();
         let s = errs.to_string();
         assert!(
-            s.contains("t.yaml:7:15: routes[0].upstream: unknown upstream `nope` (defined: u)"),
+            s.contains(
+                "t.yaml:7:15: error: routes[0].upstream: unknown upstream `nope` (defined: u)"
+            ),
             "{s}"
         );
         assert!(
-            s.contains("t.yaml:8:11: routes[1].name: duplicate route name `a`"),
+            s.contains("t.yaml:8:11: error: routes[1].name: duplicate route name `a`"),
             "{s}"
         );
         assert!(
@@ -1109,7 +1096,7 @@ mod tests {
     fn zero_weight_and_bad_listen() {
         let text = "server:\n  listen: [nowhere]\nupstreams:\n  u:\n    targets: [{ addr: \"127.0.0.1:1\", weight: 0 }]\n";
         let s = compile(text).err().unwrap().to_string();
-        assert!(s.contains("t.yaml:2:12: server.listen[0]"), "{s}");
+        assert!(s.contains("t.yaml:2:12: error: server.listen[0]"), "{s}");
         assert!(
             s.contains("upstreams.u.targets[0].weight: weight must be at least 1, got 0"),
             "{s}"

@@ -720,7 +720,7 @@ routes:
     assert_eq!(code, 1, "{out}");
     let f = path.to_str().unwrap();
     let want = format!(
-        "{f}:3:43: auth.jwt.idp.jwks_url: `http://example.com/jwks`: use https:// (http is accepted only for loopback"
+        "{f}:3:43: error: auth.jwt.idp.jwks_url: `http://example.com/jwks`: use https:// (http is accepted only for loopback"
     );
     assert!(
         out.lines().any(|l| l.starts_with(&want)),
@@ -975,14 +975,14 @@ routes:
     assert_eq!(code, 1);
     let f = path.to_str().unwrap();
     for want in [
-        format!("{f}:5:33: auth.jwt.weak.algorithms[1]: `none` is not a supported algorithm"),
-        format!("{f}:5:48: auth.jwt.weak.secret: an HMAC secret must be at least 32 bytes"),
-        format!("{f}:6:35: auth.jwt.rsonly.algorithms[1]: no configured key can verify HS256 tokens"),
-        format!("{f}:6:60: auth.jwt.rsonly.public_key_file: cannot read `nowhere.pem`"),
-        format!("{f}:8:5: plugins[0]: unknown plugin `rate_limiter`, expected one of `api_key`"),
-        format!("{f}:14:26: routes[0].plugins[0].jwt.provider: unknown JWT provider `missing`"),
-        format!("{f}:15:33: routes[0].plugins[1].cors.allow_origins[0]: `*` cannot be used with `allow_credentials: true`"),
-        format!("{f}:16:34: routes[0].plugins[2].body_limit.maxx: unknown field `maxx`, expected `max`"),
+        format!("{f}:5:33: error: auth.jwt.weak.algorithms[1]: `none` is not a supported algorithm"),
+        format!("{f}:5:48: error: auth.jwt.weak.secret: an HMAC secret must be at least 32 bytes"),
+        format!("{f}:6:35: error: auth.jwt.rsonly.algorithms[1]: no configured key can verify HS256 tokens"),
+        format!("{f}:6:60: error: auth.jwt.rsonly.public_key_file: cannot read `nowhere.pem`"),
+        format!("{f}:8:5: error: plugins[0]: unknown plugin `rate_limiter`: did you mean `rate_limit`?"),
+        format!("{f}:14:26: error: routes[0].plugins[0].jwt.provider: unknown JWT provider `missing`"),
+        format!("{f}:15:33: error: routes[0].plugins[1].cors.allow_origins[0]: `*` cannot be used with `allow_credentials: true`"),
+        format!("{f}:16:34: error: routes[0].plugins[2].body_limit.maxx: unknown field `maxx`: did you mean `max`?"),
     ] {
         assert!(out.lines().any(|l| l.starts_with(&want)), "missing `{want}` in:\n{out}");
     }
@@ -1037,7 +1037,9 @@ routes:
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(":8:49: routes[0].plugins[0].tenant_header.colour: unknown field `colour`"),
+        err.contains(
+            ":8:49: error: routes[0].plugins[0].tenant_header.colour: unknown field `colour`"
+        ),
         "{err}"
     );
 }

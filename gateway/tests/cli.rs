@@ -42,14 +42,14 @@ routes:
     let (code, out, _) = tollgate(&["validate", &f]);
     assert_eq!(code, 1);
     let want = [
-        format!("{f}:3:50: server.limits.header_read_timeout: duration `10` needs a unit: write `10s` or `10ms`"),
-        format!("{f}:6:49: upstreams.users.targets[0].weight: weight must be at least 1, got 0"),
-        format!("{f}:9:5: upstreams.orders.balanse: unknown field `balanse`, expected one of `targets`, `balance`, `hash_on`, `health_check`, `timeouts`, `retries`, `preserve_host`, `dns_refresh`, `tls`"),
-        format!("{f}:12:54: routes[0].match.methods[1]: `BAD METHOD` is not an HTTP method"),
-        format!("{f}:13:15: routes[0].upstream: unknown upstream `userz` (defined: orders, users)"),
-        format!("{f}:14:11: routes[1].name: duplicate route name `users` (first used by routes[0])"),
-        format!("{f}:15:26: routes[1].match.path_regex: invalid regex: error: unclosed group"),
-        format!("{f}:20:5: routes[2].retries: unknown field `retries`, expected one of `name`, `match`, `upstream`, `strip_prefix`, `rewrite`, `preserve_host`, `plugins`"),
+        format!("{f}:3:50: error: server.limits.header_read_timeout: duration `10` needs a unit: write `10s` or `10ms`"),
+        format!("{f}:6:49: error: upstreams.users.targets[0].weight: weight must be at least 1, got 0"),
+        format!("{f}:9:5: error: upstreams.orders.balanse: unknown field `balanse`: did you mean `balance`?"),
+        format!("{f}:12:54: error: routes[0].match.methods[1]: `BAD METHOD` is not an HTTP method"),
+        format!("{f}:13:15: error: routes[0].upstream: unknown upstream `userz` (defined: orders, users)"),
+        format!("{f}:14:11: error: routes[1].name: duplicate route name `users` (first used by routes[0])"),
+        format!("{f}:15:26: error: routes[1].match.path_regex: invalid regex: error: unclosed group"),
+        format!("{f}:20:5: error: routes[2].retries: unknown field `retries`, expected one of `name`, `match`, `upstream`, `strip_prefix`, `rewrite`, `preserve_host`, `plugins`"),
     ];
     let lines: Vec<&str> = out.lines().collect();
     for w in &want {
@@ -71,7 +71,7 @@ fn validate_syntax_and_env_errors() {
     let (code, out, _) = tollgate(&["validate", &f]);
     assert_eq!(code, 1);
     assert!(
-        out.starts_with(&format!("{f}:4:1: YAML syntax error")),
+        out.starts_with(&format!("{f}:4:1: error: YAML syntax error")),
         "{out}"
     );
 
@@ -88,7 +88,7 @@ fn validate_syntax_and_env_errors() {
         "one problem, reported once: {out}"
     );
     assert!(
-        out.contains(&format!("{g}:3:23: upstreams.u.targets[0].addr: environment variable `TOLLGATE_TEST_UNSET_VAR` is not set")),
+        out.contains(&format!("{g}:3:23: error: upstreams.u.targets[0].addr: environment variable `TOLLGATE_TEST_UNSET_VAR` is not set")),
         "{out}"
     );
     let (code, _, _) = tollgate(&["validate", "/nonexistent/file.yaml"]);
@@ -158,7 +158,9 @@ fn run_refuses_a_broken_config() {
     let (code, _, err) = tollgate(&["run", "-c", &f]);
     assert_eq!(code, 1);
     assert!(
-        err.contains(&format!("{f}:3:3: server.bogus: unknown field `bogus`")),
+        err.contains(&format!(
+            "{f}:3:3: error: server.bogus: unknown field `bogus`"
+        )),
         "{err}"
     );
 }
@@ -236,10 +238,58 @@ fn validate_locates_the_request_path_options() {
     let (code, out, _) = tollgate(&["validate", &f]);
     assert_eq!(code, 1);
     for want in [
-        format!("{f}:2:34: server.limits.tunnel_idle_timeout: must be greater than zero"),
-        format!("{f}:12:14: routes[0].rewrite: may hold only visible ASCII"),
-        format!("{f}:13:71: routes[0].plugins[0].jwt.forward_claims.sub.header: `bad header` is not a valid header name"),
+        format!("{f}:2:34: error: server.limits.tunnel_idle_timeout: must be greater than zero"),
+        format!("{f}:12:14: error: routes[0].rewrite: may hold only visible ASCII"),
+        format!("{f}:13:71: error: routes[0].plugins[0].jwt.forward_claims.sub.header: `bad header` is not a valid header name"),
     ] {
         assert!(out.contains(&want), "missing `{want}` in:\n{out}");
     }
+}
+
+/// Every problem of a file in one run, each on its own route: a typo in `routes[0]` hides neither that
+/// route's other problems nor the next route's (which used to be reported on `routes[0]`), a broken
+/// provider is reported once, and near-miss names get a suggestion.
+#[test]
+fn validate_places_each_problem_on_its_own_route_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "routes.yaml",
+        r#"auth:
+  jwt:
+    idp: { algorithms: [HS256], secret: short }
+upstreams:
+  u: { targets: [{ addr: "127.0.0.1:1" }], balance: round_robbin }
+routes:
+  - name: a
+    match: { path_prefix: /a }
+    upstream: u
+    strip_prefx: /a
+    preserve_host: maybe
+    plugins: [{ jwt: { provider: idp } }]
+  - name: b
+    match: { path_prefix: /b }
+    upstream: nope
+    plugins: [{ jwt: { provider: missing } }, rate_limiter]
+"#,
+    );
+    let (code, out, _) = tollgate(&["validate", &f]);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let want = [
+        format!("{f}:3:41: error: auth.jwt.idp.secret: an HMAC secret must be at least 32 bytes"),
+        format!("{f}:5:53: error: upstreams.u.balance: unknown value `round_robbin`: did you mean `round_robin`?"),
+        format!("{f}:10:5: error: routes[0].strip_prefx: unknown field `strip_prefx`: did you mean `strip_prefix`?"),
+        format!("{f}:11:20: error: routes[0].preserve_host: invalid type: string `maybe`, expected `true` or `false`"),
+        format!("{f}:15:15: error: routes[1].upstream: unknown upstream `nope`"),
+        format!("{f}:16:34: error: routes[1].plugins[0].jwt.provider: unknown JWT provider `missing`"),
+        format!("{f}:16:47: error: routes[1].plugins[1]: unknown plugin `rate_limiter`: did you mean `rate_limit`?"),
+    ];
+    for w in &want {
+        assert!(
+            lines.iter().any(|l| l.starts_with(w.as_str())),
+            "missing line:\n{w}\nin:\n{out}"
+        );
+    }
+    assert_eq!(lines.len(), want.len(), "one line per problem:\n{out}");
 }

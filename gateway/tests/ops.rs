@@ -381,7 +381,7 @@ fn reload_under_load_drops_nothing_and_bad_files_never_replace_good_ones() {
     let errors = r.json()["errors"].clone();
     let first = errors[0].as_str().unwrap();
     assert!(
-        first.contains("tollgate.yaml:21:5: routes[1].upstreem: unknown field `upstreem`"),
+        first.contains("tollgate.yaml:21:5: error: routes[1].upstreem: unknown field `upstreem`"),
         "{errors}"
     );
     assert_eq!(g.get("/open/x").status, 200);
@@ -420,7 +420,7 @@ fn reload_under_load_drops_nothing_and_bad_files_never_replace_good_ones() {
         r.json()["errors"][0]
             .as_str()
             .unwrap()
-            .contains("tollgate.yaml:1:1: the config file is empty"),
+            .contains("tollgate.yaml:1:1: error: the config file is empty"),
         "{}",
         r.json()
     );

@@ -297,13 +297,15 @@ routes:
     for want in [
         "rate_limits.a.on_error: say what happens when Redis fails",
         "rate_limits.a.store: `store: redis` needs a top-level `redis: { url: ... }`",
-        ":3:18: rate_limits.b.requests: must be at least 1",
+        ":3:18: error: rate_limits.b.requests: must be at least 1",
         "rate_limits.b.per: must be at least 1s",
-        ":4:35: rate_limits.c.key: `cookie:x` is not a key",
-        ":11:29: routes[0].plugins[0].rate_limit: unknown policy `a` (it failed to load)",
+        ":4:35: error: rate_limits.c.key: `cookie:x` is not a key",
+        ":11:29: error: routes[0].plugins[0].rate_limit: unknown rate-limit policy `nope`",
     ] {
         assert!(out.contains(want), "missing `{want}` in:\n{out}");
     }
+    // `a` is broken where it is defined; the route that names it does not say so a second time.
+    assert!(!out.contains("policy `a`"), "{out}");
 }
 
 #[test]
@@ -435,8 +437,12 @@ routes:
     assert_eq!(code, 1, "{out}");
     let f = path.to_str().unwrap();
     for want in [
-        format!("{f}:2:46: rate_limits.wide.ipv6_prefix: must be a prefix length from 1 to 128"),
-        format!("{f}:3:46: rate_limits.zero.ipv6_prefix: must be a prefix length from 1 to 128"),
+        format!(
+            "{f}:2:46: error: rate_limits.wide.ipv6_prefix: must be a prefix length from 1 to 128"
+        ),
+        format!(
+            "{f}:3:46: error: rate_limits.zero.ipv6_prefix: must be a prefix length from 1 to 128"
+        ),
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(&want)),

@@ -227,14 +227,14 @@ fn broken_certificates_are_reported_with_their_place() {
         (
             "missing.pem",
             "good.key",
-            "5:11: server.tls.cert: cannot read",
+            "5:11: error: server.tls.cert: cannot read",
         ),
-        ("empty.pem", "good.key", "5:11: server.tls.cert: "),
-        ("good.pem", "other.key", "6:10: server.tls.key: "),
+        ("empty.pem", "good.key", "5:11: error: server.tls.cert: "),
+        ("good.pem", "other.key", "6:10: error: server.tls.key: "),
         (
             "expired.pem",
             "expired.key",
-            "5:11: server.tls.cert: the certificate expired on",
+            "5:11: error: server.tls.cert: the certificate expired on",
         ),
     ];
     for (cert, key, want) in cases {

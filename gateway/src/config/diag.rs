@@ -8,8 +8,8 @@ pub enum Severity {
     Warning,
 }
 
-/// One problem found in a config file. Displayed as `FILE:LINE:COL: field.path: message`, the format
-/// editors and CI annotators understand; warnings say `warning:` after the place.
+/// One problem found in a config file. Displayed as `FILE:LINE:COL: error: field.path: message` (or
+/// `warning:`), the format of compilers, which editors and CI annotators understand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub file: String,
@@ -25,9 +25,10 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}: ", self.file, self.line, self.col)?;
-        if self.severity == Severity::Warning {
-            f.write_str("warning: ")?;
-        }
+        f.write_str(match self.severity {
+            Severity::Error => "error: ",
+            Severity::Warning => "warning: ",
+        })?;
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }

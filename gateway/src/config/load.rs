@@ -2,8 +2,9 @@
 //!
 //! Two parsers look at the text. `yaml-rust2`'s event parser gives the line and column of every key and
 //! value, stored by field path in [`Locations`]; `serde_yaml_ng` turns the text into a value tree that the
-//! typed sections are deserialized from, with `serde_path_to_error` naming the field that failed. Each
-//! upstream and each route is deserialized on its own, so one bad route does not hide the next one's problem.
+//! typed sections are deserialized from through [`crate::config::de`], whose errors keep their structure
+//! and their field path. Each upstream and each route is deserialized on its own and every problem of it
+//! is reported, so one bad route hides neither its own other problems nor the next route's.
 
 use std::collections::HashMap;
 
@@ -194,22 +195,31 @@ pub struct Loaded {
     /// Problems found so far (type errors, unknown fields, unset variables). The config is still
     /// returned so that the semantic checks can report their problems too, in the same run.
     pub diagnostics: Diagnostics,
-    /// Paths whose `${VAR}` could not be resolved. Any later complaint about these values would only
-    /// repeat that problem in other words, so [`Loaded::add`] drops it.
-    unresolved: Vec<String>,
+    /// Paths already reported (a `${VAR}` that could not be resolved, a value of the wrong type that was
+    /// left out). Any later complaint about them would only repeat that problem in other words, so
+    /// [`Loaded::add`] drops it.
+    tainted: Vec<String>,
 }
 
 impl Loaded {
     /// Add later diagnostics (e.g. from compiling), except those about unresolved values.
     pub fn add(&mut self, more: Diagnostics) {
         for d in more.0 {
-            let repeat =
-                self.unresolved.contains(&d.path) && !d.message.starts_with("environment variable");
-            if !repeat {
+            if !self.tainted.iter().any(|t| repeats(t, &d.path)) {
                 self.diagnostics.0.push(d);
             }
         }
         self.diagnostics.sort();
+    }
+}
+
+/// Would a problem at `path` repeat the one reported at `tainted`? It does when it is about the same
+/// value, a part of it, or the mapping that holds it (`routes[0].match` lacks a path because
+/// `routes[0].match.path` had the wrong type and was left out).
+fn repeats(tainted: &str, path: &str) -> bool {
+    match path.strip_prefix(tainted) {
+        Some(rest) => rest.is_empty() || rest.starts_with('.') || rest.starts_with('['),
+        None => parent_path(tainted) == Some(path),
     }
 }
 
@@ -294,21 +304,27 @@ pub fn load_str(
 
     let mut diags = Diagnostics::default();
     interpolate(&mut root, "", env, &locations, &mut diags);
-    let unresolved: Vec<String> = diags.0.iter().map(|d| d.path.clone()).collect();
+    let mut tainted: Vec<String> = diags.0.iter().map(|d| d.path.clone()).collect();
 
-    let config = typed(root, &locations, &mut diags);
-    let mut loaded = Loaded {
+    let mut typed_diags = Diagnostics::default();
+    let config = typed(root, &locations, &mut typed_diags, &mut tainted);
+    diags.0.extend(typed_diags.0);
+    diags.sort();
+    Ok(Loaded {
         config,
         locations,
-        diagnostics: Diagnostics::default(),
-        unresolved,
-    };
-    loaded.add(diags);
-    Ok(loaded)
+        diagnostics: diags,
+        tainted,
+    })
 }
 
 /// Deserialize the tree section by section, collecting every problem.
-fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
+fn typed(
+    root: Value,
+    locs: &Locations,
+    diags: &mut Diagnostics,
+    tainted: &mut Vec<String>,
+) -> RawConfig {
     let mut cfg = RawConfig::default();
     let Value::Mapping(map) = root else {
         diags.0.push(locs.error(
@@ -326,7 +342,7 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
         };
         match key.as_str() {
             "server" => {
-                if let Some(s) = section::<ServerConfig>(v, "server", locs, diags) {
+                if let Some(s) = section::<ServerConfig>(v, "server", locs, diags, tainted) {
                     cfg.server = s;
                 }
             }
@@ -335,7 +351,7 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                     for (name, up) in ups {
                         let name = yaml_key(&name);
                         let path = join_key("upstreams", &name);
-                        match section::<UpstreamConfig>(up, &path, locs, diags) {
+                        match section::<UpstreamConfig>(up, &path, locs, diags, tainted) {
                             Some(u) => {
                                 cfg.upstreams.insert(name, u);
                             }
@@ -362,6 +378,7 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                                 &base,
                                 locs,
                                 diags,
+                                tainted,
                                 &mut cfg.auth.jwt,
                                 &mut cfg.auth.broken,
                             ),
@@ -370,6 +387,7 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                                 &base,
                                 locs,
                                 diags,
+                                tainted,
                                 &mut cfg.auth.api_keys,
                                 &mut cfg.auth.broken,
                             ),
@@ -400,18 +418,19 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                     "rate_limits",
                     locs,
                     diags,
+                    tainted,
                     &mut cfg.rate_limits,
                     &mut broken,
                 );
                 cfg.auth.broken.extend(broken);
             }
             "redis" => {
-                if let Some(r) = section(v, "redis", locs, diags) {
+                if let Some(r) = section(v, "redis", locs, diags, tainted) {
                     cfg.redis = Some(r);
                 }
             }
             "tracing" => {
-                if let Some(t) = section(v, "tracing", locs, diags) {
+                if let Some(t) = section(v, "tracing", locs, diags, tainted) {
                     cfg.tracing = Some(t);
                 }
             }
@@ -426,7 +445,9 @@ fn typed(root: Value, locs: &Locations, diags: &mut Diagnostics) -> RawConfig {
                 Value::Sequence(routes) => {
                     for (i, r) in routes.into_iter().enumerate() {
                         let path = format!("routes[{i}]");
-                        if let Some(r) = section::<RouteConfig>(r, &path, locs, diags) {
+                        if let Some(mut r) = section::<RouteConfig>(r, &path, locs, diags, tainted)
+                        {
+                            r.index = i;
                             cfg.routes.push(r);
                         }
                     }
@@ -460,6 +481,7 @@ fn named<T: DeserializeOwned>(
     base: &str,
     locs: &Locations,
     diags: &mut Diagnostics,
+    tainted: &mut Vec<String>,
     out: &mut std::collections::BTreeMap<String, T>,
     broken: &mut std::collections::BTreeSet<String>,
 ) {
@@ -467,7 +489,7 @@ fn named<T: DeserializeOwned>(
         Value::Mapping(m) => {
             for (name, item) in m {
                 let name = yaml_key(&name);
-                match section::<T>(item, &join_key(base, &name), locs, diags) {
+                match section::<T>(item, &join_key(base, &name), locs, diags, tainted) {
                     Some(t) => {
                         out.insert(name, t);
                     }
@@ -500,12 +522,15 @@ fn quoted(keys: &[&str]) -> String {
         .join(", ")
 }
 
-/// Deserialize one section; on failure push a diagnostic at the failing field and return None.
+/// Deserialize one section, reporting every problem in it (see [`crate::config::de::collect`]). Returns
+/// the section when what is left of it after the bad nodes were taken out still deserializes, so its
+/// other problems are found by the compiler in the same run; the file is invalid either way.
 fn section<T: DeserializeOwned>(
     v: Value,
     base: &str,
     locs: &Locations,
     diags: &mut Diagnostics,
+    tainted: &mut Vec<String>,
 ) -> Option<T> {
     // An absent section body (`server:` with nothing after it) means "all defaults".
     let v = if v.is_null() {
@@ -513,16 +538,22 @@ fn section<T: DeserializeOwned>(
     } else {
         v
     };
-    match serde_path_to_error::deserialize::<_, T>(v) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let path = sub_path(base, &serde_path(e.path()));
-            let msg = clean_message(&e.inner().to_string());
-            let at_key = msg.starts_with("unknown field");
-            diags.0.push(locs.diag(&path, msg, Severity::Error, at_key));
-            None
+    let (value, problems) = crate::config::de::collect::<T>(v);
+    for p in &problems {
+        let path = sub_path(base, &p.path);
+        if tainted.iter().any(|t| repeats(t, &path)) {
+            continue;
+        }
+        diags
+            .0
+            .push(locs.diag(&path, p.error.to_string(), Severity::Error, p.at_key()));
+        // A value left out for its type is missing as far as the rest of the checks go; an unknown
+        // field changes nothing else.
+        if !p.at_key() {
+            tainted.push(path);
         }
     }
+    value
 }
 
 /// `base` + a relative path (`x.y`, `[0].y` or empty).
@@ -533,29 +564,6 @@ pub fn sub_path(base: &str, rel: &str) -> String {
         format!("{base}{rel}")
     } else {
         join_key(base, rel)
-    }
-}
-
-/// A serde path as our field path: `targets[0].weight`.
-pub fn serde_path(p: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut path = String::new();
-    for seg in p.iter() {
-        match seg {
-            Segment::Seq { index } => path.push_str(&format!("[{index}]")),
-            Segment::Map { key } => path = join_key(&path, key),
-            Segment::Enum { variant } => path = join_key(&path, variant),
-            Segment::Unknown => {}
-        }
-    }
-    path
-}
-
-/// serde_yaml_ng appends its own (meaningless, value-tree) position to messages; drop it.
-pub fn clean_message(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
     }
 }
 
@@ -692,17 +700,17 @@ mod tests {
         let lines: Vec<String> = errs.0.iter().map(|d| d.to_string()).collect();
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(
-            lines[0].starts_with("f.yaml:3:34: upstreams.u.targets[0].weight: invalid type"),
+            lines[0].starts_with("f.yaml:3:34: error: upstreams.u.targets[0].weight: invalid type"),
             "{}",
             lines[0]
         );
         assert!(
-            lines[1].starts_with("f.yaml:6:5: routes[0].matchh: unknown field `matchh`"),
+            lines[1].starts_with("f.yaml:6:5: error: routes[0].matchh: unknown field `matchh`"),
             "{}",
             lines[1]
         );
         assert!(
-            lines[2].starts_with("f.yaml:8:15: routes[1].upstream: invalid type: integer `5`"),
+            lines[2].starts_with("f.yaml:8:15: error: routes[1].upstream: invalid type: number `5`, expected a string"),
             "{}",
             lines[2]
         );

@@ -1,6 +1,7 @@
 //! Configuration: the YAML file as written ([`raw`]), how it is read ([`load`]), and the problems found
 //! in it ([`diag`]). Turning it into runtime structures is [`crate::snapshot`]'s job.
 
+pub mod de;
 pub mod diag;
 pub mod load;
 pub mod raw;

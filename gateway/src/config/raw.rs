@@ -379,6 +379,10 @@ pub struct RouteConfig {
     /// This route's plugins, run after the global ones.
     #[serde(default)]
     pub plugins: Vec<serde_yaml_ng::Value>,
+    /// Position in the file's `routes:` list, set by the loader. A route that does not parse is left
+    /// out of [`RawConfig::routes`], so the list position is not the file position.
+    #[serde(skip)]
+    pub index: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

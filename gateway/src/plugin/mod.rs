@@ -273,19 +273,41 @@ impl Chain {
 pub struct BuildError {
     pub path: String,
     pub message: String,
+    /// Best shown at the key rather than the value (an unknown field).
+    pub at_key: bool,
+    /// The problem was reported already (the plugin names a provider whose own definition is broken):
+    /// nothing more is said about it.
+    pub reported: bool,
+}
+
+impl From<crate::config::de::Problem> for BuildError {
+    fn from(p: crate::config::de::Problem) -> Self {
+        BuildError {
+            at_key: p.at_key(),
+            path: p.path,
+            message: p.error.to_string(),
+            reported: false,
+        }
+    }
 }
 
 impl BuildError {
     pub fn new(message: impl Into<String>) -> Self {
-        BuildError {
-            path: String::new(),
-            message: message.into(),
-        }
+        Self::at("", message)
     }
     pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
         BuildError {
             path: path.into(),
             message: message.into(),
+            at_key: false,
+            reported: false,
+        }
+    }
+    /// An error already reported elsewhere (see [`BuildError::reported`]).
+    pub fn already_reported() -> Self {
+        BuildError {
+            reported: true,
+            ..Self::new("")
         }
     }
 }
@@ -304,6 +326,9 @@ pub struct BuildContext {
 
 impl BuildContext {
     pub fn jwt_provider(&self, name: &str) -> Result<Arc<jwt::Provider>, BuildError> {
+        if self.failed.contains(name) {
+            return Err(BuildError::already_reported());
+        }
         self.jwt.get(name).cloned().ok_or_else(|| {
             BuildError::at(
                 "provider",
@@ -315,6 +340,9 @@ impl BuildContext {
         })
     }
     pub fn api_key_set(&self, name: &str) -> Result<Arc<apikey::KeySet>, BuildError> {
+        if self.failed.contains(name) {
+            return Err(BuildError::already_reported());
+        }
         self.api_keys.get(name).cloned().ok_or_else(|| {
             BuildError::at(
                 "provider",
@@ -379,13 +407,7 @@ impl Registry {
             } else {
                 v
             };
-            let cfg: C = serde_path_to_error::deserialize(v).map_err(|e| {
-                let path = crate::config::load::serde_path(e.path());
-                BuildError::at(
-                    path,
-                    crate::config::load::clean_message(&e.inner().to_string()),
-                )
-            })?;
+            let cfg: C = crate::config::de::from_value(v).map_err(BuildError::from)?;
             Ok(Arc::new(build(cfg, ctx)?) as Arc<dyn Plugin>)
         };
         self.factories.insert(name, Box::new(factory));
@@ -414,14 +436,20 @@ impl Registry {
                 )),
             };
         let Some(factory) = self.factories.get(name) else {
-            return Err(BuildError::new(format!(
-                "unknown plugin `{name}`, expected one of {}",
-                self.names()
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            let names = self.names();
+            return Err(BuildError::new(
+                match crate::config::de::did_you_mean(name, names.iter().copied()) {
+                    Some(m) => format!("unknown plugin `{name}`: did you mean `{m}`?"),
+                    None => format!(
+                        "unknown plugin `{name}`, expected one of {}",
+                        names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+            ));
         };
         factory(cfg, ctx).map_err(|mut e| {
             e.path = if e.path.is_empty() {

@@ -596,14 +596,12 @@ impl RateLimit {
             return Err(BuildError::new("name at least one policy"));
         }
         let mut policies = Vec::new();
+        let mut broken = false;
         for n in &names {
             match ctx.rate_limits.get(n) {
                 Some(p) => policies.push(p.clone()),
-                None if ctx.failed.contains(n) => {
-                    return Err(BuildError::new(format!(
-                        "unknown policy `{n}` (it failed to load)"
-                    )))
-                }
+                // Reported where it is defined; the other names are still checked.
+                None if ctx.failed.contains(n) => broken = true,
                 None => {
                     let known: Vec<&str> = ctx.rate_limits.keys().map(String::as_str).collect();
                     return Err(BuildError::new(format!(
@@ -616,6 +614,9 @@ impl RateLimit {
                     )));
                 }
             }
+        }
+        if broken {
+            return Err(BuildError::already_reported());
         }
         let redis = if policies.iter().any(|p| p.store == StoreKind::Redis) {
             ctx.redis.clone()
