@@ -13,12 +13,18 @@ bench_tools() {
   have taskset || apt_install util-linux
 }
 
-# Build the release binary ($BIN), make a run directory ($RUN, with tmp/ logs/ www/ and a 16 KiB JSON
-# file) and kill every process in $PIDS and remove $RUN when the script exits.
+# Build the release binary ($BIN) and, with `floor` as second argument, the bare-Pingora floor proxy
+# ($FLOOR, benches/floor) in the same cargo run, so both come from the same compiled Pingora and tokio
+# with the workspace's release profile. Make a run directory ($RUN, with tmp/ logs/ www/ and a 16 KiB
+# JSON file) and kill every process in $PIDS and remove $RUN when the script exits.
 bench_start() {
-  step "building tollgate (release)"
-  cargo build --release --locked -p tollgate
-  BIN=./target/release/tollgate
+  local pkgs=(-p tollgate)
+  [ "${2:-}" = floor ] && pkgs+=(-p floor-proxy)
+  step "building ${pkgs[*]} (release)"
+  cargo build --release --locked "${pkgs[@]}"
+  local target=${CARGO_TARGET_DIR:-./target}
+  BIN=$target/release/tollgate
+  FLOOR=$target/release/floor-proxy
   RUN=$(mktemp -d "/tmp/tollgate-$1.XXXXXX")
   mkdir -p "$RUN"/{tmp,logs,www}
   PIDS=()

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Load benchmark: the backend direct, Tollgate on a plain route, Tollgate on a full route (JWT HS256 +
-# local rate limit + metrics + access log), and nginx as a plain reverse proxy, measured interleaved
-# (A B C D, A B C D, ...) on loopback, with the method of ../shared/PERFORMANCE.md:
+# Load benchmark: the backend direct, the floor (a bare Pingora proxy of the same version and build
+# profile, benches/floor), Tollgate on a plain route, Tollgate on a full route (JWT HS256 + local rate
+# limit + metrics + access log), and nginx as a plain reverse proxy, measured interleaved
+# (A B C D E, A B C D E, ...) on loopback, with the method of ../shared/PERFORMANCE.md:
 #
 # - the proxy under test runs alone on CPU 1 with one worker thread; wrk and the backend share CPU 0;
 # - per target and round: 2 s warm-up, then a measured wrk run (-t1 -c64 --latency);
 # - the proxy's CPU time per request comes from /proc (utime + stime of its processes, before and after,
 #   divided by the requests wrk completed), the figure that holds on a noisy machine;
+# - each round prints Tollgate plain ÷ floor and full ÷ floor (CPU per request, that round's pair), the
+#   summary the medians of those per-round ratios;
 # - peak RSS is VmHWM of the proxy's processes; Tollgate's idle RSS is read before any load;
 # - then, per proxy, an open-loop run at half of its median peak rate (oha -q) for p50/p99 at half load.
 #
@@ -24,16 +27,18 @@ if ! have oha; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
-bench_start load   # builds the release binary ($BIN), makes $RUN, kills $PIDS on exit
+bench_start load floor   # builds $BIN and the floor $FLOOR (release), makes $RUN, kills $PIDS on exit
 
 render backend.nginx.conf
 render nginx.conf
 
-step "starting the backend (CPU 0), nginx and two tollgates (CPU 1)"
+step "starting the backend (CPU 0), nginx, the floor and two tollgates (CPU 1)"
 taskset -c 0 nginx -c "$RUN/backend.nginx.conf" -p "$RUN" & PIDS+=($!)
 wait_port 9001
 taskset -c 1 nginx -c "$RUN/nginx.conf" -p "$RUN" & PIDS+=($!); NGINX_MASTER=$!
 wait_port 8001
+taskset -c 1 "$FLOOR" 127.0.0.1:8004 127.0.0.1:9001 2>"$RUN/logs/floor.err" & PIDS+=($!); FLOOR_PID=$!
+wait_port 8004
 
 SECRET="load-test-secret-0123456789abcdef0123"
 cat > "$RUN/plain.yaml" <<EOF
@@ -81,12 +86,18 @@ sleep 1
 IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$PLAIN/status)
 
 # name -> "url pid [header]"
-declare -A URL=([direct]="http://127.0.0.1:9001/" [tollgate-plain]="http://127.0.0.1:8002/" \
-                [tollgate-full]="http://127.0.0.1:8003/" [nginx]="http://127.0.0.1:8001/")
-declare -A PID=([direct]=0 [tollgate-plain]=$PLAIN [tollgate-full]=$FULL [nginx]=$NGINX_MASTER)
-ORDER=(direct tollgate-plain tollgate-full nginx)
+declare -A URL=([direct]="http://127.0.0.1:9001/" [floor]="http://127.0.0.1:8004/" \
+                [tollgate-plain]="http://127.0.0.1:8002/" [tollgate-full]="http://127.0.0.1:8003/" \
+                [nginx]="http://127.0.0.1:8001/")
+declare -A PID=([direct]=0 [floor]=$FLOOR_PID [tollgate-plain]=$PLAIN [tollgate-full]=$FULL \
+                [nginx]=$NGINX_MASTER)
+ORDER=(direct floor tollgate-plain tollgate-full nginx)
+PROXIES=(floor tollgate-plain tollgate-full nginx)
 RESULTS="$RUN/results.tsv"
-: > "$RESULTS"
+RATIOS="$RUN/ratios.tsv"
+: > "$RESULTS"; : > "$RATIOS"
+# CPU µs/request of a target in one round.
+round_cpu() { awk -F'\t' -v n="$1" -v r="$2" '$1==n && $2==r {print $6}' "$RESULTS"; }
 
 # wrk output: requests, req/s, p50 and p99 in ms.
 wrk_run() { # name seconds
@@ -113,6 +124,11 @@ for round in $(seq 1 "$ROUNDS"); do
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$rps" "$p50" "$p99" "$cpu_us" >> "$RESULTS"
     printf '  round %s %-15s %10s req/s  p50 %6s ms  p99 %6s ms  cpu %6s us/req\n' "$round" "$name" "$rps" "$p50" "$p99" "$cpu_us"
   done
+  # This round's pair: the floor and Tollgate measured in the same minutes of the machine.
+  f=$(round_cpu floor "$round"); p=$(round_cpu tollgate-plain "$round"); u=$(round_cpu tollgate-full "$round")
+  read -r pf uf <<< "$(awk -v f="$f" -v p="$p" -v u="$u" 'BEGIN {printf "%.3f %.3f", p / f, u / f}')"
+  printf '%s\t%s\n' "$pf" "$uf" >> "$RATIOS"
+  printf '  round %s vs floor (CPU): tollgate-plain %s×, tollgate-full %s×\n' "$round" "$pf" "$uf"
 done
 
 col() { awk -F'\t' -v n="$1" -v c="$2" '$1==n {print $c}' "$RESULTS" | median; }
@@ -129,7 +145,7 @@ oha_run() { # name rate -> "p50 p99" in ms
 HALF="$RUN/half.tsv"
 : > "$HALF"
 for round in $(seq 1 "$ROUNDS"); do
-  for name in tollgate-plain tollgate-full nginx; do
+  for name in "${PROXIES[@]}"; do
     rate=$(awk -v r="$(col "$name" 3)" 'BEGIN {printf "%d", r / 2}')
     read -r d50 d99 <<< "$(oha_run direct "$rate")"
     read -r p50 p99 <<< "$(oha_run "$name" "$rate")"
@@ -138,7 +154,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 hcol() { awk -F'\t' -v n="$1" -v c="$2" '$1==n {print $c}' "$HALF" | median; }
-for name in tollgate-plain tollgate-full nginx; do
+for name in "${PROXIES[@]}"; do
   HALF_RATE[$name]=$(hcol "$name" 2); HALF_P50[$name]=$(hcol "$name" 3)
   HALF_P99[$name]=$(hcol "$name" 4); ADDED_P99[$name]=$(hcol "$name" 5)
 done
@@ -146,25 +162,29 @@ done
 echo
 echo "Medians of $ROUNDS interleaved rounds of ${SECS}s, wrk -t1 -c$CONNS; proxy on 1 CPU, 1 worker."
 echo
-echo "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | vs nginx (CPU) | half load: rate, p50 / p99 ms, p99 added vs direct | peak RSS |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-NGX_CPU=$(col nginx 6)
+echo "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | vs floor (CPU) | vs nginx (CPU) | half load: rate, p50 / p99 ms, p99 added vs direct | peak RSS |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+NGX_CPU=$(col nginx 6); FLOOR_CPU=$(col floor 6)
 for name in "${ORDER[@]}"; do
   cpu=$(col "$name" 6 2>/dev/null || echo -)
-  ratio="-"; rss="-"
+  ratio="-"; vs_floor="-"; rss="-"
   if [ "${PID[$name]}" != 0 ]; then
     ratio=$(awk -v a="$cpu" -v b="$NGX_CPU" 'BEGIN {printf "%.2f×", a / b}')
+    vs_floor=$(awk -v a="$cpu" -v b="$FLOOR_CPU" 'BEGIN {printf "%.2f×", a / b}')
     rss="$(( $(hwm "${PID[$name]}") / 1024 )) MiB"
   else
     cpu="-"
   fi
   half="-"
   [ -n "${HALF_RATE[$name]:-}" ] && half="${HALF_RATE[$name]}/s: ${HALF_P50[$name]} / ${HALF_P99[$name]}, +${ADDED_P99[$name]}"
-  printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$name" "$(col "$name" 3)" "$(col "$name" 4)" \
-    "$(col "$name" 5)" "$cpu" "$ratio" "$half" "$rss"
+  printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$(col "$name" 3)" "$(col "$name" 4)" \
+    "$(col "$name" 5)" "$cpu" "$vs_floor" "$ratio" "$half" "$rss"
 done
 echo
+PLAIN_FLOOR=$(cut -f1 "$RATIOS" | median); FULL_FLOOR=$(cut -f2 "$RATIOS" | median)
+echo "tollgate plain / floor CPU (median of the per-round ratios): ${PLAIN_FLOOR}× (target ≤ 1.05×)"
+echo "tollgate full / floor CPU (median of the per-round ratios): ${FULL_FLOOR}× (target ≤ 1.15×)"
 PLAIN_CPU=$(col tollgate-plain 6); FULL_CPU=$(col tollgate-full 6)
 awk -v f="$FULL_CPU" -v p="$PLAIN_CPU" 'BEGIN {printf "full route / plain route CPU: %.2f×\n", f / p}'
 echo "tollgate idle RSS (plain, before load): $((IDLE_RSS / 1024)) MiB"
-echo "p99 added at half load: plain ${ADDED_P99[tollgate-plain]} ms, full ${ADDED_P99[tollgate-full]} ms, nginx ${ADDED_P99[nginx]} ms"
+echo "p99 added at half load: floor ${ADDED_P99[floor]} ms, plain ${ADDED_P99[tollgate-plain]} ms, full ${ADDED_P99[tollgate-full]} ms, nginx ${ADDED_P99[nginx]} ms"

@@ -5,7 +5,7 @@
 //! `plugins: [{ tenant_header: { allow: [acme, globex] } }]`:
 //!
 //! ```sh
-//! cargo run --example custom_plugin -- gateway/examples/custom-plugin.yaml
+//! cargo run --example custom_plugin -- run -c gateway/examples/custom-plugin.yaml
 //! ```
 
 use async_trait::async_trait;
@@ -55,6 +55,8 @@ impl Plugin for TenantHeader {
     }
 }
 
+/// The whole `tollgate` command line (`run`, `validate`, `routes`, ...) with `tenant_header` known
+/// beside the built-ins: `validate` checks its config, and reloads keep it.
 fn main() -> std::process::ExitCode {
     let mut registry = Registry::builtin();
     registry.register("tenant_header", |cfg: TenantConfig, _ctx: &BuildContext| {
@@ -63,22 +65,5 @@ fn main() -> std::process::ExitCode {
         }
         Ok(TenantHeader { allow: cfg.allow })
     });
-    let path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "gateway/examples/custom-plugin.yaml".into());
-    match tollgate::snapshot::Snapshot::from_file_with(&path, &registry) {
-        Ok((snapshot, _warnings)) => tollgate::server::run(
-            snapshot,
-            tollgate::server::RunOptions {
-                config_path: path,
-                // Reloads build with the same registry, so the custom plugin stays known.
-                registry: std::sync::Arc::new(registry),
-                upgrade: false,
-            },
-        ),
-        Err(errors) => {
-            eprintln!("{errors}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tollgate::cli::main_with(registry)
 }

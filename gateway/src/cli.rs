@@ -1,7 +1,251 @@
-//! Helpers of the `tollgate` command line that are worth testing on their own.
+//! The `tollgate` command line, as a library: [`main_with`] runs it with a plugin registry, so that a
+//! build with plugins of its own gets `run`, `validate`, `routes`, `token` and `hash-key` unchanged, and
+//! `validate` knows (and checks) its plugins' config. The `tollgate` binary is `main_with` over the
+//! built-ins.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
 
 use crate::config::load;
 use crate::config::units::parse_duration;
+use crate::plugin::Registry;
+use crate::snapshot::Snapshot;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A fast, safe API gateway built on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "config/tollgate.yaml")]
+        config: String,
+        /// Take over the listening sockets of the running instance (zero-downtime upgrade). Start the
+        /// new binary with this flag, then send SIGQUIT to the old process.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Check config files without starting anything. Prints one line per problem.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Print the compiled route table in match order.
+    Routes { file: String },
+    /// Mint a development token (HS256/384/512) with a JWT provider's secret from a config file.
+    Token {
+        /// Config file with the provider.
+        #[arg(short, long, default_value = "config/tollgate.yaml")]
+        config: String,
+        /// Provider under `auth.jwt` (default: the only one with a `secret`).
+        #[arg(long)]
+        provider: Option<String>,
+        /// The `sub` claim.
+        #[arg(long, default_value = "1")]
+        sub: String,
+        /// A scope to grant (repeat for more); written as the `scope` claim.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A role to grant (repeat for more); written as the `roles` claim.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Another claim, `name=value` (value read as JSON when it parses, else as a string).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// Lifetime, e.g. `15m`, `1h`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Print the SHA-256 of an API key, as `auth.api_keys.*.keys[].sha256` wants it. Without a key,
+    /// generate a random one and print both.
+    HashKey { key: Option<String> },
+}
+
+/// Parse the process's arguments and run the command with the plugins of `registry`: config files are
+/// compiled (by `run`, `validate`, `routes` and reloads) with exactly these plugins.
+pub fn main_with(registry: Registry) -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { config, upgrade } => run(config, upgrade, registry),
+        Command::Validate { files } => validate(&files, &registry),
+        Command::Routes { file } => routes(&file, &registry),
+        Command::Token {
+            config,
+            provider,
+            sub,
+            scopes,
+            roles,
+            claims,
+            ttl,
+        } => token(
+            &config,
+            provider.as_deref(),
+            &sub,
+            &scopes,
+            &roles,
+            &claims,
+            &ttl,
+        ),
+        Command::HashKey { key } => hash_key(key),
+    }
+}
+
+fn run(config: String, upgrade: bool, registry: Registry) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let snap = match Snapshot::from_file_with(&config, &registry) {
+        Ok((snap, warnings)) => {
+            for w in warnings.0 {
+                log::warn!("{w}");
+            }
+            snap
+        }
+        Err(errs) => {
+            for e in errs.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("tollgate: {config} is not valid; not starting");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "tollgate {} listening on {:?} with {} routes, {} upstreams",
+        env!("CARGO_PKG_VERSION"),
+        snap.settings.listen,
+        snap.routes.len(),
+        snap.upstreams.len()
+    );
+    crate::server::run(
+        snap,
+        crate::server::RunOptions {
+            config_path: config,
+            // Reloads compile with the same registry, so a custom plugin stays known.
+            registry: Arc::new(registry),
+            upgrade,
+        },
+    )
+}
+
+/// Problems on stdout (the answer), warnings on stderr; exit 1 if any file has an error.
+fn validate(files: &[String], registry: &Registry) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match Snapshot::from_file_with(f, registry) {
+            Ok((_, warnings)) => {
+                for w in warnings.0 {
+                    eprintln!("{w}");
+                }
+                println!("{f}: ok");
+            }
+            Err(errs) => {
+                ok = false;
+                for e in errs.0 {
+                    println!("{e}");
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn routes(file: &str, registry: &Registry) -> ExitCode {
+    match Snapshot::from_file_with(file, registry) {
+        Ok((snap, _)) => {
+            print!("{}", route_table(&snap));
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            println!("{errs}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(
+    config: &str,
+    provider: Option<&str>,
+    sub: &str,
+    scopes: &[String],
+    roles: &[String],
+    claims: &[String],
+    ttl: &str,
+) -> ExitCode {
+    match mint_token(config, provider, sub, scopes, roles, claims, ttl) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_key(key: Option<String>) -> ExitCode {
+    let key = key.unwrap_or_else(|| {
+        let k = format!("tg_{:032x}", fastrand::u128(..));
+        println!("key:    {k}");
+        k
+    });
+    println!("sha256: {}", crate::plugin::apikey::hash_key(&key));
+    ExitCode::SUCCESS
+}
+
+/// The route table in the order the router tries routes ([`crate::router::Router::order`]), one line
+/// per route with its header matches (`name=value`, all required) and its plugin chain.
+pub fn route_table(snap: &Snapshot) -> String {
+    let mut out = format!(
+        "{:<4} {:<24} {:<20} {:<22} {:<32} {:<20} {:<12} {}\n",
+        "#", "NAME", "HOST", "METHODS", "PATH", "HEADERS", "UPSTREAM", "PLUGINS"
+    );
+    // Route `i` of the router is `routes[i]` (both in file order), so the lookup cannot miss.
+    let rows = snap.router.order().into_iter().filter_map(|i| {
+        let headers = snap
+            .router
+            .matcher(i)?
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}={}", String::from_utf8_lossy(v.as_bytes())));
+        Some((snap.routes.get(i)?, headers.collect::<Vec<_>>().join(",")))
+    });
+    for (n, (r, headers)) in rows.enumerate() {
+        let (host, methods, path) = &r.describe;
+        let plugins = r.chain.names().join(",");
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        out.push_str(&format!(
+            "{:<4} {:<24} {:<20} {:<22} {:<32} {:<20} {:<12} {}\n",
+            n + 1,
+            r.name,
+            host,
+            methods,
+            path,
+            dash(&headers),
+            r.upstream.name,
+            dash(&plugins),
+        ));
+    }
+    out
+}
 
 /// Mint a development token signed with a JWT provider's HMAC secret, with the provider's issuer and
 /// (first) audience, so that the gateway running that config accepts it.

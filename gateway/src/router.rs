@@ -106,6 +106,33 @@ pub struct Router {
     any_host: Table,
 }
 
+impl Table {
+    fn first_route(&self) -> Option<usize> {
+        let mut all = Vec::new();
+        collect(&self.templates, &mut all);
+        collect(&self.prefixes, &mut all);
+        all.extend(self.exact.values().flatten());
+        all.extend(&self.regex_routes);
+        all.into_iter().min()
+    }
+}
+
+/// Every route index in a trie.
+fn collect(node: &SegTrie, out: &mut Vec<usize>) {
+    out.extend(&node.routes);
+    for child in node.literal.values().chain(node.param.as_deref()) {
+        collect(child, out);
+    }
+}
+
+/// (depth, route) for every route of a prefix trie.
+fn prefix_depths(node: &SegTrie, depth: usize, out: &mut Vec<(usize, usize)>) {
+    out.extend(node.routes.iter().map(|&i| (depth, i)));
+    for child in node.literal.values() {
+        prefix_depths(child, depth + 1, out);
+    }
+}
+
 /// Segments of a path; a trailing slash gives a final empty segment so `/a/` and `/a` differ for templates.
 fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.strip_prefix('/').unwrap_or(path).split('/')
@@ -181,6 +208,58 @@ impl Router {
         r.param_names = names.into_iter().map(Arc::from).collect();
         r.routes = routes;
         Ok(r)
+    }
+
+    /// Route indices in the order [`Router::find`] tries them, for `tollgate routes`: exact hosts,
+    /// wildcard hosts (longest suffix first), then routes without a host; within each, exact paths,
+    /// templates (at each segment a literal before a parameter, as `walk_templates` descends), regexes
+    /// (the `RegexSet` reports matches in file order), prefixes (deepest trie node first, as `find_in`
+    /// tries them). Of two routes that can match the same request, the one `find` prefers comes first;
+    /// where the structure leaves the order open (different exact hosts or exact paths, prefixes of
+    /// equal depth on different branches) routes that can never compete stay in file order.
+    pub fn order(&self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.routes.len());
+        let mut exact: Vec<&Table> = self.exact_hosts.values().collect();
+        exact.sort_by_key(|t| t.first_route());
+        let tables = exact
+            .into_iter()
+            .chain(self.wildcard_hosts.iter().map(|(_, t)| t))
+            .chain(std::iter::once(&self.any_host));
+        for t in tables {
+            self.table_order(t, &mut out);
+        }
+        out
+    }
+
+    /// The route at `index` (file order), as [`Router::new`] was given it.
+    pub fn matcher(&self, index: usize) -> Option<&RouteMatcher> {
+        self.routes.get(index)
+    }
+
+    fn table_order(&self, t: &Table, out: &mut Vec<usize>) {
+        // One hash lookup: routes of different exact paths never compete; one path's keep file order.
+        let mut exact: Vec<usize> = t.exact.values().flatten().copied().collect();
+        exact.sort_unstable();
+        out.extend(exact);
+        // Depth-first, literal before parameter, is the order of the per-segment kinds compared
+        // left to right; two templates that match one path have equal literals wherever both have one.
+        let mut templates = Vec::new();
+        collect(&t.templates, &mut templates);
+        let kinds = |i: usize| -> Vec<bool> {
+            match &self.routes[i].path {
+                PathMatch::Template(p) => {
+                    segments(p).map(|s| template_param(s).is_some()).collect()
+                }
+                _ => Vec::new(),
+            }
+        };
+        templates.sort_by_cached_key(|&i| (kinds(i), i));
+        out.extend(templates);
+        out.extend(t.regex_routes.iter().copied());
+        let mut prefixes = Vec::new();
+        prefix_depths(&t.prefixes, 0, &mut prefixes);
+        prefixes.sort_unstable_by_key(|&(depth, i)| (std::cmp::Reverse(depth), i));
+        out.extend(prefixes.into_iter().map(|(_, i)| i));
     }
 
     pub fn len(&self) -> usize {
@@ -565,6 +644,165 @@ mod tests {
         assert_eq!(idx(r.find(None, &Method::GET, "/", &h)), 1);
         h.insert("x-canary", HeaderValue::from_static("1"));
         assert_eq!(idx(r.find(None, &Method::GET, "/", &h)), 0);
+    }
+
+    /// Whether `m` alone accepts the request, written from the README's rules rather than the tables.
+    fn accepts_alone(
+        m: &RouteMatcher,
+        host: &str,
+        method: &Method,
+        path: &str,
+        h: &HeaderMap,
+    ) -> bool {
+        let host = normalize_host(host);
+        let host_ok = match &m.host {
+            HostMatch::Any => true,
+            HostMatch::Exact(e) => *e == host,
+            HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        };
+        let path_ok = match &m.path {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Template(t) => {
+                let want: Vec<&str> = segments(t).collect();
+                let got: Vec<&str> = segments(path).collect();
+                want.len() == got.len()
+                    && want.iter().zip(&got).all(|(w, g)| match template_param(w) {
+                        Some(_) => !g.is_empty(),
+                        None => w == g,
+                    })
+            }
+            PathMatch::Prefix(p) => {
+                let want: Vec<&str> = segments(p).filter(|s| !s.is_empty()).collect();
+                let got: Vec<&str> = segments(path).filter(|s| !s.is_empty()).collect();
+                got.starts_with(&want)
+            }
+            PathMatch::Regex(re) => re.is_match(path),
+        };
+        let headers_ok = m
+            .headers
+            .iter()
+            .all(|(n, v)| h.get_all(n).iter().any(|x| x == v));
+        let method_ok = m.methods.is_empty()
+            || m.methods.contains(method)
+            || (method == Method::HEAD && m.methods.contains(&Method::GET));
+        host_ok && path_ok && headers_ok && method_ok
+    }
+
+    /// `order()` is the order `find` really tries routes in: for every request of a grid over hosts,
+    /// paths, methods and a header, `find` picks the first route in `order()` that accepts it alone.
+    /// The file order is nearly the reverse of the match order, and every route wins somewhere.
+    #[test]
+    fn order_is_what_find_tries() {
+        let re = |p: &str| PathMatch::Regex(Regex::new(p).unwrap());
+        let mut canary = m(HostMatch::Any, PathMatch::Prefix("/api/v2".into()), &[]);
+        canary.headers = vec![(
+            HeaderName::from_static("x-canary"),
+            HeaderValue::from_static("1"),
+        )];
+        let r = Router::new(vec![
+            m(HostMatch::Any, PathMatch::Prefix("/".into()), &[]),
+            m(HostMatch::Any, PathMatch::Prefix("/api".into()), &[]),
+            canary,
+            m(HostMatch::Any, PathMatch::Prefix("/api/v2/".into()), &[]),
+            m(
+                HostMatch::Any,
+                PathMatch::Template("/users/{id}/orders".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Any,
+                PathMatch::Template("/users/me/{tab}".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Any,
+                PathMatch::Template("/{a}/{b}/orders".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Any,
+                PathMatch::Exact("/users/me/orders".into()),
+                &[Method::POST],
+            ),
+            m(HostMatch::Any, re("^/api/v[0-9]+$"), &[Method::GET]),
+            m(
+                HostMatch::Suffix(".example.com".into()),
+                PathMatch::Prefix("/".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Suffix(".api.example.com".into()),
+                PathMatch::Prefix("/api".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Exact("api.example.com".into()),
+                PathMatch::Template("/users/{id}/orders".into()),
+                &[Method::GET],
+            ),
+            m(
+                HostMatch::Suffix(".b.example.com".into()),
+                PathMatch::Prefix("/".into()),
+                &[],
+            ),
+            m(
+                HostMatch::Exact("www.example.com".into()),
+                PathMatch::Exact("/".into()),
+                &[],
+            ),
+        ])
+        .unwrap();
+        let order = r.order();
+        assert_eq!(order, [11, 13, 10, 12, 9, 7, 5, 4, 6, 8, 2, 3, 1, 0]);
+        let hosts = [
+            "api.example.com",
+            "x.api.example.com",
+            "x.b.example.com",
+            "www.example.com",
+            "example.com",
+            "Other.org:8080",
+        ];
+        let paths = [
+            "/",
+            "/api",
+            "/api/v2",
+            "/api/v2/x",
+            "/api/v3",
+            "/users/me/orders",
+            "/users/7/orders",
+            "/a/b/orders",
+            "/users/me/x",
+            "/users/me",
+            "/x/y",
+        ];
+        let mut with_canary = HeaderMap::new();
+        with_canary.insert("x-canary", HeaderValue::from_static("1"));
+        let mut other_canary = HeaderMap::new();
+        other_canary.insert("x-canary", HeaderValue::from_static("2"));
+        let mut winners = std::collections::BTreeSet::new();
+        for host in hosts {
+            for path in paths {
+                for method in [Method::GET, Method::HEAD, Method::POST, Method::DELETE] {
+                    for h in [&HeaderMap::new(), &with_canary, &other_canary] {
+                        let want = order
+                            .iter()
+                            .copied()
+                            .find(|&i| accepts_alone(&r.routes[i], host, &method, path, h));
+                        let got = match r.find(Some(host), &method, path, h) {
+                            Found::Route(i, _) => Some(i),
+                            _ => None,
+                        };
+                        assert_eq!(got, want, "{method} {host}{path} {h:?}");
+                        winners.extend(got);
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            order.len(),
+            "every route wins some request of the grid"
+        );
     }
 
     #[test]

@@ -1013,7 +1013,7 @@ routes:
 ",
         be.addr
     );
-    let g = Gateway::start_program(&exe, &[], &config);
+    let g = Gateway::start_program(&exe, &["run", "-c"], &config);
     let r = get(&g, "/x", &[]);
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code(), "unknown_tenant");
@@ -1023,8 +1023,11 @@ routes:
         r.upstream_header("x-tenant-verified").as_deref(),
         Some("acme")
     );
-    // Its config errors have places too.
+    // The example's binary is the whole command line with the plugin known: `validate` accepts a
+    // config using it, and its config errors have places too.
     let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, config.replace("{listen}", "127.0.0.1:1")).unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
@@ -1033,7 +1036,31 @@ routes:
             .replace("{listen}", "127.0.0.1:1"),
     )
     .unwrap();
-    let out = std::process::Command::new(&exe).arg(&bad).output().unwrap();
+    let validate = |program: &std::path::Path, file: &std::path::Path| {
+        let out = std::process::Command::new(program)
+            .arg("validate")
+            .arg(file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), text)
+    };
+    let (ok, out) = validate(&exe, &good);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), format!("{}: ok", good.display()));
+    let (ok, out) = validate(&exe, &bad);
+    assert!(!ok);
+    assert!(
+        out.contains(
+            ":8:49: error: routes[0].plugins[0].tenant_header.colour: unknown field `colour`"
+        ),
+        "{out}"
+    );
+    let out = std::process::Command::new(&exe)
+        .args(["run", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1041,5 +1068,12 @@ routes:
             ":8:49: error: routes[0].plugins[0].tenant_header.colour: unknown field `colour`"
         ),
         "{err}"
+    );
+    // The built-in command does not know it.
+    let (ok, out) = validate(std::path::Path::new(bin()), &good);
+    assert!(!ok);
+    assert!(
+        out.contains(":8:17: error: routes[0].plugins[0]: unknown plugin `tenant_header`"),
+        "{out}"
     );
 }

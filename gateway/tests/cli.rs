@@ -293,3 +293,116 @@ routes:
     }
     assert_eq!(lines.len(), want.len(), "one line per problem:\n{out}");
 }
+
+/// `routes` lists routes in the order the router tries them, checked against a running gateway: for
+/// each request, the route that answers is the first route of the printed table that could take it.
+/// The file order differs from the match order for wildcard hosts of two suffix lengths, a template
+/// and its literal sibling, a prefix and a longer one, and a header match; an exact host comes before
+/// every wildcard.
+#[test]
+fn routes_order_is_the_order_requests_match() {
+    let be = common::Backend::start("be", common::Mode::Echo);
+    let config = format!(
+        r#"server: {{ listen: ["{{listen}}"] }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: wild-short, match: {{ host: "*.example.com", path_prefix: / }}, upstream: be, rewrite: /wild-short }}
+  - {{ name: wild-long, match: {{ host: "*.api.example.com", path_prefix: / }}, upstream: be, rewrite: /wild-long }}
+  - {{ name: user-orders, match: {{ path: "/users/{{id}}/orders" }}, upstream: be, rewrite: /user-orders }}
+  - {{ name: me-tab, match: {{ path: "/users/me/{{tab}}" }}, upstream: be, rewrite: /me-tab }}
+  - {{ name: api, match: {{ path_prefix: /api }}, upstream: be, rewrite: /api }}
+  - {{ name: canary, match: {{ path_prefix: /api/v2, headers: {{ x-canary: "1" }} }}, upstream: be, rewrite: /canary }}
+  - {{ name: api-v2, match: {{ path_prefix: /api/v2 }}, upstream: be, rewrite: /api-v2 }}
+  - {{ name: exact-host, match: {{ host: api.example.com, path_prefix: /x }}, upstream: be, rewrite: /exact-host }}
+"#,
+        be.addr
+    );
+    let g = common::Gateway::start(&config);
+    let (code, out, err) = tollgate(&["routes", g.config_path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let order: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(
+        order,
+        [
+            "exact-host",
+            "wild-long",
+            "wild-short",
+            "me-tab",
+            "user-orders",
+            "canary",
+            "api-v2",
+            "api"
+        ],
+        "{out}"
+    );
+    let at = out
+        .lines()
+        .next()
+        .unwrap()
+        .find(" HEADERS ")
+        .expect("a HEADERS column")
+        + 1;
+    for (l, r) in out.lines().skip(1).zip(&rows) {
+        let want = if r[1] == "canary" { "x-canary=1" } else { "-" };
+        assert_eq!(
+            l[at..].split_whitespace().next(),
+            Some(want),
+            "HEADERS of {}:\n{out}",
+            r[1]
+        );
+    }
+    // (host, path, extra header, the routes that could each take the request alone).
+    let probes: [(&str, &str, &str, &[&str]); 8] = [
+        ("api.example.com", "/x", "", &["exact-host", "wild-short"]),
+        ("a.api.example.com", "/x", "", &["wild-long", "wild-short"]),
+        (
+            "a.api.example.com",
+            "/api/v2/x",
+            "",
+            &["wild-long", "wild-short", "api-v2", "api"],
+        ),
+        (
+            "b.example.com",
+            "/api/v2",
+            "",
+            &["wild-short", "api-v2", "api"],
+        ),
+        (
+            "test.local",
+            "/users/me/orders",
+            "",
+            &["me-tab", "user-orders"],
+        ),
+        (
+            "test.local",
+            "/api/v2/x",
+            "X-Canary: 1\r\n",
+            &["canary", "api-v2", "api"],
+        ),
+        (
+            "test.local",
+            "/api/v2/x",
+            "X-Canary: 2\r\n",
+            &["api-v2", "api"],
+        ),
+        ("test.local", "/api/v3", "", &["api"]),
+    ];
+    for (host, path, extra, could) in probes {
+        let first = order.iter().find(|n| could.contains(n)).unwrap();
+        let r = g.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+        ));
+        assert_eq!(r.status, 200, "{host}{path}");
+        assert_eq!(
+            r.json()["path"].as_str(),
+            Some(format!("/{first}").as_str()),
+            "{host}{path} {extra:?}: the table says `{first}` answers\n{out}"
+        );
+    }
+}
