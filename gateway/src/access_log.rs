@@ -1,40 +1,64 @@
 //! The access log: one JSON line per request, written off the request path.
 //!
-//! A request serializes its line straight into a shared buffer (a short critical section, no per-line
-//! allocation) and goes on. One writer thread swaps the buffer out and writes it every 100 ms, or sooner
-//! when it passes 256 KiB. The writer never wakes per line: waking a thread for every request cost more
-//! CPU than the proxying itself (see benches/README.md). Past 8 MiB of unwritten lines (a stalled disk),
-//! lines are dropped and counted rather than let the log slow requests or grow memory. The thread starts
-//! on first use, i.e. after Pingora has daemonized, never before a fork.
+//! A request formats its line into a buffer of its thread (no lock held while serializing, no per-line
+//! allocation), then appends the bytes to a shared buffer under a short lock and goes on. One writer
+//! thread swaps the shared buffer out and writes it every 100 ms, or sooner when it passes 256 KiB. The
+//! writer never wakes per line: waking a thread for every request cost more CPU than the proxying
+//! itself (see benches/README.md). Past 8 MiB of unwritten lines (a stalled disk), lines are dropped and
+//! counted in `tollgate_access_log_dropped_total` rather than let the log slow requests or grow memory.
+//! The thread starts on first use, i.e. after Pingora has daemonized, never before a fork; on a graceful
+//! shutdown [`AccessLog::close`] has it write what is left and stop, and waits for that.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
-
-/// Lines dropped because the writer fell behind.
-pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_AT: usize = 256 * 1024;
 const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// A line buffer that grew past this (a huge user agent) is given back rather than kept per thread.
+const KEEP_LINE_BUFFER: usize = 64 * 1024;
+
+thread_local! {
+    /// Where a request thread formats its line before taking the lock.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+/// What the request threads and the writer share.
+#[derive(Default)]
+struct State {
+    /// Lines not yet handed to the writer.
+    buf: Vec<u8>,
+    /// [`AccessLog::close`] was called: the writer writes what is left and stops.
+    closing: bool,
+    /// The writer has stopped; later lines are dropped.
+    closed: bool,
+}
 
 struct Shared {
-    buf: Mutex<Vec<u8>>,
+    state: Mutex<State>,
+    /// Wakes the writer: a full buffer, or closing.
     ready: Condvar,
+    /// Wakes [`AccessLog::close`]: the writer has written everything and stopped.
+    stopped: Condvar,
 }
 
 pub struct AccessLog {
     path: Option<String>,
     shared: OnceLock<Option<Arc<Shared>>>,
+    /// `tollgate_access_log_dropped_total`.
+    dropped: prometheus::IntCounter,
 }
 
 impl AccessLog {
-    /// `path`: append to this file; stdout when `None`.
-    pub fn new(path: Option<String>) -> Self {
+    /// `path`: append to this file; stdout when `None`. Lines that cannot be written in time are
+    /// counted in `dropped`.
+    pub fn new(path: Option<String>, dropped: prometheus::IntCounter) -> Self {
         AccessLog {
             path,
             shared: OnceLock::new(),
+            dropped,
         }
     }
 
@@ -56,8 +80,12 @@ impl AccessLog {
                     },
                 };
                 let shared = Arc::new(Shared {
-                    buf: Mutex::new(Vec::with_capacity(FLUSH_AT)),
+                    state: Mutex::new(State {
+                        buf: Vec::with_capacity(FLUSH_AT),
+                        ..State::default()
+                    }),
                     ready: Condvar::new(),
+                    stopped: Condvar::new(),
                 });
                 let for_writer = shared.clone();
                 let spawned = std::thread::Builder::new()
@@ -77,21 +105,49 @@ impl AccessLog {
     /// Append one entry as a JSON line.
     pub fn write(&self, entry: &Entry<'_>) {
         let Some(shared) = self.shared() else { return };
-        let Ok(mut buf) = shared.buf.lock() else {
-            return;
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return;
+            };
+            line.clear();
+            if serde_json::to_writer(&mut *line, entry).is_err() {
+                return;
+            }
+            line.push(b'\n');
+            let full = match shared.state.lock() {
+                Ok(mut s) if !s.closed && s.buf.len() <= MAX_PENDING => {
+                    s.buf.extend_from_slice(&line);
+                    Some(s.buf.len() >= FLUSH_AT)
+                }
+                _ => None,
+            };
+            match full {
+                Some(true) => shared.ready.notify_one(),
+                Some(false) => {}
+                None => self.dropped.inc(),
+            }
+            if line.capacity() > KEEP_LINE_BUFFER {
+                *line = Vec::with_capacity(1024);
+            }
+        });
+    }
+
+    /// Write every line appended so far, stop the writer and wait (at most `timeout`) until it has.
+    /// For a graceful shutdown: the process may exit once this returns `true`. Lines appended later
+    /// are dropped (and counted).
+    pub fn close(&self, timeout: Duration) -> bool {
+        // Never started: no line was ever written, nothing to flush.
+        let Some(Some(shared)) = self.shared.get() else {
+            return true;
         };
-        if buf.len() > MAX_PENDING {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let before = buf.len();
-        if serde_json::to_writer(&mut *buf, entry).is_err() {
-            buf.truncate(before);
-            return;
-        }
-        buf.push(b'\n');
-        if buf.len() >= FLUSH_AT {
-            shared.ready.notify_one();
+        let Ok(mut s) = shared.state.lock() else {
+            return false;
+        };
+        s.closing = true;
+        shared.ready.notify_one();
+        match shared.stopped.wait_timeout_while(s, timeout, |s| !s.closed) {
+            Ok((s, _)) => s.closed,
+            Err(_) => false,
         }
     }
 }
@@ -100,20 +156,37 @@ fn writer(shared: &Shared, out: Box<dyn Write + Send>) {
     let mut out = out;
     let mut spare: Vec<u8> = Vec::with_capacity(FLUSH_AT);
     loop {
-        {
-            let Ok(guard) = shared.buf.lock() else { return };
+        let closing = {
+            let Ok(guard) = shared.state.lock() else {
+                return;
+            };
             let Ok((mut guard, _)) = shared
                 .ready
-                .wait_timeout_while(guard, FLUSH_EVERY, |b| b.len() < FLUSH_AT)
+                .wait_timeout_while(guard, FLUSH_EVERY, |s| s.buf.len() < FLUSH_AT && !s.closing)
             else {
                 return;
             };
-            std::mem::swap(&mut *guard, &mut spare);
-        }
+            std::mem::swap(&mut guard.buf, &mut spare);
+            guard.closing
+        };
         if !spare.is_empty() {
             let _ = out.write_all(&spare);
             let _ = out.flush();
             spare.clear();
+        }
+        if closing {
+            // Everything appended before `closing` was set went out with this last swap; lines
+            // appended since see `closed` and are dropped.
+            if let Ok(mut s) = shared.state.lock() {
+                if !s.buf.is_empty() {
+                    let _ = out.write_all(&s.buf);
+                    let _ = out.flush();
+                    s.buf.clear();
+                }
+                s.closed = true;
+            }
+            shared.stopped.notify_all();
+            return;
         }
     }
 }
@@ -203,6 +276,72 @@ impl std::fmt::Display for Rfc3339 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn entry(request_id: &str) -> Entry<'_> {
+        Entry {
+            time: std::time::SystemTime::now(),
+            request_id,
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            method: "GET",
+            scheme: "http",
+            protocol: "HTTP/1.1",
+            path: "/",
+            route: None,
+            upstream: None,
+            target: None,
+            status: 200,
+            duration_ms: 0.1,
+            upstream_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            user_agent: None,
+            trace_id: "",
+            principal: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn close_writes_every_line_and_later_lines_are_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        let log = AccessLog::new(Some(path.display().to_string()), dropped.clone());
+        assert!(
+            log.close(Duration::from_secs(5)),
+            "never started: nothing to do"
+        );
+        // Lines from several threads, each formatted in its thread's buffer.
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let log = &log;
+                s.spawn(move || {
+                    for i in 0..250 {
+                        log.write(&entry(&format!("{t}-{i}")));
+                    }
+                });
+            }
+        });
+        assert!(log.close(Duration::from_secs(5)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: std::collections::BTreeSet<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string()
+            })
+            .collect();
+        assert_eq!((text.lines().count(), ids.len()), (1000, 1000));
+        assert_eq!(dropped.get(), 0);
+        log.write(&entry("late"));
+        assert_eq!(
+            dropped.get(),
+            1,
+            "a line after close is not written but counted"
+        );
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("late"));
+    }
+
     #[test]
     fn time_format() {
         let t = super::Rfc3339(std::time::SystemTime::now()).to_string();

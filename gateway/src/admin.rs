@@ -19,6 +19,7 @@ use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::metrics::TargetHealth;
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 
@@ -58,6 +59,26 @@ pub fn authorized(expected: &str, header: Option<&[u8]>) -> bool {
         return false;
     };
     bool::from(token.ct_eq(expected.as_bytes()))
+}
+
+/// `/metrics`: the gateway's metrics, with the health gauges taken from `snap`'s targets now.
+fn metrics_text(reloader: &Reloader, snap: &Snapshot) -> String {
+    let health: Vec<TargetHealth<'_>> = snap
+        .upstreams
+        .iter()
+        .flat_map(|(name, up)| {
+            up.targets()
+                .into_iter()
+                .map(move |(target, _, healthy)| TargetHealth {
+                    upstream: name,
+                    target,
+                    healthy,
+                })
+        })
+        .collect();
+    reloader
+        .metrics()
+        .render(health, snap.tls.as_ref().map(|c| c.not_after))
 }
 
 /// Every upstream that some route uses, with whether it has a healthy target.
@@ -174,7 +195,7 @@ impl Admin {
                 return json_response(status, &json!({"ready": ready, "upstreams": upstreams}));
             }
             ("GET" | "HEAD", "/metrics") => {
-                let body = crate::metrics::render(&snap).into_bytes();
+                let body = metrics_text(&self.reloader, &snap).into_bytes();
                 return Response::builder()
                     .status(StatusCode::OK)
                     .header("content-type", "text/plain; version=0.0.4")

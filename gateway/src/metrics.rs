@@ -1,18 +1,21 @@
-//! Prometheus metrics, registered once per process in their own registry and served by the admin
-//! listener at `/metrics`.
+//! Prometheus metrics in their own registry, served by the admin listener at `/metrics`.
+//!
+//! One [`Metrics`] is made by the server and handed to what counts (the proxy, the reloader, the span
+//! exporter, the access log, the admin app); nothing reaches it through a global, so compiling a config
+//! (`tollgate validate`) registers no series, and tests can hold a registry of their own.
 //!
 //! Labels are bounded: route and upstream *names* from the config (never raw paths), the method (the
-//! standard ones, else `OTHER`) and the status code. Health gauges are set at scrape time from the current
-//! snapshot, so a reload that removes an upstream also removes its series.
+//! standard ones, else `OTHER`) and the status code. Per-route, per-upstream and per-policy handles are
+//! resolved once ([`RouteSeries`], [`Lazy`]) when a snapshot is installed, so the request path does no
+//! label lookup for them. Health gauges are set at scrape time from the current snapshot, so a reload that
+//! removes an upstream also removes its series.
 
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::snapshot::Snapshot;
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -29,7 +32,8 @@ pub struct Metrics {
     pub last_reload: prometheus::Gauge,
     pub build_info: IntGaugeVec,
     pub tls_expiry: IntGauge,
-    pub spans_dropped: prometheus::IntCounter,
+    pub spans_dropped: IntCounter,
+    pub access_log_dropped: IntCounter,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: a gateway's own answers take well under a millisecond, a slow
@@ -37,6 +41,13 @@ pub struct Metrics {
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+impl Metrics {
+    /// A fresh registry with every metric registered (each call makes an independent set).
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        build()
+    }
+}
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
@@ -111,6 +122,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_trace_spans_dropped_total",
         "Spans not exported: the buffer was full or the collector failed",
     )?;
+    let access_log_dropped = IntCounter::new(
+        "tollgate_access_log_dropped_total",
+        "Access-log lines dropped because the writer fell behind (a stalled disk)",
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new(
             "tollgate_build_info",
@@ -131,6 +146,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(build_info.clone()))?;
     registry.register(Box::new(tls_expiry.clone()))?;
     registry.register(Box::new(spans_dropped.clone()))?;
+    registry.register(Box::new(access_log_dropped.clone()))?;
     #[cfg(target_os = "linux")]
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
@@ -156,65 +172,216 @@ fn build() -> Result<Metrics, prometheus::Error> {
         build_info,
         tls_expiry,
         spans_dropped,
+        access_log_dropped,
     })
-}
-
-/// The process's metrics.
-pub fn metrics() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    // Registering fixed, well-formed metrics in a fresh registry cannot fail; if it ever did, that is
-    // a programming error caught by the first test.
-    M.get_or_init(|| build().expect("metrics registry"))
 }
 
 /// The method label: the standard methods by name, anything else as `OTHER` (labels stay bounded).
 pub fn method_label(m: &http::Method) -> &'static str {
+    METHODS[method_slot(m)]
+}
+
+/// The index of `m`'s label in [`METHODS`].
+fn method_slot(m: &http::Method) -> usize {
     use http::Method as M;
     match *m {
-        M::GET => "GET",
-        M::HEAD => "HEAD",
-        M::POST => "POST",
-        M::PUT => "PUT",
-        M::PATCH => "PATCH",
-        M::DELETE => "DELETE",
-        M::OPTIONS => "OPTIONS",
-        M::CONNECT => "CONNECT",
-        M::TRACE => "TRACE",
-        _ => "OTHER",
+        M::GET => 0,
+        M::HEAD => 1,
+        M::POST => 2,
+        M::PUT => 3,
+        M::PATCH => 4,
+        M::DELETE => 5,
+        M::OPTIONS => 6,
+        M::CONNECT => 7,
+        M::TRACE => 8,
+        _ => 9,
     }
 }
 
-/// A route histogram handle, resolved once per route at compile time so the request path does no
-/// label lookup for it.
-pub fn route_duration(route: &str) -> Histogram {
-    metrics().request_duration.with_label_values(&[route])
+/// The method labels; each has a slot of its own in [`RouteSeries`].
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+/// Statuses with a slot of their own in [`RouteSeries`]; others are looked up by label (rare answers).
+const STATUSES: [u16; 18] = [
+    200, 201, 202, 204, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 429, 500, 502, 503,
+];
+
+/// A value made once from the metrics, on first use (for a per-upstream or per-policy handle).
+pub struct Lazy<T>(OnceLock<T>);
+
+impl<T> Default for Lazy<T> {
+    fn default() -> Self {
+        Lazy(OnceLock::new())
+    }
 }
 
-/// A per-upstream histogram handle, resolved once per upstream.
-pub fn upstream_duration(upstream: &str) -> Histogram {
-    metrics().upstream_duration.with_label_values(&[upstream])
+impl<T> Lazy<T> {
+    pub fn get_or_init(&self, make: impl FnOnce() -> T) -> &T {
+        self.0.get_or_init(make)
+    }
 }
 
-/// The Prometheus text exposition of every metric, with health gauges refreshed from `snap`.
-pub fn render(snap: &Snapshot) -> String {
-    let m = metrics();
-    m.target_healthy.reset();
-    for (name, up) in &snap.upstreams {
-        for (addr, _, healthy) in up.targets() {
-            m.target_healthy
-                .with_label_values(&[name.as_str(), &addr.to_string()])
-                .set(i64::from(healthy));
+/// The series of one route: its duration histogram and its request counters, resolved on first use
+/// (when the snapshot is installed) instead of when compiling, so compiling registers nothing and the
+/// request path does no label lookup for the usual methods and statuses.
+#[derive(Default)]
+pub struct RouteSeries(OnceLock<RouteHandles>);
+
+#[derive(Default)]
+struct RouteHandles {
+    /// Made for routes only: a request that matched none has no duration series.
+    duration: OnceLock<Histogram>,
+    /// Per method, the counters of the statuses in [`STATUSES`], each made on first use (most routes
+    /// see a method or two and a few statuses).
+    requests: [OnceLock<Box<[OnceLock<IntCounter>; STATUSES.len()]>>; METHODS.len()],
+}
+
+impl RouteSeries {
+    fn duration(&self, m: &Metrics, route: &str) -> &Histogram {
+        self.0
+            .get_or_init(Default::default)
+            .duration
+            .get_or_init(|| m.request_duration.with_label_values(&[route]))
+    }
+
+    /// Resolve the route's duration series now (when its snapshot is installed), so that it is
+    /// exported from the start, as before the route's first request.
+    pub fn bind(&self, m: &Metrics, route: &str) {
+        self.duration(m, route);
+    }
+
+    /// Count a finished request of `route` (`""` for one that matched none) and observe its duration
+    /// (only for a route).
+    pub fn record(
+        &self,
+        m: &Metrics,
+        route: &str,
+        method: &http::Method,
+        status: u16,
+        seconds: Option<f64>,
+    ) {
+        if let Some(s) = seconds {
+            self.duration(m, route).observe(s);
+        }
+        let h = self.0.get_or_init(Default::default);
+        let mi = method_slot(method);
+        let counter = || {
+            let mut code = itoa::Buffer::new();
+            m.requests
+                .with_label_values(&[route, METHODS[mi], code.format(status)])
+        };
+        match STATUSES.iter().position(|x| *x == status) {
+            Some(si) => h.requests[mi].get_or_init(Default::default)[si]
+                .get_or_init(counter)
+                .inc(),
+            None => counter().inc(),
         }
     }
-    let tls_not_after = snap.tls.as_ref().map(|c| c.not_after);
-    m.tls_expiry.set(tls_not_after.unwrap_or(0));
-    let mut families = m.registry.gather();
-    if tls_not_after.is_none() {
-        families.retain(|f| f.name() != "tollgate_tls_certificate_expiry_timestamp_seconds");
+}
+
+/// The series of one rate-limit policy, bound when its snapshot is installed: a policy of a snapshot
+/// that was never installed (a benchmark, a unit test) counts nothing.
+#[derive(Default)]
+pub struct PolicySeries(OnceLock<PolicyHandles>);
+
+struct PolicyHandles {
+    rejections: IntCounter,
+    store_errors: IntCounter,
+}
+
+impl PolicySeries {
+    /// Resolve the policy's counters from `m`.
+    pub fn bind(&self, m: &Metrics, policy: &str) {
+        self.0.get_or_init(|| PolicyHandles {
+            rejections: m.ratelimit_rejections.with_label_values(&[policy]),
+            store_errors: m.ratelimit_store_errors.with_label_values(&[policy]),
+        });
     }
-    let mut out = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-        log::error!("cannot encode metrics: {e}");
+    /// A request refused by the policy.
+    pub fn rejected(&self) {
+        if let Some(h) = self.0.get() {
+            h.rejections.inc();
+        }
     }
-    String::from_utf8(out).unwrap_or_default()
+    /// A check the shared store could not answer.
+    pub fn store_error(&self) {
+        if let Some(h) = self.0.get() {
+            h.store_errors.inc();
+        }
+    }
+}
+
+/// One upstream target's health, for the `tollgate_upstream_target_healthy` gauge.
+pub struct TargetHealth<'a> {
+    pub upstream: &'a str,
+    pub target: std::net::SocketAddr,
+    pub healthy: bool,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric, with the health gauges set to `health` (the
+    /// current snapshot's targets) and the certificate expiry to `tls_not_after` (absent without HTTPS).
+    pub fn render<'a>(
+        &self,
+        health: impl IntoIterator<Item = TargetHealth<'a>>,
+        tls_not_after: Option<i64>,
+    ) -> String {
+        self.target_healthy.reset();
+        for t in health {
+            self.target_healthy
+                .with_label_values(&[t.upstream, &t.target.to_string()])
+                .set(i64::from(t.healthy));
+        }
+        self.tls_expiry.set(tls_not_after.unwrap_or(0));
+        let mut families = self.registry.gather();
+        if tls_not_after.is_none() {
+            families.retain(|f| f.name() != "tollgate_tls_certificate_expiry_timestamp_seconds");
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            log::error!("cannot encode metrics: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_sets_are_independent_and_route_counters_keep_their_labels() {
+        let (a, b) = (Metrics::new().unwrap(), Metrics::new().unwrap());
+        let s = RouteSeries::default();
+        let get = http::Method::GET;
+        s.record(&a, "r", &get, 200, Some(0.01));
+        s.record(&a, "r", &get, 200, Some(0.01));
+        s.record(
+            &a,
+            "r",
+            &http::Method::from_bytes(b"PURGE").unwrap(),
+            299,
+            None,
+        );
+        assert_eq!(a.requests.with_label_values(&["r", "GET", "200"]).get(), 2);
+        assert_eq!(
+            a.requests.with_label_values(&["r", "OTHER", "299"]).get(),
+            1
+        );
+        assert_eq!(
+            a.request_duration
+                .with_label_values(&["r"])
+                .get_sample_count(),
+            2
+        );
+        assert_eq!(b.requests.with_label_values(&["r", "GET", "200"]).get(), 0);
+        let text = a.render([], None);
+        assert!(
+            text.contains("tollgate_access_log_dropped_total 0"),
+            "{text}"
+        );
+        assert!(!text.contains("tollgate_tls_certificate_expiry"));
+    }
 }

@@ -9,7 +9,8 @@
 //! Requests never wait on the collector: finished spans go into a bounded buffer, and a background
 //! service posts them in batches (every second, or sooner when 512 are waiting). A full buffer or a
 //! failed export drops spans and counts them in `tollgate_trace_spans_dropped_total`; the gateway keeps
-//! serving either way.
+//! serving either way. The server makes one [`Exporter`] and hands it to the proxy (which pushes) and to
+//! the export and drain services (which take); there is no process-wide buffer.
 //!
 //! The encoding is OTLP's JSON mapping of `ExportTraceServiceRequest` (ids as hex, 64-bit integers as
 //! strings), written with serde_json rather than pulling the OpenTelemetry SDK and its runtime into
@@ -20,8 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::sync::Notify;
-
-use crate::metrics::metrics;
 
 /// Spans held at most; beyond, new ones are dropped (and counted).
 const BUFFER: usize = 8192;
@@ -115,17 +114,21 @@ pub fn request_body(service_name: &str, spans: &[Span]) -> Value {
 }
 
 /// Finished spans waiting for export.
-#[derive(Default)]
 pub struct Exporter {
     buffer: Mutex<Vec<Span>>,
     ready: Notify,
+    /// `tollgate_trace_spans_dropped_total`.
+    dropped: prometheus::IntCounter,
 }
 
 impl Exporter {
-    /// The process's exporter.
-    pub fn global() -> &'static Exporter {
-        static E: std::sync::OnceLock<Exporter> = std::sync::OnceLock::new();
-        E.get_or_init(Exporter::default)
+    /// An empty buffer; spans it drops are counted in `dropped`.
+    pub fn new(dropped: prometheus::IntCounter) -> Exporter {
+        Exporter {
+            buffer: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+            dropped,
+        }
     }
 
     /// Queue a span; never blocks on the collector.
@@ -137,7 +140,7 @@ impl Exporter {
             };
             if b.len() >= BUFFER {
                 drop(b);
-                metrics().spans_dropped.inc();
+                self.dropped.inc();
                 return;
             }
             b.push(span);
@@ -165,6 +168,7 @@ impl Exporter {
 
     /// Post `spans` to `endpoint`; failures are counted as dropped spans and logged.
     pub async fn send(
+        &self,
         client: &reqwest::Client,
         endpoint: &str,
         service_name: &str,
@@ -185,7 +189,7 @@ impl Exporter {
                 Err(e) => Some(e.to_string()),
             };
             if let Some(why) = failure {
-                metrics().spans_dropped.inc_by(chunk.len() as u64);
+                self.dropped.inc_by(chunk.len() as u64);
                 log::warn!(
                     "tracing: {} spans not exported to {endpoint}: {why}",
                     chunk.len()

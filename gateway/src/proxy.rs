@@ -26,7 +26,8 @@ use crate::access_log::{self, AccessLog};
 use crate::error::{self, GatewayError};
 use crate::forwarded;
 use crate::headers;
-use crate::metrics::{method_label, metrics};
+use crate::metrics::{Metrics, RouteSeries};
+use crate::otlp::Exporter;
 use crate::path;
 use crate::plugin::{cors, Chain, Decision, HeaderEdit, PluginState, Reply, RequestView};
 use crate::request::{self, Form};
@@ -41,26 +42,49 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const TRACEPARENT: &str = "traceparent";
 
-/// The proxy. Holds the current config snapshot; each request pins the one it started with.
+/// The proxy. Holds the current config snapshot; each request pins the one it started with. Counts in
+/// the metrics and sends spans to the exporter it is given (the server's), never through a global.
 pub struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     log: Option<Arc<AccessLog>>,
+    metrics: Arc<Metrics>,
+    exporter: Arc<Exporter>,
+    /// The request counters of requests that matched no route (`route=""`).
+    unrouted: RouteSeries,
 }
 
 impl Gateway {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        exporter: Arc<Exporter>,
+    ) -> Self {
         let s = snapshot.load();
-        let log = s
-            .settings
-            .access_log
-            .then(|| Arc::new(AccessLog::new(s.settings.access_log_path.clone())));
-        Gateway { snapshot, log }
+        let log = s.settings.access_log.then(|| {
+            Arc::new(AccessLog::new(
+                s.settings.access_log_path.clone(),
+                metrics.access_log_dropped.clone(),
+            ))
+        });
+        Gateway {
+            snapshot,
+            log,
+            metrics,
+            exporter,
+            unrouted: RouteSeries::default(),
+        }
+    }
+
+    /// The access log, when it is on (for the drain at shutdown, which has it written out).
+    pub fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.log.clone()
     }
 
     /// Accounts for requests Pingora's parser refused (see [`crate::conn::RefusedRequests`]).
     pub fn refused_requests(&self) -> Arc<dyn crate::conn::RefusedRequests> {
         Arc::new(Refused {
             log: self.log.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -69,11 +93,13 @@ impl Gateway {
 /// the peer, so method and path are `-`.
 struct Refused {
     log: Option<Arc<AccessLog>>,
+    metrics: Arc<Metrics>,
 }
 
 impl crate::conn::RefusedRequests for Refused {
     fn refused(&self, client: Option<IpAddr>, request_id: &str, tls: bool) {
-        metrics()
+        // Rare (a broken client or a scanner): looked up by label.
+        self.metrics
             .requests
             .with_label_values(&["", "OTHER", "400"])
             .inc();
@@ -136,18 +162,18 @@ pub struct Ctx {
 }
 
 /// Holds one unit of the in-flight gauge; dropping it (however the request ends) gives it back.
-struct InFlight;
+struct InFlight(prometheus::IntGauge);
 
 impl InFlight {
-    fn new() -> InFlight {
-        metrics().in_flight.inc();
-        InFlight
+    fn new(gauge: &prometheus::IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics().in_flight.dec();
+        self.0.dec();
     }
 }
 
@@ -229,7 +255,7 @@ impl Gateway {
             (Decision::Continue, _) => Ok(false),
             (Decision::Deny(err), by) => {
                 if matches!(err.status, 401 | 403) {
-                    metrics()
+                    self.metrics
                         .auth_failures
                         .with_label_values(&[by, err.code])
                         .inc();
@@ -363,7 +389,7 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let snap = self.snapshot.load_full();
         ctx.start = Instant::now();
-        ctx._in_flight = Some(InFlight::new());
+        ctx._in_flight = Some(InFlight::new(&self.metrics.in_flight));
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         ctx.trace = Some(TraceContext::from_header(
@@ -620,7 +646,7 @@ impl ProxyHttp for Gateway {
             let took = start.elapsed().as_secs_f64();
             ctx.upstream_ms = Some(took * 1000.0);
             if let Some(route) = &ctx.route {
-                route.upstream.duration.observe(took);
+                route.upstream.duration(&self.metrics).observe(took);
             }
         }
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -691,13 +717,17 @@ impl Gateway {
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
         let route_label = ctx.route.as_deref().map_or("", |r| r.name.as_str());
-        let mut code = itoa::Buffer::new();
-        metrics()
-            .requests
-            .with_label_values(&[route_label, method_label(&req.method), code.format(status)])
-            .inc();
-        if let Some(r) = &ctx.route {
-            r.duration.observe(elapsed.as_secs_f64());
+        match &ctx.route {
+            Some(r) => r.series.record(
+                &self.metrics,
+                &r.name,
+                &req.method,
+                status,
+                Some(elapsed.as_secs_f64()),
+            ),
+            None => self
+                .unrouted
+                .record(&self.metrics, "", &req.method, status, None),
         }
         if let Some(chain) = ctx.chain() {
             chain.log(status, &ctx.plugins);
@@ -710,7 +740,7 @@ impl Gateway {
         };
         let tracing = ctx.snapshot.as_ref().is_some_and(|s| s.tracing.is_some());
         if let (true, Some(t)) = (tracing, ctx.trace.as_ref().filter(|t| t.sampled())) {
-            crate::otlp::Exporter::global().push(crate::otlp::Span {
+            self.exporter.push(crate::otlp::Span {
                 trace_id: t.trace_id.clone(),
                 span_id: t.span_id.clone(),
                 parent_span_id: t.parent_span_id.clone(),

@@ -5,6 +5,9 @@
 //!
 //! Triggers: a change of the file's contents (polled, so editors that replace the file and Kubernetes
 //! ConfigMap symlink swaps are both seen), SIGHUP, and `POST /admin/reload`.
+//!
+//! Installing a snapshot is one step ([`Reloader::install`]): its metric series are resolved (compiling
+//! registers none) and it becomes the one requests load.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
 use crate::plugin::Registry;
 use crate::snapshot::Snapshot;
 
@@ -31,7 +34,9 @@ pub struct ReloadStatus {
 pub struct Reloader {
     pub path: String,
     registry: Arc<Registry>,
+    /// The snapshot requests load.
     pub shared: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
     status: Mutex<ReloadStatus>,
     /// Hash of the file contents last loaded (or tried), to tell a change from a touch.
     fingerprint: Mutex<Option<u64>>,
@@ -59,16 +64,38 @@ fn fingerprint(path: &str, also: &[std::path::PathBuf]) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Resolve the metric series of `snap`'s routes, upstreams and rate-limit policies from `m`, so that
+/// they are exported from the start and the request path finds them resolved.
+pub fn bind_series(snap: &Snapshot, m: &Metrics) {
+    for r in &snap.routes {
+        r.series.bind(m, &r.name);
+    }
+    for u in snap.upstreams.values() {
+        u.duration(m);
+    }
+    for p in snap.rate_limits.values() {
+        p.series.bind(m, &p.name);
+    }
+}
+
 impl Reloader {
-    /// `shared` holds the snapshot loaded from `path` at start.
-    pub fn new(path: &str, registry: Arc<Registry>, shared: Arc<ArcSwap<Snapshot>>) -> Reloader {
-        metrics().reloads.with_label_values(&["success"]).inc();
-        metrics().last_reload.set(unix_now() as f64);
-        let first = fingerprint(path, &shared.load().settings.tls_files);
+    /// Install `snapshot`, loaded from `path` at start; counts go to `metrics`.
+    pub fn new(
+        path: &str,
+        registry: Arc<Registry>,
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
+        metrics.reloads.with_label_values(&["success"]).inc();
+        metrics.last_reload.set(unix_now() as f64);
+        bind_series(&snapshot, &metrics);
+        let first = fingerprint(path, &snapshot.settings.tls_files);
+        let snapshot = Arc::new(snapshot);
         Reloader {
             path: path.to_string(),
             registry,
-            shared,
+            shared: Arc::new(ArcSwap::new(snapshot)),
+            metrics,
             status: Mutex::new(ReloadStatus {
                 ok: true,
                 trigger: "start",
@@ -79,6 +106,16 @@ impl Reloader {
             fingerprint: Mutex::new(first),
             running: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The metrics the gateway counts in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Make `snap` (its series bound) the snapshot requests load.
+    fn install(&self, snap: Snapshot) {
+        self.shared.store(Arc::new(snap));
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -116,8 +153,14 @@ impl Reloader {
         // Only reloads store snapshots and they run one at a time, so this is the one being replaced.
         let old = self.shared.load_full();
         let previous = old.clone();
+        let metrics = self.metrics.clone();
+        // Off the runtime's threads: compiling, and resolving the series of every route.
         let loaded = tokio::task::spawn_blocking(move || {
-            Snapshot::from_file_replacing(&path, &registry, Some(&previous))
+            let loaded = Snapshot::from_file_replacing(&path, &registry, Some(&previous));
+            if let Ok((snap, _)) = &loaded {
+                bind_series(snap, &metrics);
+            }
+            loaded
         })
         .await;
         let status = match loaded {
@@ -127,9 +170,9 @@ impl Reloader {
                 for w in &warnings {
                     log::warn!("reload: {w}");
                 }
-                self.shared.store(Arc::new(snap));
-                metrics().reloads.with_label_values(&["success"]).inc();
-                metrics().last_reload.set(unix_now() as f64);
+                self.install(snap);
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                self.metrics.last_reload.set(unix_now() as f64);
                 log::info!("config reloaded from {} ({trigger})", self.path);
                 ReloadStatus {
                     ok: true,
@@ -144,7 +187,7 @@ impl Reloader {
                 for e in &errors {
                     log::error!("reload refused, the running config stays: {e}");
                 }
-                metrics().reloads.with_label_values(&["failure"]).inc();
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
                 ReloadStatus {
                     ok: false,
                     trigger,
@@ -154,7 +197,7 @@ impl Reloader {
                 }
             }
             Err(e) => {
-                metrics().reloads.with_label_values(&["failure"]).inc();
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
                 ReloadStatus {
                     ok: false,
                     trigger,

@@ -1,8 +1,9 @@
-//! Assembling and running the Pingora server: the proxy service on the configured listeners and the
-//! health-check background service.
+//! Assembling and running the Pingora server: the proxy service on the configured listeners, the admin
+//! listener and the background services. The metrics and the span exporter are made here and handed
+//! to the proxy, the reloader and these services.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -12,8 +13,11 @@ use pingora_core::services::background::{background_service, BackgroundService};
 
 use pingora_core::services::listening::Service;
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::conn::{ConnectionTracker, HeaderDeadline};
+use crate::metrics::Metrics;
+use crate::otlp::Exporter;
 use crate::plugin::Registry;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
@@ -82,35 +86,39 @@ impl BackgroundService for JwksRefresh {
 /// shutdown is sent by [`Drain`] once the last request is done.
 pub struct SpanExport {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub exporter: Arc<Exporter>,
 }
 
 /// Send the spans waiting now, to the current snapshot's collector (if tracing is on).
 async fn export_spans(
     snapshot: &ArcSwap<Snapshot>,
+    exporter: &Exporter,
     client: &reqwest::Client,
     spans: Vec<crate::otlp::Span>,
 ) {
     let snap = snapshot.load_full();
     if let (false, Some(t)) = (spans.is_empty(), &snap.tracing) {
-        crate::otlp::Exporter::send(
-            client,
-            &t.otlp_endpoint,
-            &t.service_name,
-            t.timeout.0,
-            spans,
-        )
-        .await;
+        exporter
+            .send(
+                client,
+                &t.otlp_endpoint,
+                &t.service_name,
+                t.timeout.0,
+                spans,
+            )
+            .await;
     }
 }
 
 #[async_trait]
 impl BackgroundService for SpanExport {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let exporter = crate::otlp::Exporter::global();
         let client = reqwest::Client::new();
         loop {
             tokio::select! {
-                spans = exporter.next_batch() => export_spans(&self.snapshot, &client, spans).await,
+                spans = self.exporter.next_batch() => {
+                    export_spans(&self.snapshot, &self.exporter, &client, spans).await
+                }
                 _ = shutdown.changed() => return,
             }
         }
@@ -167,14 +175,24 @@ impl BackgroundService for ConfigWatch {
 }
 
 /// Ends the process as soon as a graceful shutdown (SIGTERM) or upgrade (SIGQUIT, after the sockets
-/// were handed over) has no request left in flight, instead of always waiting out Pingora's grace period.
+/// were handed over) has no request left in flight, instead of always waiting out Pingora's grace period;
+/// at the latest when `shutdown.timeout` has passed. Before it exits it sends the last spans and has the
+/// access-log writer write every line and stop.
 pub struct Drain {
     phase: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
     /// The public listener's connections.
     connections: Arc<ConnectionTracker>,
     /// For the last spans' collector.
     snapshot: Arc<ArcSwap<Snapshot>>,
+    exporter: Arc<Exporter>,
+    metrics: Arc<Metrics>,
+    access_log: Option<Arc<AccessLog>>,
+    /// `shutdown.timeout`.
+    timeout: Duration,
 }
+
+/// How long the access-log writer may take to write what is left at exit.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl BackgroundService for Drain {
@@ -193,13 +211,31 @@ impl BackgroundService for Drain {
         // Once the proxy stopped accepting and closed its idle connections, every remaining connection
         // is one whose request is being served (keep-alive is off now), so "none open" means done.
         let c = &self.connections;
-        while !(c.closed() && c.open() == 0 && crate::metrics::metrics().in_flight.get() <= 0) {
+        let deadline = Instant::now() + self.timeout;
+        let drained = || c.closed() && c.open() == 0 && self.metrics.in_flight.get() <= 0;
+        while !drained() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Send the last spans, let the access-log writer catch up, then go.
-        let spans = crate::otlp::Exporter::global().take();
-        export_spans(&self.snapshot, &reqwest::Client::new(), spans).await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        if !drained() {
+            log::warn!(
+                "shutdown.timeout passed with {} requests in flight; exiting",
+                self.metrics.in_flight.get()
+            );
+        }
+        let spans = self.exporter.take();
+        export_spans(
+            &self.snapshot,
+            &self.exporter,
+            &reqwest::Client::new(),
+            spans,
+        )
+        .await;
+        if let Some(log) = self.access_log.clone() {
+            let closed = tokio::task::spawn_blocking(move || log.close(LOG_FLUSH_TIMEOUT)).await;
+            if !matches!(closed, Ok(true)) {
+                log::warn!("the access log could not be written out in {LOG_FLUSH_TIMEOUT:?}");
+            }
+        }
         log::info!("drained; exiting");
         std::process::exit(0);
     }
@@ -247,12 +283,21 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
             }
         }
     }
-    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let metrics = match Metrics::new() {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("tollgate: cannot set up metrics: {e}");
+            std::process::exit(1);
+        }
+    };
+    let exporter = Arc::new(Exporter::new(metrics.spans_dropped.clone()));
     let reloader = Arc::new(Reloader::new(
         &opts.config_path,
         opts.registry,
-        shared.clone(),
+        snapshot,
+        metrics.clone(),
     ));
+    let shared = reloader.shared.clone();
 
     let conf = ServerConf {
         threads: settings.threads.unwrap_or_else(|| {
@@ -262,8 +307,9 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
         }),
         // Pingora stops accepting at once, then keeps the runtimes alive for this "grace period" before
         // tearing them down (dropping whatever is still running). `Drain` exits earlier, as soon as
-        // nothing is in flight, so this is the upper bound.
-        grace_period_seconds: Some(settings.shutdown_timeout.as_secs_f64().ceil() as u64),
+        // nothing is in flight, and at the latest at `shutdown.timeout`; the extra second leaves it
+        // the time to write out the access log and the last spans before Pingora would.
+        grace_period_seconds: Some(settings.shutdown_timeout.as_secs_f64().ceil() as u64 + 1),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 512,
         upgrade_sock: settings.upgrade_sock.clone(),
@@ -276,7 +322,8 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(shared.clone());
+    let gateway = Gateway::new(shared.clone(), metrics.clone(), exporter.clone());
+    let access_log = gateway.access_log();
     let refused = gateway.refused_requests();
     let mut http = pingora_proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
@@ -334,6 +381,7 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
         "span export",
         SpanExport {
             snapshot: shared.clone(),
+            exporter: exporter.clone(),
         },
     ));
     server.add_service(background_service("config watch", ConfigWatch { reloader }));
@@ -343,6 +391,10 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
             phase: std::sync::Mutex::new(Some(server.watch_execution_phase())),
             connections,
             snapshot: shared.clone(),
+            exporter,
+            metrics,
+            access_log,
+            timeout: settings.shutdown_timeout,
         },
     ));
     server.run_forever()

@@ -70,8 +70,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Global plugins, then the route's own.
     pub chain: Chain,
-    /// `tollgate_request_duration_seconds{route=name}`, resolved once.
-    pub duration: prometheus::Histogram,
+    /// Its metric series, resolved when the snapshot is installed (compiling registers none).
+    pub series: crate::metrics::RouteSeries,
     /// Human description for `tollgate routes`: (host, methods, path).
     pub describe: (String, String, String),
 }
@@ -405,7 +405,7 @@ impl Snapshot {
                     rewrite,
                     preserve_host,
                     chain: Chain::new(chain),
-                    duration: crate::metrics::route_duration(&r.name),
+                    series: Default::default(),
                     describe,
                 }));
             }

@@ -29,6 +29,7 @@ use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 
 use crate::config::raw::{Balance, HealthCheckConfig, UpstreamConfig};
+use crate::metrics::{Lazy, Metrics};
 
 /// The seam through which targets change at runtime.
 pub struct Discovery {
@@ -210,8 +211,8 @@ fn host_of(spec: &str) -> &str {
 /// Resolved upstream settings and its pool.
 pub struct Upstream {
     pub name: String,
-    /// `tollgate_upstream_duration_seconds{upstream=name}`, resolved once.
-    pub duration: prometheus::Histogram,
+    /// `tollgate_upstream_duration_seconds{upstream=name}`, resolved when the snapshot is installed.
+    duration: Lazy<prometheus::Histogram>,
     pub balance: Balance,
     pub hash_on: Option<HashOn>,
     pub connect_timeout: Duration,
@@ -330,7 +331,7 @@ impl Upstream {
         }
         let up = Upstream {
             name: name.to_string(),
-            duration: crate::metrics::upstream_duration(name),
+            duration: Lazy::default(),
             balance: cfg.balance,
             hash_on,
             connect_timeout: cfg.timeouts.connect.0,
@@ -358,6 +359,13 @@ impl Upstream {
         // Static discovery answers at once, so the first update completes without a runtime.
         let _ = up.update().now_or_never();
         up
+    }
+
+    /// `tollgate_upstream_duration_seconds{upstream=name}`, resolved from `m` on first use (when the
+    /// snapshot is installed).
+    pub fn duration(&self, m: &Metrics) -> &prometheus::Histogram {
+        self.duration
+            .get_or_init(|| m.upstream_duration.with_label_values(&[&self.name]))
     }
 
     /// Re-read targets from discovery.

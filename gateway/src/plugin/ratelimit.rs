@@ -46,7 +46,6 @@ use sha2::{Digest, Sha256};
 use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
 use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
-use crate::metrics::metrics;
 
 /// `redis:` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +239,8 @@ pub struct Policy {
     on_error: FailMode,
     /// `"name";q=N;w=S` for `RateLimit-Policy`.
     policy_header: String,
+    /// Its metric series, bound when the snapshot is installed (compiling registers none).
+    pub series: crate::metrics::PolicySeries,
 }
 
 /// Slots of the count-min sketch of a local window policy: one hash (so an increment returns an exact
@@ -360,6 +361,7 @@ impl Policy {
             store: cfg.store,
             on_error,
             policy_header,
+            series: Default::default(),
         })
     }
 }
@@ -631,10 +633,7 @@ impl RateLimit {
     }
 
     fn refused(policy: &Policy, retry_after: u64) -> GatewayError {
-        metrics()
-            .ratelimit_rejections
-            .with_label_values(&[policy.name.as_str()])
-            .inc();
+        policy.series.rejected();
         GatewayError::new(
             429,
             "rate_limited",
@@ -738,10 +737,7 @@ impl Plugin for RateLimit {
                 }
                 Err(e) => {
                     for (p, ..) in &shared {
-                        metrics()
-                            .ratelimit_store_errors
-                            .with_label_values(&[p.name.as_str()])
-                            .inc();
+                        p.series.store_error();
                     }
                     let closed = shared
                         .iter()
