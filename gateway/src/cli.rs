@@ -40,6 +40,10 @@ enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<String>,
+        /// Also look up the upstream targets given by name (without it, only how they are written is
+        /// checked); a name that does not resolve is an error.
+        #[arg(long)]
+        resolve: bool,
     },
     /// Print the compiled route table in match order.
     Routes { file: String },
@@ -77,7 +81,7 @@ enum Command {
 pub fn main_with(registry: Registry) -> ExitCode {
     match Cli::parse().command {
         Command::Run { config, upgrade } => run(config, upgrade, registry),
-        Command::Validate { files } => validate(&files, &registry),
+        Command::Validate { files, resolve } => validate(&files, resolve, &registry),
         Command::Routes { file } => routes(&file, &registry),
         Command::Token {
             config,
@@ -136,15 +140,27 @@ fn run(config: String, upgrade: bool, registry: Registry) -> ExitCode {
 }
 
 /// Problems on stdout (the answer), warnings on stderr; exit 1 if any file has an error.
-fn validate(files: &[String], registry: &Registry) -> ExitCode {
+fn validate(files: &[String], resolve: bool, registry: &Registry) -> ExitCode {
     let mut ok = true;
     for f in files {
         match Snapshot::from_file_with(f, registry) {
-            Ok((_, warnings)) => {
+            Ok((snap, warnings)) => {
                 for w in warnings.0 {
                     eprintln!("{w}");
                 }
-                println!("{f}: ok");
+                let unresolved = if resolve {
+                    crate::upstream::resolve_names(snap.upstreams.values()).0
+                } else {
+                    Vec::new()
+                };
+                for e in &unresolved {
+                    println!("{e}");
+                }
+                if unresolved.is_empty() {
+                    println!("{f}: ok");
+                } else {
+                    ok = false;
+                }
             }
             Err(errs) => {
                 ok = false;

@@ -7,13 +7,15 @@
 //! ConfigMap symlink swaps are both seen), SIGHUP, and `POST /admin/reload`.
 //!
 //! Installing a snapshot is one step ([`Reloader::install`]): its metric series are resolved (compiling
-//! registers none) and it becomes the one requests load.
+//! registers none), it becomes the one requests load, and it is published to what runs alongside it
+//! (`server::SnapshotTasks`), which stops the replaced snapshot's background work and starts its own.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
@@ -36,6 +38,8 @@ pub struct Reloader {
     registry: Arc<Registry>,
     /// The snapshot requests load.
     pub shared: Arc<ArcSwap<Snapshot>>,
+    /// The same, for what runs alongside the snapshot and must hear of its replacement.
+    installed: watch::Sender<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     status: Mutex<ReloadStatus>,
     /// Hash of the file contents last loaded (or tried), to tell a change from a touch.
@@ -94,7 +98,8 @@ impl Reloader {
         Reloader {
             path: path.to_string(),
             registry,
-            shared: Arc::new(ArcSwap::new(snapshot)),
+            shared: Arc::new(ArcSwap::new(snapshot.clone())),
+            installed: watch::Sender::new(snapshot),
             metrics,
             status: Mutex::new(ReloadStatus {
                 ok: true,
@@ -113,9 +118,17 @@ impl Reloader {
         &self.metrics
     }
 
-    /// Make `snap` (its series bound) the snapshot requests load.
+    /// The installed snapshot, now and as it is replaced.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.installed.subscribe()
+    }
+
+    /// Make `snap` (its series bound) the snapshot requests load, and publish it to what runs
+    /// alongside it.
     fn install(&self, snap: Snapshot) {
-        self.shared.store(Arc::new(snap));
+        let snap = Arc::new(snap);
+        self.shared.store(snap.clone());
+        self.installed.send_replace(snap);
     }
 
     pub fn status(&self) -> ReloadStatus {

@@ -1,6 +1,11 @@
 //! Assembling and running the Pingora server: the proxy service on the configured listeners, the admin
-//! listener and the background services. The metrics and the span exporter are made here and handed
-//! to the proxy, the reloader and these services.
+//! listener and the background services.
+//!
+//! What serves a snapshot runs with it: [`SnapshotTasks`] starts the health checks, DNS refreshes and
+//! JWKS refreshes of each snapshot the reloader installs, and stops them (drops their tasks) when the
+//! next one replaces it. What serves the process (span export, the config watch, the drain at shutdown)
+//! runs as a background service of the server. The metrics and the span exporter are made here and
+//! handed to the proxy, the reloader and these services.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +17,8 @@ use pingora_core::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 
 use pingora_core::services::listening::Service;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -25,59 +32,55 @@ use crate::snapshot::Snapshot;
 use crate::tls::SnapshotCert;
 use pingora_core::listeners::tls::TlsSettings;
 
-/// Runs due health checks and DNS refreshes of the *current* snapshot's upstreams, so reloaded pools
-/// are kept up too.
-pub struct HealthChecks {
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
+/// How often a JWT provider's task asks it whether its JWKS is due (the provider keeps the due time:
+/// its refresh interval, sooner after a failure).
+const JWKS_POLL: Duration = Duration::from_millis(200);
+
+/// Runs the background work of the installed snapshot: per upstream its health checks
+/// ([`crate::upstream::Upstream::check_health`]) and the DNS refresh of its named targets
+/// ([`crate::upstream::Upstream::follow_names`]), per JWT provider with a `jwks_url` its JWKS refresh.
+/// The tasks are owned by a `JoinSet` per snapshot; when the reloader installs the next snapshot the
+/// set is dropped, which aborts them (an upstream removed by a reload is no longer checked), and the
+/// new snapshot's tasks start.
+pub struct SnapshotTasks {
+    pub installed: watch::Receiver<Arc<Snapshot>>,
 }
 
-#[async_trait]
-impl BackgroundService for HealthChecks {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    let snap = self.snapshot.load();
-                    for up in snap.upstreams.values() {
-                        up.maybe_check();
-                        up.maybe_resolve();
-                    }
-                }
-            }
+/// Start the background work of `snap` in `tasks`.
+fn start_tasks(snap: &Snapshot, tasks: &mut JoinSet<()>) {
+    for up in snap.upstreams.values() {
+        if up.health.is_some() {
+            tasks.spawn(up.clone().check_health());
         }
+        tasks.spawn(up.clone().follow_names());
+    }
+    for p in snap.jwt.values().filter(|p| p.has_jwks()) {
+        let p = p.clone();
+        tasks.spawn(async move {
+            loop {
+                p.refresh_if_due().await;
+                tokio::time::sleep(JWKS_POLL).await;
+            }
+        });
     }
 }
 
-/// Fetches and refreshes the JWKS of the *current* snapshot's JWT providers (at start, then every
-/// `jwks_refresh`; sooner after a failure).
-pub struct JwksRefresh {
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-}
-
 #[async_trait]
-impl BackgroundService for JwksRefresh {
+impl BackgroundService for SnapshotTasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let mut installed = self.installed.clone();
         loop {
+            let mut tasks = JoinSet::new();
+            start_tasks(&installed.borrow_and_update(), &mut tasks);
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    running.retain(|h| !h.is_finished());
-                    if !running.is_empty() {
-                        continue;
-                    }
-                    let snap = self.snapshot.load_full();
-                    for p in snap.jwt.values().filter(|p| p.has_jwks()) {
-                        let p = p.clone();
-                        running.push(tokio::spawn(async move { p.refresh_if_due().await }));
+                changed = installed.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
                 }
             }
+            // `tasks` goes out of scope here: a dropped `JoinSet` aborts every task it holds.
         }
     }
 }
@@ -283,6 +286,12 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
             }
         }
     }
+    // Names are looked up while the gateway runs, not while compiling: once here, before anything
+    // serves, so the first requests find addresses; then by each upstream's background refresh (which
+    // keeps trying a name that does not resolve now, so this only warns).
+    for w in crate::upstream::resolve_names(snapshot.upstreams.values()).0 {
+        log::warn!("{w}; retrying in the background");
+    }
     let metrics = match Metrics::new() {
         Ok(m) => Arc::new(m),
         Err(e) => {
@@ -366,15 +375,9 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
         server.add_service(admin);
     }
     server.add_service(background_service(
-        "health checks",
-        HealthChecks {
-            snapshot: shared.clone(),
-        },
-    ));
-    server.add_service(background_service(
-        "jwks refresh",
-        JwksRefresh {
-            snapshot: shared.clone(),
+        "snapshot tasks",
+        SnapshotTasks {
+            installed: reloader.subscribe(),
         },
     ));
     server.add_service(background_service(

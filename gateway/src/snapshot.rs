@@ -18,7 +18,7 @@ use crate::config::load::{self, sub_path, Locations};
 use crate::config::raw::{Balance, RawConfig, RouteConfig, ServerConfig, TlsConfig};
 use crate::plugin::{apikey, jwt, ratelimit, BuildContext, Chain, Plugin, Registry};
 use crate::router::{template_param, HostMatch, Params, PathMatch, RouteMatcher, Router};
-use crate::upstream::{resolve, HashOn, Upstream, UpstreamTls};
+use crate::upstream::{HashOn, Target, Upstream, UpstreamTls};
 
 /// Server-wide settings the request path needs.
 #[derive(Debug, Clone)]
@@ -231,7 +231,8 @@ impl Snapshot {
                         format!("weight must be at least 1, got {}", t.weight),
                     ));
                 }
-                match resolve(&t.addr, t.weight.max(1) as usize) {
+                let at = locs.error(&format!("{base}.targets[{i}].addr"), "");
+                match Target::parse(&t.addr, t.weight.max(1) as usize, &at) {
                     Ok(t) => targets.push(t),
                     Err(e) => {
                         d.0.push(locs.error(&format!("{base}.targets[{i}].addr"), e))

@@ -2,21 +2,27 @@
 //!
 //! Targets live in [`Discovery`], an `ArcSwap` that implements Pingora's `ServiceDiscovery`, so they can
 //! be replaced at runtime and picked up by `LoadBalancer::update`. A target given by name stands for
-//! every address the name resolves to, and is resolved again every `dns_refresh` (so a scaled service or a
-//! moved container is followed without a reload); a failed lookup keeps the last addresses. Health
-//! is Pingora's: an HTTP check per target, with consecutive-success/failure thresholds; a target starts
-//! healthy so that a fresh gateway serves before the first check finishes.
+//! every address the name resolves to. Compiling only checks how a target is written ([`Target::parse`]):
+//! names are looked up while the gateway runs, never by `tollgate validate` (unless `--resolve`) nor while
+//! a reload compiles. A named target starts with the addresses the upstream it replaces had for it (none
+//! in a fresh gateway, which resolves names once before it serves, see [`resolve_names`]); the
+//! upstream's background task ([`Upstream::follow_names`]) looks it up at once and again every
+//! `dns_refresh`, so a scaled service or a moved container is followed without a reload; a failed lookup
+//! keeps the last addresses. An upstream with no address yet answers like one with no healthy target.
+//! Health is Pingora's: an HTTP check per target, with consecutive-success/failure thresholds, run by
+//! [`Upstream::check_health`]; a target starts healthy so that a fresh gateway serves before the first
+//! check finishes. Both tasks belong to the snapshot that holds the upstream: they start when it is
+//! installed and stop when it is replaced (see `server::SnapshotTasks`).
 //!
 //! Health lives in a Pingora [`HealthRegistry`] that a reload hands on to the rebuilt upstream of the same
 //! name when its health check is unchanged: a target found dead stays out of rotation across reloads
 //! instead of taking traffic again until the next checks fail.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -28,6 +34,7 @@ use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 
+use crate::config::diag::{Diagnostic, Diagnostics};
 use crate::config::raw::{Balance, HealthCheckConfig, UpstreamConfig};
 use crate::metrics::{Lazy, Metrics};
 
@@ -109,9 +116,121 @@ pub struct Target {
     pub spec: String,
     /// `spec` is a name, resolved again every `dns_refresh`.
     pub named: bool,
-    /// Sorted, without duplicates; one address for a literal target.
+    /// Sorted, without duplicates; one address for a literal target, none for a name not resolved yet.
     pub addrs: Vec<SocketAddr>,
     pub weight: usize,
+    /// Where a named target is written (a diagnostic without its message), so that a name that does
+    /// not resolve can be reported at its place after compiling (`tollgate validate --resolve`).
+    pub at: Option<Diagnostic>,
+}
+
+/// Longest DNS name (RFC 1035 §2.3.4, without the root's trailing dot).
+const MAX_NAME: usize = 253;
+/// Longest label of a DNS name.
+const MAX_LABEL: usize = 63;
+
+/// Why `host` is not a name a resolver could be asked for, if it is not. Labels are letters, digits,
+/// `-` (not first or last) and `_` (not in the DNS rules for host names, but Docker Compose service
+/// names have them and resolve); a trailing dot (a fully qualified name) is fine.
+fn name_problem(host: &str) -> Option<String> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() {
+        return Some("the host is empty".into());
+    }
+    if name.len() > MAX_NAME {
+        return Some(format!("the name is longer than {MAX_NAME} characters"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Some(format!(
+                "`{host}` has an empty label (`..`, or a leading dot)"
+            ));
+        }
+        if label.len() > MAX_LABEL {
+            return Some(format!(
+                "the label `{label}` is longer than {MAX_LABEL} characters"
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Some(format!(
+                "`{host}` is not a host name or IP address (`{c}` is not allowed in a name)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some(format!("the label `{label}` starts or ends with `-`"));
+        }
+    }
+    // All digits in the last label: meant as an IPv4 address, not a name (RFC 1123 §2.1).
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Some(format!("`{host}` is not a valid IPv4 address"));
+    }
+    None
+}
+
+impl Target {
+    /// Check how a target is written, without any lookup: `IP:PORT` (IPv6 as `[ADDR]:PORT`), or
+    /// `NAME:PORT` with a well-formed name; the port from 1 to 65535. A name starts with no address.
+    /// `at` is where the target is written, kept for a name (see [`Target::at`]).
+    pub fn parse(addr: &str, weight: usize, at: &Diagnostic) -> Result<Target, String> {
+        let port_problem =
+            |port: &str| format!("port `{port}` of `{addr}` is not a number from 1 to 65535");
+        if let Ok(sa) = addr.parse::<SocketAddr>() {
+            if sa.port() == 0 {
+                return Err(port_problem("0"));
+            }
+            return Ok(Target {
+                spec: addr.to_string(),
+                named: false,
+                addrs: vec![sa],
+                weight,
+                at: None,
+            });
+        }
+        if addr.contains("://") {
+            return Err(format!(
+                "`{addr}` is a URL: write the target as `HOST:PORT` (`tls` says whether it is HTTPS)"
+            ));
+        }
+        match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => {
+                return Err(format!(
+                    "`{addr}` is an IPv6 address without a port: write `[{addr}]:PORT`"
+                ))
+            }
+            Ok(IpAddr::V4(_)) => return Err(format!("`{addr}` needs a port, e.g. `{addr}:80`")),
+            Err(_) if !addr.contains(':') => {
+                return Err(format!("`{addr}` needs a port, e.g. `{addr}:80`"))
+            }
+            Err(_) => {}
+        }
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, ""));
+        if host.starts_with('[') || host.contains(':') {
+            return Err(format!(
+                "`{addr}` is not an address with a port: write an IPv6 address as `[ADDR]:PORT`"
+            ));
+        }
+        match port.parse::<u16>() {
+            Ok(1..) => {}
+            _ => return Err(port_problem(port)),
+        }
+        if let Some(why) = name_problem(host) {
+            return Err(why);
+        }
+        Ok(Target {
+            spec: addr.to_string(),
+            named: true,
+            addrs: Vec::new(),
+            weight,
+            at: Some(at.clone()),
+        })
+    }
 }
 
 /// The pool members for `targets`: one per address (round robin ignores weights).
@@ -158,14 +277,16 @@ fn target_names(targets: &[Target]) -> HashMap<SocketAddr, TargetName> {
         .collect()
 }
 
-/// Look a name up with the system resolver (bounded in time), for the periodic refresh.
+/// How long one lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first retry of a name that has no address yet; then twice as long each time, up to
+/// `dns_refresh`.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// Look a name up with the system resolver (bounded in time), for the background refresh.
 async fn lookup(name: String) -> Result<Vec<SocketAddr>, String> {
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host(name.as_str()),
-    )
-    .await
-    {
+    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(name.as_str())).await {
         Ok(Ok(addrs)) => {
             let mut v: Vec<SocketAddr> = addrs.collect();
             v.sort();
@@ -173,8 +294,55 @@ async fn lookup(name: String) -> Result<Vec<SocketAddr>, String> {
             Ok(v)
         }
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("lookup timed out after 5s".into()),
+        Err(_) => Err(format!("lookup timed out after {LOOKUP_TIMEOUT:?}")),
     }
+}
+
+/// Look `names` up with the system resolver, blocking, a few at a time, each bounded by
+/// [`LOOKUP_TIMEOUT`] (a lookup still running then is left to finish on its own thread). For
+/// [`resolve_names`], which runs before anything serves (`tollgate validate --resolve`,
+/// start-up).
+fn lookup_blocking(names: Vec<String>) -> BTreeMap<String, Result<Vec<SocketAddr>, String>> {
+    const AT_ONCE: usize = 16;
+    let mut out = BTreeMap::new();
+    for batch in names.chunks(AT_ONCE) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for name in batch {
+            let (tx, asked) = (tx.clone(), name.clone());
+            let spawned = std::thread::Builder::new()
+                .name("tollgate-lookup".into())
+                .spawn(move || {
+                    let answer = asked
+                        .to_socket_addrs()
+                        .map(|a| {
+                            let mut v: Vec<SocketAddr> = a.collect();
+                            v.sort();
+                            v.dedup();
+                            v
+                        })
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send((asked, answer));
+                });
+            if let Err(e) = spawned {
+                out.insert(name.clone(), Err(format!("cannot start a lookup: {e}")));
+            }
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + LOOKUP_TIMEOUT;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok((name, answer)) => {
+                    out.insert(name, answer);
+                }
+                Err(_) => break,
+            }
+        }
+        for name in batch {
+            out.entry(name.clone())
+                .or_insert_with(|| Err(format!("lookup timed out after {LOOKUP_TIMEOUT:?}")));
+        }
+    }
+    out
 }
 
 /// TLS to an upstream's targets. Certificates are always verified (against the system's CAs, or `ca`);
@@ -235,58 +403,28 @@ pub struct Upstream {
     names: ArcSwap<HashMap<SocketAddr, TargetName>>,
     dns_refresh: Duration,
     has_names: bool,
-    resolving: AtomicBool,
-    /// Milliseconds since `epoch` when the next lookup is due.
-    next_resolve_ms: AtomicU64,
-    health_running: AtomicBool,
-    /// Milliseconds since `epoch` when the next health check is due (u64: a u32 would wrap after 49 days).
-    next_check_ms: AtomicU64,
-    epoch: Instant,
-}
-
-/// Resolve a target's `host:port`: an IP address as it is, a name to every address it has (at load time
-/// with the system resolver; [`Upstream::maybe_resolve`] refreshes it later).
-pub fn resolve(addr: &str, weight: usize) -> Result<Target, String> {
-    if let Ok(sa) = addr.parse::<SocketAddr>() {
-        return Ok(Target {
-            spec: addr.to_string(),
-            named: false,
-            addrs: vec![sa],
-            weight,
-        });
-    }
-    if !addr.contains(':') {
-        return Err(format!("`{addr}` needs a port, e.g. `{addr}:80`"));
-    }
-    let mut addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
-        .collect();
-    addrs.sort();
-    addrs.dedup();
-    if addrs.is_empty() {
-        return Err(format!("`{addr}` resolves to no address"));
-    }
-    Ok(Target {
-        spec: addr.to_string(),
-        named: true,
-        addrs,
-        weight,
-    })
 }
 
 impl Upstream {
-    /// Build from a validated config. `targets` are resolved addresses with weights. `previous` is the
-    /// upstream of the same name in the config being replaced, whose target health carries over when
-    /// the health check is the same.
+    /// Build from a validated config. `targets` are as [`Target::parse`] made them. `previous` is the
+    /// upstream of the same name in the config being replaced: a named target it also had keeps the
+    /// addresses found for it, and target health carries over when the health check is the same.
     pub fn build(
         name: &str,
         cfg: &UpstreamConfig,
-        targets: Vec<Target>,
+        mut targets: Vec<Target>,
         hash_on: Option<HashOn>,
         tls: Option<UpstreamTls>,
         previous: Option<&Upstream>,
     ) -> Upstream {
+        if let Some(prev) = previous {
+            let known = prev.current_targets();
+            for t in targets.iter_mut().filter(|t| t.named && t.addrs.is_empty()) {
+                if let Some(p) = known.iter().find(|p| p.named && p.spec == t.spec) {
+                    t.addrs = p.addrs.clone();
+                }
+            }
+        }
         let backends = backends_of(cfg.balance, &targets);
         let discovery = Arc::new(Discovery::new(backends));
         let inherited = previous
@@ -350,11 +488,6 @@ impl Upstream {
             has_names: targets.iter().any(|t| t.named),
             targets: Mutex::new(targets),
             dns_refresh: cfg.dns_refresh.0,
-            resolving: AtomicBool::new(false),
-            next_resolve_ms: AtomicU64::new(cfg.dns_refresh.0.as_millis() as u64),
-            health_running: AtomicBool::new(false),
-            next_check_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
         };
         // Static discovery answers at once, so the first update completes without a runtime.
         let _ = up.update().now_or_never();
@@ -366,6 +499,14 @@ impl Upstream {
     pub fn duration(&self, m: &Metrics) -> &prometheus::Histogram {
         self.duration
             .get_or_init(|| m.upstream_duration.with_label_values(&[&self.name]))
+    }
+
+    /// The targets with the addresses they stand for now.
+    fn current_targets(&self) -> Vec<Target> {
+        match self.targets.lock() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// Re-read targets from discovery.
@@ -430,26 +571,30 @@ impl Upstream {
         self.names.load().get(&addr).map(|n| n.host.clone())
     }
 
-    /// Resolve named targets again if they have any and it is due. Returns at once; the lookups run on
-    /// their own task.
-    pub fn maybe_resolve(self: &Arc<Self>) {
+    /// The background DNS refresh of this upstream's named targets, for as long as its snapshot is
+    /// the current one (the task is dropped when it is replaced): a lookup at once, then every
+    /// `dns_refresh`; while a name has no address yet, sooner (1 s, then twice as long each time).
+    pub async fn follow_names(self: Arc<Self>) {
         if !self.has_names {
             return;
         }
-        let now = self.epoch.elapsed().as_millis() as u64;
-        if now < self.next_resolve_ms.load(Ordering::Relaxed)
-            || self.resolving.swap(true, Ordering::AcqRel)
-        {
-            return;
+        let mut retry = FIRST_RETRY.min(self.dns_refresh);
+        loop {
+            self.refresh(lookup).await;
+            let unresolved = self
+                .current_targets()
+                .iter()
+                .any(|t| t.named && t.addrs.is_empty());
+            let wait = if unresolved {
+                let w = retry;
+                retry = (retry * 2).min(self.dns_refresh);
+                w
+            } else {
+                retry = FIRST_RETRY.min(self.dns_refresh);
+                self.dns_refresh
+            };
+            tokio::time::sleep(wait).await;
         }
-        let every = self.dns_refresh.as_millis() as u64;
-        self.next_resolve_ms
-            .store(now.saturating_add(every), Ordering::Relaxed);
-        let me = self.clone();
-        tokio::spawn(async move {
-            me.refresh(lookup).await;
-            me.resolving.store(false, Ordering::Release);
-        });
     }
 
     /// Look every named target up with `lookup` and, if any address changed, swap the pool's members.
@@ -459,37 +604,51 @@ impl Upstream {
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<Vec<SocketAddr>, String>>,
     {
-        let mut targets = match self.targets.lock() {
-            Ok(t) => t.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let mut answers = BTreeMap::new();
+        for t in self.current_targets().into_iter().filter(|t| t.named) {
+            if let std::collections::btree_map::Entry::Vacant(e) = answers.entry(t.spec) {
+                let answer = lookup(e.key().clone()).await;
+                e.insert(answer);
+            }
+        }
+        self.apply(&answers)
+    }
+
+    /// Take the lookups' `answers` (by target as written) and, if any address changed, swap the pool's
+    /// members. A failed or empty answer keeps the name's last addresses. Returns whether anything
+    /// changed.
+    fn apply(&self, answers: &BTreeMap<String, Result<Vec<SocketAddr>, String>>) -> bool {
+        let mut targets = self.current_targets();
         let mut changed = false;
         for t in targets.iter_mut().filter(|t| t.named) {
-            match lookup(t.spec.clone()).await {
-                Ok(addrs) if !addrs.is_empty() => {
-                    if addrs != t.addrs {
-                        log::info!(
-                            "upstream {}: {} now resolves to {:?} (was {:?})",
-                            self.name,
-                            t.spec,
-                            addrs,
-                            t.addrs
-                        );
-                        t.addrs = addrs;
-                        changed = true;
-                    }
+            let keeping = if t.addrs.is_empty() {
+                "its requests get 503 until it does".to_string()
+            } else {
+                format!("keeping {:?}", t.addrs)
+            };
+            match answers.get(&t.spec) {
+                None => {}
+                Some(Ok(addrs)) if !addrs.is_empty() && *addrs != t.addrs => {
+                    log::info!(
+                        "upstream {}: {} now resolves to {:?} (was {:?})",
+                        self.name,
+                        t.spec,
+                        addrs,
+                        t.addrs
+                    );
+                    t.addrs = addrs.clone();
+                    changed = true;
                 }
-                Ok(_) => log::warn!(
-                    "upstream {}: {} resolves to no address; keeping {:?}",
+                Some(Ok(addrs)) if !addrs.is_empty() => {}
+                Some(Ok(_)) => log::warn!(
+                    "upstream {}: {} resolves to no address; {keeping}",
                     self.name,
-                    t.spec,
-                    t.addrs
+                    t.spec
                 ),
-                Err(e) => log::warn!(
-                    "upstream {}: cannot resolve {}: {e}; keeping {:?}",
+                Some(Err(e)) => log::warn!(
+                    "upstream {}: cannot resolve {}: {e}; {keeping}",
                     self.name,
-                    t.spec,
-                    t.addrs
+                    t.spec
                 ),
             }
         }
@@ -498,8 +657,12 @@ impl Upstream {
         }
         self.names.store(Arc::new(target_names(&targets)));
         self.discovery.set(backends_of(self.balance, &targets));
-        if let Err(e) = self.update().await {
-            log::warn!("upstream {}: updating targets failed: {e}", self.name);
+        // Our discovery answers at once (it reads an `ArcSwap`), so the update completes when polled
+        // once: `LoadBalancer::update` awaits nothing else (pingora-load-balancing 0.9.1, lib.rs).
+        match self.update().now_or_never() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => log::warn!("upstream {}: updating targets failed: {e}", self.name),
+            None => log::warn!("upstream {}: updating targets did not complete", self.name),
         }
         match self.targets.lock() {
             Ok(mut t) => *t = targets,
@@ -517,26 +680,62 @@ impl Upstream {
             .collect()
     }
 
-    /// Run a health check if one is configured, due, and not already running. Returns at once;
-    /// the check runs on its own task.
-    pub fn maybe_check(self: &Arc<Self>) {
+    /// The background health checks of this upstream, for as long as its snapshot is the current
+    /// one (the task is dropped when it is replaced, which also cancels a check in flight: Pingora
+    /// runs a pass's checks in a `JoinSet`, pingora-load-balancing 0.9.1 `Backends::run_health_check`).
+    /// The first pass starts at once, the next ones `interval` after the previous one started (or as
+    /// soon as it ended, if it took longer).
+    pub async fn check_health(self: Arc<Self>) {
         let Some(hc) = &self.health else { return };
-        let now = self.epoch.elapsed().as_millis() as u64;
-        if now < self.next_check_ms.load(Ordering::Relaxed) {
-            return;
+        let mut tick = tokio::time::interval(hc.interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.backends().run_health_check(true).await;
         }
-        if self.health_running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let interval = hc.interval.0.as_millis() as u64;
-        self.next_check_ms
-            .store(now.saturating_add(interval), Ordering::Relaxed);
-        let me = self.clone();
-        tokio::spawn(async move {
-            me.backends().run_health_check(true).await;
-            me.health_running.store(false, Ordering::Release);
-        });
     }
+}
+
+/// Look every named target of `upstreams` (a snapshot's) up now, blocking, each lookup bounded by 5 s,
+/// and serve the addresses found. A name that does not resolve is an error at its place in the file.
+/// `tollgate validate --resolve` reports these; `tollgate run` calls it before serving, so that a fresh
+/// gateway does not answer 503 while its first lookups are on their way, and only warns (the upstream's
+/// background refresh keeps trying).
+pub fn resolve_names<'a, I>(upstreams: I) -> Diagnostics
+where
+    I: IntoIterator<Item = &'a Arc<Upstream>> + Clone,
+{
+    let mut names: Vec<String> = upstreams
+        .clone()
+        .into_iter()
+        .flat_map(|u| u.current_targets())
+        .filter(|t| t.named)
+        .map(|t| t.spec)
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut d = Diagnostics::default();
+    if names.is_empty() {
+        return d;
+    }
+    let answers = lookup_blocking(names);
+    for u in upstreams {
+        for t in u.current_targets().into_iter().filter(|t| t.named) {
+            let problem = match answers.get(&t.spec) {
+                Some(Ok(a)) if !a.is_empty() => continue,
+                Some(Ok(_)) => format!("`{}` resolves to no address", t.spec),
+                Some(Err(e)) => format!("cannot resolve `{}`: {e}", t.spec),
+                None => continue,
+            };
+            if let Some(mut at) = t.at {
+                at.message = problem;
+                d.0.push(at);
+            }
+        }
+        u.apply(&answers);
+    }
+    d.sort();
+    d
 }
 
 /// The IP used for consistent hashing on the client address.
@@ -556,7 +755,16 @@ pub fn ip_key(ip: IpAddr, buf: &mut [u8; 16]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::load::Locations;
     use crate::config::raw::UpstreamConfig;
+
+    fn parse(addr: &str, weight: usize) -> Result<Target, String> {
+        Target::parse(
+            addr,
+            weight,
+            &Locations::default().error("upstreams.u.targets[0].addr", ""),
+        )
+    }
 
     fn upstream(balance: &str) -> Arc<Upstream> {
         let cfg: UpstreamConfig = serde_yaml_ng::from_str(&format!(
@@ -565,12 +773,10 @@ mod tests {
         .unwrap();
         let targets = vec![
             Target {
-                spec: "svc.test:8080".into(),
-                named: true,
                 addrs: vec!["10.0.0.1:8080".parse().unwrap()],
-                weight: 3,
+                ..parse("svc.test:8080", 3).unwrap()
             },
-            resolve("10.0.0.9:80", 1).unwrap(),
+            parse("10.0.0.9:80", 1).unwrap(),
         ];
         Arc::new(Upstream::build("u", &cfg, targets, None, None, None))
     }
@@ -627,13 +833,99 @@ mod tests {
 
     #[test]
     fn literal_addresses_and_names_without_a_port() {
-        let t = resolve("127.0.0.1:80", 2).unwrap();
+        let t = parse("127.0.0.1:80", 2).unwrap();
         assert!(!t.named);
         assert_eq!(t.addrs, ["127.0.0.1:80".parse::<SocketAddr>().unwrap()]);
-        assert!(resolve("localhost", 1)
-            .unwrap_err()
-            .contains("needs a port"));
-        let l = resolve("localhost:80", 1).unwrap();
-        assert!(l.named && !l.addrs.is_empty());
+        assert!(parse("localhost", 1).unwrap_err().contains("needs a port"));
+        assert!(parse("10.0.0.1", 1).unwrap_err().contains("needs a port"));
+        // Compiling looks nothing up: a name starts without addresses, whatever it would resolve to.
+        let l = parse("localhost:80", 1).unwrap();
+        assert!(l.named && l.addrs.is_empty());
+        let l = parse("no-such-host.invalid:80", 1).unwrap();
+        assert!(l.named && l.addrs.is_empty());
+        assert_eq!(l.at.unwrap().path, "upstreams.u.targets[0].addr");
+    }
+
+    #[test]
+    fn target_syntax_is_checked_without_a_lookup() {
+        for ok in [
+            "[::1]:8080",
+            "users:8081",
+            "users_service:80",
+            "svc-1.ns.svc.cluster.local:443",
+            "search.example.com.:443",
+            "10.0.0.1:65535",
+        ] {
+            assert!(parse(ok, 1).is_ok(), "{ok}: {:?}", parse(ok, 1));
+        }
+        for (bad, why) in [
+            ("users:0", "from 1 to 65535"),
+            ("10.0.0.1:0", "from 1 to 65535"),
+            ("users:65536", "from 1 to 65535"),
+            ("users:http", "from 1 to 65535"),
+            ("users:", "from 1 to 65535"),
+            (":80", "the host is empty"),
+            ("::1:80", "`[::1:80]:PORT`"),
+            ("[::1]", "[ADDR]:PORT"),
+            ("fe80::1%eth0:80", "[ADDR]:PORT"),
+            ("us ers:80", "not a host name or IP address"),
+            ("users/api:80", "not a host name or IP address"),
+            ("http://users:80", "is a URL"),
+            ("a..b:80", "empty label"),
+            ("-users:80", "starts or ends with `-`"),
+            ("999.1.1.1:80", "not a valid IPv4 address"),
+        ] {
+            let e = parse(bad, 1).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let long = format!("{}.example:80", "a".repeat(64));
+        assert!(parse(&long, 1).unwrap_err().contains("longer than 63"));
+        let longer = format!("{}x:80", "abcdefgh.".repeat(29));
+        assert!(parse(&longer, 1).unwrap_err().contains("longer than 253"));
+    }
+
+    fn named_upstream(addr: &str, previous: Option<&Upstream>) -> Arc<Upstream> {
+        let cfg: UpstreamConfig =
+            serde_yaml_ng::from_str(&format!("{{ targets: [{{ addr: \"{addr}\" }}] }}")).unwrap();
+        let targets = vec![parse(addr, 1).unwrap()];
+        Arc::new(Upstream::build("u", &cfg, targets, None, None, previous))
+    }
+
+    #[tokio::test]
+    async fn a_name_without_addresses_selects_nothing_and_a_reload_keeps_the_found_ones() {
+        let first = named_upstream("svc.test:8080", None);
+        assert_eq!(
+            first.select(b""),
+            None,
+            "no address yet: answered as no healthy target"
+        );
+        assert!(first.targets().is_empty());
+        let found: SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        assert!(first.refresh(|_| async move { Ok(vec![found]) }).await);
+        assert_eq!(first.select(b""), Some(found));
+        // The upstream that replaces it on a reload serves the same name at once, before any lookup.
+        let next = named_upstream("svc.test:8080", Some(&first));
+        assert_eq!(next.select(b""), Some(found));
+        // A different name starts afresh.
+        let other = named_upstream("other.test:8080", Some(&first));
+        assert_eq!(other.select(b""), None);
+    }
+
+    #[test]
+    fn resolving_reports_a_name_that_does_not_resolve_at_its_place() {
+        // `localhost` resolves from the hosts file; `.invalid` never resolves (RFC 6761 §6.4).
+        let good = named_upstream("localhost:80", None);
+        let bad = named_upstream("no-such-host.invalid:80", None);
+        let d = resolve_names([&good, &bad]);
+        let errors: Vec<_> = d.errors().collect();
+        assert_eq!(errors.len(), 1, "{d}");
+        assert_eq!(errors[0].path, "upstreams.u.targets[0].addr");
+        assert!(
+            errors[0].message.contains("`no-such-host.invalid:80`"),
+            "{}",
+            errors[0].message
+        );
+        assert!(!good.targets().is_empty(), "the addresses found are served");
+        assert!(bad.targets().is_empty());
     }
 }
