@@ -406,3 +406,53 @@ routes:
         );
     }
 }
+
+#[test]
+fn validate_checks_how_targets_are_written_and_resolves_only_with_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "names.yaml",
+        r#"upstreams:
+  here: { targets: [{ addr: "localhost:8080" }, { addr: "127.0.0.1:8081" }] }
+  gone: { targets: [{ addr: "no-such-host.invalid:8080" }] }
+routes:
+  - { name: a, match: { path_prefix: /a }, upstream: here }
+  - { name: b, match: { path_prefix: /b }, upstream: gone }
+"#,
+    );
+    // No lookup without `--resolve`: a name that does not exist is well written, so the file is valid.
+    let (code, out, err) = tollgate(&["validate", &f]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, format!("{f}: ok\n"));
+    // `localhost` resolves from the hosts file; `.invalid` never does (RFC 6761).
+    let (code, out, err) = tollgate(&["validate", "--resolve", &f]);
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{f}:3:29: error: upstreams.gone.targets[0].addr: cannot resolve `no-such-host.invalid:8080`"
+        )),
+        "{out}"
+    );
+
+    let g = write(
+        &dir,
+        "syntax.yaml",
+        r#"upstreams:
+  u: { targets: [{ addr: "users:99999" }, { addr: "http://users:80" }, { addr: "::1:80" }] }
+routes:
+  - { name: a, match: { path_prefix: /a }, upstream: u }
+"#,
+    );
+    let (code, out, _) = tollgate(&["validate", &g]);
+    assert_eq!(code, 1);
+    for want in [
+        format!("{g}:2:26: error: upstreams.u.targets[0].addr: port `99999` of `users:99999` is not a number from 1 to 65535"),
+        format!("{g}:2:51: error: upstreams.u.targets[1].addr: `http://users:80` is a URL"),
+        format!("{g}:2:80: error: upstreams.u.targets[2].addr: `::1:80` is an IPv6 address without a port"),
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(&want)), "{want}\n{out}");
+    }
+}

@@ -917,3 +917,100 @@ fn the_grafana_dashboard_uses_real_metrics() {
     }
     assert!(checked >= 12, "{checked}");
 }
+
+/// Background work belongs to the snapshot: a reload that removes an upstream stops its health checks,
+/// and the upstream that stays keeps being checked by the new snapshot's tasks.
+#[test]
+fn a_reload_that_removes_an_upstream_stops_its_health_checks() {
+    let kept = Backend::start("kept", Mode::Echo);
+    let gone = Backend::start("gone", Mode::Echo);
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  kept: {{ targets: [{{ addr: "{}" }}], health_check: {{ path: /healthz, interval: 50ms }} }}
+  gone: {{ targets: [{{ addr: "{}" }}], health_check: {{ path: /healthz, interval: 50ms }} }}
+routes:
+  - {{ name: kept, match: {{ path_prefix: /kept }}, upstream: kept }}
+  - {{ name: gone, match: {{ path_prefix: /gone }}, upstream: gone }}
+"#,
+        kept.addr, gone.addr
+    );
+    let g = Gateway::start(&cfg);
+    let probes = |b: &Backend| b.probes.load(Ordering::Relaxed);
+    // Waits for `b` to be probed `more` times (each probe is one `interval` apart, so this is a clock
+    // that runs at the health checks' pace, not a sleep).
+    let wait_probes = |b: &Backend, more: usize| {
+        let want = probes(b) + more;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probes(b) < want {
+            assert!(
+                Instant::now() < deadline,
+                "{} got {} probes, waiting for {want}",
+                b.name,
+                probes(b)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_probes(&gone, 3);
+    wait_probes(&kept, 3);
+    g.reload(|text| {
+        text.lines()
+            .filter(|l| !l.contains("gone"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    assert_eq!(g.get("/gone").status, 404, "the reload removed the route");
+    let at_reload = probes(&gone);
+    // Ten more probes of the upstream that stays: ten intervals in which the removed one would have
+    // been probed as often, had its checks kept running.
+    wait_probes(&kept, 10);
+    // One check may have been on its way when the reload was applied.
+    assert!(
+        probes(&gone) <= at_reload + 1,
+        "the removed upstream was still probed: {} probes after the reload, {at_reload} at it",
+        probes(&gone)
+    );
+    assert_eq!(g.get("/kept").status, 200);
+}
+
+/// SIGTERM after N requests: the access log has N lines when the process has exited (the writer
+/// writes out what it holds and stops before the exit); the drop counter is a metric.
+#[test]
+fn sigterm_writes_out_every_access_log_line_before_exiting() {
+    let be = Backend::start("be", Mode::Echo);
+    let mut g = Gateway::start(&config(&be, ""));
+    let m = metrics_text(&g);
+    assert!(
+        m.contains("# TYPE tollgate_access_log_dropped_total counter"),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "tollgate_access_log_dropped_total", &[]),
+        Some(0.0)
+    );
+    const N: usize = 300;
+    for i in 0..N {
+        assert_eq!(g.get(&format!("/open/{i}")).status, 200);
+    }
+    g.signal("TERM");
+    assert_eq!(
+        g.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        g.stderr_text()
+    );
+    let lines = g.access_log();
+    let paths: std::collections::BTreeSet<String> = lines
+        .iter()
+        .filter_map(|l| l["path"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(lines.len(), N, "{}", g.stderr_text());
+    for i in 0..N {
+        assert!(
+            paths.contains(&format!("/open/{i}")),
+            "no line for /open/{i}"
+        );
+    }
+}

@@ -287,6 +287,52 @@ routes:
     assert_eq!(gw.get("/x").status, 200);
 }
 
+/// Names are looked up while the gateway runs: one that does not resolve does not stop it from
+/// starting, its requests get the no-healthy-target 503, and a reload to a name that resolves serves
+/// once the new snapshot's background lookup has answered.
+#[test]
+fn a_name_that_does_not_resolve_is_a_503_not_a_refusal_to_start() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  named: {{ targets: [{{ addr: "no-such-host.invalid:80" }}], dns_refresh: 1s }}
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: named, match: {{ path_prefix: /named }}, upstream: named }}
+  - {{ name: be, match: {{ path_prefix: / }}, upstream: be }}
+"#,
+        be.addr
+    ));
+    let r = gw.get("/named/x");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error_code(), "no_healthy_upstream");
+    assert_eq!(gw.get("/x").status, 200, "the other upstreams serve");
+    assert!(
+        gw.stderr_text()
+            .contains("upstreams.named.targets[0].addr: cannot resolve `no-such-host.invalid:80`"),
+        "{}",
+        gw.stderr_text()
+    );
+    let name = format!("localhost:{}", be.addr.port());
+    gw.reload(|text| text.replace("no-such-host.invalid:80", &name));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = gw.get("/named/x");
+        if r.status == 200 {
+            assert_eq!(r.upstream_header("host").as_deref(), Some(name.as_str()));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served through {name}: {}",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn closed_port_is_502_and_hanging_upstream_is_504() {
     let hang = Backend::start("hang", Mode::Hang);

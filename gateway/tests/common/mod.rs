@@ -30,6 +30,8 @@ pub struct Backend {
     pub name: String,
     pub healthy: Arc<AtomicBool>,
     pub hits: Arc<AtomicUsize>,
+    /// Requests for `/healthz` (health checks) received.
+    pub probes: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -39,10 +41,12 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let healthy = Arc::new(AtomicBool::new(true));
         let hits = Arc::new(AtomicUsize::new(0));
+        let probes = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, n, s, nm) = (
+        let (h, n, p, s, nm) = (
             healthy.clone(),
             hits.clone(),
+            probes.clone(),
             stop.clone(),
             name.to_string(),
         );
@@ -52,8 +56,8 @@ impl Backend {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (h, n, nm) = (h.clone(), n.clone(), nm.clone());
-                std::thread::spawn(move || serve(conn, &nm, mode, &h, &n));
+                let (h, n, p, nm) = (h.clone(), n.clone(), p.clone(), nm.clone());
+                std::thread::spawn(move || serve(conn, &nm, mode, &h, &n, &p));
             }
         });
         Backend {
@@ -61,6 +65,7 @@ impl Backend {
             name: name.to_string(),
             healthy,
             hits,
+            probes,
             stop,
         }
     }
@@ -73,7 +78,14 @@ impl Drop for Backend {
     }
 }
 
-fn serve(conn: TcpStream, name: &str, mode: Mode, healthy: &AtomicBool, hits: &AtomicUsize) {
+fn serve(
+    conn: TcpStream,
+    name: &str,
+    mode: Mode,
+    healthy: &AtomicBool,
+    hits: &AtomicUsize,
+    probes: &AtomicUsize,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
@@ -109,6 +121,7 @@ fn serve(conn: TcpStream, name: &str, mode: Mode, healthy: &AtomicBool, hits: &A
             return;
         }
         if target == "/healthz" {
+            probes.fetch_add(1, Ordering::Relaxed);
             let ok = healthy.load(Ordering::Relaxed);
             let status = if ok {
                 "200 OK"
