@@ -3,10 +3,14 @@
 //!
 //! Phase by phase:
 //! - `early_request_filter`: request id, trusted client IP, keep-alive timeout;
-//! - `request_filter`: size limits, path normalization, routing (404/405/400/414/431 answered here);
-//! - `upstream_peer`: a healthy target of the route's upstream (503 when none);
+//! - `request_filter`: size limits, path normalization, routing (404/405/400/414/431 answered here), a
+//!   CORS preflight offered to the route it asks about, the chain's early and request phases;
+//! - `request_body_filter`: the chain's request-body phase;
+//! - `upstream_peer`: the chain's pick, or a healthy target of the route's upstream (503 when none);
 //! - `upstream_request_filter`: upstream path, hop-by-hop headers, `X-Forwarded-*`, `X-Request-Id`, Host;
-//! - `response_filter`: hop-by-hop headers out, `X-Request-Id` in;
+//! - `response_filter`: hop-by-hop headers out, `X-Request-Id` in, the chain's upstream-response phase
+//!   (which may replace the answer) and response phase;
+//! - `response_body_filter`: a replacement's body instead of the upstream's, the chain's body phase;
 //! - `fail_to_connect` / `fail_to_proxy`: retries on connect failure, 502/503/504 as JSON;
 //! - `logging`: one access-log line.
 
@@ -29,7 +33,10 @@ use crate::headers;
 use crate::metrics::{Metrics, RouteSeries};
 use crate::otlp::Exporter;
 use crate::path;
-use crate::plugin::{cors, Chain, Decision, HeaderEdit, PluginState, Reply, RequestView};
+use crate::plugin::{
+    self, Chain, Decision, EarlyView, HeaderEdit, Phases, Pick, PluginState, Reply, RequestView,
+    UpstreamView,
+};
 use crate::request::{self, Form};
 use crate::router::{Found, Params};
 use crate::snapshot::{Route, Snapshot};
@@ -154,11 +161,37 @@ pub struct Ctx {
     error: Option<GatewayError>,
     /// State of the route's plugin chain.
     plugins: PluginState,
+    /// A CORS preflight to offer to the route of the request it announces, before it is answered as
+    /// routed by its own method (see `plugin`'s module doc).
+    offer: Option<Offer>,
+    /// Whether a plugin replaced the upstream's answer.
+    replaced: Replaced,
     trace: Option<TraceContext>,
     /// Counts this request in `tollgate_requests_in_flight` until dropped.
     _in_flight: Option<InFlight>,
     /// The client connection is TLS (an HTTPS listener).
     tls: bool,
+}
+
+/// A preflight's route: that of the request it announces.
+struct Offer {
+    route: Arc<Route>,
+    params: Params,
+    method: http::Method,
+}
+
+/// An upstream answer a plugin replaced in the upstream-response phase.
+#[derive(Default)]
+enum Replaced {
+    #[default]
+    No,
+    /// The new head is on its way; this body goes out in place of the upstream's first chunk, and the
+    /// upstream's chunks after it are dropped.
+    Body(Option<bytes::Bytes>),
+    /// The upstream's answer has no body to carry the replacement's: `fail_to_proxy` writes it whole.
+    Whole(Box<ResponseHeader>, bytes::Bytes),
+    /// Written whole by `fail_to_proxy`.
+    Written,
 }
 
 /// Holds one unit of the in-flight gauge; dropping it (however the request ends) gives it back.
@@ -185,73 +218,68 @@ impl Gateway {
         ctx: &mut Ctx,
         err: GatewayError,
     ) -> Result<bool> {
-        let body = err.body(&ctx.request_id);
-        let mut resp = ResponseHeader::build(err.status, Some(4))?;
-        resp.insert_header(CONTENT_TYPE, "application/json")?;
-        resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-        resp.insert_header(X_REQUEST_ID, &ctx.request_id)?;
-        if let Some(allow) = err.allow_header() {
-            resp.insert_header(http::header::ALLOW, allow)?;
-        }
-        for (name, value) in &err.headers {
-            resp.append_header(name.clone(), value.clone())?;
-        }
-        if let Some(chain) = ctx.chain() {
-            chain.response(&mut resp, session.req_header(), &ctx.plugins);
-        }
+        let (resp, body) = error_answer(&err, &ctx.request_id)?;
         // Errors about the request itself may leave junk on the connection; don't reuse it.
         if matches!(err.status, 400 | 408 | 413 | 414 | 431) {
             session.set_keepalive(None);
         }
-        let head_only = session.req_header().method == http::Method::HEAD;
         ctx.error = Some(err);
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
-        if !head_only {
+        self.send(session, ctx, resp, body).await
+    }
+
+    /// Write a plugin's own response (e.g. a CORS preflight). Returns `Ok(true)`: stop processing.
+    async fn reply(&self, session: &mut Session, ctx: &mut Ctx, r: Reply) -> Result<bool> {
+        let (resp, body) = reply_answer(r, &ctx.request_id)?;
+        self.send(session, ctx, resp, body).await
+    }
+
+    /// Write an answer of the gateway's own, after the chain's response phase. Returns `Ok(true)`.
+    async fn send(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mut resp: ResponseHeader,
+        body: bytes::Bytes,
+    ) -> Result<bool> {
+        if let Some(chain) = ctx.chain() {
+            chain.response(&mut resp, session.req_header(), &ctx.plugins);
+        }
+        let end = body.is_empty() || session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), end).await?;
+        if !end {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(true)
     }
 
-    /// Write a plugin's own response (e.g. a CORS preflight). Returns `Ok(true)`: stop processing.
-    async fn reply(&self, session: &mut Session, ctx: &mut Ctx, r: Reply) -> Result<bool> {
-        let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
-        for (name, value) in r.headers {
-            resp.append_header(name, value)?;
-        }
-        resp.insert_header(CONTENT_LENGTH, r.body.len().to_string())?;
-        resp.insert_header(X_REQUEST_ID, &ctx.request_id)?;
-        if let Some(chain) = ctx.chain() {
-            chain.response(&mut resp, session.req_header(), &ctx.plugins);
-        }
-        let empty = r.body.is_empty();
-        session.write_response_header(Box::new(resp), empty).await?;
-        if !empty {
-            session.write_response_body(Some(r.body), true).await?;
-        }
-        Ok(true)
-    }
-
-    /// Run `chain`'s request phase. `Ok(true)`: a plugin answered.
+    /// Run `chain`'s early phase, then its request phase (only the early one for a request routed as the
+    /// one it announces). `Ok(true)`: a plugin answered.
     async fn run_chain(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         chain: &Chain,
         route: &str,
+        routed_as: Option<&http::Method>,
     ) -> Result<bool> {
         if chain.is_empty() {
             return Ok(false);
         }
-        let view = RequestView {
-            req: session.req_header(),
-            client_ip: ctx.client_ip,
-            path: &ctx.path,
-            route,
-            request_id: &ctx.request_id,
+        let view = EarlyView {
+            request: RequestView {
+                req: session.req_header(),
+                client_ip: ctx.client_ip,
+                path: &ctx.path,
+                route,
+                request_id: &ctx.request_id,
+            },
+            routed_as,
         };
-        match chain.request(&view, &mut ctx.plugins).await {
+        let mut decided = chain.early(&view, &mut ctx.plugins).await;
+        if matches!(decided.0, Decision::Continue) && routed_as.is_none() {
+            decided = chain.request(&view.request, &mut ctx.plugins).await;
+        }
+        match decided {
             (Decision::Continue, _) => Ok(false),
             (Decision::Deny(err), by) => {
                 if matches!(err.status, 401 | 403) {
@@ -322,13 +350,17 @@ impl Gateway {
         }
         let norm = path::normalize(target.path)
             .map_err(|e| GatewayError::new(400, "invalid_path", e.message()))?;
-        let mut found = s.router.find(host, &req.method, &norm, &req.headers);
-        // A CORS preflight goes where the request it announces would go, if that route does CORS.
-        if let Some(m) = cors::preflight_method(req) {
-            if let Found::Route(i, params) = s.router.find(host, &m, &norm, &req.headers) {
-                if s.routes[i].chain.answers_preflight() {
-                    ctx.plugins.preflight = true;
-                    found = Found::Route(i, params);
+        let found = s.router.find(host, &req.method, &norm, &req.headers);
+        // A request that asks about another (a CORS preflight) is first offered to the route that one
+        // would take, if that route's chain has an early phase to answer it.
+        if let Some(method) = plugin::announced_method(req) {
+            if let Found::Route(i, params) = s.router.find(host, &method, &norm, &req.headers) {
+                if s.routes[i].chain.phases().contains(Phases::EARLY) {
+                    ctx.offer = Some(Offer {
+                        route: s.routes[i].clone(),
+                        params,
+                        method,
+                    });
                 }
             }
         }
@@ -342,6 +374,167 @@ impl Gateway {
             Found::MethodNotAllowed(allow) => Err(GatewayError::method_not_allowed(allow)),
             Found::NotFound => Err(GatewayError::not_found()),
         }
+    }
+}
+
+impl Gateway {
+    /// Offer a preflight to the early phase of the route of the request it announces. `Ok(true)`: a
+    /// plugin there answered. Otherwise the request goes on as routed by its own method, with a fresh
+    /// plugin state.
+    async fn offer(&self, session: &mut Session, ctx: &mut Ctx, offer: Offer) -> Result<bool> {
+        let route = offer.route;
+        let own_route = ctx.route.replace(route.clone());
+        let own_params = ctx.params.replace(offer.params);
+        if self
+            .run_chain(session, ctx, &route.chain, &route.name, Some(&offer.method))
+            .await?
+        {
+            return Ok(true);
+        }
+        ctx.route = own_route;
+        ctx.params = own_params;
+        ctx.plugins = PluginState::default();
+        Ok(false)
+    }
+
+    /// The chain's upstream-selection phase: a target a plugin picked, or `None` for the balancer.
+    async fn pick(
+        session: &Session,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> Result<Option<std::net::SocketAddr>> {
+        if !route.chain.phases().contains(Phases::SELECT_UPSTREAM) {
+            return Ok(None);
+        }
+        let view = UpstreamView {
+            request: RequestView {
+                req: session.req_header(),
+                client_ip: ctx.client_ip,
+                path: &ctx.path,
+                route: &route.name,
+                request_id: &ctx.request_id,
+            },
+            upstream: &route.upstream.name,
+            attempt: ctx.connect_tries,
+            previous: ctx.target,
+        };
+        match route.chain.select_upstream(&view, &mut ctx.plugins).await {
+            Pick::Balancer => Ok(None),
+            Pick::Target(addr) => Ok(Some(addr)),
+            Pick::Deny(err) => {
+                let status = err.status;
+                ctx.error = Some(err);
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "refused by a plugin choosing the upstream",
+                ))
+            }
+        }
+    }
+
+    /// The chain's upstream-response phase, and a replacement put in place.
+    async fn upstream_response(
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Only a final answer can be replaced (a `100 Continue` or a `101` is not the answer).
+        let replaceable = !resp.status.is_informational()
+            && ctx
+                .route
+                .as_ref()
+                .is_some_and(|r| r.chain.phases().contains(Phases::UPSTREAM_RESPONSE));
+        let Some(route) = ctx.route.clone().filter(|_| replaceable) else {
+            return Ok(());
+        };
+        let (decided, _) = route
+            .chain
+            .upstream_response(resp, session.req_header(), &mut ctx.plugins)
+            .await;
+        if let Some(status) = Self::replace(session, resp, ctx, decided)? {
+            // Nothing is written yet (Pingora writes the head after this filter, `proxy_h1.rs`
+            // `h1_response_filter`), so the error path can still answer: `fail_to_proxy` writes it.
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "a plugin replaced the upstream's answer",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Put a plugin's replacement of the upstream's answer in place of `resp`. `Ok(Some(status))`: the
+    /// upstream's answer has no body to carry the replacement's, so `fail_to_proxy` writes it whole.
+    fn replace(
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+        decided: Decision,
+    ) -> Result<Option<u16>> {
+        let (head, body) = match decided {
+            Decision::Continue => return Ok(None),
+            Decision::Deny(err) => {
+                let answer = error_answer(&err, &ctx.request_id)?;
+                ctx.error = Some(err);
+                answer
+            }
+            Decision::Reply(r) => reply_answer(r, &ctx.request_id)?,
+        };
+        let head_only = session.req_header().method == http::Method::HEAD;
+        if body.is_empty() || head_only || upstream_body_follows(resp) {
+            *resp = head;
+            ctx.replaced = Replaced::Body(Some(body).filter(|b| !b.is_empty() && !head_only));
+            Ok(None)
+        } else {
+            let status = head.status.as_u16();
+            ctx.replaced = Replaced::Whole(Box::new(head), body);
+            Ok(Some(status))
+        }
+    }
+}
+
+/// The head and JSON body of a gateway error.
+fn error_answer(err: &GatewayError, request_id: &str) -> Result<(ResponseHeader, bytes::Bytes)> {
+    let body = err.body(request_id);
+    let mut resp = ResponseHeader::build(err.status, Some(4))?;
+    resp.insert_header(CONTENT_TYPE, "application/json")?;
+    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(X_REQUEST_ID, request_id)?;
+    if let Some(allow) = err.allow_header() {
+        resp.insert_header(http::header::ALLOW, allow)?;
+    }
+    for (name, value) in &err.headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    Ok((resp, body))
+}
+
+/// The head and body of a plugin's reply.
+fn reply_answer(r: Reply, request_id: &str) -> Result<(ResponseHeader, bytes::Bytes)> {
+    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
+    for (name, value) in r.headers {
+        resp.append_header(name, value)?;
+    }
+    resp.insert_header(CONTENT_LENGTH, r.body.len().to_string())?;
+    resp.insert_header(X_REQUEST_ID, request_id)?;
+    Ok((resp, r.body))
+}
+
+/// Does a body follow this upstream response head? Pingora's HTTP/1 client reads none after a 204 or
+/// 304, or with `Content-Length: 0` (pingora-core 0.9.1 `protocols/http/v1/client.rs`,
+/// `init_body_reader`; a HEAD request's answer too, which the caller checks). The head is then the last
+/// task of the response and `response_body_filter` is never called (`proxy_h1.rs`,
+/// `h1_response_filter`), so no replacement body can ride on it.
+fn upstream_body_follows(resp: &ResponseHeader) -> bool {
+    if matches!(resp.status.as_u16(), 204 | 304) {
+        return false;
+    }
+    if resp.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return true;
+    }
+    match resp.headers.get(CONTENT_LENGTH) {
+        Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0),
+        // Read until the upstream closes.
+        None => true,
     }
 }
 
@@ -380,6 +573,8 @@ impl ProxyHttp for Gateway {
             connect_tries: 0,
             error: None,
             plugins: PluginState::default(),
+            offer: None,
+            replaced: Replaced::No,
             trace: None,
             _in_flight: None,
             tls: false,
@@ -432,7 +627,13 @@ impl ProxyHttp for Gateway {
         if let Some(err) = Self::check_limits(&snap, session.req_header()) {
             return self.respond(session, ctx, err).await;
         }
-        match Self::route(&snap, session.req_header(), ctx) {
+        let routed = Self::route(&snap, session.req_header(), ctx);
+        if let Some(offer) = ctx.offer.take() {
+            if self.offer(session, ctx, offer).await? {
+                return Ok(true);
+            }
+        }
+        match routed {
             Ok(Form::Asterisk) => {
                 // `OPTIONS *` asks about the server itself: answered here, never forwarded.
                 let reply = Reply {
@@ -450,7 +651,7 @@ impl ProxyHttp for Gateway {
                 // Unrouted requests run the global chain (limits, IP rules) before their 404/405.
                 if matches!(err.status, 404 | 405) {
                     ctx.global_chain = true;
-                    if self.run_chain(session, ctx, &snap.global, "").await? {
+                    if self.run_chain(session, ctx, &snap.global, "", None).await? {
                         return Ok(true);
                     }
                 }
@@ -458,7 +659,7 @@ impl ProxyHttp for Gateway {
             }
         }
         let route = ctx.route.clone().expect("routed");
-        self.run_chain(session, ctx, &route.chain, &route.name)
+        self.run_chain(session, ctx, &route.chain, &route.name, None)
             .await
     }
 
@@ -492,6 +693,7 @@ impl ProxyHttp for Gateway {
             .clone()
             .expect("request_filter routed the request");
         let up = &route.upstream;
+        let picked = Self::pick(session, ctx, &route).await?;
         let mut ipbuf = [0u8; 16];
         let key: &[u8] = match &up.hash_on {
             None => b"",
@@ -504,7 +706,7 @@ impl ProxyHttp for Gateway {
                 .unwrap_or(b""),
             Some(HashOn::Cookie(name)) => cookie(session.req_header(), name).unwrap_or(b""),
         };
-        let Some(addr) = up.select(key) else {
+        let Some(addr) = picked.or_else(|| up.select(key)) else {
             ctx.error = Some(GatewayError::no_healthy_upstream(&up.name));
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
@@ -560,16 +762,24 @@ impl ProxyHttp for Gateway {
             Some(params) => route.upstream_path(&ctx.path, params),
             None => std::borrow::Cow::Borrowed(ctx.path.as_str()),
         };
-        let target = request::upstream_target(&up_path, query, &ctx.plugins.query_remove);
+        // Query parameters the chain always removes (computed when it was built), and any this request's
+        // plugins added.
+        let per_request = ctx.plugins.query_params_removed();
+        let remove = if per_request.is_empty() {
+            std::borrow::Cow::Borrowed(route.chain.query_params_removed())
+        } else {
+            std::borrow::Cow::Owned([route.chain.query_params_removed(), per_request].concat())
+        };
+        let target = request::upstream_target(&up_path, query, &remove);
         let uri = http::Uri::try_from(target)
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "upstream uri"))?;
         up.set_uri(uri);
         for name in headers::hop_by_hop_present(&up.headers) {
             up.remove_header(&name);
         }
-        let edits = &ctx.plugins.upstream_headers;
+        let plugins = &ctx.plugins;
         let protected = |n: &str| {
-            edits.iter().any(|e| match e {
+            plugins.upstream_edits().any(|e| match e {
                 HeaderEdit::Remove(h) | HeaderEdit::Set(h, _) => h.as_str() == n,
                 HeaderEdit::Append(..) => false,
             })
@@ -663,13 +873,59 @@ impl ProxyHttp for Gateway {
             X_REQUEST_ID,
             HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-")),
         )?;
+        Self::upstream_response(session, resp, ctx).await?;
         if let Some(chain) = ctx.chain() {
             chain.response(resp, session.req_header(), &ctx.plugins);
         }
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Replaced::Body(replacement) = &mut ctx.replaced {
+            // Its body in place of the upstream's first chunk, nothing in place of the others.
+            *body = replacement.take();
+        }
+        // After a 101 the bytes are the tunnel's, not a response body.
+        if ctx.upgraded {
+            return Ok(None);
+        }
+        if let Some(route) = &ctx.route {
+            if let Err(err) = route
+                .chain
+                .response_body(body, end_of_stream, &mut ctx.plugins)
+            {
+                let status = err.status;
+                ctx.error = Some(err);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "refused by a plugin while sending the body",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Replaced::Whole(head, body) = std::mem::take(&mut ctx.replaced) {
+            let code = head.status.as_u16();
+            ctx.replaced = Replaced::Written;
+            if let Err(we) = self.send(session, ctx, *head, body).await {
+                log::debug!(
+                    "request {}: could not send the replaced answer: {we}",
+                    ctx.request_id
+                );
+            }
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         let err = match ctx.error.take() {
             Some(err) => Some(err),
             None => error::from_pingora(e),
@@ -695,6 +951,11 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        // A replacement written from `fail_to_proxy` is a plugin's decision, not a failure.
+        matches!(ctx.replaced, Replaced::Written)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

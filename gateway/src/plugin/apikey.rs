@@ -14,7 +14,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
+use super::{
+    BuildContext, BuildError, Decision, HeaderEdit, Phases, Plugin, PluginState, RequestView,
+};
 use crate::error::GatewayError;
 
 /// `auth.api_keys.NAME` as written.
@@ -138,23 +140,39 @@ fn default_forward() -> String {
 pub struct ApiKeyAuth {
     set: Arc<KeySet>,
     forward_as: HeaderName,
+    /// The consumer header and the key header, removed from every request (a client never sets the
+    /// consumer, and the secret never goes upstream).
+    strip: Arc<[HeaderEdit]>,
+    /// `WWW-Authenticate` of the 401.
+    challenge: HeaderValue,
+    query: Vec<String>,
 }
 
 impl ApiKeyAuth {
     pub fn build(cfg: ApiKeyConfig, ctx: &BuildContext) -> Result<ApiKeyAuth, BuildError> {
+        let set = ctx.api_key_set(&cfg.provider)?;
+        let forward_as = super::header_name(&cfg.forward_as, "forward_as")?;
+        let challenge = HeaderValue::from_str(&format!(
+            "ApiKey realm=\"tollgate\", header=\"{}\"",
+            set.header
+        ))
+        .unwrap_or(HeaderValue::from_static("ApiKey"));
         Ok(ApiKeyAuth {
-            set: ctx.api_key_set(&cfg.provider)?,
-            forward_as: super::header_name(&cfg.forward_as, "forward_as")?,
+            strip: Arc::new([
+                HeaderEdit::Remove(forward_as.clone()),
+                HeaderEdit::Remove(set.header.clone()),
+            ]),
+            challenge,
+            query: set.query.iter().cloned().collect(),
+            set,
+            forward_as,
         })
     }
-}
 
-fn unauthorized(code: &'static str, message: &'static str, header: &HeaderName) -> GatewayError {
-    GatewayError::new(401, code, message).with_header(
-        http::header::WWW_AUTHENTICATE,
-        HeaderValue::from_str(&format!("ApiKey realm=\"tollgate\", header=\"{header}\""))
-            .unwrap_or(HeaderValue::from_static("ApiKey")),
-    )
+    fn unauthorized(&self, code: &'static str, message: &'static str) -> GatewayError {
+        GatewayError::new(401, code, message)
+            .with_header(http::header::WWW_AUTHENTICATE, self.challenge.clone())
+    }
 }
 
 #[async_trait]
@@ -163,10 +181,17 @@ impl Plugin for ApiKeyAuth {
         "api_key"
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
+    fn removes_query_params(&self) -> &[String] {
+        &self.query
+    }
+
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
         let set = &self.set;
-        state.remove_upstream_header(self.forward_as.clone());
-        state.remove_upstream_header(set.header.clone());
+        state.edit_upstream_headers(&self.strip);
         let mut presented: Vec<&[u8]> = req
             .req
             .headers
@@ -175,24 +200,19 @@ impl Plugin for ApiKeyAuth {
             .map(|v| v.as_bytes())
             .collect();
         if let Some(q) = &set.query {
-            state.query_remove.push(q.clone());
             presented.extend(super::query_params(req.req.uri.query(), q).map(str::as_bytes));
         }
         let key = match presented.as_slice() {
             [] => {
-                return Decision::Deny(unauthorized(
-                    "unauthenticated",
-                    "an API key is required",
-                    &set.header,
-                ))
+                return Decision::Deny(
+                    self.unauthorized("unauthenticated", "an API key is required"),
+                )
             }
             [one] => *one,
             _ => {
-                return Decision::Deny(unauthorized(
-                    "invalid_api_key",
-                    "more than one API key was sent",
-                    &set.header,
-                ))
+                return Decision::Deny(
+                    self.unauthorized("invalid_api_key", "more than one API key was sent"),
+                )
             }
         };
         match set.lookup(key) {
@@ -203,11 +223,9 @@ impl Plugin for ApiKeyAuth {
                 state.identity.consumer = Some(id.to_string());
                 Decision::Continue
             }
-            None => Decision::Deny(unauthorized(
-                "invalid_api_key",
-                "the API key is not valid",
-                &set.header,
-            )),
+            None => {
+                Decision::Deny(self.unauthorized("invalid_api_key", "the API key is not valid"))
+            }
         }
     }
 }

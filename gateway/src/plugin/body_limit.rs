@@ -1,12 +1,12 @@
 //! `body_limit`: refuse request bodies over `max` with 413. A `Content-Length` over the limit is refused
 //! before anything is read or proxied; a chunked (or lying) body is cut off as soon as the bytes received
-//! pass the limit.
+//! pass the limit. With several `body_limit`s in a chain (a global one and a route's) the smallest wins.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
+use super::{BuildContext, BuildError, Decision, Phases, Plugin, PluginState, RequestView};
 use crate::config::units::ByteSize;
 use crate::error::GatewayError;
 
@@ -43,6 +43,10 @@ impl Plugin for BodyLimit {
         "body_limit"
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST | Phases::REQUEST_BODY
+    }
+
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
         let declared = req
             .req
@@ -53,8 +57,17 @@ impl Plugin for BodyLimit {
         if declared.is_some_and(|n| n > self.max) {
             return Decision::Deny(too_large(self.max));
         }
-        // The smallest limit of the chain wins.
-        state.body_limit = Some(state.body_limit.map_or(self.max, |m| m.min(self.max)));
+        let me = self.id();
+        let count = state.slot_or_insert_with(|| Count {
+            max: self.max,
+            seen: 0,
+            counter: me,
+        });
+        // The smallest limit of the chain wins; the first plugin with it counts.
+        if self.max < count.max {
+            count.max = self.max;
+            count.counter = me;
+        }
         Decision::Continue
     }
 
@@ -63,12 +76,35 @@ impl Plugin for BodyLimit {
         chunk: Option<&Bytes>,
         state: &mut PluginState,
     ) -> Result<(), GatewayError> {
+        let Some(count) = state.slot_mut::<Count>() else {
+            return Ok(());
+        };
+        // Every `body_limit` of the chain sees each chunk; one of them counts it.
+        if count.counter != self.id() {
+            return Ok(());
+        }
         if let Some(c) = chunk {
-            state.body_seen += c.len() as u64;
+            count.seen += c.len() as u64;
         }
-        match state.body_limit {
-            Some(max) if state.body_seen > max => Err(too_large(max)),
-            _ => Ok(()),
+        if count.seen > count.max {
+            return Err(too_large(count.max));
         }
+        Ok(())
+    }
+}
+
+/// The request's body limit and the bytes seen so far, shared by the chain's `body_limit`s.
+struct Count {
+    max: u64,
+    seen: u64,
+    /// The plugin that counts ([`BodyLimit::id`]).
+    counter: usize,
+}
+
+impl BodyLimit {
+    /// Which `body_limit` this is: its address, stable because plugins live in an `Arc` for as long as
+    /// a request can refer to them.
+    fn id(&self) -> usize {
+        self as *const BodyLimit as usize
     }
 }

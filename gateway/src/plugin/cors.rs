@@ -6,6 +6,10 @@
 //! `*` with `allow_credentials: true` is refused at load time, as the CORS spec forbids it. A preflight
 //! from an origin that is not allowed gets 403; a simple request from one is proxied without CORS
 //! headers (the browser then blocks the page from reading it).
+//!
+//! Preflights are answered in the early phase: the gateway routes a preflight as the request it announces
+//! and offers it to that route's early phase (see the `plugin` module doc), so the policy that answers is
+//! the one of the route the real request will take.
 
 use std::time::Duration;
 
@@ -13,13 +17,13 @@ use async_trait::async_trait;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+    ACCESS_CONTROL_REQUEST_HEADERS, ORIGIN, VARY,
 };
 use http::{HeaderValue, Method};
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 
-use super::{BuildContext, BuildError, Decision, Plugin, PluginState, Reply, RequestView};
+use super::{BuildContext, BuildError, Decision, EarlyView, Phases, Plugin, PluginState, Reply};
 use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
 
@@ -73,6 +77,8 @@ enum OriginRule {
 
 pub struct Cors {
     origins: Vec<OriginRule>,
+    /// `*` is among the origins and credentials are off: `Access-Control-Allow-Origin: *`.
+    any_origin: bool,
     methods: Vec<Method>,
     methods_value: HeaderValue,
     headers: Vec<String>,
@@ -160,7 +166,10 @@ impl Cors {
                 "expose_headers",
             )?)
         };
+        let any_origin =
+            !cfg.allow_credentials && origins.iter().any(|r| matches!(r, OriginRule::Any));
         Ok(Cors {
+            any_origin,
             origins,
             methods_value: super::header_value(
                 &methods
@@ -179,23 +188,27 @@ impl Cors {
         })
     }
 
+    /// Is `origin` allowed? Compared without regard to ASCII case, as the rules were lowercased.
     fn allowed(&self, origin: &str) -> bool {
-        let o = origin.to_ascii_lowercase();
         self.origins.iter().any(|r| match r {
             OriginRule::Any => true,
-            OriginRule::Exact(e) => *e == o,
-            OriginRule::Subdomain { scheme, suffix } => {
-                o.strip_prefix(scheme.as_str()).is_some_and(|host| {
+            OriginRule::Exact(e) => e.eq_ignore_ascii_case(origin),
+            OriginRule::Subdomain { scheme, suffix } => origin
+                .get(..scheme.len())
+                .filter(|s| s.eq_ignore_ascii_case(scheme))
+                .and_then(|_| origin.get(scheme.len()..))
+                .is_some_and(|host| {
                     host.len() > suffix.len()
-                        && host.ends_with(suffix.as_str())
+                        && host
+                            .get(host.len() - suffix.len()..)
+                            .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
                         && !host[..host.len() - suffix.len()].contains(['/', ':'])
-                })
-            }
+                }),
         })
     }
 
     fn allow_origin_value(&self, origin: &HeaderValue) -> HeaderValue {
-        if !self.credentials && self.origins.iter().any(|r| matches!(r, OriginRule::Any)) {
+        if self.any_origin {
             HeaderValue::from_static("*")
         } else {
             origin.clone()
@@ -203,14 +216,9 @@ impl Cors {
     }
 }
 
-/// Is this request a CORS preflight (OPTIONS with `Origin` and `Access-Control-Request-Method`)?
-pub fn preflight_method(req: &RequestHeader) -> Option<Method> {
-    if req.method != Method::OPTIONS || !req.headers.contains_key(ORIGIN) {
-        return None;
-    }
-    let m = req.headers.get(ACCESS_CONTROL_REQUEST_METHOD)?;
-    Method::from_bytes(m.as_bytes()).ok()
-}
+/// Set on a request whose preflight this plugin answered, so its response phase leaves that answer as
+/// it is. Shared by every `cors` of the chain: a global and a route `cors` answer a preflight once.
+struct AnsweredPreflight;
 
 #[async_trait]
 impl Plugin for Cors {
@@ -218,14 +226,16 @@ impl Plugin for Cors {
         "cors"
     }
 
-    fn answers_preflight(&self) -> bool {
-        true
+    fn phases(&self) -> Phases {
+        Phases::EARLY | Phases::RESPONSE
     }
 
-    async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
-        if !state.preflight {
+    /// Answers a preflight offered to this route; any other request goes on.
+    async fn early(&self, req: &EarlyView<'_>, state: &mut PluginState) -> Decision {
+        let Some(method) = req.routed_as else {
             return Decision::Continue;
-        }
+        };
+        state.set_slot(AnsweredPreflight);
         let h = &req.req.headers;
         let origin = h
             .get(ORIGIN)
@@ -238,17 +248,16 @@ impl Plugin for Cors {
                 "this origin may not call this API",
             ));
         }
-        let method_ok = preflight_method(req.req).is_some_and(|m| {
-            self.methods.contains(&m) || (m == Method::HEAD && self.methods.contains(&Method::GET))
-        });
+        let method_ok = self.methods.contains(method)
+            || (method == Method::HEAD && self.methods.contains(&Method::GET));
         let headers_ok = h
             .get(ACCESS_CONTROL_REQUEST_HEADERS)
             .and_then(|v| v.to_str().ok())
             .map(|v| {
                 v.split(',')
-                    .map(|x| x.trim().to_ascii_lowercase())
+                    .map(str::trim)
                     .filter(|x| !x.is_empty())
-                    .all(|x| self.headers.contains(&x))
+                    .all(|x| self.headers.iter().any(|h| h.eq_ignore_ascii_case(x)))
             })
             .unwrap_or(true);
         if !method_ok || !headers_ok {
@@ -287,7 +296,7 @@ impl Plugin for Cors {
     }
 
     fn response(&self, resp: &mut ResponseHeader, req: &RequestHeader, state: &PluginState) {
-        if state.preflight {
+        if state.slot::<AnsweredPreflight>().is_some() {
             return;
         }
         let _ = resp.append_header(VARY, "Origin");

@@ -7,8 +7,11 @@ use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
+use super::{
+    BuildContext, BuildError, Decision, HeaderEdit, Phases, Plugin, PluginState, RequestView,
+};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -63,25 +66,22 @@ fn compile(ops: &HeaderOps, base: &str) -> Result<Ops, BuildError> {
     })
 }
 
-/// Remove, then set, then add: the same on request and response headers (two types with the same
-/// methods, hence a macro rather than a trait of our own).
-macro_rules! apply {
-    ($ops:expr, $h:expr) => {{
-        let (o, h) = ($ops, $h);
-        for name in &o.remove {
-            h.remove_header(name);
-        }
-        for (k, v) in &o.set {
-            let _ = h.insert_header(k.clone(), v.clone());
-        }
-        for (k, v) in &o.add {
-            let _ = h.append_header(k.clone(), v.clone());
-        }
-    }};
+/// Remove, then set, then add (the order the request edits are made in too).
+fn apply(o: &Ops, h: &mut ResponseHeader) {
+    for name in &o.remove {
+        h.remove_header(name);
+    }
+    for (k, v) in &o.set {
+        let _ = h.insert_header(k.clone(), v.clone());
+    }
+    for (k, v) in &o.add {
+        let _ = h.append_header(k.clone(), v.clone());
+    }
 }
 
 pub struct HeaderTransform {
-    request: Ops,
+    /// The request edits, in the order applied (remove, set, add), as one list shared by every request.
+    request: Arc<[HeaderEdit]>,
     response: Ops,
 }
 
@@ -90,8 +90,16 @@ impl HeaderTransform {
         cfg: HeaderTransformConfig,
         _ctx: &BuildContext,
     ) -> Result<HeaderTransform, BuildError> {
+        let r = compile(&cfg.request, "request")?;
+        let request = r
+            .remove
+            .into_iter()
+            .map(HeaderEdit::Remove)
+            .chain(r.set.into_iter().map(|(k, v)| HeaderEdit::Set(k, v)))
+            .chain(r.add.into_iter().map(|(k, v)| HeaderEdit::Append(k, v)))
+            .collect();
         Ok(HeaderTransform {
-            request: compile(&cfg.request, "request")?,
+            request,
             response: compile(&cfg.response, "response")?,
         })
     }
@@ -103,23 +111,25 @@ impl Plugin for HeaderTransform {
         "headers"
     }
 
+    fn phases(&self) -> Phases {
+        let o = &self.response;
+        let response = !(o.remove.is_empty() && o.set.is_empty() && o.add.is_empty());
+        match (self.request.is_empty(), response) {
+            (false, true) => Phases::REQUEST | Phases::RESPONSE,
+            (false, false) => Phases::REQUEST,
+            (true, true) => Phases::RESPONSE,
+            (true, false) => Phases::NONE,
+        }
+    }
+
     /// Request edits are recorded in the request phase (not applied to the upstream request later), so
     /// that balancing on a header sees them, in chain order with other plugins' edits.
     async fn request(&self, _req: &RequestView<'_>, state: &mut PluginState) -> Decision {
-        let o = &self.request;
-        for name in &o.remove {
-            state.remove_upstream_header(name.clone());
-        }
-        for (k, v) in &o.set {
-            state.set_upstream_header(k.clone(), v.clone());
-        }
-        for (k, v) in &o.add {
-            state.append_upstream_header(k.clone(), v.clone());
-        }
+        state.edit_upstream_headers(&self.request);
         Decision::Continue
     }
 
     fn response(&self, resp: &mut ResponseHeader, _req: &RequestHeader, _state: &PluginState) {
-        apply!(&self.response, resp);
+        apply(&self.response, resp);
     }
 }

@@ -1,12 +1,17 @@
 //! `ip_filter`: allow or deny by CIDR, on the client IP after `trusted_proxies` (so a client cannot
 //! pick its own address with `X-Forwarded-For`). `deny` wins over `allow`; a non-empty `allow` list
 //! admits only the addresses in it.
+//!
+//! Checked in the request phase, in chain order, and in the early phase for a CORS preflight offered to
+//! the route: a denied address learns nothing, not even the route's CORS policy.
 
 use async_trait::async_trait;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
+use super::{
+    BuildContext, BuildError, Decision, EarlyView, Phases, Plugin, PluginState, RequestView,
+};
 use crate::error::GatewayError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,19 +67,9 @@ impl IpFilter {
         }
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
     }
-}
 
-#[async_trait]
-impl Plugin for IpFilter {
-    fn name(&self) -> &'static str {
-        "ip_filter"
-    }
-    fn answers_preflight(&self) -> bool {
-        // Runs for preflights too: a denied address learns nothing, not even the CORS policy.
-        true
-    }
-    async fn request(&self, req: &RequestView<'_>, _state: &mut PluginState) -> Decision {
-        if self.admits(req.client_ip) {
+    fn decide(&self, ip: std::net::IpAddr) -> Decision {
+        if self.admits(ip) {
             Decision::Continue
         } else {
             Decision::Deny(GatewayError::new(
@@ -83,6 +78,26 @@ impl Plugin for IpFilter {
                 "requests from this address are not allowed",
             ))
         }
+    }
+}
+
+#[async_trait]
+impl Plugin for IpFilter {
+    fn name(&self) -> &'static str {
+        "ip_filter"
+    }
+    fn phases(&self) -> Phases {
+        Phases::EARLY | Phases::REQUEST
+    }
+    async fn early(&self, req: &EarlyView<'_>, _state: &mut PluginState) -> Decision {
+        // Other requests are checked in the request phase, where the config put this plugin.
+        match req.routed_as {
+            Some(_) => self.decide(req.client_ip),
+            None => Decision::Continue,
+        }
+    }
+    async fn request(&self, req: &RequestView<'_>, _state: &mut PluginState) -> Decision {
+        self.decide(req.client_ip)
     }
 }
 

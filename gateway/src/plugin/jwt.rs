@@ -30,7 +30,9 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
-use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
+use super::{
+    BuildContext, BuildError, Decision, HeaderEdit, Phases, Plugin, PluginState, RequestView,
+};
 use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
 
@@ -186,44 +188,51 @@ impl Rejection {
             Rejection::CriticalExtension => "critical_extension",
         }
     }
-    fn describe(self) -> &'static str {
+    /// The `error_description`, and the whole `WWW-Authenticate: Bearer` of the 401 (RFC 6750; no error
+    /// code when no token was sent), written out so that a refusal formats nothing.
+    fn texts(self) -> (&'static str, &'static str) {
+        macro_rules! invalid {
+            ($d:literal) => {
+                (
+                    $d,
+                    concat!(
+                        "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"",
+                        $d,
+                        "\""
+                    ),
+                )
+            };
+        }
         match self {
-            Rejection::Missing => "a bearer token is required",
-            Rejection::Multiple => "more than one token was sent",
-            Rejection::Malformed => "the token is malformed",
-            Rejection::AlgorithmNotAllowed => "the token's algorithm is not accepted",
-            Rejection::UnknownKey => "the token's signing key is unknown",
-            Rejection::BadSignature => "the token's signature is invalid",
-            Rejection::Expired => "the token has expired",
-            Rejection::NotYetValid => "the token is not valid yet",
-            Rejection::MissingExp => "the token has no expiry",
-            Rejection::WrongIssuer => "the token's issuer is not accepted",
-            Rejection::WrongAudience => "the token's audience is not accepted",
-            Rejection::InvalidClaims => "the token's claims are invalid",
+            Rejection::Missing => ("a bearer token is required", "Bearer realm=\"tollgate\""),
+            Rejection::Multiple => invalid!("more than one token was sent"),
+            Rejection::Malformed => invalid!("the token is malformed"),
+            Rejection::AlgorithmNotAllowed => invalid!("the token's algorithm is not accepted"),
+            Rejection::UnknownKey => invalid!("the token's signing key is unknown"),
+            Rejection::BadSignature => invalid!("the token's signature is invalid"),
+            Rejection::Expired => invalid!("the token has expired"),
+            Rejection::NotYetValid => invalid!("the token is not valid yet"),
+            Rejection::MissingExp => invalid!("the token has no expiry"),
+            Rejection::WrongIssuer => invalid!("the token's issuer is not accepted"),
+            Rejection::WrongAudience => invalid!("the token's audience is not accepted"),
+            Rejection::InvalidClaims => invalid!("the token's claims are invalid"),
             Rejection::CriticalExtension => {
-                "the token requires extensions (crit) that are not supported"
+                invalid!("the token requires extensions (crit) that are not supported")
             }
         }
     }
 
-    /// The 401 answer: `WWW-Authenticate: Bearer` per RFC 6750 (no error code when no token was sent).
+    /// The 401 answer.
     pub fn to_error(self) -> GatewayError {
-        let www = if self == Rejection::Missing {
-            "Bearer realm=\"tollgate\"".to_string()
-        } else {
-            format!(
-                "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"{}\"",
-                self.describe()
-            )
-        };
+        let (description, www) = self.texts();
         let code = if self == Rejection::Missing {
             "unauthenticated"
         } else {
             "invalid_token"
         };
-        GatewayError::new(401, code, self.describe()).with_header(
+        GatewayError::new(401, code, description).with_header(
             http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_str(&www).unwrap_or(HeaderValue::from_static("Bearer")),
+            HeaderValue::from_static(www),
         )
     }
 }
@@ -907,8 +916,11 @@ pub struct JwtAuth {
     claims: Vec<(String, ClaimRule)>,
     /// (claim, header, optional)
     forward: Vec<(String, HeaderName, bool)>,
-    /// `scope="a b"` for the 403's `WWW-Authenticate`.
-    scope_hint: String,
+    /// The forwarded headers, removed from every request: a client never sets them itself.
+    strip: Arc<[HeaderEdit]>,
+    /// `WWW-Authenticate` of the 403, with the route's scopes.
+    forbidden_challenge: HeaderValue,
+    query: Vec<String>,
 }
 
 impl JwtAuth {
@@ -934,9 +946,19 @@ impl JwtAuth {
             };
             forward.push((claim.clone(), super::header_name(header, &at)?, optional));
         }
+        let mut www = "Bearer realm=\"tollgate\", error=\"insufficient_scope\"".to_string();
+        if !cfg.scopes.is_empty() {
+            www.push_str(&format!(", scope=\"{}\"", cfg.scopes.join(" ")));
+        }
         Ok(JwtAuth {
+            strip: forward
+                .iter()
+                .map(|(_, h, _)| HeaderEdit::Remove(h.clone()))
+                .collect(),
+            forbidden_challenge: HeaderValue::from_str(&www)
+                .unwrap_or(HeaderValue::from_static("Bearer")),
+            query: provider.query.iter().cloned().collect(),
             provider,
-            scope_hint: cfg.scopes.join(" "),
             scopes: cfg.scopes,
             roles: cfg.roles,
             roles_claim: cfg.roles_claim,
@@ -979,13 +1001,9 @@ impl JwtAuth {
     }
 
     fn forbidden(&self, message: String) -> GatewayError {
-        let mut www = "Bearer realm=\"tollgate\", error=\"insufficient_scope\"".to_string();
-        if !self.scope_hint.is_empty() {
-            www.push_str(&format!(", scope=\"{}\"", self.scope_hint));
-        }
         GatewayError::new(403, "insufficient_scope", message).with_header(
             http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_str(&www).unwrap_or(HeaderValue::from_static("Bearer")),
+            self.forbidden_challenge.clone(),
         )
     }
 }
@@ -1057,14 +1075,17 @@ impl Plugin for JwtAuth {
         "jwt"
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
+    fn removes_query_params(&self) -> &[String] {
+        &self.query
+    }
+
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
         // Whatever happens, a client never gets to set the identity headers itself.
-        for (_, h, _) in &self.forward {
-            state.remove_upstream_header(h.clone());
-        }
-        if let Some(q) = &self.provider.query {
-            state.query_remove.push(q.clone());
-        }
+        state.edit_upstream_headers(&self.strip);
         let token = match extract_token(req.req, &self.provider) {
             Ok(t) => t,
             Err(r) => return Decision::Deny(r.to_error()),

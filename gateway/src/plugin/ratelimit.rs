@@ -43,7 +43,7 @@ use pingora_limits::rate::Rate;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{BuildContext, BuildError, Decision, Plugin, PluginState, RequestView};
+use super::{BuildContext, BuildError, Decision, Phases, Plugin, PluginState, RequestView};
 use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
 
@@ -585,6 +585,18 @@ pub struct RateLimit {
     policies: Vec<Arc<Policy>>,
     redis: Option<Arc<RedisStore>>,
     legacy: bool,
+    /// `RateLimit-Policy` of every policy, joined when built.
+    policy_value: Option<HeaderValue>,
+    /// `RateLimit` when there is no quota state (a refusal): every policy with nothing remaining.
+    refused_value: Option<HeaderValue>,
+}
+
+/// This request's quotas and concurrency slots, shared by the chain's `rate_limit`s (each picks its own
+/// policies' quotas). Dropping it, when the request ends, gives the slots back.
+#[derive(Default)]
+struct Taken {
+    quotas: Vec<Quota>,
+    held: Vec<pingora_limits::inflight::Guard>,
 }
 
 impl RateLimit {
@@ -625,7 +637,15 @@ impl RateLimit {
         } else {
             None
         };
+        let join = |v: Vec<String>| HeaderValue::from_str(&v.join(", ")).ok();
         Ok(RateLimit {
+            policy_value: join(policies.iter().map(|p| p.policy_header.clone()).collect()),
+            refused_value: join(
+                policies
+                    .iter()
+                    .map(|p| format!("\"{}\";r=0", p.name))
+                    .collect(),
+            ),
             policies,
             redis,
             legacy,
@@ -647,11 +667,11 @@ impl RateLimit {
 }
 
 /// Local window counts taken so far, to give back if a later policy refuses.
-struct Taken<'a> {
+struct GiveBack<'a> {
     local: Vec<(&'a Rate, String)>,
 }
 
-impl Drop for Taken<'_> {
+impl Drop for GiveBack<'_> {
     fn drop(&mut self) {
         for (rate, key) in &self.local {
             rate.observe(key, -1);
@@ -665,8 +685,12 @@ impl Plugin for RateLimit {
         "rate_limit"
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST | Phases::RESPONSE
+    }
+
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
-        let mut taken = Taken { local: Vec::new() };
+        let mut taken = GiveBack { local: Vec::new() };
         let mut guards = Vec::new();
         let mut quotas = Vec::with_capacity(self.policies.len());
         // Redis window policies: (policy, key, window, limit), checked together in one call below.
@@ -763,47 +787,39 @@ impl Plugin for RateLimit {
         }
         // Everything passed: keep what was counted.
         taken.local.clear();
-        state.held.extend(
-            guards
-                .into_iter()
-                .map(|g| Box::new(g) as Box<dyn std::any::Any + Send + Sync>),
-        );
-        state.quotas.extend(quotas);
+        let kept = state.slot_or_insert_with(Taken::default);
+        kept.held.extend(guards);
+        kept.quotas.extend(quotas);
         Decision::Continue
     }
 
     fn response(&self, resp: &mut ResponseHeader, _req: &RequestHeader, state: &PluginState) {
         let mine: Vec<&Quota> = state
-            .quotas
+            .slot::<Taken>()
+            .map(|t| &t.quotas[..])
+            .unwrap_or_default()
             .iter()
             .filter(|q| self.policies.iter().any(|p| Arc::ptr_eq(p, &q.policy)))
             .collect();
-        // On a refusal there is no quota state: describe the policies, with nothing remaining.
-        let policy_value = self
-            .policies
-            .iter()
-            .map(|p| p.policy_header.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Ok(v) = HeaderValue::from_str(&policy_value) {
-            let _ = resp.append_header(RATELIMIT_POLICY, v);
+        if let Some(v) = &self.policy_value {
+            let _ = resp.append_header(RATELIMIT_POLICY, v.clone());
         }
-        let status: Vec<String> = if mine.is_empty() {
-            self.policies
-                .iter()
-                .map(|p| format!("\"{}\";r=0", p.name))
-                .collect()
+        // On a refusal there is no quota state: the policies, with nothing remaining.
+        let status = if mine.is_empty() {
+            self.refused_value.clone()
         } else {
-            mine.iter()
+            let v: Vec<String> = mine
+                .iter()
                 .map(|q| match q.policy.kind {
                     Kind::Window { .. } => {
                         format!("\"{}\";r={};t={}", q.policy.name, q.remaining, q.reset_secs)
                     }
                     Kind::Concurrency { .. } => format!("\"{}\";r={}", q.policy.name, q.remaining),
                 })
-                .collect()
+                .collect();
+            HeaderValue::from_str(&v.join(", ")).ok()
         };
-        if let Ok(v) = HeaderValue::from_str(&status.join(", ")) {
+        if let Some(v) = status {
             let _ = resp.append_header(RATELIMIT, v);
         }
         if self.legacy {
@@ -816,9 +832,9 @@ impl Plugin for RateLimit {
                     0,
                 ),
             };
-            let _ = resp.insert_header("x-ratelimit-limit", limit);
-            let _ = resp.insert_header("x-ratelimit-remaining", remaining);
-            let _ = resp.insert_header("x-ratelimit-reset", reset);
+            let _ = resp.insert_header(X_RATELIMIT_LIMIT, limit);
+            let _ = resp.insert_header(X_RATELIMIT_REMAINING, remaining);
+            let _ = resp.insert_header(X_RATELIMIT_RESET, reset);
         }
     }
 }
@@ -832,6 +848,9 @@ fn limit_of(p: &Policy) -> u64 {
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Compile `rate_limits` (and `redis`) into the build context.
 pub fn compile(
@@ -872,6 +891,7 @@ pub fn compile(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::view;
     use super::*;
 
     #[test]
@@ -942,15 +962,11 @@ mod tests {
     /// Does `rl` let a request from `ip` through?
     async fn admits(rl: &RateLimit, ip: &str) -> bool {
         let req = view_req(&[]);
-        let view = RequestView {
-            req: &req,
-            client_ip: ip.parse().unwrap(),
-            path: "/",
-            route: "r",
-            request_id: "t",
-        };
         let mut state = PluginState::default();
-        matches!(rl.request(&view, &mut state).await, Decision::Continue)
+        matches!(
+            rl.request(&view(&req, ip), &mut state).await,
+            Decision::Continue
+        )
     }
 
     #[tokio::test]
@@ -990,14 +1006,7 @@ mod tests {
         let key = KeySource::Header(HeaderName::from_static("x-tenant"));
         let value_of = |v: &str| {
             let req = view_req(&[("x-tenant", v)]);
-            let view = RequestView {
-                req: &req,
-                client_ip: "192.0.2.1".parse().unwrap(),
-                path: "/",
-                route: "r",
-                request_id: "t",
-            };
-            key.value(&view, &state, 64)
+            key.value(&view(&req, "192.0.2.1"), &state, 64)
         };
         // Short values are used as they are (what counted before still counts the same).
         assert_eq!(value_of("acme"), "header:acme");
@@ -1019,14 +1028,7 @@ mod tests {
             serde_json::from_value(serde_json::json!({ "sub": "y".repeat(5000) })).unwrap();
         state.identity.claims = Some(Arc::new(claims));
         let req = view_req(&[]);
-        let view = RequestView {
-            req: &req,
-            client_ip: "192.0.2.1".parse().unwrap(),
-            path: "/",
-            route: "r",
-            request_id: "t",
-        };
-        let k = KeySource::JwtClaim("sub".into()).value(&view, &state, 64);
+        let k = KeySource::JwtClaim("sub".into()).value(&view(&req, "192.0.2.1"), &state, 64);
         assert!(k.starts_with("claim-sha256:") && k.len() == 13 + 64, "{k}");
     }
 }
