@@ -105,14 +105,15 @@ pub fn readiness(snap: &Snapshot) -> (bool, Vec<Value>) {
     (ready, list)
 }
 
+/// In match order ([`Snapshot::routes_in_order`]), with each route's place in the file.
 fn routes(snap: &Snapshot) -> Value {
     Value::Array(
-        snap.routes
-            .iter()
-            .map(|r| {
+        snap.routes_in_order()
+            .map(|(r, headers)| {
                 let (host, methods, path) = &r.describe;
-                json!({"name": r.name, "host": host, "methods": methods, "path": path,
-                       "upstream": r.upstream.name, "plugins": r.chain.names()})
+                json!({"name": r.name, "index": r.index, "host": host, "methods": methods,
+                       "path": path, "headers": headers, "upstream": r.upstream.name,
+                       "plugins": r.chain.names()})
             })
             .collect(),
     )

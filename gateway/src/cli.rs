@@ -48,32 +48,37 @@ enum Command {
     /// Print the compiled route table in match order.
     Routes { file: String },
     /// Mint a development token (HS256/384/512) with a JWT provider's secret from a config file.
-    Token {
-        /// Config file with the provider.
-        #[arg(short, long, default_value = "config/tollgate.yaml")]
-        config: String,
-        /// Provider under `auth.jwt` (default: the only one with a `secret`).
-        #[arg(long)]
-        provider: Option<String>,
-        /// The `sub` claim.
-        #[arg(long, default_value = "1")]
-        sub: String,
-        /// A scope to grant (repeat for more); written as the `scope` claim.
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// A role to grant (repeat for more); written as the `roles` claim.
-        #[arg(long = "role")]
-        roles: Vec<String>,
-        /// Another claim, `name=value` (value read as JSON when it parses, else as a string).
-        #[arg(long = "claim")]
-        claims: Vec<String>,
-        /// Lifetime, e.g. `15m`, `1h`.
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-    },
+    Token(TokenRequest),
     /// Print the SHA-256 of an API key, as `auth.api_keys.*.keys[].sha256` wants it. Without a key,
     /// generate a random one and print both.
     HashKey { key: Option<String> },
+}
+
+/// What `tollgate token` mints: the command's arguments, also usable from code (tests, tools) through
+/// [`mint_token`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenRequest {
+    /// Config file with the provider.
+    #[arg(short, long, default_value = "config/tollgate.yaml")]
+    pub config: String,
+    /// Provider under `auth.jwt` (default: the only one with a `secret`).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// The `sub` claim.
+    #[arg(long, default_value = "1")]
+    pub sub: String,
+    /// A scope to grant (repeat for more); written as the `scope` claim.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// A role to grant (repeat for more); written as the `roles` claim.
+    #[arg(long = "role")]
+    pub roles: Vec<String>,
+    /// Another claim, `name=value` (value read as JSON when it parses, else as a string).
+    #[arg(long = "claim")]
+    pub claims: Vec<String>,
+    /// Lifetime, e.g. `15m`, `1h`.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
 }
 
 /// Parse the process's arguments and run the command with the plugins of `registry`: config files are
@@ -83,23 +88,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Run { config, upgrade } => run(config, upgrade, registry),
         Command::Validate { files, resolve } => validate(&files, resolve, &registry),
         Command::Routes { file } => routes(&file, &registry),
-        Command::Token {
-            config,
-            provider,
-            sub,
-            scopes,
-            roles,
-            claims,
-            ttl,
-        } => token(
-            &config,
-            provider.as_deref(),
-            &sub,
-            &scopes,
-            &roles,
-            &claims,
-            &ttl,
-        ),
+        Command::Token(req) => token(&req),
         Command::HashKey { key } => hash_key(key),
     }
 }
@@ -190,16 +179,8 @@ fn routes(file: &str, registry: &Registry) -> ExitCode {
     }
 }
 
-fn token(
-    config: &str,
-    provider: Option<&str>,
-    sub: &str,
-    scopes: &[String],
-    roles: &[String],
-    claims: &[String],
-    ttl: &str,
-) -> ExitCode {
-    match mint_token(config, provider, sub, scopes, roles, claims, ttl) {
+fn token(req: &TokenRequest) -> ExitCode {
+    match mint_token(req) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS
@@ -228,17 +209,8 @@ pub fn route_table(snap: &Snapshot) -> String {
         "{:<4} {:<24} {:<20} {:<22} {:<32} {:<20} {:<12} {}\n",
         "#", "NAME", "HOST", "METHODS", "PATH", "HEADERS", "UPSTREAM", "PLUGINS"
     );
-    // Route `i` of the router is `routes[i]` (both in file order), so the lookup cannot miss.
-    let rows = snap.router.order().into_iter().filter_map(|i| {
-        let headers = snap
-            .router
-            .matcher(i)?
-            .headers
-            .iter()
-            .map(|(n, v)| format!("{n}={}", String::from_utf8_lossy(v.as_bytes())));
-        Some((snap.routes.get(i)?, headers.collect::<Vec<_>>().join(",")))
-    });
-    for (n, (r, headers)) in rows.enumerate() {
+    for (n, (r, headers)) in snap.routes_in_order().enumerate() {
+        let headers = headers.join(",");
         let (host, methods, path) = &r.describe;
         let plugins = r.chain.names().join(",");
         let dash = |s: &str| {
@@ -265,15 +237,8 @@ pub fn route_table(snap: &Snapshot) -> String {
 
 /// Mint a development token signed with a JWT provider's HMAC secret, with the provider's issuer and
 /// (first) audience, so that the gateway running that config accepts it.
-pub fn mint_token(
-    config: &str,
-    provider: Option<&str>,
-    sub: &str,
-    scopes: &[String],
-    roles: &[String],
-    claims: &[String],
-    ttl: &str,
-) -> Result<String, String> {
+pub fn mint_token(req: &TokenRequest) -> Result<String, String> {
+    let config = req.config.as_str();
     let loaded = load::load_file(config).map_err(|d| d.to_string())?;
     if loaded.diagnostics.has_errors() {
         return Err(loaded.diagnostics.to_string());
@@ -284,8 +249,8 @@ pub fn mint_token(
         .filter(|(_, p)| p.secret.is_some())
         .map(|(n, _)| n)
         .collect();
-    let name = match provider {
-        Some(p) => p.to_string(),
+    let name = match &req.provider {
+        Some(p) => p.clone(),
         None => match with_secret.as_slice() {
             [one] => (*one).clone(),
             [] => return Err(format!("{config} has no JWT provider with a `secret`")),
@@ -320,10 +285,10 @@ pub fn mint_token(
             )
         })
         .ok_or_else(|| format!("provider `{name}` allows no HMAC algorithm"))?;
-    let ttl = parse_duration(ttl)?;
+    let ttl = parse_duration(&req.ttl)?;
     let now = jsonwebtoken::get_current_timestamp();
     let mut body = serde_json::Map::new();
-    body.insert("sub".into(), sub.into());
+    body.insert("sub".into(), req.sub.as_str().into());
     body.insert("iat".into(), now.into());
     body.insert("exp".into(), (now + ttl.as_secs()).into());
     if let Some(iss) = &p.issuer {
@@ -332,13 +297,13 @@ pub fn mint_token(
     if let Some(aud) = p.audience.to_vec().first() {
         body.insert("aud".into(), aud.clone().into());
     }
-    if !scopes.is_empty() {
-        body.insert("scope".into(), scopes.join(" ").into());
+    if !req.scopes.is_empty() {
+        body.insert("scope".into(), req.scopes.join(" ").into());
     }
-    if !roles.is_empty() {
-        body.insert("roles".into(), roles.to_vec().into());
+    if !req.roles.is_empty() {
+        body.insert("roles".into(), req.roles.clone().into());
     }
-    for c in claims {
+    for c in &req.claims {
         let (k, v) = c
             .split_once('=')
             .ok_or_else(|| format!("--claim `{c}`: write name=value"))?;

@@ -127,6 +127,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The routes in the order the router tries them ([`Router::order`]: exact paths, templates with
+    /// literal segments first, regexes, prefixes longest first; exact hosts, then wildcard hosts by
+    /// suffix length, then any host), each with its header matches as `name=value`. What
+    /// `tollgate routes` and `GET /admin/routes` show, so both tell the truth about matching.
+    pub fn routes_in_order(&self) -> impl Iterator<Item = (&Route, Vec<String>)> + '_ {
+        // Route `i` of the router is `routes[i]` (both in file order), so the lookups cannot miss.
+        self.router.order().into_iter().filter_map(|i| {
+            let headers = self
+                .router
+                .matcher(i)?
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}={}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            Some((&**self.routes.get(i)?, headers))
+        })
+    }
+}
+
+impl Snapshot {
     /// Load, validate and compile a file with the built-in plugins. On success also returns warnings.
     pub fn from_file(path: &str) -> Result<(Snapshot, Diagnostics), Diagnostics> {
         Self::from_file_with(path, &Registry::builtin())

@@ -207,7 +207,12 @@ fn metrics_after_a_known_sequence() {
 #[test]
 fn admin_needs_its_token_and_is_never_on_the_public_port() {
     let be = Backend::start("be", Mode::Echo);
-    let g = Gateway::start(&config(&be, ""));
+    // Last in the file, first in match order: an exact path is tried before any prefix.
+    let exact = "  - name: exact
+    match: { path: /open/exact, headers: { x-canary: \"1\" } }
+    upstream: be
+";
+    let g = Gateway::start(&config(&be, exact));
     let auth = format!("Authorization: Bearer {TOKEN}");
     assert_eq!(g.admin_request("GET", "/healthz", &[]).status, 200);
     assert_eq!(g.admin_request("GET", "/readyz", &[]).status, 200);
@@ -236,8 +241,11 @@ fn admin_needs_its_token_and_is_never_on_the_public_port() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["limited", "open", "secure"]);
-    assert_eq!(routes[2]["plugins"][0], "jwt");
+    assert_eq!(names, ["exact", "limited", "open", "secure"]);
+    assert_eq!(routes[0]["index"], 3);
+    assert_eq!(routes[0]["headers"][0], "x-canary=1");
+    assert_eq!(routes[0]["path"], "= /open/exact");
+    assert_eq!(routes[3]["plugins"][0], "jwt");
     let ups = g.admin_request("GET", "/admin/upstreams", &[&auth]).json();
     assert_eq!(ups["be"]["targets"][0]["healthy"], true);
     let cfg = g.admin_request("GET", "/admin/config", &[&auth]);
