@@ -19,7 +19,9 @@ use tollgate::snapshot::Snapshot;
 fn snapshot(yaml: &str) -> Snapshot {
     let l = load_str("bench.yaml", yaml, &|_| None).unwrap();
     assert!(!l.diagnostics.has_errors(), "{}", l.diagnostics);
-    Snapshot::compile(&l.config, &l.locations).unwrap().0
+    Snapshot::from_loaded(&l, &tollgate::plugin::Registry::builtin(), None)
+        .unwrap()
+        .0
 }
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");

@@ -243,7 +243,13 @@ pub fn mint_token(req: &TokenRequest) -> Result<String, String> {
     if loaded.diagnostics.has_errors() {
         return Err(loaded.diagnostics.to_string());
     }
-    let providers = &loaded.config.auth.jwt;
+    // Read as the compiler reads them (a broken provider is an error here too).
+    let mut providers = std::collections::BTreeMap::new();
+    for (name, v) in &loaded.config.auth.jwt {
+        let p: crate::plugin::jwt::ProviderConfig = crate::config::de::from_value(v.clone())
+            .map_err(|e| format!("auth.jwt.{name}: {}", e.error))?;
+        providers.insert(name.clone(), p);
+    }
     let with_secret: Vec<&String> = providers
         .iter()
         .filter(|(_, p)| p.secret.is_some())

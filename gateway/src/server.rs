@@ -29,8 +29,9 @@ use crate::plugin::Registry;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
-use crate::tls::SnapshotCert;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::tls::sign::CertifiedKey;
+use pingora_core::tls::{ClientHello, ResolvesServerCert};
 
 /// How often a JWT provider's task asks it whether its JWKS is due (the provider keeps the due time:
 /// its refresh interval, sooner after a failure).
@@ -401,4 +402,20 @@ pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
         },
     ));
     server.run_forever()
+}
+
+/// Hands the current snapshot's certificate to every TLS handshake.
+/// (Here rather than in `tls`, so that `tls` knows nothing of snapshots: no module cycle.)
+pub struct SnapshotCert(pub Arc<ArcSwap<Snapshot>>);
+
+impl std::fmt::Debug for SnapshotCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCert")
+    }
+}
+
+impl ResolvesServerCert for SnapshotCert {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().tls.as_ref()?.pick(hello.server_name()))
+    }
 }

@@ -1,7 +1,7 @@
 //! TLS termination: the certificate of the HTTPS listeners, loaded and checked with the config.
 //!
-//! The certificate is part of the [`Snapshot`], not of the listener: Pingora's rustls acceptor asks
-//! [`SnapshotCert`] for it on every handshake, which hands out the current snapshot's. So a renewed
+//! The certificate is part of the snapshot, not of the listener: Pingora's rustls acceptor asks
+//! `server::SnapshotCert` for it on every handshake, which hands out the current snapshot's. So a renewed
 //! certificate (cert-manager, certbot) is picked up by a reload like any other change (the config
 //! watcher also watches the certificate and key files), a broken one is reported with its place and never
 //! replaces the running one, and connections already open keep theirs.
@@ -19,13 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use pingora_core::tls::sign::CertifiedKey;
-use pingora_core::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora_core::tls::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::snapshot::Snapshot;
 
 /// How far ahead an expiring certificate is warned about.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -209,21 +206,6 @@ impl Certificates {
             .and_then(|(_, parent)| self.wildcard.get(parent))
             .unwrap_or(&self.default)
             .clone()
-    }
-}
-
-/// Hands the current snapshot's certificate to every TLS handshake.
-pub struct SnapshotCert(pub Arc<ArcSwap<Snapshot>>);
-
-impl std::fmt::Debug for SnapshotCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SnapshotCert")
-    }
-}
-
-impl ResolvesServerCert for SnapshotCert {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load().tls.as_ref()?.pick(hello.server_name()))
     }
 }
 

@@ -15,6 +15,7 @@ use yaml_rust2::scanner::Marker;
 
 use super::diag::{Diagnostic, Diagnostics, Severity};
 use super::raw::{RawConfig, RouteConfig, ServerConfig, UpstreamConfig, TOP_LEVEL_KEYS};
+use super::sink::{Scope, Sink};
 
 /// Line and column (1-based) of every key and value in a file, by field path (`routes[0].match.path`).
 #[derive(Debug, Default, Clone)]
@@ -85,7 +86,7 @@ impl Locations {
 }
 
 /// `routes[0].match` → `routes[0]` → `routes` → None.
-fn parent_path(p: &str) -> Option<&str> {
+pub(crate) fn parent_path(p: &str) -> Option<&str> {
     if p.is_empty() {
         return None;
     }
@@ -196,30 +197,20 @@ pub struct Loaded {
     /// returned so that the semantic checks can report their problems too, in the same run.
     pub diagnostics: Diagnostics,
     /// Paths already reported (a `${VAR}` that could not be resolved, a value of the wrong type that was
-    /// left out). Any later complaint about them would only repeat that problem in other words, so
-    /// [`Loaded::add`] drops it.
+    /// left out). Any later complaint about them would only repeat that problem in other words, so the
+    /// [`Loaded::sink`] drops it.
     tainted: Vec<String>,
 }
 
 impl Loaded {
-    /// Add later diagnostics (e.g. from compiling), except those about unresolved values.
-    pub fn add(&mut self, more: Diagnostics) {
-        for d in more.0 {
-            if !self.tainted.iter().any(|t| repeats(t, &d.path)) {
-                self.diagnostics.0.push(d);
-            }
-        }
-        self.diagnostics.sort();
-    }
-}
-
-/// Would a problem at `path` repeat the one reported at `tainted`? It does when it is about the same
-/// value, a part of it, or the mapping that holds it (`routes[0].match` lacks a path because
-/// `routes[0].match.path` had the wrong type and was left out).
-fn repeats(tainted: &str, path: &str) -> bool {
-    match path.strip_prefix(tainted) {
-        Some(rest) => rest.is_empty() || rest.starts_with('.') || rest.starts_with('['),
-        None => parent_path(tainted) == Some(path),
+    /// A sink that goes on from what loading found (its diagnostics, and the values it reported as
+    /// unusable, whose later complaints are dropped): what the compiler reports into.
+    pub fn sink(&self) -> Sink<'_> {
+        Sink::resume(
+            &self.locations,
+            self.diagnostics.clone(),
+            self.tainted.clone(),
+        )
     }
 }
 
@@ -302,47 +293,33 @@ pub fn load_str(
         ]));
     }
 
-    let mut diags = Diagnostics::default();
-    interpolate(&mut root, "", env, &locations, &mut diags);
-    let mut tainted: Vec<String> = diags.0.iter().map(|d| d.path.clone()).collect();
-
-    let mut typed_diags = Diagnostics::default();
-    let config = typed(root, &locations, &mut typed_diags, &mut tainted);
-    diags.0.extend(typed_diags.0);
-    diags.sort();
+    let sink = Sink::new(&locations);
+    interpolate(&mut root, &sink.root(), env);
+    let config = typed(root, &sink.root());
+    let (diagnostics, tainted) = sink.into_parts();
     Ok(Loaded {
         config,
         locations,
-        diagnostics: diags,
+        diagnostics,
         tainted,
     })
 }
 
 /// Deserialize the tree section by section, collecting every problem.
-fn typed(
-    root: Value,
-    locs: &Locations,
-    diags: &mut Diagnostics,
-    tainted: &mut Vec<String>,
-) -> RawConfig {
+fn typed(root: Value, at: &Scope) -> RawConfig {
     let mut cfg = RawConfig::default();
     let Value::Mapping(map) = root else {
-        diags.0.push(locs.error(
-            "",
-            "the config must be a mapping with `server`, `upstreams` and `routes`",
-        ));
+        at.error("the config must be a mapping with `server`, `upstreams` and `routes`");
         return cfg;
     };
     for (k, v) in map {
         let Some(key) = k.as_str().map(str::to_string) else {
-            diags
-                .0
-                .push(locs.error("", format!("top-level keys must be strings, found {k:?}")));
+            at.error(format!("top-level keys must be strings, found {k:?}"));
             continue;
         };
         match key.as_str() {
             "server" => {
-                if let Some(s) = section::<ServerConfig>(v, "server", locs, diags, tainted) {
+                if let Some(s) = section::<ServerConfig>(v, &at.at("server")) {
                     cfg.server = s;
                 }
             }
@@ -350,8 +327,7 @@ fn typed(
                 Value::Mapping(ups) => {
                     for (name, up) in ups {
                         let name = yaml_key(&name);
-                        let path = join_key("upstreams", &name);
-                        match section::<UpstreamConfig>(up, &path, locs, diags, tainted) {
+                        match section::<UpstreamConfig>(up, &at.at("upstreams").at(&name)) {
                             Some(u) => {
                                 cfg.upstreams.insert(name, u);
                             }
@@ -362,147 +338,74 @@ fn typed(
                     }
                 }
                 Value::Null => {}
-                _ => diags.0.push(locs.error(
-                    "upstreams",
-                    "expected a mapping of upstream name to upstream",
-                )),
+                _ => at
+                    .at("upstreams")
+                    .error("expected a mapping of upstream name to upstream"),
             },
             "auth" => match v {
                 Value::Mapping(m) => {
                     for (kind, providers) in m {
                         let kind = yaml_key(&kind);
-                        let base = join_key("auth", &kind);
+                        let here = at.at("auth").at(&kind);
                         match kind.as_str() {
-                            "jwt" => named(
-                                providers,
-                                &base,
-                                locs,
-                                diags,
-                                tainted,
-                                &mut cfg.auth.jwt,
-                                &mut cfg.auth.broken,
-                            ),
-                            "api_keys" => named(
-                                providers,
-                                &base,
-                                locs,
-                                diags,
-                                tainted,
-                                &mut cfg.auth.api_keys,
-                                &mut cfg.auth.broken,
-                            ),
-                            other => {
-                                let mut d = locs.diag(
-                                    &base,
-                                    format!(
-                                        "unknown field `{other}`, expected `jwt` or `api_keys`"
-                                    ),
-                                    Severity::Error,
-                                    true,
-                                );
-                                d.path = base.clone();
-                                diags.0.push(d);
-                            }
+                            "jwt" => named(providers, &here, &mut cfg.auth.jwt),
+                            "api_keys" => named(providers, &here, &mut cfg.auth.api_keys),
+                            other => here.error_at_key(format!(
+                                "unknown field `{other}`, expected `jwt` or `api_keys`"
+                            )),
                         }
                     }
                 }
                 Value::Null => {}
-                _ => diags
-                    .0
-                    .push(locs.error("auth", "expected a mapping with `jwt` and/or `api_keys`")),
+                _ => at
+                    .at("auth")
+                    .error("expected a mapping with `jwt` and/or `api_keys`"),
             },
-            "rate_limits" => {
-                let mut broken = std::collections::BTreeSet::new();
-                named(
-                    v,
-                    "rate_limits",
-                    locs,
-                    diags,
-                    tainted,
-                    &mut cfg.rate_limits,
-                    &mut broken,
-                );
-                cfg.auth.broken.extend(broken);
-            }
-            "redis" => {
-                if let Some(r) = section(v, "redis", locs, diags, tainted) {
-                    cfg.redis = Some(r);
-                }
-            }
+            "rate_limits" => named(v, &at.at("rate_limits"), &mut cfg.rate_limits),
+            // An empty `redis:` is compiled too (and refused for its missing `url`).
+            "redis" => cfg.redis = Some(v),
             "tracing" => {
-                if let Some(t) = section(v, "tracing", locs, diags, tainted) {
+                if let Some(t) = section(v, &at.at("tracing")) {
                     cfg.tracing = Some(t);
                 }
             }
             "plugins" => match v {
                 Value::Sequence(list) => cfg.plugins = list,
                 Value::Null => {}
-                _ => diags
-                    .0
-                    .push(locs.error("plugins", "expected a list of plugins")),
+                _ => at.at("plugins").error("expected a list of plugins"),
             },
             "routes" => match v {
                 Value::Sequence(routes) => {
                     for (i, r) in routes.into_iter().enumerate() {
-                        let path = format!("routes[{i}]");
-                        if let Some(mut r) = section::<RouteConfig>(r, &path, locs, diags, tainted)
-                        {
+                        if let Some(mut r) = section::<RouteConfig>(r, &at.at("routes").idx(i)) {
                             r.index = i;
                             cfg.routes.push(r);
                         }
                     }
                 }
                 Value::Null => {}
-                _ => diags
-                    .0
-                    .push(locs.error("routes", "expected a list of routes")),
+                _ => at.at("routes").error("expected a list of routes"),
             },
-            other => {
-                let mut d = locs.diag(
-                    other,
-                    format!(
-                        "unknown field `{other}`, expected one of {}",
-                        quoted(TOP_LEVEL_KEYS)
-                    ),
-                    Severity::Error,
-                    true,
-                );
-                d.path = other.to_string();
-                diags.0.push(d);
-            }
+            other => at.at(other).error_at_key(format!(
+                "unknown field `{other}`, expected one of {}",
+                quoted(TOP_LEVEL_KEYS)
+            )),
         }
     }
     cfg
 }
 
-/// A mapping of name → `T`, each entry deserialized on its own; names of broken entries go to `broken`.
-fn named<T: DeserializeOwned>(
-    v: Value,
-    base: &str,
-    locs: &Locations,
-    diags: &mut Diagnostics,
-    tainted: &mut Vec<String>,
-    out: &mut std::collections::BTreeMap<String, T>,
-    broken: &mut std::collections::BTreeSet<String>,
-) {
+/// A mapping of name → definition, each kept as written: the section's owner (a plugin's provider
+/// kind) deserializes and checks it when compiling, so this layer knows nothing of plugin config types.
+fn named(v: Value, at: &Scope, out: &mut std::collections::BTreeMap<String, Value>) {
     match v {
         Value::Mapping(m) => {
             for (name, item) in m {
-                let name = yaml_key(&name);
-                match section::<T>(item, &join_key(base, &name), locs, diags, tainted) {
-                    Some(t) => {
-                        out.insert(name, t);
-                    }
-                    None => {
-                        broken.insert(name);
-                    }
-                }
+                out.insert(yaml_key(&name), item);
             }
         }
         Value::Null => {}
-        _ => diags
-            .0
-            .push(locs.error(base, "expected a mapping of name to definition")),
+        _ => at.error("expected a mapping of name to definition"),
     }
 }
 
@@ -525,13 +428,7 @@ fn quoted(keys: &[&str]) -> String {
 /// Deserialize one section, reporting every problem in it (see [`crate::config::de::collect`]). Returns
 /// the section when what is left of it after the bad nodes were taken out still deserializes, so its
 /// other problems are found by the compiler in the same run; the file is invalid either way.
-fn section<T: DeserializeOwned>(
-    v: Value,
-    base: &str,
-    locs: &Locations,
-    diags: &mut Diagnostics,
-    tainted: &mut Vec<String>,
-) -> Option<T> {
+pub fn section<T: DeserializeOwned>(v: Value, at: &Scope) -> Option<T> {
     // An absent section body (`server:` with nothing after it) means "all defaults".
     let v = if v.is_null() {
         Value::Mapping(Default::default())
@@ -540,18 +437,7 @@ fn section<T: DeserializeOwned>(
     };
     let (value, problems) = crate::config::de::collect::<T>(v);
     for p in &problems {
-        let path = sub_path(base, &p.path);
-        if tainted.iter().any(|t| repeats(t, &path)) {
-            continue;
-        }
-        diags
-            .0
-            .push(locs.diag(&path, p.error.to_string(), Severity::Error, p.at_key()));
-        // A value left out for its type is missing as far as the rest of the checks go; an unknown
-        // field changes nothing else.
-        if !p.at_key() {
-            tainted.push(path);
-        }
+        at.problem(p);
     }
     value
 }
@@ -569,13 +455,7 @@ pub fn sub_path(base: &str, rel: &str) -> String {
 
 /// Replace `${VAR}` and `${VAR:-default}` in every string value. `$${` is a literal `${`.
 /// A value that is exactly one `${VAR}` is re-read as YAML, so `port: ${PORT}` becomes a number.
-fn interpolate(
-    v: &mut Value,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    locs: &Locations,
-    diags: &mut Diagnostics,
-) {
+fn interpolate(v: &mut Value, at: &Scope, env: &dyn Fn(&str) -> Option<String>) {
     match v {
         Value::String(s) if s.contains('$') => match expand(s, env) {
             Ok((out, whole)) => {
@@ -588,19 +468,23 @@ fn interpolate(
                     *s = out;
                 }
             }
-            Err(msg) => diags.0.push(locs.error(path, msg)),
+            Err(msg) => {
+                at.error(msg);
+                // Whatever is later said about this value would repeat that it is not set.
+                at.taint();
+            }
         },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate(item, &format!("{path}[{i}]"), env, locs, diags);
+                interpolate(item, &at.idx(i), env);
             }
         }
         Value::Mapping(m) => {
             for (k, item) in m.iter_mut() {
-                interpolate(item, &join_key(path, &yaml_key(k)), env, locs, diags);
+                interpolate(item, &at.at(&yaml_key(k)), env);
             }
         }
-        Value::Tagged(t) => interpolate(&mut t.value, path, env, locs, diags),
+        Value::Tagged(t) => interpolate(&mut t.value, at, env),
         _ => {}
     }
 }

@@ -5,6 +5,7 @@ pub mod de;
 pub mod diag;
 pub mod load;
 pub mod raw;
+pub mod sink;
 pub mod units;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use serde_yaml_ng::Value;
 
 use super::units::{ByteSize, HumanDuration};
 
@@ -21,10 +22,10 @@ pub struct RawConfig {
     pub auth: AuthConfig,
     /// Plugins every route runs, before its own (entries as written; built by the plugin registry).
     pub plugins: Vec<serde_yaml_ng::Value>,
-    /// Named rate-limit policies the `rate_limit` plugin refers to.
-    pub rate_limits: BTreeMap<String, crate::plugin::ratelimit::PolicyConfig>,
-    /// The shared rate-limit store, for policies with `store: redis`.
-    pub redis: Option<crate::plugin::ratelimit::RedisConfig>,
+    /// Named rate-limit policies the `rate_limit` plugin refers to, as written (see [`AuthConfig`]).
+    pub rate_limits: BTreeMap<String, Value>,
+    /// The shared rate-limit store, for policies with `store: redis`, as written.
+    pub redis: Option<Value>,
     /// Span export (OTLP).
     pub tracing: Option<TracingConfig>,
     /// Upstreams whose definition did not parse (already reported), so routes naming them are not
@@ -66,13 +67,13 @@ fn default_export_timeout() -> HumanDuration {
     HumanDuration::secs(5)
 }
 
-/// `auth:`: providers by name. Each provider is parsed on its own, like upstreams.
+/// `auth:`: providers by name, each kept as written. The raw layer imports nothing from the plugins:
+/// the plugins' provider kinds own these sections' types, and the compiler deserializes each provider
+/// on its own (`crate::compile::providers`), so a broken one hides no other's problems.
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
-    pub jwt: BTreeMap<String, crate::plugin::jwt::ProviderConfig>,
-    pub api_keys: BTreeMap<String, crate::plugin::apikey::KeySetConfig>,
-    /// Providers whose definition did not parse (already reported).
-    pub broken: std::collections::BTreeSet<String>,
+    pub jwt: BTreeMap<String, Value>,
+    pub api_keys: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

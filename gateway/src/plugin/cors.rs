@@ -323,7 +323,7 @@ mod tests {
     fn cors(yaml: &str) -> Result<Cors, BuildError> {
         Cors::build(
             serde_yaml_ng::from_str(yaml).unwrap(),
-            &BuildContext::default(),
+            &BuildContext::detached(&crate::plugin::Providers::default()),
         )
     }
 

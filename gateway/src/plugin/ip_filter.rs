@@ -112,7 +112,7 @@ mod tests {
                 allow: vec!["10.0.0.0/8".into(), "127.0.0.1".into()],
                 deny: vec!["10.9.0.0/16".into()],
             },
-            &BuildContext::default(),
+            &BuildContext::detached(&crate::plugin::Providers::default()),
         )
         .unwrap();
         assert!(f.admits("10.1.2.3".parse().unwrap()));

@@ -88,6 +88,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
+use crate::config::sink::Scope;
 use crate::error::GatewayError;
 
 /// A set of phases ([`Plugin::phases`]). Combine with `|`.
@@ -694,9 +695,10 @@ impl BuildError {
     }
 }
 
-/// What a plugin factory can see besides its own config: the named auth providers.
+/// The named providers plugins refer to: auth providers, rate-limit policies and their store, compiled
+/// from their own sections before any plugin is built.
 #[derive(Default)]
-pub struct BuildContext {
+pub struct Providers {
     pub jwt: BTreeMap<String, Arc<jwt::Provider>>,
     pub api_keys: BTreeMap<String, Arc<apikey::KeySet>>,
     pub rate_limits: BTreeMap<String, Arc<ratelimit::Policy>>,
@@ -706,7 +708,39 @@ pub struct BuildContext {
     pub failed: std::collections::BTreeSet<String>,
 }
 
-impl BuildContext {
+/// What a plugin factory sees besides its own config: the [`Providers`] (through `Deref`), and the
+/// scope of its config in the file ([`BuildContext::at`]) for problems beyond the one a returned
+/// [`BuildError`] carries: warnings, or several errors at once (then return
+/// [`BuildError::already_reported`]).
+pub struct BuildContext<'a> {
+    providers: &'a Providers,
+    at: Scope<'a>,
+}
+
+impl<'a> BuildContext<'a> {
+    pub fn new(providers: &'a Providers, at: Scope<'a>) -> Self {
+        BuildContext { providers, at }
+    }
+
+    /// Outside a config file (tests, tools): problems reported through [`BuildContext::at`] go nowhere.
+    pub fn detached(providers: &'a Providers) -> Self {
+        Self::new(providers, Scope::detached())
+    }
+
+    /// The plugin's config in the file: `at().at("field").warning(..)`.
+    pub fn at(&self) -> &Scope<'a> {
+        &self.at
+    }
+}
+
+impl std::ops::Deref for BuildContext<'_> {
+    type Target = Providers;
+    fn deref(&self) -> &Providers {
+        self.providers
+    }
+}
+
+impl Providers {
     pub fn jwt_provider(&self, name: &str) -> Result<Arc<jwt::Provider>, BuildError> {
         if self.failed.contains(name) {
             return Err(BuildError::already_reported());
@@ -832,8 +866,45 @@ impl Registry {
         self.factories.keys().copied().collect()
     }
 
-    /// Build one plugin entry (`name` or `{ name: config }`). Errors carry a path relative to the entry.
-    pub fn build(&self, entry: &Value, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, BuildError> {
+    /// Build one plugin entry (`name` or `{ name: config }`) outside a config file. Errors carry a path
+    /// relative to the entry.
+    pub fn build(
+        &self,
+        entry: &Value,
+        providers: &Providers,
+    ) -> Result<Arc<dyn Plugin>, BuildError> {
+        self.try_build(entry, providers, &Scope::detached())
+    }
+
+    /// Build the plugin entry at `at`, reporting its problems there; `None` when it does not build.
+    pub fn build_at(
+        &self,
+        entry: &Value,
+        providers: &Providers,
+        at: &Scope,
+    ) -> Option<Arc<dyn Plugin>> {
+        match self.try_build(entry, providers, at) {
+            Ok(p) => Some(p),
+            // E.g. a provider that failed to compile, reported where it is defined.
+            Err(e) if e.reported => None,
+            Err(e) => {
+                let here = at.sub(&e.path);
+                if e.at_key {
+                    here.error_at_key(e.message);
+                } else {
+                    here.error(e.message);
+                }
+                None
+            }
+        }
+    }
+
+    fn try_build(
+        &self,
+        entry: &Value,
+        providers: &Providers,
+        at: &Scope,
+    ) -> Result<Arc<dyn Plugin>, BuildError> {
         let (name, cfg) =
             match entry {
                 Value::String(name) => (name.as_str(), Value::Null),
@@ -866,7 +937,7 @@ impl Registry {
                 },
             ));
         };
-        factory(cfg, ctx).map_err(|mut e| {
+        factory(cfg, &BuildContext::new(providers, at.at(name))).map_err(|mut e| {
             e.path = if e.path.is_empty() {
                 name.to_string()
             } else {
@@ -938,7 +1009,7 @@ mod tests {
     #[test]
     fn unknown_plugin_and_bad_entry() {
         let r = Registry::builtin();
-        let ctx = BuildContext::default();
+        let ctx = Providers::default();
         let e = r.build(&Value::String("nope".into()), &ctx).err().unwrap();
         assert!(e
             .message
@@ -1225,7 +1296,7 @@ mod tests {
     #[test]
     fn body_limits_count_each_chunk_once() {
         let r = Registry::builtin();
-        let ctx = BuildContext::default();
+        let ctx = Providers::default();
         let limit = |max: &str| {
             let v: Value =
                 serde_yaml_ng::from_str(&format!("body_limit: {{ max: {max} }}")).unwrap();
@@ -1256,7 +1327,7 @@ mod tests {
     /// chain, header removals as one shared list.
     #[tokio::test]
     async fn constant_edits_are_built_once() {
-        let mut ctx = BuildContext::default();
+        let mut ctx = Providers::default();
         let keys: apikey::KeySetConfig = serde_yaml_ng::from_str(&format!(
             "{{ query: api_key, keys: [{{ id: acme, sha256: {} }}] }}",
             apikey::hash_key("s3cret")
@@ -1309,7 +1380,7 @@ mod tests {
             "a plugin named `jwt` is registered already; give yours another name"
         );
         let v: Value = serde_yaml_ng::from_str("jwt: { provider: demo }").unwrap();
-        let built = r.build(&v, &BuildContext::default()).err().unwrap();
+        let built = r.build(&v, &Providers::default()).err().unwrap();
         assert!(
             built.message.starts_with("unknown JWT provider `demo`"),
             "still the built-in: {}",

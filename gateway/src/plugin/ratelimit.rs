@@ -30,7 +30,6 @@
 //! - A value the client chooses (a header, a claim) longer than [`MAX_KEY_VALUE`] bytes is counted
 //!   under its SHA-256, so a client cannot make the gateway keep (or Redis store) keys of any size.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -853,42 +852,6 @@ const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-r
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Compile `rate_limits` (and `redis`) into the build context.
-pub fn compile(
-    policies: &BTreeMap<String, PolicyConfig>,
-    redis: Option<&RedisConfig>,
-    ctx: &mut BuildContext,
-    previous: Option<&BTreeMap<String, Arc<Policy>>>,
-) -> Vec<(String, String)> {
-    let mut errs = Vec::new();
-    if let Some(r) = redis {
-        match RedisStore::build(r) {
-            Ok(s) => ctx.redis = Some(Arc::new(s)),
-            Err(e) => errs.extend(
-                e.into_iter()
-                    .map(|(f, m)| (super::super::config::load::sub_path("redis", &f), m)),
-            ),
-        }
-    }
-    for (name, p) in policies {
-        let old = previous.and_then(|m| m.get(name)).map(|p| &**p);
-        match Policy::build(name, p, redis.is_some(), old) {
-            Ok(p) => {
-                ctx.rate_limits.insert(name.clone(), Arc::new(p));
-            }
-            Err(e) => {
-                ctx.failed.insert(name.clone());
-                errs.extend(e.into_iter().map(|(f, m)| {
-                    (
-                        super::super::config::load::sub_path(&format!("rate_limits.{name}"), &f),
-                        m,
-                    )
-                }));
-            }
-        }
-    }
-    errs
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::view;
@@ -944,11 +907,14 @@ mod tests {
         let p = Policy::build("p", &cfg, false, None)
             .map_err(|e| format!("{e:?}"))
             .unwrap();
-        let mut ctx = BuildContext::default();
-        ctx.rate_limits.insert("p".into(), Arc::new(p));
-        RateLimit::build(RateLimitConfig::One("p".into()), &ctx)
-            .map_err(|e| e.message)
-            .unwrap()
+        let mut providers = super::super::Providers::default();
+        providers.rate_limits.insert("p".into(), Arc::new(p));
+        RateLimit::build(
+            RateLimitConfig::One("p".into()),
+            &BuildContext::detached(&providers),
+        )
+        .map_err(|e| e.message)
+        .unwrap()
     }
 
     fn view_req(headers: &[(&str, &str)]) -> RequestHeader {

@@ -1,0 +1,153 @@
+//! `server:` → [`Settings`]: listeners, limits, admin, reload and shutdown.
+
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+
+use super::{config_relative, nonzero};
+use crate::config::raw::ServerConfig;
+use crate::config::sink::Scope;
+use crate::snapshot::Settings;
+
+/// Two listen addresses that cannot both be bound (same port, same or wildcard IP).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The settings of `server` (at `at`), or `None` when it has errors (all reported).
+pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
+    let before = at.error_count();
+    let mut listen = Vec::new();
+    let tls_count = s.tls.as_ref().map_or(0, |t| t.listen.len());
+    if s.listen.is_empty() && tls_count == 0 {
+        at.at("listen")
+            .error("at least one listen address (or server.tls.listen) is required");
+    }
+    if s.tls.as_ref().is_some_and(|t| t.listen.is_empty()) {
+        at.at("tls")
+            .at("listen")
+            .error("at least one address to serve HTTPS on is required");
+    }
+    for (i, l) in s.listen.iter().enumerate() {
+        match l.parse::<SocketAddr>() {
+            Ok(a) => listen.push(a),
+            Err(_) => at
+                .at("listen")
+                .idx(i)
+                .error(format!("`{l}` is not an address like `0.0.0.0:8080`")),
+        }
+    }
+    let mut tls_listen: Vec<SocketAddr> = Vec::new();
+    for (i, l) in s.tls.iter().flat_map(|t| t.listen.iter()).enumerate() {
+        let field = at.at("tls").at("listen").idx(i);
+        match l.parse::<SocketAddr>() {
+            Ok(a) if listen.iter().chain(&tls_listen).any(|l| overlaps(*l, a)) => {
+                field.error(format!("`{a}` is already a listener"))
+            }
+            Ok(a) => tls_listen.push(a),
+            Err(_) => field.error(format!("`{l}` is not an address like `0.0.0.0:8443`")),
+        }
+    }
+    if s.threads == Some(0) {
+        at.at("threads").error("must be at least 1");
+    }
+    let mut trusted = Vec::new();
+    for (i, c) in s.trusted_proxies.iter().enumerate() {
+        match c
+            .parse::<IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => trusted.push(n.trunc()),
+            Err(_) => at
+                .at("trusted_proxies")
+                .idx(i)
+                .error(format!("`{c}` is not a CIDR like `10.0.0.0/8` or an IP")),
+        }
+    }
+    let l = &s.limits;
+    let limits = at.at("limits");
+    if l.max_header_bytes.0 == 0 {
+        limits
+            .at("max_header_bytes")
+            .error("must be greater than zero");
+    }
+    if l.max_headers == 0 {
+        limits.at("max_headers").error("must be greater than zero");
+    }
+    if l.max_uri_bytes.0 == 0 {
+        limits
+            .at("max_uri_bytes")
+            .error("must be greater than zero");
+    }
+    nonzero(&limits.at("header_read_timeout"), l.header_read_timeout.0);
+    nonzero(&limits.at("tunnel_idle_timeout"), l.tunnel_idle_timeout.0);
+    let mut admin_listen = None;
+    if s.admin.enabled {
+        let field = at.at("admin").at("listen");
+        match s.admin.listen.parse::<SocketAddr>() {
+            Ok(a) if listen.iter().chain(&tls_listen).any(|l| overlaps(*l, a)) => {
+                field.error(format!(
+                    "`{a}` overlaps a public listener: the admin API must have its own address"
+                ))
+            }
+            Ok(a) => admin_listen = Some(a),
+            Err(_) => field.error(format!(
+                "`{}` is not an address like `127.0.0.1:9090`",
+                s.admin.listen
+            )),
+        }
+    }
+    if let Some(t) = &s.admin.token {
+        if t.len() < 16 {
+            at.at("admin")
+                .at("token")
+                .error("must be at least 16 characters");
+        }
+    }
+    nonzero(&at.at("reload").at("interval"), s.reload.interval.0);
+    if s.upgrade_sock
+        .as_deref()
+        .is_some_and(|p| p.trim().is_empty())
+    {
+        at.at("upgrade_sock")
+            .error("must be a path (or left out for the default)");
+    }
+    if at.error_count() > before {
+        return None;
+    }
+    let tls_files = s
+        .tls
+        .iter()
+        .flat_map(|t| {
+            let pairs = std::iter::once((&t.cert, &t.key))
+                .chain(t.certificates.iter().map(|c| (&c.cert, &c.key)));
+            pairs
+                .flat_map(|(c, k)| [config_relative(at, c), config_relative(at, k)])
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Some(Settings {
+        listen,
+        tls_listen,
+        tls_files,
+        threads: s.threads,
+        trusted_proxies: trusted,
+        max_header_bytes: l.max_header_bytes.0 as usize,
+        max_headers: l.max_headers,
+        max_uri_bytes: l.max_uri_bytes.0 as usize,
+        header_read_timeout: l.header_read_timeout.0,
+        keepalive_timeout: l.keepalive_timeout.0,
+        tunnel_idle_timeout: l.tunnel_idle_timeout.0,
+        access_log: s.access_log.enabled,
+        access_log_path: s.access_log.path.clone(),
+        shutdown_timeout: s.shutdown.timeout.0,
+        admin_listen,
+        admin_token: s.admin.token.clone(),
+        watch_config: s.reload.watch.then_some(s.reload.interval.0),
+        upgrade_sock: s.upgrade_sock.clone().unwrap_or_else(|| {
+            crate::upgrade::default_path()
+                .to_string_lossy()
+                .into_owned()
+        }),
+    })
+}

@@ -1,0 +1,244 @@
+//! The one place every config problem goes: YAML and type errors from loading, compile errors, plugin
+//! and provider build errors, TLS load errors. A [`Scope`] is a field path into the file
+//! (`sink.root().at("routes").idx(3).at("plugins")`) that reports at that path, so code that checks a
+//! part of the config never builds path strings itself and never needs to know where its part sits.
+//!
+//! The sink also knows which values were already reported as unusable (a `${VAR}` that is not set, a
+//! value of the wrong type that was left out): a later complaint about such a value, a part of it or the
+//! mapping that holds it would only repeat the first in other words, and is dropped.
+
+use std::cell::RefCell;
+
+use super::de::Problem;
+use super::diag::{Diagnostic, Diagnostics, Severity};
+use super::load::{join_key, parent_path, sub_path, Locations};
+
+/// Collects diagnostics for one file. Single-threaded (compiling is), hence the `RefCell`: scopes are
+/// handed out by shared reference so that nested code can report while its caller holds a scope too.
+pub struct Sink<'a> {
+    locs: &'a Locations,
+    found: RefCell<Found>,
+}
+
+#[derive(Default)]
+struct Found {
+    diags: Vec<Diagnostic>,
+    tainted: Vec<String>,
+}
+
+impl<'a> Sink<'a> {
+    pub fn new(locs: &'a Locations) -> Self {
+        Self::resume(locs, Diagnostics::default(), Vec::new())
+    }
+
+    /// Continue a sink whose findings so far are `diags`, with `tainted` the paths already reported as
+    /// unusable (what [`Sink::into_parts`] gave back).
+    pub fn resume(locs: &'a Locations, diags: Diagnostics, tainted: Vec<String>) -> Self {
+        Sink {
+            locs,
+            found: RefCell::new(Found {
+                diags: diags.0,
+                tainted,
+            }),
+        }
+    }
+
+    /// The whole file.
+    pub fn root(&self) -> Scope<'_> {
+        Scope {
+            sink: Some(self),
+            path: String::new(),
+        }
+    }
+
+    pub fn locations(&self) -> &Locations {
+        self.locs
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.error_count() > 0
+    }
+
+    /// Errors so far: compare before and after a check to know whether it found any.
+    pub fn error_count(&self) -> usize {
+        let f = self.found.borrow();
+        f.diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+
+    /// The diagnostics in file order.
+    pub fn finish(self) -> Diagnostics {
+        self.into_parts().0
+    }
+
+    /// The diagnostics in file order and the tainted paths, to [`Sink::resume`] later.
+    pub fn into_parts(self) -> (Diagnostics, Vec<String>) {
+        let f = self.found.into_inner();
+        let mut d = Diagnostics(f.diags);
+        d.sort();
+        (d, f.tainted)
+    }
+
+    fn push(&self, path: &str, message: String, severity: Severity, at_key: bool) {
+        let mut f = self.found.borrow_mut();
+        if f.tainted.iter().any(|t| repeats(t, path)) {
+            return;
+        }
+        f.diags
+            .push(self.locs.diag(path, message, severity, at_key));
+    }
+
+    fn taint(&self, path: String) {
+        self.found.borrow_mut().tainted.push(path);
+    }
+}
+
+/// Would a problem at `path` repeat the one reported at `tainted`? It does when it is about the same
+/// value, a part of it, or the mapping that holds it (`routes[0].match` lacks a path because
+/// `routes[0].match.path` had the wrong type and was left out).
+fn repeats(tainted: &str, path: &str) -> bool {
+    match path.strip_prefix(tainted) {
+        Some(rest) => rest.is_empty() || rest.starts_with('.') || rest.starts_with('['),
+        None => parent_path(tainted) == Some(path),
+    }
+}
+
+/// A field path in the file, reporting into its [`Sink`]. Cheap to derive (`at`, `idx`), so each check
+/// gets the scope of exactly what it checks.
+#[derive(Clone)]
+pub struct Scope<'a> {
+    /// `None` for a detached scope, whose reports go nowhere (plugin unit tests).
+    sink: Option<&'a Sink<'a>>,
+    path: String,
+}
+
+impl<'a> Scope<'a> {
+    /// A scope that reports nowhere: for building a plugin outside a config file (tests, tools).
+    pub fn detached() -> Scope<'static> {
+        Scope {
+            sink: None,
+            path: String::new(),
+        }
+    }
+
+    /// The field `key` of this mapping.
+    pub fn at(&self, key: &str) -> Scope<'a> {
+        Scope {
+            sink: self.sink,
+            path: join_key(&self.path, key),
+        }
+    }
+
+    /// Item `i` of this list.
+    pub fn idx(&self, i: usize) -> Scope<'a> {
+        Scope {
+            sink: self.sink,
+            path: format!("{}[{i}]", self.path),
+        }
+    }
+
+    /// A path relative to this one: `x.y`, `[0].y`, or empty for this scope itself.
+    pub fn sub(&self, rel: &str) -> Scope<'a> {
+        Scope {
+            sink: self.sink,
+            path: sub_path(&self.path, rel),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn error(&self, message: impl Into<String>) {
+        self.report(message.into(), Severity::Error, false);
+    }
+
+    pub fn warning(&self, message: impl Into<String>) {
+        self.report(message.into(), Severity::Warning, false);
+    }
+
+    /// An error shown at the key that introduces this path (an unknown field) rather than its value.
+    pub fn error_at_key(&self, message: impl Into<String>) {
+        self.report(message.into(), Severity::Error, true);
+    }
+
+    /// A deserialization problem (its path is relative to this scope). A value left out because of
+    /// its type counts as reported: what is later said about its absence is dropped.
+    pub fn problem(&self, p: &Problem) {
+        let at = self.sub(&p.path);
+        if let Some(sink) = self.sink {
+            let before = sink.found.borrow().diags.len();
+            at.report(p.error.to_string(), Severity::Error, p.at_key());
+            // An unknown field changes nothing else; a value left out is missing from now on.
+            if !p.at_key() && sink.found.borrow().diags.len() > before {
+                sink.taint(at.path);
+            }
+        }
+    }
+
+    /// Mark this value as reported already (e.g. a `${VAR}` that is not set).
+    pub fn taint(&self) {
+        if let Some(sink) = self.sink {
+            sink.taint(self.path.clone());
+        }
+    }
+
+    /// An error at this place, not reported: for a problem only found later, such as a target name
+    /// that `validate --resolve` cannot look up.
+    pub fn diagnostic(&self, message: impl Into<String>) -> Diagnostic {
+        match self.sink {
+            Some(sink) => sink.locs.diag(&self.path, message, Severity::Error, false),
+            None => Locations::default().diag(&self.path, message, Severity::Error, false),
+        }
+    }
+
+    /// Errors reported so far in the whole sink (0 for a detached scope).
+    pub fn error_count(&self) -> usize {
+        self.sink.map_or(0, Sink::error_count)
+    }
+
+    /// The sink's file locations, when attached (for paths relative to the config file).
+    pub fn locations(&self) -> Option<&'a Locations> {
+        self.sink.map(|s| s.locs)
+    }
+
+    fn report(&self, message: String, severity: Severity, at_key: bool) {
+        if let Some(sink) = self.sink {
+            sink.push(&self.path, message, severity, at_key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_build_paths_and_repeats_are_dropped() {
+        let locs = Locations::default();
+        let sink = Sink::new(&locs);
+        let routes = sink.root().at("routes");
+        routes.idx(3).at("plugins").idx(0).error("bad");
+        assert_eq!(routes.idx(3).sub("[1].x").path(), "routes[3][1].x");
+        routes.idx(1).at("match").at("path").taint();
+        routes.idx(1).at("match").error("needs a path"); // the parent of a tainted value
+        routes
+            .idx(1)
+            .at("match")
+            .at("path")
+            .at("x")
+            .error("part of it");
+        routes.idx(2).at("match").error("kept");
+        routes.idx(4).warning("w");
+        assert_eq!(sink.error_count(), 2);
+        let d = sink.finish();
+        let paths: Vec<&str> = d.0.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths.len(), 3);
+        assert!(paths.contains(&"routes[3].plugins[0]"));
+        assert!(paths.contains(&"routes[2].match"));
+        assert!(paths.contains(&"routes[4]"));
+        Scope::detached().at("x").error("goes nowhere");
+    }
+}
