@@ -181,7 +181,12 @@ mod tests {
     #[test]
     fn zero_weight_and_bad_listen() {
         let text = "server:\n  listen: [nowhere]\nupstreams:\n  u:\n    targets: [{ addr: \"127.0.0.1:1\", weight: 0 }]\n";
-        let s = compile(text).err().unwrap().to_string();
+        // The address is refused when loading (it is typed), the weight when compiling: one report.
+        let l = load_str("t.yaml", text, &|_| None).unwrap();
+        let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(s.contains("t.yaml:2:12: error: server.listen[0]"), "{s}");
         assert!(
             s.contains("upstreams.u.targets[0].weight: weight must be at least 1, got 0"),

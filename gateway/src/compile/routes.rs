@@ -225,19 +225,10 @@ fn route_matcher(r: &RouteConfig, at: &Scope) -> Option<(RouteMatcher, Vec<Strin
             }
         }
     };
-    let mut methods = Vec::new();
-    for (i, meth) in m.methods.iter().enumerate() {
-        let up = meth.to_ascii_uppercase();
-        match Method::from_bytes(up.as_bytes()) {
-            Ok(mm) if up.bytes().all(|b| b.is_ascii_uppercase()) => {
-                if !methods.contains(&mm) {
-                    methods.push(mm)
-                }
-            }
-            _ => mb
-                .at("methods")
-                .idx(i)
-                .error(format!("`{meth}` is not an HTTP method")),
+    let mut methods: Vec<Method> = Vec::with_capacity(m.methods.len());
+    for meth in &m.methods {
+        if !methods.contains(&meth.0) {
+            methods.push(meth.0.clone());
         }
     }
     let mut headers = Vec::new();

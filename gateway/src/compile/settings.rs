@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use ipnet::IpNet;
+use std::num::NonZeroUsize;
 
 use super::{config_relative, nonzero};
 use crate::config::raw::ServerConfig;
@@ -17,7 +17,6 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 /// The settings of `server` (at `at`), or `None` when it has errors (all reported).
 pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
     let before = at.error_count();
-    let mut listen = Vec::new();
     let tls_count = s.tls.as_ref().map_or(0, |t| t.listen.len());
     if s.listen.is_empty() && tls_count == 0 {
         at.at("listen")
@@ -28,42 +27,18 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
             .at("listen")
             .error("at least one address to serve HTTPS on is required");
     }
-    for (i, l) in s.listen.iter().enumerate() {
-        match l.parse::<SocketAddr>() {
-            Ok(a) => listen.push(a),
-            Err(_) => at
-                .at("listen")
-                .idx(i)
-                .error(format!("`{l}` is not an address like `0.0.0.0:8080`")),
-        }
-    }
+    let listen: Vec<SocketAddr> = s.listen.iter().map(|a| a.0).collect();
     let mut tls_listen: Vec<SocketAddr> = Vec::new();
     for (i, l) in s.tls.iter().flat_map(|t| t.listen.iter()).enumerate() {
         let field = at.at("tls").at("listen").idx(i);
-        match l.parse::<SocketAddr>() {
-            Ok(a) if listen.iter().chain(&tls_listen).any(|l| overlaps(*l, a)) => {
-                field.error(format!("`{a}` is already a listener"))
-            }
-            Ok(a) => tls_listen.push(a),
-            Err(_) => field.error(format!("`{l}` is not an address like `0.0.0.0:8443`")),
+        let a = l.0;
+        if listen.iter().chain(&tls_listen).any(|l| overlaps(*l, a)) {
+            field.error(format!("`{a}` is already a listener"));
+        } else {
+            tls_listen.push(a);
         }
     }
-    if s.threads == Some(0) {
-        at.at("threads").error("must be at least 1");
-    }
-    let mut trusted = Vec::new();
-    for (i, c) in s.trusted_proxies.iter().enumerate() {
-        match c
-            .parse::<IpNet>()
-            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => trusted.push(n.trunc()),
-            Err(_) => at
-                .at("trusted_proxies")
-                .idx(i)
-                .error(format!("`{c}` is not a CIDR like `10.0.0.0/8` or an IP")),
-        }
-    }
+    let trusted = s.trusted_proxies.iter().map(|c| c.0).collect();
     let l = &s.limits;
     let limits = at.at("limits");
     if l.max_header_bytes.0 == 0 {
@@ -84,17 +59,13 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
     let mut admin_listen = None;
     if s.admin.enabled {
         let field = at.at("admin").at("listen");
-        match s.admin.listen.parse::<SocketAddr>() {
-            Ok(a) if listen.iter().chain(&tls_listen).any(|l| overlaps(*l, a)) => {
-                field.error(format!(
-                    "`{a}` overlaps a public listener: the admin API must have its own address"
-                ))
-            }
-            Ok(a) => admin_listen = Some(a),
-            Err(_) => field.error(format!(
-                "`{}` is not an address like `127.0.0.1:9090`",
-                s.admin.listen
-            )),
+        let a = s.admin.listen.0;
+        if listen.iter().chain(&tls_listen).any(|l| overlaps(*l, a)) {
+            field.error(format!(
+                "`{a}` overlaps a public listener: the admin API must have its own address"
+            ));
+        } else {
+            admin_listen = Some(a);
         }
     }
     if let Some(t) = &s.admin.token {
@@ -130,7 +101,7 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
         listen,
         tls_listen,
         tls_files,
-        threads: s.threads,
+        threads: s.threads.map(NonZeroUsize::get),
         trusted_proxies: trusted,
         max_header_bytes: l.max_header_bytes.0 as usize,
         max_headers: l.max_headers,

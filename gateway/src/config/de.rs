@@ -329,13 +329,32 @@ const MAX_PROBLEMS: usize = 32;
 /// (so callers can check the rest of it; the problems still make the config invalid), and the problems.
 pub fn collect<T: DeserializeOwned>(mut v: Value) -> (Option<T>, Vec<Problem>) {
     let mut problems: Vec<Problem> = Vec::new();
-    // List items blanked after a problem (see `remove`).
+    // List items blanked after a problem (see `remove`), in the tree's current numbering.
     let mut blanked: Vec<String> = Vec::new();
+    // List items taken out because even a blank is wrong there (an item type that is not optional):
+    // (the list's path, the item's index in the file), so later problems keep the file's numbering.
+    let mut taken: Vec<(String, usize)> = Vec::new();
     loop {
         // A copy, so that the tree is still there to retry after a problem.
         match from_value::<T>(v.clone()) {
             Ok(t) => return (Some(t), problems),
-            Err(p) => {
+            Err(mut p) => {
+                // A blanked list item that is still wrong said what it had to say the first time:
+                // take it out of the list, and go on with the items after it.
+                if let Some(i) = blanked.iter().position(|b| *b == p.path) {
+                    blanked.swap_remove(i);
+                    match take_item(&mut v, &p.path) {
+                        Some((list, index)) => {
+                            let list = file_path(&list, &taken);
+                            let index = file_index(&list, index, &taken);
+                            taken.push((list, index));
+                            continue;
+                        }
+                        None => return (None, problems),
+                    }
+                }
+                let current = p.path.clone();
+                p.path = file_path(&p.path, &taken);
                 if let ErrorKind::MissingField(f) = p.error.0 {
                     let full = join(&p.path, f);
                     // A required field that was left out for being wrong is not "missing" as well,
@@ -351,15 +370,11 @@ pub fn collect<T: DeserializeOwned>(mut v: Value) -> (Option<T>, Vec<Problem>) {
                     }
                     return (None, problems);
                 }
-                // A blanked list item that is still wrong said what it had to say the first time.
-                if blanked.contains(&p.path) {
-                    return (None, problems);
-                }
                 let removable = !matches!(p.error.0, ErrorKind::InvalidLength { .. })
-                    && !p.path.is_empty()
-                    && remove(&mut v, &p.path);
-                if removable && p.path.ends_with(']') {
-                    blanked.push(p.path.clone());
+                    && !current.is_empty()
+                    && remove(&mut v, &current);
+                if removable && current.ends_with(']') {
+                    blanked.push(current);
                 }
                 problems.push(p);
                 if !removable || problems.len() >= MAX_PROBLEMS {
@@ -368,6 +383,78 @@ pub fn collect<T: DeserializeOwned>(mut v: Value) -> (Option<T>, Vec<Problem>) {
             }
         }
     }
+}
+
+/// Take the list item at `path` (`a.b[2]`) out of its list; returns the list's path and the index.
+fn take_item(v: &mut Value, path: &str) -> Option<(String, usize)> {
+    let open = path.rfind('[')?;
+    let index: usize = path[open + 1..path.len() - 1].parse().ok()?;
+    let list = &path[..open];
+    let node = if list.is_empty() {
+        v
+    } else {
+        node_mut(v, list)?
+    };
+    match node {
+        Value::Sequence(items) if index < items.len() => {
+            items.remove(index);
+            Some((list.to_string(), index))
+        }
+        _ => None,
+    }
+}
+
+/// The index in the file of item `index` of `list` (its path in the file's numbering) in the tree, with
+/// the items `taken` out before.
+fn file_index(list: &str, index: usize, taken: &[(String, usize)]) -> usize {
+    let mut before: Vec<usize> = taken
+        .iter()
+        .filter(|(l, _)| l == list)
+        .map(|(_, i)| *i)
+        .collect();
+    before.sort_unstable();
+    let mut i = index;
+    for t in before {
+        if t <= i {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// `path` (in the tree's numbering) in the file's numbering.
+fn file_path(path: &str, taken: &[(String, usize)]) -> String {
+    if taken.is_empty() {
+        return path.to_string();
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(open) = rest.find('[') {
+        let Some(close) = rest[open..].find(']').map(|c| c + open) else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        match rest[open + 1..close].parse::<usize>() {
+            Ok(i) => out.push_str(&format!("[{}]", file_index(&out, i, taken))),
+            Err(_) => out.push_str(&rest[open..=close]),
+        }
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The node at a relative field path, for changing it.
+fn node_mut<'v>(v: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    let mut node = v;
+    for seg in segments(path)? {
+        node = match (seg, node) {
+            (Seg::Key(k), Value::Mapping(m)) => m.get_mut(k)?,
+            (Seg::Idx(i), Value::Sequence(items)) => items.get_mut(i)?,
+            _ => return None,
+        };
+    }
+    Some(node)
 }
 
 /// `a.b[2].c` → `a.b[2]`; `a` → ``.
@@ -402,8 +489,8 @@ pub fn path_string(p: &serde_path_to_error::Path) -> String {
     path
 }
 
-/// Remove the node at a relative field path (`a.b[2].c`). Returns whether something was removed.
-fn remove(v: &mut Value, path: &str) -> bool {
+/// `a.b[2].c` → keys and indexes; `None` when an index is not a number.
+fn segments(path: &str) -> Option<Vec<Seg<'_>>> {
     let mut segs = Vec::new();
     for part in path.split('.') {
         let (key, mut rest) = match part.find('[') {
@@ -414,13 +501,18 @@ fn remove(v: &mut Value, path: &str) -> bool {
             segs.push(Seg::Key(key));
         }
         while let Some(end) = rest.find(']') {
-            match rest[1..end].parse() {
-                Ok(i) => segs.push(Seg::Idx(i)),
-                Err(_) => return false,
-            }
+            segs.push(Seg::Idx(rest[1..end].parse().ok()?));
             rest = &rest[end + 1..];
         }
     }
+    Some(segs)
+}
+
+/// Remove the node at a relative field path (`a.b[2].c`). Returns whether something was removed.
+fn remove(v: &mut Value, path: &str) -> bool {
+    let Some(segs) = segments(path) else {
+        return false;
+    };
     let Some((last, parents)) = segs.split_last() else {
         return false;
     };
@@ -492,7 +584,7 @@ mod tests {
     #[test]
     fn every_problem_of_a_section_in_one_pass() {
         let (t, problems) = collect::<T>(yaml(
-            "{ nmae: x, name: a, port: 70000, mode: round_robbin, list: [1, x, 3] }",
+            "{ nmae: x, name: a, port: 70000, mode: round_robbin, list: [1, x, 3, y, 5] }",
         ));
         let lines: Vec<String> = problems
             .iter()
@@ -505,9 +597,12 @@ mod tests {
                 "port: invalid value: number `70000`, expected a whole number from 0 to 65535",
                 "mode: unknown value `round_robbin`: did you mean `round_robin`?",
                 "list[1]: invalid type: string `x`, expected a whole number from 0 to 4294967295",
+                "list[3]: invalid type: string `y`, expected a whole number from 0 to 4294967295",
             ],
         );
-        assert!(t.is_none(), "the blanked list item cannot be a u32");
+        // A bad item (which not even a blank can stand for) is taken out; the rest of the list stays,
+        // and the next bad item is reported with its place in the file.
+        assert_eq!(t.map(|t| t.list), Some(vec![1, 3, 5]));
         assert!(problems[0].at_key() && !problems[1].at_key());
     }
 

@@ -6,6 +6,7 @@ pub mod diag;
 pub mod load;
 pub mod raw;
 pub mod sink;
+pub mod types;
 pub mod units;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};

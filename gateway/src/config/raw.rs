@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+
+use super::types::{Addr, Cidr, MethodName};
 use super::units::{ByteSize, HumanDuration};
 
 /// The whole file. Sections are deserialized one by one by the loader so that a problem in one does not
@@ -80,11 +84,11 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses of the public listener(s).
-    pub listen: Vec<String>,
+    pub listen: Vec<Addr>,
     /// Worker threads per listener service. Default: the number of CPUs.
-    pub threads: Option<usize>,
-    /// CIDRs whose `X-Forwarded-For` is believed. Everyone else's is replaced.
-    pub trusted_proxies: Vec<String>,
+    pub threads: Option<NonZeroUsize>,
+    /// CIDRs (or single IPs) whose `X-Forwarded-For` is believed. Everyone else's is replaced.
+    pub trusted_proxies: Vec<Cidr>,
     pub access_log: AccessLogConfig,
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
@@ -102,7 +106,7 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Addresses of the HTTPS listener(s).
-    pub listen: Vec<String>,
+    pub listen: Vec<Addr>,
     /// PEM certificate chain, leaf first (relative paths are relative to the config file).
     pub cert: String,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
@@ -124,7 +128,7 @@ pub struct CertPairConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: vec!["0.0.0.0:8080".into()],
+            listen: vec![Addr(SocketAddr::from(([0, 0, 0, 0], 8080)))],
             threads: None,
             trusted_proxies: Vec::new(),
             access_log: AccessLogConfig::default(),
@@ -144,7 +148,7 @@ impl Default for ServerConfig {
 pub struct AdminConfig {
     pub enabled: bool,
     /// Its own address; never one of the public listeners.
-    pub listen: String,
+    pub listen: Addr,
     /// Bearer token for `/admin/*` (at least 16 characters); `/admin/*` is off without one.
     pub token: Option<String>,
 }
@@ -153,7 +157,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             enabled: true,
-            listen: "127.0.0.1:9090".into(),
+            listen: Addr(SocketAddr::from(([127, 0, 0, 1], 9090))),
             token: None,
         }
     }
@@ -402,7 +406,7 @@ pub struct MatchConfig {
     #[serde(default)]
     pub path_regex: Option<String>,
     #[serde(default)]
-    pub methods: Vec<String>,
+    pub methods: Vec<MethodName>,
     /// Header name → exact value the request must carry.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
