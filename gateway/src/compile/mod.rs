@@ -233,4 +233,25 @@ mod tests {
             .to_string()
             .contains("routes[0].rewrite: `{id}`: this route captures no parameters"));
     }
+
+    /// A plugin's config is read like any section: every problem, each at its place, in one run.
+    #[test]
+    fn plugin_config_problems_all_at_once() {
+        let text = format!(
+            "{UP}routes:\n  - name: a\n    match: {{ path_prefix: /a }}\n    upstream: u\n    plugins: [{{ ip_filter: {{ allow: [nope, 10.0.0.0/8, \"10.0.0.0/99\"], deni: [] }} }}]\n"
+        );
+        let l = load_str("t.yaml", &text, &|_| None).unwrap();
+        let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        for want in [
+            "t.yaml:8:38: error: routes[0].plugins[0].ip_filter.allow[0]: `nope` is not a CIDR like `10.0.0.0/8` or an IP",
+            "t.yaml:8:56: error: routes[0].plugins[0].ip_filter.allow[2]: `10.0.0.0/99` is not a CIDR",
+            "routes[0].plugins[0].ip_filter.deni: unknown field `deni`: did you mean `deny`?",
+        ] {
+            assert!(s.contains(want), "missing {want}\n--- got:\n{s}");
+        }
+        assert_eq!(s.lines().count(), 3, "{s}");
+    }
 }

@@ -123,6 +123,11 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// Whether reports go nowhere ([`Scope::detached`]).
+    pub fn is_detached(&self) -> bool {
+        self.sink.is_none()
+    }
+
     /// The field `key` of this mapping.
     pub fn at(&self, key: &str) -> Scope<'a> {
         Scope {

@@ -12,37 +12,21 @@ use serde::Deserialize;
 use super::{
     BuildContext, BuildError, Decision, EarlyView, Phases, Plugin, PluginState, RequestView,
 };
+use crate::config::types::Cidr;
 use crate::error::GatewayError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpFilterConfig {
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<Cidr>,
     #[serde(default)]
-    pub deny: Vec<String>,
+    pub deny: Vec<Cidr>,
 }
 
 pub struct IpFilter {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
-}
-
-fn cidrs(list: &[String], field: &str) -> Result<Vec<IpNet>, BuildError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, c)| {
-            c.parse::<IpNet>()
-                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map(|n| n.trunc())
-                .map_err(|_| {
-                    BuildError::at(
-                        format!("{field}[{i}]"),
-                        format!("`{c}` is not a CIDR or an IP"),
-                    )
-                })
-        })
-        .collect()
 }
 
 impl IpFilter {
@@ -51,8 +35,8 @@ impl IpFilter {
             return Err(BuildError::new("give `allow`, `deny` or both"));
         }
         Ok(IpFilter {
-            allow: cidrs(&cfg.allow, "allow")?,
-            deny: cidrs(&cfg.deny, "deny")?,
+            allow: cfg.allow.iter().map(|c| c.0).collect(),
+            deny: cfg.deny.iter().map(|c| c.0).collect(),
         })
     }
 
@@ -109,8 +93,11 @@ mod tests {
     fn deny_wins_and_allow_restricts() {
         let f = IpFilter::build(
             IpFilterConfig {
-                allow: vec!["10.0.0.0/8".into(), "127.0.0.1".into()],
-                deny: vec!["10.9.0.0/16".into()],
+                allow: ["10.0.0.0/8", "127.0.0.1"]
+                    .iter()
+                    .map(|c| Cidr::parse(c).unwrap())
+                    .collect(),
+                deny: vec![Cidr::parse("10.9.0.0/16").unwrap()],
             },
             &BuildContext::detached(&crate::plugin::Providers::default()),
         )

@@ -850,8 +850,20 @@ impl Registry {
             } else {
                 v
             };
-            let cfg: C = crate::config::de::from_value(v).map_err(BuildError::from)?;
-            Ok(Arc::new(build(cfg, ctx)?) as Arc<dyn Plugin>)
+            // Every problem of the config, each at its place; what is left of it is still built, so
+            // that its other problems show in the same run.
+            let (cfg, mut problems) = crate::config::de::collect::<C>(v);
+            if ctx.at().is_detached() && !problems.is_empty() {
+                return Err(BuildError::from(problems.swap_remove(0)));
+            }
+            for p in &problems {
+                ctx.at().problem(p);
+            }
+            let built = build(cfg.ok_or_else(BuildError::already_reported)?, ctx)?;
+            if !problems.is_empty() {
+                return Err(BuildError::already_reported());
+            }
+            Ok(Arc::new(built) as Arc<dyn Plugin>)
         };
         match self.factories.entry(name) {
             std::collections::btree_map::Entry::Occupied(_) => Err(RegisterError { name }),
