@@ -332,6 +332,8 @@ struct Assembled {
     server: Server,
     reloader: Arc<Reloader>,
     access_log: Option<Arc<AccessLog>>,
+    /// The pre-bound admin and HTTPS listeners that serve (in process).
+    serving: (Option<SocketAddr>, Option<SocketAddr>),
 }
 
 /// Build the Pingora server for `snapshot`: the proxy and admin services, the background services.
@@ -421,6 +423,7 @@ fn assemble(
     let admin_app = Admin {
         reloader: reloader.clone(),
     };
+    let mut serving = (None, None);
     match sockets {
         Sockets::Bind { .. } => {
             for addr in &settings.listen {
@@ -437,14 +440,18 @@ fn assemble(
             }
         }
         Sockets::PreBound { listeners, .. } => {
+            // A listener for what the config does not have is dropped (closed), as a process would
+            // not listen there either.
             let mut proxy = PreBound::new(proxy);
             proxy.add_tcp(listeners.proxy)?;
-            if let Some(l) = listeners.tls {
+            if let Some(l) = listeners.tls.filter(|_| !settings.tls_listen.is_empty()) {
                 let addr = local_addr(&l)?;
                 proxy.add_tls(l, tls_settings(&addr)?)?;
+                serving.1 = Some(addr);
             }
             server.add_service(proxy);
-            if let Some(l) = listeners.admin {
+            if let Some(l) = listeners.admin.filter(|_| settings.admin_listen.is_some()) {
+                serving.0 = Some(local_addr(&l)?);
                 let mut admin = PreBound::new(Service::new(named("admin"), admin_app));
                 admin.add_tcp(l)?;
                 server.add_service(admin);
@@ -490,6 +497,7 @@ fn assemble(
         server,
         reloader,
         access_log,
+        serving,
     })
 }
 
@@ -501,14 +509,15 @@ fn local_addr(l: &TcpListener) -> Result<SocketAddr, String> {
 /// A listening service whose sockets were bound by the caller.
 ///
 /// Pingora hands every service the server's table of listening sockets by address (`ListenFds`), and
-/// a listener whose address is in the table takes that socket instead of binding
-/// (pingora-core 0.9.1 `listeners/l4.rs`, `ListenerEndpointBuilder::listen`: `fds_table.lock()
-/// .get(addr_str)` then `from_raw_fd`, else `bind` and `add` to the table). That is how an upgrade
-/// passes sockets on (`server/bootstrap_services.rs`, `load_fds`); the table itself is private to the
-/// `Server`, but each service receives it in `start_service` (`server/mod.rs`, `run_service`). So this
-/// service puts its sockets in the table under the address each endpoint is configured with, then
-/// starts the wrapped one: nothing is bound by address, no port is picked twice, and the table holds
-/// them exactly as if Pingora had bound them itself.
+/// a listener whose address is in the table takes that socket instead of binding. In pingora-core
+/// 0.9.1: `listeners/l4.rs` 335-371, `ListenerEndpointBuilder::listen`: `fds_table.lock()
+/// .get(addr_str)` then `from_raw_fd` (218-239), else `bind` and `add` the new socket to the table;
+/// `services/listening.rs` 279-293 passes the table to `Listeners::build`. That is how an upgrade
+/// passes sockets on (`server/bootstrap_services.rs` 246-258, `load_fds`). The table is private to
+/// the `Server`, but each service receives it in `start_service` (`server/mod.rs` 762-774 and 434-441,
+/// `run_service`: `Some(fds)`). So this service puts its sockets in the table under the address each
+/// endpoint is configured with, then starts the wrapped one: nothing is bound by address, no port is
+/// picked twice, and the table holds them exactly as if Pingora had bound them itself.
 struct PreBound<A> {
     inner: Service<A>,
     sockets: Vec<(String, TcpListener)>,
@@ -581,12 +590,14 @@ impl<A: ServerApp + Send + Sync + 'static> PingoraService for PreBound<A> {
 }
 
 /// Sockets for a gateway run in process, bound by the caller (typically to `127.0.0.1:0`) before it
-/// starts, so the caller knows the ports and no port is chosen twice. They replace the config's
-/// addresses: `server.listen`, `server.tls.listen` and `server.admin.listen` are not bound.
+/// starts, so the caller knows the ports and no port is chosen twice. They stand for the config's
+/// addresses, which are not bound: `proxy` for `server.listen`, `admin` for `server.admin.listen`,
+/// `tls` for `server.tls.listen`. The admin and HTTPS ones serve only if the config has an admin
+/// listener or `server.tls` (else they are closed), and neither runs without its socket here.
 pub struct Listeners {
     /// The public HTTP listener.
     pub proxy: TcpListener,
-    /// The admin listener; without it there is none, whatever `server.admin` says.
+    /// The admin listener.
     pub admin: Option<TcpListener>,
     /// An HTTPS listener, served with the config's certificates (`server.tls`).
     pub tls: Option<TcpListener>,
@@ -605,7 +616,8 @@ impl Listeners {
 }
 
 /// Ends [`Server::run`] when the [`Running`] handle says so (or is gone): the in-process stand-in for
-/// Pingora's `UnixShutdownSignalWatch`, which would listen for the process's signals.
+/// Pingora's `UnixShutdownSignalWatch`, which would listen for the process's signals (`RunArgs`,
+/// pingora-core 0.9.1 `server/mod.rs` 180-199; awaited by `main_loop`, 247).
 struct StopSignal(watch::Receiver<bool>);
 
 #[async_trait]
@@ -614,8 +626,9 @@ impl ShutdownSignalWatch for StopSignal {
         let mut stop = self.0.clone();
         // An error means the handle was dropped: stop too.
         let _ = stop.wait_for(|s| *s).await;
-        // At once, like SIGINT: the graceful paths sleep through Pingora's grace period and belong to
-        // a process (`Drain` exits it); they are tested through the binary.
+        // At once, like SIGINT (`ShutdownType::Quick`: no grace period, runtimes shut down with a zero
+        // timeout, `server/mod.rs` 248-251 and 800-824). The graceful paths sleep through the grace
+        // period and belong to a process (`Drain` exits it); they are tested through the binary.
         ShutdownSignal::FastShutdown
     }
 }
@@ -624,9 +637,10 @@ impl ShutdownSignalWatch for StopSignal {
 pub struct Running {
     /// The public listener's address.
     pub addr: SocketAddr,
-    /// The admin listener's address, if it has one.
+    /// The admin listener's address, if it has one (a socket for it, and an admin listener in the
+    /// config).
     pub admin: Option<SocketAddr>,
-    /// The HTTPS listener's address, if it has one.
+    /// The HTTPS listener's address, if it has one (a socket for it, and `server.tls`).
     pub tls: Option<SocketAddr>,
     /// The tag in the names of its threads.
     pub tag: String,
@@ -705,21 +719,22 @@ fn failed_reload(error: String) -> ReloadStatus {
 /// `tollgate run`: the proxy, the admin API (reloads through it included), the background services,
 /// the file watch. Not here: SIGHUP (use [`Running::reload`]), SIGTERM's drain and SIGQUIT's upgrade,
 /// which belong to a process; Pingora is run with [`Server::run`] and a [`StopSignal`] instead of its
-/// signal handlers, because `run_forever` exits the process (pingora-core 0.9.1 `server/mod.rs`:
-/// `run_forever` calls `run(RunArgs::default())`, then `std::process::exit(0)`).
+/// signal handlers, because `run_forever` exits the process (pingora-core 0.9.1 `server/mod.rs`
+/// 626-630: `run(RunArgs::default())`, then `std::process::exit(0)`; `run`, 642, returns).
 ///
 /// Several may run in one process: metrics and the span exporter are per gateway, the access log is
 /// per gateway (point `server.access_log.path` at a file: stdout is shared). Logging (the `log` crate)
 /// is per process; the threads of each gateway are named with its [`Running::tag`] (`… 127.0.0.1:PORT`,
-/// the proxy's address) so that a logger can tell them apart.
+/// the proxy's address) so that a logger can tell them apart. What else is per process is harmless
+/// to share: rustls' default provider (installed once, first caller wins, always ring:
+/// pingora-rustls 0.9.1 `lib.rs` 44-46), Pingora's per-address bind locks (`listeners/l4.rs` 59) and
+/// timer thread, and `process_*` metrics, which describe the process whichever gateway serves them.
 pub fn spawn_in_process(
     config_path: &str,
     registry: Arc<Registry>,
     listeners: Listeners,
 ) -> Result<Running, String> {
     let addr = local_addr(&listeners.proxy)?;
-    let admin = listeners.admin.as_ref().map(local_addr).transpose()?;
-    let tls = listeners.tls.as_ref().map(local_addr).transpose()?;
     let tag = addr.to_string();
     let (stop, stop_rx) = watch::channel(false);
     let (started, started_rx) = std::sync::mpsc::sync_channel(1);
@@ -744,7 +759,7 @@ pub fn spawn_in_process(
                 });
             let built = match built {
                 Ok(b) => {
-                    let _ = started.send(Ok(b.reloader.clone()));
+                    let _ = started.send(Ok((b.reloader.clone(), b.serving)));
                     b
                 }
                 Err(e) => {
@@ -763,7 +778,7 @@ pub fn spawn_in_process(
             }
         })
         .map_err(|e| format!("cannot start the gateway's thread: {e}"))?;
-    let reloader = match started_rx.recv() {
+    let (reloader, (admin, tls)) = match started_rx.recv() {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let _ = thread.join();

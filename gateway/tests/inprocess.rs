@@ -79,6 +79,46 @@ fn the_gateway_serves_on_the_listeners_bound_before_it_started() {
 }
 
 #[test]
+fn a_listener_for_what_the_config_does_not_have_is_closed() {
+    let be = Backend::start("be", Mode::Echo);
+    let listeners = tollgate::server::Listeners::loopback(true, true).unwrap();
+    let addr = listeners.proxy.local_addr().unwrap();
+    let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
+    let tls = listeners.tls.as_ref().unwrap().local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    // No `server.tls`, and the admin listener switched off.
+    let text = config(&be, "").replace("{listen}", "127.0.0.1:1").replace(
+        "threads: 1 }",
+        &format!(
+            "threads: 1, admin: {{ enabled: false }}, access_log: {{ path: \"{}\" }} }}",
+            dir.path().join("access.log").display()
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    let running = tollgate::server::spawn_in_process(
+        path.to_str().unwrap(),
+        Arc::new(tollgate::plugin::Registry::builtin()),
+        listeners,
+    )
+    .unwrap();
+    assert_eq!((running.admin, running.tls), (None, None));
+    // Closed before `spawn_in_process` returned: nothing listens there.
+    for unused in [admin, tls] {
+        assert!(TcpStream::connect(unused).is_err(), "{unused} listens");
+    }
+    assert_eq!(
+        send(
+            addr,
+            b"GET /x HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"
+        )
+        .status,
+        200
+    );
+    running.stop();
+}
+
+#[test]
 fn a_config_that_does_not_load_is_an_error_not_an_exit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.yaml");
