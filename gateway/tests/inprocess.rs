@@ -38,36 +38,48 @@ fn served(g: &Gateway) -> f64 {
         .sum()
 }
 
+/// `spawn_in_process` straight, without the harness: `config(be)` with `server_extra` added to
+/// `server` (and the access log in a file: stdout is the test's), then `edit`ed, on `listeners`. The
+/// config's own address (`127.0.0.1:1`) is not bound: the listeners stand for it.
+fn spawn(
+    be: &Backend,
+    server_extra: &str,
+    edit: impl FnOnce(String) -> String,
+    listeners: tollgate::server::Listeners,
+) -> Result<(tollgate::server::Running, tempfile::TempDir), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    let log = dir.path().join("access.log");
+    let text = config(be, "").replace("{listen}", "127.0.0.1:1").replace(
+        "threads: 1 }",
+        &format!(
+            "threads: 1{server_extra}, access_log: {{ path: \"{}\" }} }}",
+            log.display()
+        ),
+    );
+    std::fs::write(&path, edit(text)).unwrap();
+    let registry = Arc::new(tollgate::plugin::Registry::builtin());
+    tollgate::server::spawn_in_process(path.to_str().unwrap(), registry, listeners)
+        .map(|running| (running, dir))
+}
+
+fn get_x(addr: std::net::SocketAddr) -> Response {
+    send(
+        addr,
+        b"GET /x HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n",
+    )
+}
+
 #[test]
 fn the_gateway_serves_on_the_listeners_bound_before_it_started() {
     let be = Backend::start("be", Mode::Echo);
     let listeners = tollgate::server::Listeners::loopback(true, false).unwrap();
     let addr = listeners.proxy.local_addr().unwrap();
     let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tollgate.yaml");
-    // The config's own addresses are not bound: the listeners replace them.
-    // (The access log to a file: stdout is the test's.)
-    let text = config(&be, "").replace("{listen}", "127.0.0.1:1").replace(
-        "threads: 1 }",
-        &format!(
-            "threads: 1, access_log: {{ path: \"{}\" }} }}",
-            dir.path().join("access.log").display()
-        ),
-    );
-    std::fs::write(&path, text).unwrap();
-    let running = tollgate::server::spawn_in_process(
-        path.to_str().unwrap(),
-        Arc::new(tollgate::plugin::Registry::builtin()),
-        listeners,
-    )
-    .unwrap();
+    let (running, _dir) = spawn(&be, "", |t| t, listeners).unwrap();
     assert_eq!((running.addr, running.admin), (addr, Some(admin)));
     // No wait: the sockets listen since `bind`, so a connection made now is served once Pingora runs.
-    let r = send(
-        addr,
-        b"GET /x HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n",
-    );
+    let r = get_x(addr);
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["backend"], "be");
     assert_eq!(
@@ -85,57 +97,27 @@ fn a_listener_for_what_the_config_does_not_have_is_closed() {
     let addr = listeners.proxy.local_addr().unwrap();
     let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
     let tls = listeners.tls.as_ref().unwrap().local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tollgate.yaml");
     // No `server.tls`, and the admin listener switched off.
-    let text = config(&be, "").replace("{listen}", "127.0.0.1:1").replace(
-        "threads: 1 }",
-        &format!(
-            "threads: 1, admin: {{ enabled: false }}, access_log: {{ path: \"{}\" }} }}",
-            dir.path().join("access.log").display()
-        ),
-    );
-    std::fs::write(&path, text).unwrap();
-    let running = tollgate::server::spawn_in_process(
-        path.to_str().unwrap(),
-        Arc::new(tollgate::plugin::Registry::builtin()),
-        listeners,
-    )
-    .unwrap();
+    let (running, _dir) = spawn(&be, ", admin: { enabled: false }", |t| t, listeners).unwrap();
     assert_eq!((running.admin, running.tls), (None, None));
     // Closed before `spawn_in_process` returned: nothing listens there.
     for unused in [admin, tls] {
         assert!(TcpStream::connect(unused).is_err(), "{unused} listens");
     }
-    assert_eq!(
-        send(
-            addr,
-            b"GET /x HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"
-        )
-        .status,
-        200
-    );
+    assert_eq!(get_x(addr).status, 200);
     running.stop();
 }
 
 #[test]
 fn a_config_that_does_not_load_is_an_error_not_an_exit() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tollgate.yaml");
-    std::fs::write(
-        &path,
-        "server: { listen: [\"127.0.0.1:1\"] }\nroutes: [{ name: r }]\n",
-    )
-    .unwrap();
+    let be = Backend::start("be", Mode::Echo);
     let listeners = tollgate::server::Listeners::loopback(false, false).unwrap();
-    let e = tollgate::server::spawn_in_process(
-        path.to_str().unwrap(),
-        Arc::new(tollgate::plugin::Registry::builtin()),
-        listeners,
-    )
-    .err()
-    .expect("an invalid config does not start");
-    assert!(e.contains("tollgate.yaml:2:"), "{e}");
+    // A route without `match`: the problem with its place, returned; the test process lives on.
+    let no_match = |t: String| t.replace("match: { path_prefix: / }, ", "");
+    let e = spawn(&be, "", no_match, listeners)
+        .err()
+        .expect("an invalid config does not start");
+    assert!(e.contains("tollgate.yaml:5:"), "{e}");
 }
 
 #[test]
