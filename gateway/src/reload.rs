@@ -25,7 +25,7 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadStatus {
     pub ok: bool,
-    /// `start`, `file`, `sighup` or `admin`.
+    /// `start`, `file`, `sighup`, `admin`, or `handle` (`server::Running::reload`, in process).
     pub trigger: &'static str,
     /// Unix seconds.
     pub at: u64,

@@ -1,6 +1,7 @@
-//! Authentication and the other built-in plugins, through the real `tollgate` binary in front of a real
-//! upstream: every JWT algorithm and key source, JWKS rotation and outage, the classic token attacks,
-//! API keys, CORS, IP filter, body limits and header transforms.
+//! Authentication and the other built-in plugins, through the gateway (in process, and the custom
+//! plugin example's binary) in front of a real upstream: every JWT algorithm and key source, JWKS
+//! rotation and outage, the classic token attacks, API keys, CORS, IP filter, body limits and
+//! header transforms.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -108,7 +109,7 @@ fn every_algorithm_and_key_source() {
             "  - name: {p}\n    match: {{ path_prefix: /{p} }}\n    upstream: be\n    plugins: [{{ jwt: {{ provider: {p}, forward_claims: {{ sub: X-User-Id }} }} }}]\n"
         );
     }
-    let g = Gateway::start(&format!(
+    let g = Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}\nauth:\n  jwt:\n{providers}upstreams:\n  be: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n{routes}",
         be.addr
     ));
@@ -178,7 +179,7 @@ fn every_algorithm_and_key_source() {
 
 /// A route protected by an HS256 provider (with a cookie and a query source) and one by an RS256 key.
 fn attack_gateway(be: &Backend) -> Gateway {
-    Gateway::start(&format!(
+    Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}
 auth:
   jwt:
@@ -540,7 +541,7 @@ fn classic_attacks_are_refused() {
 /// A gateway whose one route needs a token of provider `idp`, whose keys come from `jwks` (`timing`: the
 /// provider's jwks_refresh/min_refetch/timeout fields).
 fn jwks_gateway(be: &Backend, jwks: &StaticServer, timing: &str) -> Gateway {
-    Gateway::start(&format!(
+    Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}
 auth:
   jwt:
@@ -734,7 +735,7 @@ fn api_keys() {
     let be = Backend::start("be", Mode::Echo);
     let acme = tollgate::plugin::apikey::hash_key("acme-secret-key");
     let globex = tollgate::plugin::apikey::hash_key("globex-secret-key");
-    let g = Gateway::start(&format!(
+    let g = Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}
 auth:
   api_keys:
@@ -797,7 +798,7 @@ routes:
 #[test]
 fn cors_ip_filter_body_limit_and_header_transforms() {
     let be = Backend::start("be", Mode::Echo);
-    let g = Gateway::start(&format!(
+    let g = Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}
 auth:
   jwt:

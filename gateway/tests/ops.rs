@@ -1,5 +1,6 @@
-//! Day two, through the real binary: metrics, the admin API and its auth, hot reload under load (and
-//! refused reloads), graceful shutdown, zero-downtime upgrade, trace context.
+//! Day two: through the real binary what is about the process (hot reload by SIGHUP under load, and
+//! refused reloads; graceful shutdown; zero-downtime upgrade; the upgrade socket's directory), in
+//! process the rest (metrics, the admin API and its auth, trace context, span export).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -72,7 +73,7 @@ fn metrics_text(g: &Gateway) -> String {
 #[test]
 fn metrics_after_a_known_sequence() {
     let be = Backend::start("be", Mode::Echo);
-    let g = Gateway::start(&config(&be, ""));
+    let g = Gateway::in_process(&config(&be, ""));
     for _ in 0..3 {
         assert_eq!(g.get("/open/x").status, 200);
     }
@@ -212,7 +213,7 @@ fn admin_needs_its_token_and_is_never_on_the_public_port() {
     match: { path: /open/exact, headers: { x-canary: \"1\" } }
     upstream: be
 ";
-    let g = Gateway::start(&config(&be, exact));
+    let g = Gateway::in_process(&config(&be, exact));
     let auth = format!("Authorization: Bearer {TOKEN}");
     assert_eq!(g.admin_request("GET", "/healthz", &[]).status, 200);
     assert_eq!(g.admin_request("GET", "/readyz", &[]).status, 200);
@@ -275,7 +276,7 @@ fn admin_needs_its_token_and_is_never_on_the_public_port() {
     assert_eq!(r.status, 404);
 
     // Without a configured token, /admin/* is off; health and metrics stay.
-    let g2 = Gateway::start(&config(&be, "").replace(&format!(", token: \"{TOKEN}\""), ""));
+    let g2 = Gateway::in_process(&config(&be, "").replace(&format!(", token: \"{TOKEN}\""), ""));
     assert_eq!(
         g2.admin_request("GET", "/admin/routes", &[&auth]).status,
         403
@@ -736,7 +737,7 @@ routes: []
 #[test]
 fn trace_context_is_propagated_or_started() {
     let be = Backend::start("be", Mode::Echo);
-    let g = Gateway::start(&config(&be, ""));
+    let g = Gateway::in_process(&config(&be, ""));
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = request(
         g.addr,
@@ -776,7 +777,7 @@ fn trace_context_is_propagated_or_started() {
 fn spans_are_exported_to_an_otlp_collector() {
     let be = Backend::start("be", Mode::Echo);
     let collector = StaticServer::start(200, "{}");
-    let g = Gateway::start(&format!(
+    let g = Gateway::in_process(&format!(
         "{}tracing: {{ otlp_endpoint: \"http://{}/v1/traces\", service_name: edge }}\n",
         config(&be, ""),
         collector.addr
@@ -899,7 +900,7 @@ fn the_grafana_dashboard_uses_real_metrics() {
     .unwrap();
     let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
     let be = Backend::start("be", Mode::Echo);
-    let g = Gateway::start(&config(&be, ""));
+    let g = Gateway::in_process(&config(&be, ""));
     assert_eq!(g.get("/open/x").status, 200);
     assert_eq!(g.get("/secure/x").status, 401);
     assert_eq!(g.get("/limited").status, 200);
@@ -944,7 +945,7 @@ routes:
 "#,
         kept.addr, gone.addr
     );
-    let g = Gateway::start(&cfg);
+    let g = Gateway::in_process(&cfg);
     let probes = |b: &Backend| b.probes.load(Ordering::Relaxed);
     // Waits for `b` to be probed `more` times (each probe is one `interval` apart, so this is a clock
     // that runs at the health checks' pace, not a sleep).

@@ -148,7 +148,7 @@ routes:
 #[test]
 fn a_preflight_nobody_answers_is_an_options_request() {
     let be = Backend::start("be", Mode::Echo);
-    let g = Gateway::start(&format!(
+    let g = Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}
 upstreams:
   be: {{ targets: [{{ addr: \"{}\" }}] }}

@@ -1,4 +1,4 @@
-//! The real `tollgate` binary in front of real upstreams on loopback.
+//! The gateway (in process, on listeners bound before start) in front of real upstreams on loopback.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -34,7 +34,7 @@ fn proxies_and_routes_by_priority() {
   - { name: exact, match: { path: /api/users/me }, upstream: be }
   - { name: host, match: { host: "*.example.com", path_prefix: /api }, upstream: be }
 "#;
-    let gw = Gateway::start(&one_backend_config(&be, routes));
+    let gw = Gateway::in_process(&one_backend_config(&be, routes));
     let cases = [
         ("/api/users/me", "test.local", "", "exact"),
         ("/api/users/42", "test.local", "", "template"),
@@ -64,7 +64,7 @@ fn strip_prefix_and_rewrite() {
   - { name: rewrite, match: { path: "/v1/orders/{id}/items/{item}" }, upstream: be, rewrite: "/orders/{id}?item={item}" }
   - { name: regex-rewrite, match: { path_regex: "/legacy/(?P<rest>.*)" }, upstream: be, rewrite: "/modern/{rest}" }
 "#;
-    let gw = Gateway::start(&one_backend_config(&be, routes));
+    let gw = Gateway::in_process(&one_backend_config(&be, routes));
     assert_eq!(gw.get("/api/users/7?x=1").json()["path"], "/users/7?x=1");
     assert_eq!(gw.get("/api/users").json()["path"], "/users");
     assert_eq!(
@@ -95,7 +95,7 @@ routes:
         b = bes[1].addr,
         c = bes[2].addr
     );
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::in_process(&cfg);
     let count = |path: &str, n: usize, extra: &str| {
         let mut m: HashMap<String, usize> = HashMap::new();
         for _ in 0..n {
@@ -137,7 +137,7 @@ routes:
 "#,
         good.addr, flaky.addr
     );
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::in_process(&cfg);
     let spread = |n: usize| {
         let mut m: HashMap<String, usize> = HashMap::new();
         for _ in 0..n {
@@ -218,7 +218,7 @@ routes:
     flaky
         .healthy
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    let gw = Gateway::start(&cfg(""));
+    let gw = Gateway::in_process(&cfg(""));
     let served_by_flaky = |n: usize| {
         (0..n)
             .filter(|_| gw.get("/x").header("x-backend") == Some("flaky"))
@@ -253,7 +253,7 @@ fn a_target_given_by_name_is_every_address_of_the_name_and_its_host() {
         .map(|a| a.to_string())
         .collect();
     let token = "a-token-for-the-admin-api";
-    let gw = Gateway::start(&format!(
+    let gw = Gateway::in_process(&format!(
         r#"
 server: {{ listen: ["{{listen}}"], admin: {{ listen: "{{admin}}", token: "{token}" }} }}
 upstreams:
@@ -293,7 +293,7 @@ routes:
 #[test]
 fn a_name_that_does_not_resolve_is_a_503_not_a_refusal_to_start() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&format!(
+    let gw = Gateway::in_process(&format!(
         r#"
 server: {{ listen: ["{{listen}}"], threads: 1 }}
 upstreams:
@@ -349,7 +349,7 @@ routes:
 "#,
         hang.addr
     );
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::in_process(&cfg);
     let r = gw.get("/closed");
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_unavailable");
@@ -377,7 +377,7 @@ fn path_normalization_vectors() {
   - { name: public, match: { path_prefix: /public }, upstream: be }
   - { name: admin, match: { path_prefix: /admin, methods: [DELETE] }, upstream: be }
 "#;
-    let gw = Gateway::start(&one_backend_config(&be, routes));
+    let gw = Gateway::in_process(&one_backend_config(&be, routes));
     // (request path, what the upstream must receive, route that must be chosen)
     let ok = [
         ("/public/a/../b", "/public/b", "public"),
@@ -452,7 +452,7 @@ fn path_normalization_vectors() {
 #[test]
 fn forwarded_headers_trust_only_configured_proxies() {
     let be = Backend::start("be", Mode::Echo);
-    let untrusted = Gateway::start(&one_backend_config(&be, ""));
+    let untrusted = Gateway::in_process(&one_backend_config(&be, ""));
     let spoof = "GET /x HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\nX-Request-Id: xff-1\r\nConnection: close\r\n\r\n";
     let r = untrusted.send(spoof);
     assert_eq!(
@@ -474,7 +474,7 @@ fn forwarded_headers_trust_only_configured_proxies() {
 
     let trusted_cfg = one_backend_config(&be, "")
         .replace("threads: 1", "threads: 1, trusted_proxies: [127.0.0.1/32]");
-    let trusted = Gateway::start(&trusted_cfg);
+    let trusted = Gateway::in_process(&trusted_cfg);
     let r = trusted.send(spoof);
     assert_eq!(
         r.upstream_header("x-forwarded-for").as_deref(),
@@ -497,7 +497,7 @@ fn forwarded_headers_trust_only_configured_proxies() {
 #[test]
 fn hop_by_hop_headers_are_stripped_and_request_id_kept_or_made() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&one_backend_config(&be, ""));
+    let gw = Gateway::in_process(&one_backend_config(&be, ""));
     let r = gw.send("GET /x HTTP/1.1\r\nHost: t\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\nProxy-Authorization: Basic x\r\nX-Kept: yes\r\nX-Request-Id: my-id.1\r\n\r\n");
     assert_eq!(r.status, 200);
     for h in ["x-secret", "keep-alive", "te", "proxy-authorization"] {
@@ -542,7 +542,7 @@ fn hop_by_hop_headers_are_stripped_and_request_id_kept_or_made() {
 #[test]
 fn header_and_uri_limits() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&one_backend_config(&be, ""));
+    let gw = Gateway::in_process(&one_backend_config(&be, ""));
     let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
     let r = gw.send(&format!(
         "GET /x HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n"
@@ -577,7 +577,7 @@ fn header_and_uri_limits() {
         "threads: 1",
         "threads: 1, limits: { max_headers: 5, max_uri_bytes: 64 }",
     );
-    let gw = Gateway::start(&tight);
+    let gw = Gateway::in_process(&tight);
     let r = gw.send("GET /x HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 431);
     let r = gw.get(&format!("/{}", "c".repeat(80)));
@@ -597,7 +597,7 @@ routes:
 "#,
         be.addr
     );
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::in_process(&cfg);
     let r = gw.get("/nope");
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "route_not_found");
@@ -617,7 +617,7 @@ fn slow_request_heads_are_cut_off_but_idle_keepalive_is_not() {
         "threads: 1",
         "threads: 1, limits: { header_read_timeout: 1s }",
     );
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::in_process(&cfg);
 
     // Slowloris: a byte at a time, each well within Pingora's per-read timeout, never finishing.
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();

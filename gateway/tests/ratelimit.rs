@@ -1,6 +1,6 @@
-//! Rate limits through the real binary: the local store (pingora-limits) and the shared one on a real
-//! `redis-server`, standard headers, concurrency, two instances sharing one limit, several policies on a
-//! route, Redis dying and coming back, and attempts to dodge a limit.
+//! Rate limits through the gateway in process: the local store (pingora-limits) and the shared one
+//! on a real `redis-server`, standard headers, concurrency, two instances sharing one limit,
+//! several policies on a route, Redis dying and coming back, and attempts to dodge a limit.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -32,7 +32,7 @@ fn gateway_with_timeout(
             )
         })
         .unwrap_or_default();
-    Gateway::start(&format!(
+    Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}
 {redis}rate_limits:
 {policies}upstreams:

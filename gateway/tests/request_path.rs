@@ -1,6 +1,6 @@
-//! The request path, attacked with a raw socket through the real binary. Each case asserts what the
-//! upstream received (the echo backend reports its exact request line and headers), or that nothing
-//! reached it, not only the status the client got.
+//! The request path, attacked with a raw socket through the gateway in process. Each case asserts
+//! what the upstream received (the echo backend reports its exact request line and headers), or
+//! that nothing reached it, not only the status the client got.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -65,7 +65,7 @@ fn get(gw: &Gateway, target: &str, extra: &str) -> common::Response {
 #[test]
 fn request_targets_other_than_origin_absolute_and_asterisk_are_refused() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&config(&be, ""));
+    let gw = Gateway::in_process(&config(&be, ""));
     for target in [
         "admin/users",
         "x:/admin/users",
@@ -112,7 +112,7 @@ fn request_targets_other_than_origin_absolute_and_asterisk_are_refused() {
 #[test]
 fn requests_the_parser_refuses_are_answered_logged_and_counted() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&config(&be, ""));
+    let gw = Gateway::in_process(&config(&be, ""));
     for head in [
         "GET /open?a=\"x\" HTTP/1.1\r\nHost: t\r\n\r\n",
         "GARBAGE\r\n\r\n",
@@ -140,7 +140,7 @@ fn requests_the_parser_refuses_are_answered_logged_and_counted() {
 #[test]
 fn hosts_must_be_one_valid_host() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&config(&be, ""));
+    let gw = Gateway::in_process(&config(&be, ""));
     for head in [
         "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
@@ -164,7 +164,7 @@ fn hosts_must_be_one_valid_host() {
 #[test]
 fn paths_that_backends_read_differently_are_refused() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&config(&be, ""));
+    let gw = Gateway::in_process(&config(&be, ""));
     for target in [
         "/public/..;/private/x",
         "/open/.;/private",
@@ -189,7 +189,7 @@ fn paths_that_backends_read_differently_are_refused() {
 #[test]
 fn ambiguous_framing_is_refused_and_the_connection_closed() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&config(&be, ""));
+    let gw = Gateway::in_process(&config(&be, ""));
     for head in [
         "POST /open HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         "POST /open HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -220,7 +220,7 @@ fn ambiguous_framing_is_refused_and_the_connection_closed() {
 #[test]
 fn empty_lines_before_a_request_count_toward_the_head_deadline() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&config(&be, ""));
+    let gw = Gateway::in_process(&config(&be, ""));
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let start = Instant::now();
@@ -268,7 +268,7 @@ routes:
 "#,
         targets.join(", ")
     );
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::in_process(&cfg);
     let auth = |t: &str| format!("Authorization: Bearer {t}\r\n");
     // A claim that cannot be a header value: 401, nothing forwarded.
     for claims in [
@@ -315,7 +315,7 @@ routes:
 #[test]
 fn rewrites_encode_parameters_for_their_position() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&config(&be, ""));
+    let gw = Gateway::in_process(&config(&be, ""));
     let r = get(&gw, "/lookup/1&admin=true", "");
     assert_eq!(r.json()["path"], "/search?q=1%26admin%3Dtrue");
     let r = get(&gw, "/lookup/a+b?page=2", "");
@@ -327,7 +327,7 @@ fn rewrites_encode_parameters_for_their_position() {
 #[test]
 fn spoofable_headers_from_an_untrusted_peer_are_removed() {
     let be = Backend::start("be", Mode::Echo);
-    let gw = Gateway::start(&config(&be, ""));
+    let gw = Gateway::in_process(&config(&be, ""));
     let r = get(
         &gw,
         "/open",
@@ -371,7 +371,7 @@ routes:
 "#,
         be.addr
     );
-    let gw = Gateway::start(&cfg);
+    let gw = Gateway::in_process(&cfg);
     let statuses: Vec<u16> = (0..8)
         .map(|i| get(&gw, &format!("/wp-admin/{i}.php"), "").status)
         .collect();
@@ -408,7 +408,7 @@ fn a_slow_upload_after_100_continue_is_not_cut_by_the_head_deadline() {
             }
         }
     });
-    let gw = Gateway::start(&format!(
+    let gw = Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"], threads: 1, limits: {{ header_read_timeout: 1s }} }}\nupstreams:\n  be: {{ targets: [{{ addr: \"{addr}\" }}], timeouts: {{ read: 10s }} }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}\n"
     ));
     let mut s = TcpStream::connect(gw.addr).unwrap();

@@ -1,5 +1,6 @@
-//! HTTPS listeners through the real binary: a rustls client that trusts only the test CA, certificate
-//! renewal picked up by the file watcher, broken certificates refused with their place.
+//! HTTPS listeners: a rustls client that trusts only the test CA, certificate renewal picked up by the
+//! file watcher (through the binary, whose listener binds its configured address), broken certificates
+//! refused with their place, the rest on gateways in process.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -105,19 +106,20 @@ fn write_pair(dir: &Path, stem: &str, (cert, key, _): &(String, String, Vec<u8>)
 }
 
 /// A gateway with a plain and an HTTPS listener (certificate `certs/gw.pem`) routing everything to `be`;
-/// `server_extra` is added to the `server` mapping, `tls_extra` to `server.tls`.
+/// `server_extra` is added to the `server` mapping, `tls_extra` to `server.tls`. `start` is
+/// `Gateway::start` (the binary) or `Gateway::in_process`.
 fn https_gateway(
+    start: fn(&str) -> Gateway,
     be: &Backend,
     certs: &Path,
     server_extra: &str,
     tls_extra: &str,
 ) -> (Gateway, SocketAddr) {
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gw = Gateway::start(&format!(
+    let gw = start(&format!(
         r#"
 server:
   {{ listen: ["{{listen}}"]{server_extra},
-    tls: {{ listen: ["{tls_addr}"], cert: "{d}/gw.pem", key: "{d}/gw.key"{tls_extra} }} }}
+    tls: {{ listen: ["{{tls_listen}}"], cert: "{d}/gw.pem", key: "{d}/gw.key"{tls_extra} }} }}
 upstreams:
   be: {{ targets: [{{ addr: "{}" }}] }}
 routes:
@@ -126,6 +128,7 @@ routes:
         be.addr,
         d = certs.display()
     ));
+    let tls_addr = gw.tls.unwrap();
     (gw, tls_addr)
 }
 
@@ -136,7 +139,10 @@ fn https_listener_serves_and_a_renewed_certificate_is_picked_up() {
     let certs = tempfile::tempdir().unwrap();
     let first = ca.leaf(Some((2020, 2090)));
     write_pair(certs.path(), "gw", &first);
+    // Through the binary: the HTTPS listener bound by its configured address, and renewal by the file
+    // watch of the process.
     let (gw, tls_addr) = https_gateway(
+        Gateway::start,
         &be,
         certs.path(),
         ", reload: { watch: true, interval: 100ms }",
@@ -288,12 +294,12 @@ fn upstream_tls_verifies_the_certificate_and_its_name() {
     std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
     std::fs::write(dir.path().join("other-ca.pem"), other_ca.cert.pem()).unwrap();
     // The TLS upstream: a second gateway terminating TLS (certificate for `localhost`) in front of `be`.
-    let (_inner, inner_tls) = https_gateway(&be, dir.path(), "", "");
+    let (_inner, inner_tls) = https_gateway(Gateway::in_process, &be, dir.path(), "", "");
     let up = |name: &str, tls: &str| {
         format!("  {name}: {{ targets: [{{ addr: \"{inner_tls}\" }}], tls: {tls} }}\n")
     };
     let d = dir.path().display();
-    let outer = Gateway::start(&format!(
+    let outer = Gateway::in_process(&format!(
         "server: {{ listen: [\"{{listen}}\"] }}\nupstreams:\n{}{}{}{}routes:\n  - {{ name: good, match: {{ path_prefix: /good }}, upstream: good }}\n  - {{ name: other_ca, match: {{ path_prefix: /other-ca }}, upstream: other_ca }}\n  - {{ name: wrong_name, match: {{ path_prefix: /wrong-name }}, upstream: wrong_name }}\n  - {{ name: system, match: {{ path_prefix: /system }}, upstream: system }}\n",
         up(
             "good",
@@ -329,7 +335,7 @@ async fn http2_over_tls_multiplexes_requests() {
     let ca = Ca::new();
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), "gw", &ca.leaf(None));
-    let (gw, tls_addr) = https_gateway(&be, dir.path(), "", "");
+    let (gw, tls_addr) = https_gateway(Gateway::in_process, &be, dir.path(), "", "");
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -379,6 +385,7 @@ fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
     }
     let d = dir.path().display();
     let (gw, tls_addr) = https_gateway(
+        Gateway::in_process,
         &be,
         dir.path(),
         "",

@@ -1,5 +1,6 @@
-//! WebSockets through the real binary, with a real WebSocket library on both sides: after the `101` the
-//! connection is a tunnel, with no head deadline, no body limit and no byte of the gateway's in it.
+//! WebSockets through the gateway in process, with a real WebSocket library on both sides: after
+//! the `101` the connection is a tunnel, with no head deadline, no body limit and no byte of the
+//! gateway's in it.
 #![allow(
     clippy::unwrap_used,
     clippy::result_large_err,
@@ -116,7 +117,7 @@ async fn next_data(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_idle_past_deadlines_big_messages_ping_and_close() {
     let up = echo_server().await;
-    let gw = Gateway::start(&config(up.addr, ""));
+    let gw = Gateway::in_process(&config(up.addr, ""));
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr))
         .await
         .unwrap();
@@ -172,7 +173,7 @@ async fn echo_idle_past_deadlines_big_messages_ping_and_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_from_the_upstream_reaches_the_client() {
     let up = echo_server().await;
-    let gw = Gateway::start(&config(up.addr, ""));
+    let gw = Gateway::in_process(&config(up.addr, ""));
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr))
         .await
         .unwrap();
@@ -184,7 +185,7 @@ async fn close_from_the_upstream_reaches_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upgrade_request_is_authenticated() {
     let up = echo_server().await;
-    let gw = Gateway::start(&config(up.addr, ""));
+    let gw = Gateway::in_process(&config(up.addr, ""));
     let err = tokio_tungstenite::connect_async(format!("ws://{}/secure/chat", gw.addr))
         .await
         .unwrap_err();
@@ -228,7 +229,7 @@ async fn the_upgrade_request_is_authenticated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_its_own_timeout_without_a_byte_of_ours() {
     let up = echo_server().await;
-    let gw = Gateway::start(&config(up.addr, ", tunnel_idle_timeout: 2s"));
+    let gw = Gateway::in_process(&config(up.addr, ", tunnel_idle_timeout: 2s"));
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr))
         .await
         .unwrap();

@@ -1,4 +1,10 @@
-//! Test harness: real upstream servers on 127.0.0.1:0, the real `tollgate` binary, a raw HTTP client.
+//! Test harness: real upstream servers on 127.0.0.1:0, the gateway, a raw HTTP client.
+//!
+//! Two ways to run the gateway, with the same accessors: [`Gateway::in_process`] runs it on a thread of
+//! the test, on listeners the harness binds to 127.0.0.1:0 before it starts (no port race, no wait, no
+//! `exec`): for everything about its behaviour. [`Gateway::start`] runs the real `tollgate` binary on
+//! ports picked just before: for the command line, signals (SIGHUP, SIGTERM's drain), upgrades and
+//! whatever else is about the process.
 //!
 //! The client writes request bytes as given, so path vectors like `/%2e%2e/` reach the gateway unaltered
 //! (a URL library would normalize them first and the test would prove nothing).
@@ -10,7 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How a test backend behaves.
@@ -166,15 +172,25 @@ fn serve(
     }
 }
 
-/// A running `tollgate run` process. Killed on drop.
+/// A running gateway: a `tollgate run` process (killed on drop) or one in this process (stopped on
+/// drop).
 pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin listener (a free port, unless the config sets its own `admin`).
     pub admin: SocketAddr,
-    child: Child,
+    /// The HTTPS listener, when the config has `{tls_listen}`.
+    pub tls: Option<SocketAddr>,
+    runner: Runner,
     pub dir: tempfile::TempDir,
+    /// The process's stdout; in process, the access-log file the harness points the config at.
     pub stdout: PathBuf,
+    /// The process's stderr; in process, the lines the gateway's threads logged (see [`Capture`]).
     pub stderr: PathBuf,
+}
+
+enum Runner {
+    Process(Child),
+    InProcess(Option<tollgate::server::Running>),
 }
 
 pub fn bin() -> &'static str {
@@ -190,10 +206,113 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `config` with `{listen}`, `{admin}`, `{tls_listen}` and `{dir}` filled in. Unless the config sets its own `admin`,
+/// every test gateway gets its own admin listener, so tests can run in parallel; `access_log`, when
+/// given, is where the access log goes unless the config says (in process, stdout is the test's).
+/// Both are added next to `listen: ["{listen}"]`, in the flow or block style that line is written in.
+fn fill_in(
+    config: &str,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    tls: Option<SocketAddr>,
+    dir: &std::path::Path,
+    access_log: Option<&std::path::Path>,
+) -> String {
+    let mut extra = Vec::new();
+    if !config.contains("admin:") {
+        extra.push(format!("admin: {{ listen: \"{admin}\" }}"));
+    }
+    if let Some(path) = access_log.filter(|_| !config.contains("access_log")) {
+        extra.push(format!("access_log: {{ path: \"{}\" }}", path.display()));
+    }
+    let listen = "\"{listen}\"]";
+    let lines: Vec<String> = config
+        .split('\n')
+        .map(|line| {
+            if extra.is_empty() || !line.contains(listen) {
+                return line.to_string();
+            }
+            let indent = &line[..line.len() - line.trim_start().len()];
+            if line.trim_start().starts_with("listen:") && !indent.is_empty() {
+                // `server:` in block style: one more key at the same indentation.
+                let more: Vec<String> = extra.iter().map(|e| format!("\n{indent}{e}")).collect();
+                format!("{line}{}", more.concat())
+            } else {
+                let more: Vec<String> = extra.iter().map(|e| format!(", {e}")).collect();
+                line.replace(listen, &format!("{listen}{}", more.concat()))
+            }
+        })
+        .collect();
+    lines
+        .join("\n")
+        .replace("{listen}", &addr.to_string())
+        .replace("{admin}", &admin.to_string())
+        .replace(
+            "{tls_listen}",
+            &tls.map(|a| a.to_string()).unwrap_or_default(),
+        )
+        .replace("{dir}", &dir.display().to_string())
+}
+
 impl Gateway {
-    /// Start the gateway with `config`, where `{listen}` is replaced by the chosen address.
+    /// Start the `tollgate` binary with `config`, where `{listen}` is replaced by the chosen address.
     pub fn start(config: &str) -> Gateway {
         Self::start_program(std::path::Path::new(bin()), &["run", "-c"], config)
+    }
+
+    /// Run the gateway in this process with `config` (placeholders as for [`Gateway::start`]), on
+    /// listeners bound before it starts; with the built-in plugins. Its access log goes to
+    /// [`Gateway::stdout`] unless the config says where, its log lines to [`Gateway::stderr`].
+    /// What is about the process (signals, upgrades, the exit code) needs [`Gateway::start`].
+    pub fn in_process(config: &str) -> Gateway {
+        Capture::install();
+        let with_tls = config.contains("{tls_listen}");
+        let listeners = tollgate::server::Listeners::loopback(true, with_tls).unwrap();
+        let addr = listeners.proxy.local_addr().unwrap();
+        let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
+        let tls = listeners.tls.as_ref().map(|l| l.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("tollgate.yaml");
+        let stdout = dir.path().join("access.log");
+        let stderr = dir.path().join("stderr.log");
+        let text = fill_in(config, addr, admin, tls, dir.path(), Some(&stdout));
+        std::fs::write(&cfg_path, text).unwrap();
+        let tag = addr.to_string();
+        Capture::route(&tag, &stderr);
+        let running = tollgate::server::spawn_in_process(
+            cfg_path.to_str().unwrap(),
+            Arc::new(tollgate::plugin::Registry::builtin()),
+            listeners,
+        )
+        .unwrap_or_else(|e| panic!("the gateway did not start in process: {e}"));
+        assert_eq!(running.tag, tag);
+        Gateway {
+            addr,
+            admin,
+            tls,
+            runner: Runner::InProcess(Some(running)),
+            dir,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The in-process gateway; panics for a process, naming what the test wanted.
+    fn running(&self, what: &str) -> &tollgate::server::Running {
+        match &self.runner {
+            Runner::InProcess(Some(r)) => r,
+            _ => panic!("{what}: not a gateway in process"),
+        }
+    }
+
+    /// The process; panics in process (signals, exit codes and upgrades need `Gateway::start`).
+    fn child(&self, what: &str) -> &Child {
+        match &self.runner {
+            Runner::Process(c) => c,
+            Runner::InProcess(_) => {
+                panic!("{what} is about the process: start this gateway with Gateway::start")
+            }
+        }
     }
 
     /// Start the gateway with `config` and these extra environment variables.
@@ -218,18 +337,10 @@ impl Gateway {
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let dir = tempfile::tempdir().unwrap();
             let cfg_path = dir.path().join("tollgate.yaml");
-            // Every test gateway gets its own admin port, so tests can run in parallel.
-            let text = if config.contains("admin:") {
-                config
-                    .replace("{listen}", &addr.to_string())
-                    .replace("{admin}", &admin.to_string())
-            } else {
-                config.replace(
-                    "\"{listen}\"]",
-                    &format!("\"{addr}\"], admin: {{ listen: \"{admin}\" }}"),
-                )
-            };
-            let text = text.replace("{dir}", &dir.path().display().to_string());
+            let tls = config
+                .contains("{tls_listen}")
+                .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+            let text = fill_in(config, addr, admin, tls, dir.path(), None);
             std::fs::write(&cfg_path, text).unwrap();
             let stdout = dir.path().join("stdout.log");
             let stderr = dir.path().join("stderr.log");
@@ -246,14 +357,15 @@ impl Gateway {
             let mut g = Gateway {
                 addr,
                 admin,
-                child,
+                tls,
+                runner: Runner::Process(child),
                 dir,
                 stdout,
                 stderr,
             };
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
-                if let Ok(Some(_)) = g.child.try_wait() {
+                if let Some(Ok(Some(_))) = g.child_mut().map(|c| c.try_wait()) {
                     break;
                 }
                 if TcpStream::connect(addr).is_ok() {
@@ -266,8 +378,29 @@ impl Gateway {
         panic!("gateway failed to start three times");
     }
 
-    /// Rewrite the config file with `edit`, send SIGHUP and wait until the reload succeeded.
+    fn child_mut(&mut self) -> Option<&mut Child> {
+        match &mut self.runner {
+            Runner::Process(c) => Some(c),
+            Runner::InProcess(_) => None,
+        }
+    }
+
+    /// Rewrite the config file with `edit` and reload it, and wait until the reload succeeded: for a
+    /// process by SIGHUP, in process through the handle (the same reloader SIGHUP and the admin API
+    /// run).
     pub fn reload(&self, edit: impl FnOnce(String) -> String) {
+        if let Runner::InProcess(Some(r)) = &self.runner {
+            let text = std::fs::read_to_string(self.config_path()).unwrap();
+            std::fs::write(self.config_path(), edit(text)).unwrap();
+            let status = r.reload();
+            assert!(
+                status.ok,
+                "reload did not succeed: {:?}\n{}",
+                status.errors,
+                self.stderr_text()
+            );
+            return;
+        }
         let successes = || {
             let m = self.admin_request("GET", "/metrics", &[]);
             String::from_utf8_lossy(&m.body)
@@ -291,18 +424,36 @@ impl Gateway {
         }
     }
 
+    /// The in-process gateway's handle (its reload, its tag).
+    pub fn handle(&self) -> &tollgate::server::Running {
+        self.running("handle")
+    }
+
+    /// Stop the in-process gateway now and wait until it is done (its listeners closed, its access
+    /// log written out).
+    pub fn stop(&mut self) {
+        match &mut self.runner {
+            Runner::InProcess(r) => {
+                if let Some(r) = r.take() {
+                    r.stop();
+                }
+            }
+            Runner::Process(_) => panic!("stop: use signal or drop for a process"),
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("tollgate.yaml")
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child("pid").id()
     }
 
     /// Send a signal (`TERM`, `QUIT`, `HUP`, ...).
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .args([&format!("-{sig}"), &self.child("a signal").id().to_string()])
             .status()
             .unwrap()
             .success();
@@ -311,9 +462,10 @@ impl Gateway {
 
     /// Wait up to `timeout` for the process to exit; its exit code, or None if it is still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        self.child("the exit code");
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child_mut().map(|c| c.try_wait()) {
                 return Some(status.code().unwrap_or(-1));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -329,6 +481,7 @@ impl Gateway {
     /// [`Gateway::start_upgrade`] with extra environment variables.
     pub fn start_upgrade_with_env(&self, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
+        self.child("an upgrade");
         let stdout = dir.path().join("stdout.log");
         let stderr = dir.path().join("stderr.log");
         let child = Command::new(bin())
@@ -348,7 +501,8 @@ impl Gateway {
         Gateway {
             addr: self.addr,
             admin: self.admin,
-            child,
+            tls: self.tls,
+            runner: Runner::Process(child),
             dir,
             stdout,
             stderr,
@@ -408,9 +562,86 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.runner {
+            Runner::Process(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Runner::InProcess(r) => {
+                if let Some(r) = r.take() {
+                    r.stop();
+                }
+                Capture::unroute(&self.addr.to_string());
+            }
+        }
     }
+}
+
+/// The process's logger while gateways run in it: a line logged on a thread of an in-process gateway
+/// (its threads' names end with its tag, see `tollgate::server::spawn_in_process`) is appended to that
+/// gateway's `stderr` file; any other line goes to the test's stderr. At `warn`, as the binary runs
+/// with `RUST_LOG=warn` in [`Gateway::start`].
+pub struct Capture;
+
+/// Tag (` 127.0.0.1:PORT`) to file, for the gateways running now.
+static ROUTES: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+impl Capture {
+    fn install() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if log::set_logger(&Capture).is_ok() {
+                log::set_max_level(log::LevelFilter::Warn);
+            }
+        });
+    }
+
+    fn route(tag: &str, file: &std::path::Path) {
+        ROUTES
+            .lock()
+            .unwrap()
+            .push((format!(" {tag}"), file.to_path_buf()));
+    }
+
+    fn unroute(tag: &str) {
+        let tag = format!(" {tag}");
+        ROUTES.lock().unwrap().retain(|(t, _)| *t != tag);
+    }
+}
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let line = format!("[{} {}] {}\n", r.level(), r.target(), r.args());
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("");
+        let file = ROUTES.lock().ok().and_then(|routes| {
+            routes
+                .iter()
+                .find(|(t, _)| name.ends_with(t.as_str()))
+                .map(|(_, f)| f.clone())
+        });
+        match file {
+            Some(f) => {
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(f)
+                {
+                    let _ = f.write_all(line.as_bytes());
+                }
+            }
+            None => eprint!("{line}"),
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 #[derive(Debug)]
