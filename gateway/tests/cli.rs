@@ -456,3 +456,46 @@ routes:
         assert!(out.lines().any(|l| l.starts_with(&want)), "{want}\n{out}");
     }
 }
+
+/// README's layout section names every module of the gateway's `src/` (files and folders), and every
+/// `src/...` it names exists: the map a new contributor reads stays the territory.
+#[test]
+fn readme_layout_matches_the_source_tree() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let layout = readme
+        .split("## Layout")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .expect("README has a Layout section with a code block");
+    let src = std::path::Path::new(root).join("gateway/src");
+    let mut missing = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let shown = if e.file_type().unwrap().is_dir() {
+            format!("src/{name}/")
+        } else if name == "lib.rs" {
+            continue; // the library root; its modules are what is listed
+        } else {
+            format!("src/{name}")
+        };
+        if !layout.contains(&shown) {
+            missing.push(shown);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README layout lacks {missing:?}:\n{layout}"
+    );
+    let named = layout
+        .split(|c: char| c.is_whitespace() || c == ';' || c == ',')
+        .filter_map(|w| w.strip_prefix("src/"))
+        .map(|w| w.trim_end_matches(['.', ')']));
+    for w in named {
+        assert!(
+            src.join(w).exists(),
+            "README layout names src/{w}, which does not exist"
+        );
+    }
+}
