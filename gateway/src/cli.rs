@@ -245,10 +245,17 @@ pub fn mint_token(req: &TokenRequest) -> Result<String, String> {
     }
     // Read as the compiler reads them (a broken provider is an error here too).
     let mut providers = std::collections::BTreeMap::new();
-    for (name, v) in &loaded.config.auth.jwt {
+    let jwt = loaded
+        .config
+        .sections
+        .get("auth")
+        .and_then(|a| a.get("jwt"))
+        .and_then(serde_yaml_ng::Value::as_mapping);
+    for (name, v) in jwt.into_iter().flatten() {
+        let name = name.as_str().unwrap_or_default().to_string();
         let p: crate::plugin::jwt::ProviderConfig = crate::config::de::from_value(v.clone())
             .map_err(|e| format!("auth.jwt.{name}: {}", e.error))?;
-        providers.insert(name.clone(), p);
+        providers.insert(name, p);
     }
     let with_secret: Vec<&String> = providers
         .iter()

@@ -77,7 +77,7 @@ pub fn bind_series(snap: &Snapshot, m: &Metrics) {
     for u in snap.upstreams.values() {
         u.duration(m);
     }
-    for p in snap.rate_limits.values() {
+    for p in snap.providers.rate_limits.values() {
         p.series.bind(m, &p.name);
     }
 }

@@ -65,7 +65,7 @@ fn start_tasks(snap: &Snapshot, tasks: &mut JoinSet<()>) {
         }
         tasks.spawn(up.clone().follow_names());
     }
-    for p in snap.jwt.values().filter(|p| p.has_jwks()) {
+    for p in snap.providers.jwt.values().filter(|p| p.has_jwks()) {
         let p = p.clone();
         tasks.spawn(async move {
             loop {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::plugin::{jwt, ratelimit, Chain};
+use crate::plugin::{Chain, Providers};
 use crate::router::{Params, Router};
 use crate::upstream::Upstream;
 
@@ -111,10 +111,9 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<Arc<Route>>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
-    /// JWT providers, for the JWKS refresh and `tollgate token`.
-    pub jwt: BTreeMap<String, Arc<jwt::Provider>>,
-    /// Rate-limit policies, whose counters a reload keeps.
-    pub rate_limits: BTreeMap<String, Arc<ratelimit::Policy>>,
+    /// What the plugins' sections compiled into: JWT providers (their JWKS refresh runs with the
+    /// snapshot), API key sets, rate-limit policies (whose counters a reload keeps), custom ones.
+    pub providers: Providers,
     /// The HTTPS listeners' certificate.
     pub tls: Option<Arc<crate::tls::Certificates>>,
     /// Span export, when configured.

@@ -76,7 +76,7 @@ pub fn compile(
 ) -> Option<Snapshot> {
     let root = sink.root();
     let settings = settings::compile(&cfg.server, &root.at("server"));
-    let providers = plugins::providers(cfg, &root, previous);
+    let providers = registry.compile_sections(&cfg.sections, &root, previous.map(|p| &p.providers));
     if let Some(t) = &cfg.tracing {
         let at = root.at("tracing");
         match reqwest::Url::parse(&t.otlp_endpoint) {
@@ -110,8 +110,7 @@ pub fn compile(
         router,
         routes: compiled.routes,
         upstreams,
-        jwt: providers.jwt,
-        rate_limits: providers.rate_limits,
+        providers,
         tls,
         tracing: cfg.tracing.clone(),
         global: Chain::new(global),
@@ -120,12 +119,7 @@ pub fn compile(
 
 /// A path from the config, relative to the config file's folder.
 fn config_relative(at: &Scope, p: &str) -> std::path::PathBuf {
-    let dir = at
-        .locations()
-        .and_then(|l| std::path::Path::new(l.file()).parent())
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    dir.join(p)
+    at.config_relative(p)
 }
 
 fn positive(at: &Scope, v: i64) {
@@ -253,5 +247,56 @@ mod tests {
             assert!(s.contains(want), "missing {want}\n--- got:\n{s}");
         }
         assert_eq!(s.lines().count(), 3, "{s}");
+    }
+
+    /// A plugin family owns its top-level section through the registry: compiled before the plugins
+    /// (which find the result in `Providers::ext`); a key nobody owns is an unknown field.
+    #[test]
+    fn plugins_register_their_sections() {
+        #[derive(Clone)]
+        struct Tenants(Vec<String>);
+        let mut r = Registry::builtin();
+        r.register_section(
+            "tenants",
+            |v, at, out, _previous| match serde_yaml_ng::from_value::<Vec<String>>(v.clone()) {
+                Ok(t) => {
+                    out.ext.insert(Tenants(t));
+                }
+                Err(_) => at.error("a list of tenant names"),
+            },
+        )
+        .unwrap();
+        assert!(r.register_section("tenants", |_, _, _, _| {}).is_err());
+        assert!(r.register_section("routes", |_, _, _, _| {}).is_err());
+        let text = format!("{UP}tenants: [acme, globex]\nroutes: []\n");
+        let l = load_str("t.yaml", &text, &|_| None).unwrap();
+        let (snap, _) = Snapshot::from_loaded(&l, &r, None).unwrap();
+        let t = snap.providers.ext.get::<Tenants>().unwrap();
+        assert_eq!(t.0, ["acme", "globex"]);
+
+        let text = format!("{UP}tenants: 3\nrate_limit: {{}}\n");
+        let l = load_str("t.yaml", &text, &|_| None).unwrap();
+        let s = Snapshot::from_loaded(&l, &r, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            s.contains("t.yaml:4:10: error: tenants: a list of tenant names"),
+            "{s}"
+        );
+        assert!(
+            s.contains("t.yaml:5:1: error: rate_limit: unknown field `rate_limit`: did you mean `rate_limits`?"),
+            "{s}"
+        );
+        // Without the registration, `tenants` is not a section of this gateway.
+        let l = load_str("t.yaml", "tenants: []\n", &|_| None).unwrap();
+        let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            s.contains("tenants: unknown field `tenants`, expected one of `server`"),
+            "{s}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
 use super::diag::{Diagnostic, Diagnostics, Severity};
-use super::raw::{RawConfig, RouteConfig, ServerConfig, UpstreamConfig, TOP_LEVEL_KEYS};
+use super::raw::{RawConfig, RouteConfig, ServerConfig, UpstreamConfig};
 use super::sink::{Scope, Sink};
 
 /// Line and column (1-based) of every key and value in a file, by field path (`routes[0].match.path`).
@@ -342,28 +342,6 @@ fn typed(root: Value, at: &Scope) -> RawConfig {
                     .at("upstreams")
                     .error("expected a mapping of upstream name to upstream"),
             },
-            "auth" => match v {
-                Value::Mapping(m) => {
-                    for (kind, providers) in m {
-                        let kind = yaml_key(&kind);
-                        let here = at.at("auth").at(&kind);
-                        match kind.as_str() {
-                            "jwt" => named(providers, &here, &mut cfg.auth.jwt),
-                            "api_keys" => named(providers, &here, &mut cfg.auth.api_keys),
-                            other => here.error_at_key(format!(
-                                "unknown field `{other}`, expected `jwt` or `api_keys`"
-                            )),
-                        }
-                    }
-                }
-                Value::Null => {}
-                _ => at
-                    .at("auth")
-                    .error("expected a mapping with `jwt` and/or `api_keys`"),
-            },
-            "rate_limits" => named(v, &at.at("rate_limits"), &mut cfg.rate_limits),
-            // An empty `redis:` is compiled too (and refused for its missing `url`).
-            "redis" => cfg.redis = Some(v),
             "tracing" => {
                 if let Some(t) = section(v, &at.at("tracing")) {
                     cfg.tracing = Some(t);
@@ -386,27 +364,13 @@ fn typed(root: Value, at: &Scope) -> RawConfig {
                 Value::Null => {}
                 _ => at.at("routes").error("expected a list of routes"),
             },
-            other => at.at(other).error_at_key(format!(
-                "unknown field `{other}`, expected one of {}",
-                quoted(TOP_LEVEL_KEYS)
-            )),
+            // A plugin's section, or unknown: the compiler knows which (the registry's sections).
+            _ => {
+                cfg.sections.insert(key, v);
+            }
         }
     }
     cfg
-}
-
-/// A mapping of name → definition, each kept as written: the section's owner (a plugin's provider
-/// kind) deserializes and checks it when compiling, so this layer knows nothing of plugin config types.
-fn named(v: Value, at: &Scope, out: &mut std::collections::BTreeMap<String, Value>) {
-    match v {
-        Value::Mapping(m) => {
-            for (name, item) in m {
-                out.insert(yaml_key(&name), item);
-            }
-        }
-        Value::Null => {}
-        _ => at.error("expected a mapping of name to definition"),
-    }
 }
 
 fn yaml_key(v: &Value) -> String {
@@ -416,13 +380,6 @@ fn yaml_key(v: &Value) -> String {
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
     }
-}
-
-fn quoted(keys: &[&str]) -> String {
-    keys.iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Deserialize one section, reporting every problem in it (see [`crate::config::de::collect`]). Returns

@@ -22,14 +22,14 @@ pub struct RawConfig {
     pub server: ServerConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
-    /// Named authentication providers the `jwt` and `api_key` plugins refer to.
-    pub auth: AuthConfig,
     /// Plugins every route runs, before its own (entries as written; built by the plugin registry).
     pub plugins: Vec<serde_yaml_ng::Value>,
-    /// Named rate-limit policies the `rate_limit` plugin refers to, as written (see [`AuthConfig`]).
-    pub rate_limits: BTreeMap<String, Value>,
-    /// The shared rate-limit store, for policies with `store: redis`, as written.
-    pub redis: Option<Value>,
+    /// Every other top-level section as written (`auth`, `rate_limits`, `redis`, or a custom plugin's):
+    /// the plugins that own them register them with the registry
+    /// ([`crate::plugin::Registry::register_section`]), which compiles them into the providers their
+    /// plugins refer to. The raw layer imports nothing from the plugins; a section nobody registered
+    /// is an unknown field, reported by the compiler.
+    pub sections: BTreeMap<String, Value>,
     /// Span export (OTLP).
     pub tracing: Option<TracingConfig>,
     /// Upstreams whose definition did not parse (already reported), so routes naming them are not
@@ -37,17 +37,8 @@ pub struct RawConfig {
     pub broken_upstreams: std::collections::BTreeSet<String>,
 }
 
-/// Top-level keys the loader knows; anything else is an unknown-field error.
-pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "server",
-    "upstreams",
-    "routes",
-    "auth",
-    "plugins",
-    "rate_limits",
-    "redis",
-    "tracing",
-];
+/// Top-level keys of the core config; the others belong to plugins ([`RawConfig::sections`]).
+pub const CORE_KEYS: &[&str] = &["server", "upstreams", "routes", "plugins", "tracing"];
 
 /// `tracing:`: export one span per request to an OpenTelemetry collector.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -69,15 +60,6 @@ fn default_service_name() -> String {
 
 fn default_export_timeout() -> HumanDuration {
     HumanDuration::secs(5)
-}
-
-/// `auth:`: providers by name, each kept as written. The raw layer imports nothing from the plugins:
-/// the plugins' provider kinds own these sections' types, and the compiler deserializes each provider
-/// on its own (`crate::compile::providers`), so a broken one hides no other's problems.
-#[derive(Debug, Clone, Default)]
-pub struct AuthConfig {
-    pub jwt: BTreeMap<String, Value>,
-    pub api_keys: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -204,6 +204,16 @@ impl<'a> Scope<'a> {
         self.sink.map_or(0, Sink::error_count)
     }
 
+    /// A path written in the config, relative to the config file's folder (as given, detached).
+    pub fn config_relative(&self, p: &str) -> std::path::PathBuf {
+        let dir = self
+            .locations()
+            .and_then(|l| std::path::Path::new(l.file()).parent())
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        dir.join(p)
+    }
+
     /// The sink's file locations, when attached (for paths relative to the config file).
     pub fn locations(&self) -> Option<&'a Locations> {
         self.sink.map(|s| s.locs)

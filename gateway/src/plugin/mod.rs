@@ -74,6 +74,7 @@ pub mod cors;
 pub mod header_transform;
 pub mod ip_filter;
 pub mod jwt;
+mod providers;
 pub mod ratelimit;
 
 use std::any::Any;
@@ -706,7 +707,19 @@ pub struct Providers {
     /// Providers defined in the file that failed to load (already reported), so plugins naming them
     /// are not reported a second time.
     pub failed: std::collections::BTreeSet<String>,
+    /// A `redis` section is in the file (whether or not its store compiled): a policy with
+    /// `store: redis` is then not reported for lacking one.
+    pub redis_configured: bool,
+    /// What the sections of custom plugins compiled into, by type (`ext.insert(MyKeys(..))` in a
+    /// section compiler, `ctx.ext.get::<MyKeys>()` in the plugin's factory).
+    pub ext: http::Extensions,
 }
+
+/// Compiles one top-level section that a family of plugins owns into [`Providers`]: its value as
+/// written, its scope in the file, the providers so far (sections compile in registration order), and
+/// the running snapshot's providers on a reload (to keep what they learned).
+type SectionCompiler =
+    Box<dyn Fn(&Value, &Scope, &mut Providers, Option<&Providers>) + Send + Sync>;
 
 /// What a plugin factory sees besides its own config: the [`Providers`] (through `Deref`), and the
 /// scope of its config in the file ([`BuildContext::at`]) for problems beyond the one a returned
@@ -801,9 +814,11 @@ impl std::fmt::Display for RegisterError {
 
 impl std::error::Error for RegisterError {}
 
-/// Plugins by name. [`Registry::builtin`] has the built-ins; add your own with [`Registry::register`].
+/// Plugins by name, and the top-level config sections they own. [`Registry::builtin`] has the
+/// built-ins; add your own with [`Registry::register`] and [`Registry::register_section`].
 pub struct Registry {
     factories: BTreeMap<&'static str, Factory>,
+    sections: Vec<(&'static str, SectionCompiler)>,
 }
 
 impl Registry {
@@ -811,7 +826,74 @@ impl Registry {
     pub fn empty() -> Registry {
         Registry {
             factories: BTreeMap::new(),
+            sections: Vec::new(),
         }
+    }
+
+    /// Own the top-level config section `key`: `compile` turns it into providers for your plugins
+    /// (see [`Providers::ext`]). Sections compile in the order registered, before any plugin is
+    /// built; a top-level key that no one registered (and that is not one of the core's) is an
+    /// unknown field. A key registered already, or a core key, is refused.
+    pub fn register_section<F>(
+        &mut self,
+        key: &'static str,
+        compile: F,
+    ) -> Result<(), RegisterError>
+    where
+        F: Fn(&Value, &Scope, &mut Providers, Option<&Providers>) + Send + Sync + 'static,
+    {
+        if crate::config::raw::CORE_KEYS.contains(&key)
+            || self.sections.iter().any(|(k, _)| *k == key)
+        {
+            return Err(RegisterError { name: key });
+        }
+        self.sections.push((key, Box::new(compile)));
+        Ok(())
+    }
+
+    /// The registered sections' keys, in compile order.
+    pub fn section_keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.sections.iter().map(|(k, _)| *k)
+    }
+
+    /// Compile every registered section present in `sections` (the file's non-core top-level keys)
+    /// and report the keys nobody owns. `root` is the file's scope.
+    pub fn compile_sections(
+        &self,
+        sections: &BTreeMap<String, Value>,
+        root: &Scope,
+        previous: Option<&Providers>,
+    ) -> Providers {
+        let mut out = Providers::default();
+        for (key, compile) in &self.sections {
+            if let Some(v) = sections.get(*key) {
+                compile(v, &root.at(key), &mut out, previous);
+            }
+        }
+        for key in sections.keys() {
+            if self.sections.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            let known: Vec<&str> = crate::config::raw::CORE_KEYS
+                .iter()
+                .copied()
+                .chain(self.section_keys())
+                .collect();
+            root.at(key).error_at_key(
+                match crate::config::de::did_you_mean(key, known.iter().copied()) {
+                    Some(m) => format!("unknown field `{key}`: did you mean `{m}`?"),
+                    None => format!(
+                        "unknown field `{key}`, expected one of {}",
+                        known
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+            );
+        }
+        out
     }
 
     /// The built-in plugins: `jwt`, `api_key`, `cors`, `ip_filter`, `body_limit`, `headers`, `rate_limit`.
@@ -825,8 +907,12 @@ impl Registry {
             r.register("body_limit", body_limit::BodyLimit::build),
             r.register("headers", header_transform::HeaderTransform::build),
             r.register("rate_limit", ratelimit::RateLimit::build),
+            // `redis` before `rate_limits`, whose policies may use its store.
+            r.register_section("auth", providers::auth),
+            r.register_section("redis", providers::redis),
+            r.register_section("rate_limits", providers::rate_limits),
         ];
-        // Seven different names into an empty registry (the `builtin_names` test).
+        // Different names into an empty registry (the `builtin_names` test).
         debug_assert!(added.iter().all(Result::is_ok));
         r
     }
