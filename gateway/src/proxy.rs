@@ -150,6 +150,8 @@ pub struct Ctx {
     /// Formatted once; every header and log line that carries it shares these bytes.
     request_id: RequestId,
     client_ip: IpAddr,
+    /// The address the connection comes from (read once, for `X-Forwarded-For`).
+    peer: Option<IpAddr>,
     peer_trusted: bool,
     route: Option<Arc<Route>>,
     /// The route's parameters, as byte ranges of `path`.
@@ -572,6 +574,7 @@ impl ProxyHttp for Gateway {
             start: Instant::now(),
             request_id: RequestId::default(),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            peer: None,
             peer_trusted: false,
             route: None,
             params: None,
@@ -604,11 +607,11 @@ impl ProxyHttp for Gateway {
             req.headers.get(&TRACEPARENT_NAME).map(|v| v.as_bytes()),
         ));
         ctx.request_id = RequestId::for_request(req.headers.get(&X_REQUEST_ID_NAME));
-        let peer = session
+        ctx.peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            .map(|a| a.ip());
+        let peer = ctx.peer.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let trusted = &snap.settings.trusted_proxies;
         ctx.peer_trusted = !trusted.is_empty() && forwarded::is_trusted(peer, trusted);
         ctx.client_ip = if ctx.peer_trusted {
@@ -795,10 +798,7 @@ impl ProxyHttp for Gateway {
         for name in headers::spoofable_present(&up.headers, ctx.peer_trusted, protected) {
             up.remove_header(&name);
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let peer = ctx.peer;
         let original_host = match &ctx.authority {
             Some(a) => HeaderValue::from_str(a).ok(),
             None => session.req_header().headers.get(HOST).cloned(),
