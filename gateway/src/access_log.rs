@@ -197,7 +197,7 @@ pub struct Entry<'a> {
     #[serde(serialize_with = "rfc3339")]
     pub time: std::time::SystemTime,
     pub request_id: &'a str,
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "ip")]
     pub client_ip: std::net::IpAddr,
     pub method: &'a str,
     /// `http` or `https`.
@@ -207,7 +207,7 @@ pub struct Entry<'a> {
     pub path: &'a str,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
-    #[serde(serialize_with = "display_opt")]
+    #[serde(serialize_with = "socket_opt")]
     pub target: Option<std::net::SocketAddr>,
     pub status: u16,
     pub duration_ms: f64,
@@ -223,29 +223,43 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
 }
 
-fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
+// The fields below are written as JSON strings from stack buffers, not through `collect_str`: the
+// formatting machinery (padding, `Display` of addresses) was most of a line's cost (benches/README.md,
+// Profile). The text is the same as their `Display`.
+
+fn ip<S: serde::Serializer>(v: &std::net::IpAddr, s: S) -> Result<S::Ok, S::Error> {
+    let mut buf = crate::headers::AddrBuf::new();
+    // Addresses are ASCII.
+    s.serialize_str(std::str::from_utf8(buf.ip(*v)).unwrap_or_default())
 }
 
-fn display_opt<S: serde::Serializer, T: std::fmt::Display>(
-    v: &Option<T>,
+fn socket_opt<S: serde::Serializer>(
+    v: &Option<std::net::SocketAddr>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match v {
-        Some(v) => s.collect_str(v),
+        Some(a) => {
+            let mut buf = crate::headers::AddrBuf::new();
+            s.serialize_str(std::str::from_utf8(buf.socket(*a)).unwrap_or_default())
+        }
         None => s.serialize_none(),
     }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&Rfc3339(*t))
+    let mut buf = [0u8; 24];
+    match Rfc3339(*t).write_to(&mut buf) {
+        Some(text) => s.serialize_str(text),
+        None => s.collect_str(&Rfc3339(*t)),
+    }
 }
 
 /// RFC 3339 UTC time with milliseconds, formatted without allocating and without a date crate.
 pub struct Rfc3339(pub std::time::SystemTime);
 
-impl std::fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Rfc3339 {
+    /// `(year, month, day, seconds of the day, milliseconds)`, UTC.
+    fn parts(&self) -> (i64, i64, i64, i64, u32) {
         let now = self
             .0
             .duration_since(std::time::UNIX_EPOCH)
@@ -263,13 +277,53 @@ impl std::fmt::Display for Rfc3339 {
         let d = doy - (153 * mp + 2) / 5 + 1;
         let m = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = if m <= 2 { y + 1 } else { y };
+        (y, m, d, rem, now.subsec_millis())
+    }
+
+    /// The time as `YYYY-MM-DDTHH:MM:SS.mmmZ` in `buf`, digit by digit; `None` past the year 9999.
+    pub fn write_to<'b>(&self, buf: &'b mut [u8; 24]) -> Option<&'b str> {
+        let (y, m, d, rem, ms) = self.parts();
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let mut put = |at: usize, v: i64, digits: usize| {
+            let mut v = v;
+            for k in (0..digits).rev() {
+                buf[at + k] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y, 4);
+        put(5, m, 2);
+        put(8, d, 2);
+        put(11, rem / 3600, 2);
+        put(14, rem / 60 % 60, 2);
+        put(17, rem % 60, 2);
+        put(20, i64::from(ms), 3);
+        for (at, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (23, b'Z'),
+        ] {
+            buf[at] = c;
+        }
+        std::str::from_utf8(&buf[..]).ok()
+    }
+}
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, m, d, rem, ms) = self.parts();
         write!(
             f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
             rem / 3600,
             rem / 60 % 60,
             rem % 60,
-            now.subsec_millis()
         )
     }
 }
@@ -347,5 +401,37 @@ mod tests {
         let t = super::Rfc3339(std::time::SystemTime::now()).to_string();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'));
+        // Written digit by digit, the same text as the `Display` (which the log used to go through).
+        let mut buf = [0u8; 24];
+        for ms in [
+            0u64,
+            951_782_400_123,
+            1_700_000_000_999,
+            4_102_444_799_000,
+            253_402_300_799_999,
+        ] {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            let r = super::Rfc3339(at);
+            assert_eq!(r.write_to(&mut buf), Some(r.to_string().as_str()), "{ms}");
+        }
+        let far = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(super::Rfc3339(far).write_to(&mut buf), None, "year 10000");
+    }
+
+    #[test]
+    fn addresses_and_time_are_written_as_their_display() {
+        let mut e = entry("rid");
+        e.client_ip = "2001:db8::7".parse().unwrap();
+        e.target = Some("10.1.2.3:8080".parse().unwrap());
+        e.time = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
+        let v: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(v["client_ip"], "2001:db8::7");
+        assert_eq!(v["target"], "10.1.2.3:8080");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.042Z");
+        e.target = None;
+        let v: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert!(v["target"].is_null());
     }
 }

@@ -598,7 +598,7 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         // `ctx.start` was taken in `new_ctx`, which Pingora calls once the head is read, just before
-        // this phase (pingora-proxy-0.9.1 `process_request`): no second clock read.
+        // this phase (pingora-proxy-0.9.1 `lib.rs`, `process_new_http`): no second clock read.
         let snap = self.snapshot.load_full();
         ctx._in_flight = Some(InFlight::new(&self.metrics.in_flight));
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
