@@ -48,9 +48,9 @@ for name in floor tollgate-plain tollgate-full; do
     hdr=(-H "Authorization: Bearer $TOKEN")
   fi
   oha --no-tui -n 500 -c 8 "${hdr[@]}" "http://127.0.0.1:$port/" >/dev/null
-  callgrind_control -z "$VG" >/dev/null
+  callgrind_control -z "$VG" >/dev/null 2>&1
   ok=$(oha --no-tui -n "$N" -c 8 "${hdr[@]}" "http://127.0.0.1:$port/" | awk '/Success rate/ {print $3}')
-  callgrind_control -d "$VG" >/dev/null
+  callgrind_control -d "$VG" >/dev/null 2>&1
   kill "$VG" 2>/dev/null || true
   wait "$VG" 2>/dev/null || true
   file=$(ls -t "$OUT/$name".*.1 | head -n 1)
