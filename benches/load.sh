@@ -40,43 +40,7 @@ wait_port 8001
 taskset -c 1 "$FLOOR" 127.0.0.1:8004 127.0.0.1:9001 2>"$RUN/logs/floor.err" & PIDS+=($!); FLOOR_PID=$!
 wait_port 8004
 
-SECRET="load-test-secret-0123456789abcdef0123"
-cat > "$RUN/plain.yaml" <<EOF
-server:
-  listen: ["127.0.0.1:8002"]
-  threads: 1
-  access_log: { enabled: false }
-  admin: { listen: "127.0.0.1:9102" }
-  reload: { watch: false }
-  upgrade_sock: "$RUN/plain.sock"
-upstreams:
-  backend: { targets: [{ addr: "127.0.0.1:9001" }] }
-routes:
-  - { name: plain, match: { path_prefix: / }, upstream: backend }
-EOF
-cat > "$RUN/full.yaml" <<EOF
-server:
-  listen: ["127.0.0.1:8003"]
-  threads: 1
-  access_log: { enabled: true, path: "$RUN/logs/tollgate-access.log" }
-  admin: { listen: "127.0.0.1:9103" }
-  reload: { watch: false }
-  upgrade_sock: "$RUN/full.sock"
-auth:
-  jwt:
-    bench: { algorithms: [HS256], secret: "$SECRET", issuer: bench, audience: api }
-rate_limits:
-  per_user: { requests: 1000000000, per: 1m, key: "jwt_claim:sub" }
-upstreams:
-  backend: { targets: [{ addr: "127.0.0.1:9001" }] }
-routes:
-  - name: full
-    match: { path_prefix: / }
-    upstream: backend
-    plugins:
-      - jwt: { provider: bench, forward_claims: { sub: X-User-Id } }
-      - rate_limit: per_user
-EOF
+tollgate_configs   # $RUN/plain.yaml (127.0.0.1:8002) and $RUN/full.yaml (127.0.0.1:8003), see bench-lib.sh
 RUST_LOG=warn taskset -c 1 "$BIN" run -c "$RUN/plain.yaml" 2>"$RUN/logs/plain.err" & PIDS+=($!); PLAIN=$!
 RUST_LOG=warn taskset -c 1 "$BIN" run -c "$RUN/full.yaml" 2>"$RUN/logs/full.err" & PIDS+=($!); FULL=$!
 wait_port 8002

@@ -110,9 +110,7 @@ impl AccessLog {
                 return;
             };
             line.clear();
-            if serde_json::to_writer(&mut *line, entry).is_err() {
-                return;
-            }
+            entry.write_json(&mut line);
             line.push(b'\n');
             let full = match shared.state.lock() {
                 Ok(mut s) if !s.closed && s.buf.len() <= MAX_PENDING => {
@@ -197,7 +195,7 @@ pub struct Entry<'a> {
     #[serde(serialize_with = "rfc3339")]
     pub time: std::time::SystemTime,
     pub request_id: &'a str,
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "ip")]
     pub client_ip: std::net::IpAddr,
     pub method: &'a str,
     /// `http` or `https`.
@@ -207,7 +205,7 @@ pub struct Entry<'a> {
     pub path: &'a str,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
-    #[serde(serialize_with = "display_opt")]
+    #[serde(serialize_with = "socket_opt")]
     pub target: Option<std::net::SocketAddr>,
     pub status: u16,
     pub duration_ms: f64,
@@ -223,29 +221,142 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
 }
 
-fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
+impl Entry<'_> {
+    /// The entry as one JSON object, byte for byte what `serde_json::to_writer` makes of it (the
+    /// `Serialize` derive above; a test compares the two), written field by field: a string that needs
+    /// no escaping (every field of a usual request) is copied as it is, numbers go through `itoa`, and
+    /// only the rest (escapes, floats) through serde_json. Serde's generic path cost about 7,000
+    /// instructions per line (benches/README.md, Profile).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut time = [0u8; 24];
+        out.extend_from_slice(b"{\"time\":");
+        match Rfc3339(self.time).write_to(&mut time) {
+            Some(t) => json_str(out, t),
+            None => json_str(out, &Rfc3339(self.time).to_string()),
+        }
+        key(out, "request_id");
+        json_str(out, self.request_id);
+        key(out, "client_ip");
+        let mut addr = crate::headers::AddrBuf::new();
+        json_str(
+            out,
+            std::str::from_utf8(addr.ip(self.client_ip)).unwrap_or_default(),
+        );
+        key(out, "method");
+        json_str(out, self.method);
+        key(out, "scheme");
+        json_str(out, self.scheme);
+        key(out, "protocol");
+        json_str(out, self.protocol);
+        key(out, "path");
+        json_str(out, self.path);
+        key(out, "route");
+        json_opt_str(out, self.route);
+        key(out, "upstream");
+        json_opt_str(out, self.upstream);
+        key(out, "target");
+        match self.target {
+            Some(a) => json_str(out, std::str::from_utf8(addr.socket(a)).unwrap_or_default()),
+            None => out.extend_from_slice(b"null"),
+        }
+        let mut n = itoa::Buffer::new();
+        key(out, "status");
+        out.extend_from_slice(n.format(self.status).as_bytes());
+        key(out, "duration_ms");
+        json_f64(out, self.duration_ms);
+        key(out, "upstream_ms");
+        match self.upstream_ms {
+            Some(v) => json_f64(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+        key(out, "bytes_in");
+        out.extend_from_slice(n.format(self.bytes_in).as_bytes());
+        key(out, "bytes_out");
+        out.extend_from_slice(n.format(self.bytes_out).as_bytes());
+        key(out, "user_agent");
+        json_opt_str(out, self.user_agent);
+        key(out, "trace_id");
+        json_str(out, self.trace_id);
+        if let Some(p) = self.principal {
+            key(out, "principal");
+            json_str(out, p);
+        }
+        if let Some(e) = self.error {
+            key(out, "error");
+            json_str(out, e);
+        }
+        out.push(b'}');
+    }
 }
 
-fn display_opt<S: serde::Serializer, T: std::fmt::Display>(
-    v: &Option<T>,
+/// `,"name":` (every field but the first).
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// `s` as a JSON string: copied when nothing in it needs an escape, else as serde_json escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A float as serde_json writes it (`null` when not finite).
+fn json_f64(out: &mut Vec<u8>, v: f64) {
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
+// The fields below are written as JSON strings from stack buffers, not through `collect_str`: the
+// formatting machinery (padding, `Display` of addresses) was most of a line's cost (benches/README.md,
+// Profile). The text is the same as their `Display`.
+
+fn ip<S: serde::Serializer>(v: &std::net::IpAddr, s: S) -> Result<S::Ok, S::Error> {
+    let mut buf = crate::headers::AddrBuf::new();
+    // Addresses are ASCII.
+    s.serialize_str(std::str::from_utf8(buf.ip(*v)).unwrap_or_default())
+}
+
+fn socket_opt<S: serde::Serializer>(
+    v: &Option<std::net::SocketAddr>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match v {
-        Some(v) => s.collect_str(v),
+        Some(a) => {
+            let mut buf = crate::headers::AddrBuf::new();
+            s.serialize_str(std::str::from_utf8(buf.socket(*a)).unwrap_or_default())
+        }
         None => s.serialize_none(),
     }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&Rfc3339(*t))
+    let mut buf = [0u8; 24];
+    match Rfc3339(*t).write_to(&mut buf) {
+        Some(text) => s.serialize_str(text),
+        None => s.collect_str(&Rfc3339(*t)),
+    }
 }
 
 /// RFC 3339 UTC time with milliseconds, formatted without allocating and without a date crate.
 pub struct Rfc3339(pub std::time::SystemTime);
 
-impl std::fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Rfc3339 {
+    /// `(year, month, day, seconds of the day, milliseconds)`, UTC.
+    fn parts(&self) -> (i64, i64, i64, i64, u32) {
         let now = self
             .0
             .duration_since(std::time::UNIX_EPOCH)
@@ -263,13 +374,53 @@ impl std::fmt::Display for Rfc3339 {
         let d = doy - (153 * mp + 2) / 5 + 1;
         let m = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = if m <= 2 { y + 1 } else { y };
+        (y, m, d, rem, now.subsec_millis())
+    }
+
+    /// The time as `YYYY-MM-DDTHH:MM:SS.mmmZ` in `buf`, digit by digit; `None` past the year 9999.
+    pub fn write_to<'b>(&self, buf: &'b mut [u8; 24]) -> Option<&'b str> {
+        let (y, m, d, rem, ms) = self.parts();
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let mut put = |at: usize, v: i64, digits: usize| {
+            let mut v = v;
+            for k in (0..digits).rev() {
+                buf[at + k] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y, 4);
+        put(5, m, 2);
+        put(8, d, 2);
+        put(11, rem / 3600, 2);
+        put(14, rem / 60 % 60, 2);
+        put(17, rem % 60, 2);
+        put(20, i64::from(ms), 3);
+        for (at, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (23, b'Z'),
+        ] {
+            buf[at] = c;
+        }
+        std::str::from_utf8(&buf[..]).ok()
+    }
+}
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, m, d, rem, ms) = self.parts();
         write!(
             f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
             rem / 3600,
             rem / 60 % 60,
             rem % 60,
-            now.subsec_millis()
         )
     }
 }
@@ -347,5 +498,75 @@ mod tests {
         let t = super::Rfc3339(std::time::SystemTime::now()).to_string();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'));
+        // Written digit by digit, the same text as the `Display` (which the log used to go through).
+        let mut buf = [0u8; 24];
+        for ms in [
+            0u64,
+            951_782_400_123,
+            1_700_000_000_999,
+            4_102_444_799_000,
+            253_402_300_799_999,
+        ] {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            let r = super::Rfc3339(at);
+            assert_eq!(r.write_to(&mut buf), Some(r.to_string().as_str()), "{ms}");
+        }
+        let far = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(super::Rfc3339(far).write_to(&mut buf), None, "year 10000");
+    }
+
+    #[test]
+    fn the_hand_written_line_is_byte_for_byte_serdes() {
+        let base = entry("rid-1");
+        let mut cases = vec![base];
+        let mut e = entry("0af7651916cd43dd8448eb211c80319c");
+        e.client_ip = "2001:db8::7".parse().unwrap();
+        e.route = Some("orders");
+        e.upstream = Some("orders-svc");
+        e.target = Some("[2001:db8::9]:8443".parse().unwrap());
+        e.status = 503;
+        e.duration_ms = 12.345;
+        e.upstream_ms = Some(0.001);
+        e.bytes_in = 1 << 20;
+        e.bytes_out = usize::MAX;
+        e.user_agent = Some("curl/8.5.0 \"quoted\" back\\slash \u{7f} caf\u{e9} \u{1f600}");
+        e.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        e.principal = Some("user\n42\t\u{1}");
+        e.error = Some("no_healthy_upstream");
+        e.path = "/a/\u{8}b";
+        cases.push(e);
+        let mut e = entry("x");
+        e.duration_ms = f64::NAN;
+        e.upstream_ms = Some(f64::INFINITY);
+        e.time = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        e.method = "-";
+        e.path = "-";
+        cases.push(e);
+        for e in &cases {
+            let mut mine = Vec::new();
+            e.write_json(&mut mine);
+            let serde = serde_json::to_vec(e).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&mine),
+                String::from_utf8_lossy(&serde)
+            );
+        }
+    }
+
+    #[test]
+    fn addresses_and_time_are_written_as_their_display() {
+        let mut e = entry("rid");
+        e.client_ip = "2001:db8::7".parse().unwrap();
+        e.target = Some("10.1.2.3:8080".parse().unwrap());
+        e.time = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
+        let v: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(v["client_ip"], "2001:db8::7");
+        assert_eq!(v["target"], "10.1.2.3:8080");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.042Z");
+        e.target = None;
+        let v: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert!(v["target"].is_null());
     }
 }

@@ -258,21 +258,22 @@ impl DeadlineStream {
 
     /// Start answering with the gateway's own JSON 400 instead of Pingora's, and report it.
     fn replace_refusal(&mut self) {
-        let id = crate::headers::new_request_id();
+        let id = crate::headers::RequestId::generate();
+        let id = id.as_str();
         let client = self
             .inner
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let tls = self.inner.get_ssl_digest().is_some();
         if let Some(sink) = &self.refused {
-            sink.refused(client, &id, tls);
+            sink.refused(client, id, tls);
         }
         let body = crate::error::GatewayError::new(
             400,
             "bad_request",
             "the request head could not be parsed",
         )
-        .body(&id);
+        .body(id);
         let mut out = format!(
             "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
             body.len()
@@ -314,11 +315,15 @@ impl DeadlineStream {
     fn on_read(&mut self, bytes: &[u8]) {
         match self.state {
             State::Responded if !bytes.is_empty() => {
-                // The client is sending again after our response: a new request head starts.
+                // The client is sending again after our response: a new request head starts, and its
+                // clock with its first byte. A head that came whole in this read (the common case)
+                // needs no clock at all, so the timer is reset only for one still incomplete.
                 self.state = State::Head;
                 self.head_bytes = 0;
-                self.arm(self.timeout);
                 self.scan_head(bytes);
+                if self.state == State::Head {
+                    self.arm(self.timeout);
+                }
             }
             State::Head => self.scan_head(bytes),
             State::Tunnel if !bytes.is_empty() => self.arm(self.tunnel_idle),
@@ -329,28 +334,31 @@ impl DeadlineStream {
     /// Find the blank line that ends the head. Lines end in LF (a CR before it is optional, as
     /// Pingora's parser accepts both); empty lines before the request line are skipped, not taken
     /// for the end of a head, but their bytes count and the clock keeps running.
+    ///
+    /// The bytes are read where they are, in the parser's buffer (nothing is copied or allocated), line
+    /// by line: find the next LF, then look only at whether the line has a byte other than CR (its
+    /// first byte, for any real header line).
     fn scan_head(&mut self, bytes: &[u8]) {
-        if self.head_bytes == 0 && !bytes.is_empty() && !self.armed {
-            self.arm(self.timeout);
-        }
         self.head_bytes += bytes.len();
-        for &b in bytes {
-            match b {
-                b'\n' if !self.line_has_content && self.request_line_seen => {
-                    self.fresh = None;
-                    self.state = State::Request;
-                    self.armed = false;
-                    self.request_line_seen = false;
-                    self.status = StatusScan::default();
-                    return;
-                }
-                b'\n' => {
-                    self.request_line_seen |= self.line_has_content;
-                    self.line_has_content = false;
-                }
-                b'\r' => {}
-                _ => self.line_has_content = true,
+        let mut rest = bytes;
+        loop {
+            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                self.line_has_content |= rest.iter().any(|&b| b != b'\r');
+                return;
+            };
+            let has_content = self.line_has_content || rest[..lf].iter().any(|&b| b != b'\r');
+            if !has_content && self.request_line_seen {
+                self.fresh = None;
+                self.state = State::Request;
+                self.armed = false;
+                self.request_line_seen = false;
+                self.line_has_content = false;
+                self.status = StatusScan::default();
+                return;
             }
+            self.request_line_seen |= has_content;
+            self.line_has_content = false;
+            rest = &rest[lf + 1..];
         }
     }
 
@@ -626,6 +634,79 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(20)).await;
         client.write_all(b"hello").await.unwrap();
         assert_eq!(s.read(&mut buf).await.unwrap(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_second_request_gets_its_head_deadline_after_the_reset() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        let mut buf = [0u8; 64];
+        // First request: whole head in one read, answered.
+        client
+            .write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(s.state(), State::Request);
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(s.state(), State::Responded);
+        // Second request, whole in one read after an idle longer than the deadline: no clock, served.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        client
+            .write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(s.state(), State::Request);
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Third request, head split over reads: its clock starts at its first byte (the timer is reset,
+        // not left at the first request's deadline, long past) and still ends it.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        client.write_all(b"GET /3 HTTP/1.1\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(s.state(), State::Head);
+        // Nothing more for 9 s: still waiting (a timer left at an old deadline would have fired).
+        let waited = tokio::time::timeout(Duration::from_secs(9), s.read(&mut buf)).await;
+        assert!(waited.is_err(), "cut before its deadline: {waited:?}");
+        client.write_all(b"Host: x\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(s.state(), State::Head);
+        // Past 10 s from the head's first byte: cut, with a 408.
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let mut answer = [0u8; 12];
+        let mut seen = Vec::new();
+        // The two 200s the test wrote, then the 408.
+        while !seen.windows(12).any(|w| w == b"HTTP/1.1 408") {
+            let n = client.read(&mut answer).await.unwrap();
+            assert!(n > 0, "the connection closed without a 408");
+            seen.extend_from_slice(&answer[..n]);
+        }
+    }
+
+    #[test]
+    fn head_scan_across_reads() {
+        // Bytes of one head fed in every split: the end is found exactly once, at the blank line, and
+        // empty lines before the request line are not taken for it.
+        let head = b"\r\n\nGET / HTTP/1.1\r\nHost: x\r\nA: \r\r\n\r\n";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        for split in 0..=head.len() {
+            let (s, _client) = pair(Duration::from_secs(10));
+            let mut s = s;
+            s.on_read(&head[..split]);
+            let done_early = s.state() == State::Request;
+            s.on_read(&head[split..]);
+            assert_eq!(s.state(), State::Request, "split at {split}");
+            assert!(!done_early || split == head.len(), "ended early at {split}");
+            assert_eq!(s.head_bytes, head.len());
+        }
     }
 
     #[tokio::test(start_paused = true)]

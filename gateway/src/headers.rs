@@ -1,6 +1,6 @@
 //! Header hygiene: hop-by-hop headers, request ids.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1). `Transfer-Encoding` is
 /// also hop-by-hop but Pingora re-frames bodies from it, so the proxy leaves it to Pingora.
@@ -38,20 +38,27 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
             })
 }
 
-/// The hop-by-hop headers present in `h`, to be removed. Returns nothing in the common case without
-/// allocating. Upgrade requests keep `Connection` and `Upgrade` so that WebSockets work.
+/// The hop-by-hop headers present in `h`, to be removed. Upgrade requests keep `Connection` and
+/// `Upgrade` so that WebSockets work. One pass over the names the message has (a handful), rather than
+/// a hashed lookup per name this function knows: it runs twice per request (request and response), and
+/// returns nothing, without allocating, in the common case.
 pub fn hop_by_hop_present(h: &HeaderMap) -> Vec<HeaderName> {
-    let upgrade = is_upgrade(h);
     let mut out = Vec::new();
-    for name in HOP_BY_HOP {
-        if upgrade && (*name == "connection" || *name == "upgrade") {
-            continue;
-        }
-        if h.contains_key(*name) {
-            out.push(HeaderName::from_static(name));
+    let mut connection = false;
+    for name in h.keys() {
+        connection |= *name == CONNECTION;
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            out.push(name.clone());
         }
     }
-    if h.contains_key(CONNECTION) {
+    if out.is_empty() {
+        return out;
+    }
+    let upgrade = is_upgrade(h);
+    if upgrade {
+        out.retain(|n| *n != CONNECTION && *n != UPGRADE);
+    }
+    if connection {
         for t in connection_tokens(h) {
             if upgrade && t == UPGRADE {
                 continue;
@@ -109,15 +116,13 @@ pub fn spoofable_present(
     protected: impl Fn(&str) -> bool,
 ) -> Vec<HeaderName> {
     let mut out = Vec::new();
-    if !trusted {
-        for name in FROM_TRUSTED_ONLY {
-            if h.contains_key(*name) {
-                out.push(HeaderName::from_static(name));
-            }
-        }
-    }
+    // One pass over the names present (see `hop_by_hop_present`).
     for name in h.keys() {
         let n = name.as_str();
+        if !trusted && FROM_TRUSTED_ONLY.contains(&n) {
+            out.push(name.clone());
+            continue;
+        }
         if !n.contains('_') {
             continue;
         }
@@ -142,18 +147,139 @@ pub fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// A new random request id: 32 lower-case hex characters (128 bits).
-pub fn new_request_id() -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(32);
-    let _ = write!(s, "{:032x}", fastrand::u128(..));
-    s
+/// A request's id, formatted once into the header value it travels as (`X-Request-Id` upstream and
+/// back to the client). The access log, error bodies and plugins read it as text from the same bytes,
+/// and every header made from it shares them (a reference count, no copy).
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl Default for RequestId {
+    /// No id yet (a request context before its head is read).
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl RequestId {
+    /// A new random id: 128 bits as 32 lower-case hex characters, in one allocation shared by every
+    /// header that carries it.
+    pub fn generate() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut v = fastrand::u128(..);
+        let mut hex = [0u8; 32];
+        for b in hex.iter_mut().rev() {
+            *b = HEX[(v & 15) as usize];
+            v >>= 4;
+        }
+        // Hex digits are a valid header value; the fallback is never taken.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
+            .map_or_else(|_| RequestId::default(), RequestId)
+    }
+
+    /// The client's own `X-Request-Id`, kept when it is [`valid_request_id`]. Shares the request
+    /// head's bytes.
+    pub fn from_client(v: &HeaderValue) -> Option<RequestId> {
+        valid_request_id(v.as_bytes()).then(|| RequestId(v.clone()))
+    }
+
+    /// The client's id when valid, else a new one.
+    pub fn for_request(client: Option<&HeaderValue>) -> RequestId {
+        client
+            .and_then(RequestId::from_client)
+            .unwrap_or_else(RequestId::generate)
+    }
+
+    /// The id as text (for the access log, error bodies, plugins' log lines).
+    pub fn as_str(&self) -> &str {
+        // Valid ids are visible ASCII, and so are generated ones.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The header value, sharing the id's bytes.
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+/// An IP or socket address as text in a stack buffer, for a header value made without a `String`
+/// (`X-Forwarded-For`, `Host`). IPv4, the common case, is written digit by digit; IPv6 through its
+/// `Display`, into the same buffer.
+pub struct AddrBuf {
+    /// Room for the longest socket address, `[` + 45 + `%` + 10 + `]:` + 5.
+    buf: [u8; 72],
+    len: usize,
+}
+
+impl Default for AddrBuf {
+    fn default() -> Self {
+        AddrBuf::new()
+    }
+}
+
+impl AddrBuf {
+    pub fn new() -> AddrBuf {
+        AddrBuf {
+            buf: [0; 72],
+            len: 0,
+        }
+    }
+
+    /// `ip` as text (`192.0.2.1`, `2001:db8::1`).
+    pub fn ip(&mut self, ip: std::net::IpAddr) -> &[u8] {
+        self.len = 0;
+        match ip {
+            std::net::IpAddr::V4(v4) => self.v4(v4),
+            std::net::IpAddr::V6(v6) => {
+                let _ = std::fmt::Write::write_fmt(self, format_args!("{v6}"));
+            }
+        }
+        &self.buf[..self.len]
+    }
+
+    /// `addr` as text (`192.0.2.1:8080`, `[2001:db8::1]:8080`), as `SocketAddr`'s `Display` writes it.
+    pub fn socket(&mut self, addr: std::net::SocketAddr) -> &[u8] {
+        self.len = 0;
+        match addr {
+            std::net::SocketAddr::V4(a) => {
+                self.v4(*a.ip());
+                self.push(b":");
+                self.push(itoa::Buffer::new().format(a.port()).as_bytes());
+            }
+            std::net::SocketAddr::V6(a) => {
+                let _ = std::fmt::Write::write_fmt(self, format_args!("{a}"));
+            }
+        }
+        &self.buf[..self.len]
+    }
+
+    fn v4(&mut self, ip: std::net::Ipv4Addr) {
+        let mut digits = itoa::Buffer::new();
+        for (i, octet) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.push(b".");
+            }
+            self.push(digits.format(octet).as_bytes());
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        // Every address fits; a longer write is cut rather than allowed to panic.
+        let end = (self.len + bytes.len()).min(self.buf.len());
+        self.buf[self.len..end].copy_from_slice(&bytes[..end - self.len]);
+        self.len = end;
+    }
+}
+
+impl std::fmt::Write for AddrBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn strips_listed_and_standard() {
@@ -207,13 +333,47 @@ mod tests {
     }
 
     #[test]
+    fn addresses_as_display_writes_them() {
+        let mut b = AddrBuf::new();
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "192.168.100.255",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+            "::",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(b.ip(ip), ip.to_string().as_bytes());
+        }
+        for a in [
+            "127.0.0.1:9001",
+            "10.20.30.40:65535",
+            "[2001:db8::1]:443",
+            "[fe80::1%4294967295]:65535",
+        ] {
+            let a: std::net::SocketAddr = a.parse().unwrap();
+            assert_eq!(b.socket(a), a.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn request_ids() {
         assert!(valid_request_id(b"abc-123_x.y:z"));
         assert!(!valid_request_id(b""));
         assert!(!valid_request_id(b"has space"));
         assert!(!valid_request_id(&[b'a'; 129]));
-        let id = new_request_id();
-        assert_eq!(id.len(), 32);
-        assert!(valid_request_id(id.as_bytes()));
+        let id = RequestId::generate();
+        assert_eq!(id.as_str().len(), 32);
+        assert!(valid_request_id(id.as_str().as_bytes()));
+        assert_eq!(id.header().as_bytes(), id.as_str().as_bytes());
+        assert_ne!(RequestId::generate().as_str(), id.as_str());
+        let client = HeaderValue::from_static("abc-123");
+        assert_eq!(RequestId::for_request(Some(&client)).as_str(), "abc-123");
+        let bad = HeaderValue::from_static("has space");
+        let made = RequestId::for_request(Some(&bad));
+        assert_eq!(made.as_str().len(), 32);
+        assert!(RequestId::from_client(&bad).is_none());
+        assert_eq!(RequestId::default().as_str(), "");
     }
 }

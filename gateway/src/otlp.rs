@@ -30,17 +30,18 @@ const BATCH: usize = 512;
 /// A finished request, as a span.
 #[derive(Debug, Clone)]
 pub struct Span {
-    pub trace_id: String,
-    pub span_id: String,
-    pub parent_span_id: Option<String>,
+    /// Ids as numbers: the hex is written here, by the export task, not on the request path.
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_span_id: Option<u64>,
     pub method: String,
     pub path: String,
     /// The route's name (empty when no route matched).
     pub route: String,
     pub status: u16,
-    pub client_ip: String,
+    pub client_ip: std::net::IpAddr,
     pub upstream: Option<String>,
-    pub target: Option<String>,
+    pub target: Option<std::net::SocketAddr>,
     pub start: SystemTime,
     pub end: SystemTime,
 }
@@ -71,7 +72,10 @@ impl Span {
                 "http.response.status_code",
                 json!({ "intValue": self.status.to_string() }),
             ),
-            attr("client.address", json!({ "stringValue": self.client_ip })),
+            attr(
+                "client.address",
+                json!({ "stringValue": self.client_ip.to_string() }),
+            ),
         ];
         if !self.route.is_empty() {
             attributes.push(attr("http.route", json!({ "stringValue": self.route })));
@@ -80,11 +84,14 @@ impl Span {
             attributes.push(attr("tollgate.upstream", json!({ "stringValue": u })));
         }
         if let Some(t) = &self.target {
-            attributes.push(attr("tollgate.target", json!({ "stringValue": t })));
+            attributes.push(attr(
+                "tollgate.target",
+                json!({ "stringValue": t.to_string() }),
+            ));
         }
         let mut span = json!({
-            "traceId": self.trace_id,
-            "spanId": self.span_id,
+            "traceId": format!("{:032x}", self.trace_id),
+            "spanId": format!("{:016x}", self.span_id),
             "name": name,
             "kind": 2, // SPAN_KIND_SERVER
             "startTimeUnixNano": nanos(self.start),
@@ -94,7 +101,7 @@ impl Span {
             "status": { "code": if self.status >= 500 { 2 } else { 0 } },
         });
         if let Some(p) = &self.parent_span_id {
-            span["parentSpanId"] = json!(p);
+            span["parentSpanId"] = json!(format!("{p:016x}"));
         }
         span
     }
@@ -207,16 +214,16 @@ mod tests {
     fn otlp_json_shape() {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let span = Span {
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            span_id: "00f067aa0ba902b7".into(),
-            parent_span_id: Some("b7ad6b7169203331".into()),
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+            span_id: 0x00f067aa0ba902b7,
+            parent_span_id: Some(0xb7ad6b7169203331),
             method: "GET".into(),
             path: "/api/orders".into(),
             route: "orders".into(),
             status: 503,
-            client_ip: "10.0.0.1".into(),
+            client_ip: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
             upstream: Some("orders".into()),
-            target: None,
+            target: Some("10.0.0.2:8080".parse().unwrap()),
             start: t,
             end: t + Duration::from_micros(1500),
         };
@@ -227,6 +234,8 @@ mod tests {
             "gw"
         );
         assert_eq!(s["name"], "GET orders");
+        assert_eq!(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s["spanId"], "00f067aa0ba902b7");
         assert_eq!(s["parentSpanId"], "b7ad6b7169203331");
         assert_eq!(s["startTimeUnixNano"], "1700000000123000000");
         assert_eq!(s["endTimeUnixNano"], "1700000000124500000");
@@ -239,5 +248,16 @@ mod tests {
             .find(|a| a["key"] == "http.response.status_code")
             .unwrap();
         assert_eq!(status["value"]["intValue"], "503");
+        let attr = |k: &str| {
+            s["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["key"] == k)
+                .unwrap()["value"]["stringValue"]
+                .clone()
+        };
+        assert_eq!(attr("client.address"), "10.0.0.1");
+        assert_eq!(attr("tollgate.target"), "10.0.0.2:8080");
     }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -29,7 +29,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::access_log::{self, AccessLog};
 use crate::error::{self, GatewayError};
 use crate::forwarded;
-use crate::headers;
+use crate::headers::{self, RequestId};
 use crate::metrics::{Metrics, RouteSeries};
 use crate::otlp::Exporter;
 use crate::path;
@@ -43,11 +43,19 @@ use crate::snapshot::{Route, Snapshot};
 use crate::trace::TraceContext;
 use crate::upstream::{ip_key, HashOn};
 
+// Header names as `&'static str` for Pingora's `insert_header` (which takes the bytes as they are for
+// the case-preserving map, `pingora-http-0.9.1/src/case_header_name.rs`), and as parsed `HeaderName`s
+// for lookups, which then skip parsing the name on every request.
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const TRACEPARENT: &str = "traceparent";
+const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+const X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
+const X_FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_HOST);
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
 
 /// The proxy. Holds the current config snapshot; each request pins the one it started with. Counts in
 /// the metrics and sends spans to the exporter it is given (the server's), never through a global.
@@ -139,8 +147,11 @@ impl crate::conn::RefusedRequests for Refused {
 pub struct Ctx {
     snapshot: Option<Arc<Snapshot>>,
     start: Instant,
-    request_id: String,
+    /// Formatted once; every header and log line that carries it shares these bytes.
+    request_id: RequestId,
     client_ip: IpAddr,
+    /// The address the connection comes from (read once, for `X-Forwarded-For`).
+    peer: Option<IpAddr>,
     peer_trusted: bool,
     route: Option<Arc<Route>>,
     /// The route's parameters, as byte ranges of `path`.
@@ -271,7 +282,7 @@ impl Gateway {
                 client_ip: ctx.client_ip,
                 path: &ctx.path,
                 route,
-                request_id: &ctx.request_id,
+                request_id: ctx.request_id.as_str(),
             },
             routed_as,
         };
@@ -412,7 +423,7 @@ impl Gateway {
                 client_ip: ctx.client_ip,
                 path: &ctx.path,
                 route: &route.name,
-                request_id: &ctx.request_id,
+                request_id: ctx.request_id.as_str(),
             },
             upstream: &route.upstream.name,
             attempt: ctx.connect_tries,
@@ -493,12 +504,15 @@ impl Gateway {
 }
 
 /// The head and JSON body of a gateway error.
-fn error_answer(err: &GatewayError, request_id: &str) -> Result<(ResponseHeader, bytes::Bytes)> {
-    let body = err.body(request_id);
+fn error_answer(
+    err: &GatewayError,
+    request_id: &RequestId,
+) -> Result<(ResponseHeader, bytes::Bytes)> {
+    let body = err.body(request_id.as_str());
     let mut resp = ResponseHeader::build(err.status, Some(4))?;
     resp.insert_header(CONTENT_TYPE, "application/json")?;
     resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(X_REQUEST_ID, request_id)?;
+    resp.insert_header(X_REQUEST_ID, request_id.header())?;
     if let Some(allow) = err.allow_header() {
         resp.insert_header(http::header::ALLOW, allow)?;
     }
@@ -509,13 +523,13 @@ fn error_answer(err: &GatewayError, request_id: &str) -> Result<(ResponseHeader,
 }
 
 /// The head and body of a plugin's reply.
-fn reply_answer(r: Reply, request_id: &str) -> Result<(ResponseHeader, bytes::Bytes)> {
+fn reply_answer(r: Reply, request_id: &RequestId) -> Result<(ResponseHeader, bytes::Bytes)> {
     let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
     for (name, value) in r.headers {
         resp.append_header(name, value)?;
     }
     resp.insert_header(CONTENT_LENGTH, r.body.len().to_string())?;
-    resp.insert_header(X_REQUEST_ID, request_id)?;
+    resp.insert_header(X_REQUEST_ID, request_id.header())?;
     Ok((resp, r.body))
 }
 
@@ -558,8 +572,9 @@ impl ProxyHttp for Gateway {
         Ctx {
             snapshot: None,
             start: Instant::now(),
-            request_id: String::new(),
+            request_id: RequestId::default(),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            peer: None,
             peer_trusted: false,
             route: None,
             params: None,
@@ -582,31 +597,27 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // `ctx.start` was taken in `new_ctx`, which Pingora calls once the head is read, just before
+        // this phase (pingora-proxy-0.9.1 `lib.rs`, `process_new_http`): no second clock read.
         let snap = self.snapshot.load_full();
-        ctx.start = Instant::now();
         ctx._in_flight = Some(InFlight::new(&self.metrics.in_flight));
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         ctx.trace = Some(TraceContext::from_header(
-            req.headers.get(TRACEPARENT).map(|v| v.as_bytes()),
+            req.headers.get(&TRACEPARENT_NAME).map(|v| v.as_bytes()),
         ));
-        ctx.request_id = match req.headers.get(X_REQUEST_ID) {
-            Some(v) if headers::valid_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            _ => headers::new_request_id(),
-        };
-        let peer = session
+        ctx.request_id = RequestId::for_request(req.headers.get(&X_REQUEST_ID_NAME));
+        ctx.peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            .map(|a| a.ip());
+        let peer = ctx.peer.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let trusted = &snap.settings.trusted_proxies;
         ctx.peer_trusted = !trusted.is_empty() && forwarded::is_trusted(peer, trusted);
         ctx.client_ip = if ctx.peer_trusted {
             let xff = req
                 .headers
-                .get_all(X_FORWARDED_FOR)
+                .get_all(&X_FORWARDED_FOR_NAME)
                 .iter()
                 .filter_map(|v| v.to_str().ok());
             forwarded::client_ip(peer, xff, trusted)
@@ -787,37 +798,36 @@ impl ProxyHttp for Gateway {
         for name in headers::spoofable_present(&up.headers, ctx.peer_trusted, protected) {
             up.remove_header(&name);
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let peer = ctx.peer;
         let original_host = match &ctx.authority {
             Some(a) => HeaderValue::from_str(a).ok(),
             None => session.req_header().headers.get(HOST).cloned(),
         };
         // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
-        let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
-        let xff = if ctx.peer_trusted {
+        if ctx.peer_trusted {
             let prior: Vec<&str> = up
                 .headers
-                .get_all(X_FORWARDED_FOR)
+                .get_all(&X_FORWARDED_FOR_NAME)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            if prior.is_empty() {
+            let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
+            let xff = if prior.is_empty() {
                 peer_s
             } else {
                 format!("{}, {peer_s}", prior.join(", "))
-            }
+            };
+            up.insert_header(X_FORWARDED_FOR, xff)?;
         } else {
-            peer_s
-        };
-        up.insert_header(X_FORWARDED_FOR, xff)?;
-        if !(ctx.peer_trusted && up.headers.contains_key(X_FORWARDED_PROTO)) {
-            let proto = if ctx.tls { "https" } else { "http" };
-            up.insert_header(X_FORWARDED_PROTO, proto)?;
+            // The common case: the peer's address alone, written without a `String`.
+            let mut buf = headers::AddrBuf::new();
+            up.insert_header(X_FORWARDED_FOR, peer.map_or(&[][..], |p| buf.ip(p)))?;
         }
-        if !(ctx.peer_trusted && up.headers.contains_key(X_FORWARDED_HOST)) {
+        if !(ctx.peer_trusted && up.headers.contains_key(&X_FORWARDED_PROTO_NAME)) {
+            let proto = if ctx.tls { "https" } else { "http" };
+            up.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
+        }
+        if !(ctx.peer_trusted && up.headers.contains_key(&X_FORWARDED_HOST_NAME)) {
             match &original_host {
                 Some(h) => up.insert_header(X_FORWARDED_HOST, h.clone())?,
                 None => {
@@ -825,15 +835,22 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        up.insert_header(X_REQUEST_ID, &ctx.request_id)?;
+        up.insert_header(X_REQUEST_ID, ctx.request_id.header())?;
         if let Some(t) = &ctx.trace {
             up.insert_header(TRACEPARENT, t.header())?;
         }
         if !route.preserve_host {
             if let Some(t) = ctx.target {
-                match route.upstream.host_for(t) {
-                    Some(name) => up.insert_header(HOST, name)?,
-                    None => up.insert_header(HOST, t.to_string())?,
+                let host = match route.upstream.host_for(t) {
+                    Some(name) => Some(name),
+                    None => {
+                        let mut buf = headers::AddrBuf::new();
+                        up.insert_header(HOST, buf.socket(t))?;
+                        None
+                    }
+                };
+                if let Some(host) = host {
+                    up.insert_header(HOST, host)?;
                 }
             }
         } else if let Some(h) = &original_host {
@@ -869,10 +886,7 @@ impl ProxyHttp for Gateway {
                 resp.remove_header(&name);
             }
         }
-        resp.insert_header(
-            X_REQUEST_ID,
-            HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-")),
-        )?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.header())?;
         Self::upstream_response(session, resp, ctx).await?;
         if let Some(chain) = ctx.chain() {
             chain.response(resp, session.req_header(), &ctx.plugins);
@@ -918,7 +932,7 @@ impl ProxyHttp for Gateway {
             if let Err(we) = self.send(session, ctx, *head, body).await {
                 log::debug!(
                     "request {}: could not send the replaced answer: {we}",
-                    ctx.request_id
+                    ctx.request_id.as_str()
                 );
             }
             return FailToProxy {
@@ -941,7 +955,7 @@ impl ProxyHttp for Gateway {
             if let Err(we) = self.respond(session, ctx, err).await {
                 log::debug!(
                     "request {}: could not send the error response: {we}",
-                    ctx.request_id
+                    ctx.request_id.as_str()
                 );
             }
         } else {
@@ -993,25 +1007,29 @@ impl Gateway {
         if let Some(chain) = ctx.chain() {
             chain.log(status, &ctx.plugins);
         }
+        let tracing = ctx.snapshot.as_ref().is_some_and(|s| s.tracing.is_some());
+        if !tracing && self.log.is_none() {
+            // Nothing below needs the wall clock.
+            return;
+        }
         let now = std::time::SystemTime::now();
         let path = if ctx.path.is_empty() {
             req.uri.path()
         } else {
             &ctx.path
         };
-        let tracing = ctx.snapshot.as_ref().is_some_and(|s| s.tracing.is_some());
         if let (true, Some(t)) = (tracing, ctx.trace.as_ref().filter(|t| t.sampled())) {
             self.exporter.push(crate::otlp::Span {
-                trace_id: t.trace_id.clone(),
-                span_id: t.span_id.clone(),
-                parent_span_id: t.parent_span_id.clone(),
+                trace_id: t.trace_id,
+                span_id: t.span_id,
+                parent_span_id: t.parent_span_id,
                 method: req.method.as_str().to_string(),
                 path: path.to_string(),
                 route: route_label.to_string(),
                 status,
-                client_ip: ctx.client_ip.to_string(),
+                client_ip: ctx.client_ip,
                 upstream: ctx.route.as_ref().map(|r| r.upstream.name.clone()),
-                target: ctx.target.map(|t| t.to_string()),
+                target: ctx.target,
                 start: now.checked_sub(elapsed).unwrap_or(now),
                 end: now,
             });
@@ -1020,7 +1038,7 @@ impl Gateway {
         let route = ctx.route.as_deref();
         let entry = access_log::Entry {
             time: now,
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id.as_str(),
             client_ip: ctx.client_ip,
             method: req.method.as_str(),
             scheme: if ctx.tls { "https" } else { "http" },
@@ -1035,7 +1053,7 @@ impl Gateway {
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
             user_agent: req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
-            trace_id: ctx.trace.as_ref().map_or("", |t| t.trace_id.as_str()),
+            trace_id: ctx.trace.as_ref().map_or("", |t| t.trace_id_hex()),
             principal: ctx.plugins.identity.subject.as_deref().or(ctx
                 .plugins
                 .identity

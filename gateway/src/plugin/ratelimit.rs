@@ -134,7 +134,13 @@ fn client_value(kind: &str, raw: &[u8]) -> String {
     if raw.len() > MAX_KEY_VALUE {
         format!("{kind}-sha256:{}", hex::encode(Sha256::digest(raw)))
     } else {
-        format!("{kind}:{}", String::from_utf8_lossy(raw))
+        // Per request on the common path: one allocation, no formatting machinery.
+        let value = String::from_utf8_lossy(raw);
+        let mut key = String::with_capacity(kind.len() + 1 + value.len());
+        key.push_str(kind);
+        key.push(':');
+        key.push_str(&value);
+        key
     }
 }
 
@@ -704,10 +710,11 @@ impl Plugin for RateLimit {
                     ..
                 } => {
                     let curr = rate.observe(&key, 1).max(0) as u64;
-                    taken.local.push((rate, key.clone()));
                     let (prev, frac) = rate.rate_with(&key, |c| {
                         (c.prev_samples.max(0) as u64, c.current_interval_fraction)
                     });
+                    // Counted: given back if this or a later policy refuses.
+                    taken.local.push((rate, key));
                     let (ok, remaining, reset, retry) = window(prev, curr, frac, *limit, *per);
                     if !ok {
                         return Decision::Deny(Self::refused(p, retry));
@@ -807,16 +814,23 @@ impl Plugin for RateLimit {
         let status = if mine.is_empty() {
             self.refused_value.clone()
         } else {
-            let v: Vec<String> = mine
-                .iter()
-                .map(|q| match q.policy.kind {
-                    Kind::Window { .. } => {
-                        format!("\"{}\";r={};t={}", q.policy.name, q.remaining, q.reset_secs)
-                    }
-                    Kind::Concurrency { .. } => format!("\"{}\";r={}", q.policy.name, q.remaining),
-                })
-                .collect();
-            HeaderValue::from_str(&v.join(", ")).ok()
+            // One buffer for the whole value (per response on the common path).
+            let mut v = String::with_capacity(mine.len() * 32);
+            let mut n = itoa::Buffer::new();
+            for (i, q) in mine.iter().enumerate() {
+                if i > 0 {
+                    v.push_str(", ");
+                }
+                v.push('"');
+                v.push_str(&q.policy.name);
+                v.push_str("\";r=");
+                v.push_str(n.format(q.remaining));
+                if let Kind::Window { .. } = q.policy.kind {
+                    v.push_str(";t=");
+                    v.push_str(n.format(q.reset_secs));
+                }
+            }
+            HeaderValue::try_from(v).ok()
         };
         if let Some(v) = status {
             let _ = resp.append_header(RATELIMIT, v);
