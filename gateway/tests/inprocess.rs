@@ -203,9 +203,11 @@ fn stopping_closes_the_listeners_and_the_port_can_be_bound_again() {
     // `stop` returns once Pingora's runtimes are shut down; the kernel closes the sockets as the
     // runtimes drop their tasks. Bounded wait for that, then the port is free for anyone.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(g.addr).is_ok() {
-        assert!(Instant::now() < deadline, "{} still accepts", g.addr);
-        std::thread::sleep(Duration::from_millis(20));
+    for addr in [g.addr, g.admin] {
+        while TcpStream::connect(addr).is_ok() {
+            assert!(Instant::now() < deadline, "{addr} still accepts");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     TcpListener::bind(g.addr).expect("the proxy's port is released");
     TcpListener::bind(g.admin).expect("the admin port is released");
