@@ -7,6 +7,7 @@
 //! is reported, so one bad route hides neither its own other problems nor the next route's.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
@@ -18,11 +19,51 @@ use super::raw::{RawConfig, RouteConfig, ServerConfig, UpstreamConfig};
 use super::sink::{Scope, Sink};
 
 /// Line and column (1-based) of every key and value in a file, by field path (`routes[0].match.path`).
+///
+/// Paths are kept as their 64-bit FNV-1a hash, not as strings: a file of 100,000 routes has millions of
+/// nodes, and a string per node was most of `validate`'s time and memory. The hash is computed while
+/// the parser walks the tree, from the parent's (FNV-1a reads bytes one at a time, so hashing a path
+/// piece by piece equals hashing it whole, which is what a lookup does). Two paths of one file sharing
+/// a hash (odds about 10⁻⁷ at millions of nodes) would only misplace a diagnostic's line and column.
 #[derive(Debug, Default, Clone)]
 pub struct Locations {
     file: String,
-    values: HashMap<String, (usize, usize)>,
-    keys: HashMap<String, (usize, usize)>,
+    values: HashMap<u64, Pos, BuildHasherDefault<PathHashed>>,
+    keys: HashMap<u64, Pos, BuildHasherDefault<PathHashed>>,
+}
+
+/// Line and column, 1-based.
+type Pos = (u32, u32);
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, continuing from `h`.
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn path_hash(path: &str) -> u64 {
+    fnv(FNV_OFFSET, path.as_bytes())
+}
+
+/// The map keys are hashes already.
+#[derive(Default)]
+struct PathHashed(u64);
+
+impl std::hash::Hasher for PathHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv(self.0, bytes);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Locations {
@@ -34,8 +75,8 @@ impl Locations {
     pub fn value(&self, path: &str) -> (usize, usize) {
         let mut p = path;
         loop {
-            if let Some(loc) = self.values.get(p) {
-                return *loc;
+            if let Some(&(line, col)) = self.values.get(&path_hash(p)) {
+                return (line as usize, col as usize);
             }
             match parent_path(p) {
                 Some(parent) => p = parent,
@@ -46,10 +87,10 @@ impl Locations {
 
     /// Where the key that introduces `path` is (falls back to the value's place).
     pub fn key(&self, path: &str) -> (usize, usize) {
-        self.keys
-            .get(path)
-            .copied()
-            .unwrap_or_else(|| self.value(path))
+        match self.keys.get(&path_hash(path)) {
+            Some(&(line, col)) => (line as usize, col as usize),
+            None => self.value(path),
+        }
     }
 
     /// A diagnostic at the value of `path`.
@@ -102,16 +143,55 @@ pub fn join_key(parent: &str, key: &str) -> String {
     }
 }
 
+/// A path being built: the FNV-1a state of its text, and whether it is empty (the root, whose keys
+/// take no leading `.`).
+#[derive(Clone, Copy)]
+struct PathState {
+    hash: u64,
+    empty: bool,
+}
+
+impl PathState {
+    const ROOT: PathState = PathState {
+        hash: FNV_OFFSET,
+        empty: true,
+    };
+
+    /// `self.key` (or `key` at the root), as [`join_key`] writes it.
+    fn key(self, key: &str) -> PathState {
+        let h = if self.empty {
+            self.hash
+        } else {
+            fnv(self.hash, b".")
+        };
+        PathState {
+            hash: fnv(h, key.as_bytes()),
+            empty: false,
+        }
+    }
+
+    /// `self[index]`.
+    fn index(self, index: usize) -> PathState {
+        let mut digits = itoa::Buffer::new();
+        let h = fnv(self.hash, b"[");
+        let h = fnv(h, digits.format(index).as_bytes());
+        PathState {
+            hash: fnv(h, b"]"),
+            empty: false,
+        }
+    }
+}
+
 enum Frame {
     /// `fresh`: no key seen yet (the map's own place is then moved to its first key, which is where
     /// a reader looks; the parser marks a block mapping at its first `:`).
     Map {
-        path: String,
-        key: Option<String>,
+        path: PathState,
+        key: Option<PathState>,
         fresh: bool,
     },
     Seq {
-        path: String,
+        path: PathState,
         index: usize,
     },
 }
@@ -119,30 +199,30 @@ enum Frame {
 /// Builds [`Locations`] from parser events.
 struct Indexer {
     stack: Vec<Frame>,
-    values: HashMap<String, (usize, usize)>,
-    keys: HashMap<String, (usize, usize)>,
+    values: HashMap<u64, Pos, BuildHasherDefault<PathHashed>>,
+    keys: HashMap<u64, Pos, BuildHasherDefault<PathHashed>>,
 }
 
 impl Indexer {
     /// The path a new node takes, or `None` when the node is a mapping key (recorded here).
-    fn place(&mut self, mark: Marker, scalar: Option<&str>) -> Option<String> {
-        let pos = (mark.line(), mark.col() + 1);
+    fn place(&mut self, mark: Marker, scalar: Option<&str>) -> Option<PathState> {
+        let pos = position(mark);
         match self.stack.last_mut() {
-            None => Some(String::new()),
+            None => Some(PathState::ROOT),
             Some(Frame::Seq { path, index }) => {
-                let p = format!("{path}[{index}]");
+                let p = path.index(*index);
                 *index += 1;
                 Some(p)
             }
             Some(Frame::Map { path, key, fresh }) => match key.take() {
-                Some(k) => Some(join_key(path, &k)),
+                Some(k) => Some(k),
                 None => {
                     // This node is a key. Complex keys (maps as keys) are not used by our config.
-                    let k = scalar.unwrap_or("?").to_string();
+                    let k = path.key(scalar.unwrap_or("?"));
                     if std::mem::take(fresh) {
-                        self.values.insert(path.clone(), pos);
+                        self.values.insert(path.hash, pos);
                     }
-                    self.keys.insert(join_key(path, &k), pos);
+                    self.keys.insert(k.hash, pos);
                     *key = Some(k);
                     None
                 }
@@ -151,23 +231,28 @@ impl Indexer {
     }
 }
 
+fn position(mark: Marker) -> Pos {
+    let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (clamp(mark.line()), clamp(mark.col() + 1))
+}
+
 impl MarkedEventReceiver for Indexer {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = (mark.line(), mark.col() + 1);
+        let pos = position(mark);
         match ev {
             Event::Scalar(ref s, ..) => {
                 if let Some(p) = self.place(mark, Some(s)) {
-                    self.values.insert(p, pos);
+                    self.values.insert(p.hash, pos);
                 }
             }
             Event::Alias(_) => {
                 if let Some(p) = self.place(mark, None) {
-                    self.values.insert(p, pos);
+                    self.values.insert(p.hash, pos);
                 }
             }
             Event::MappingStart(..) => {
                 if let Some(p) = self.place(mark, None) {
-                    self.values.insert(p.clone(), pos);
+                    self.values.insert(p.hash, pos);
                     self.stack.push(Frame::Map {
                         path: p,
                         key: None,
@@ -177,7 +262,7 @@ impl MarkedEventReceiver for Indexer {
             }
             Event::SequenceStart(..) => {
                 if let Some(p) = self.place(mark, None) {
-                    self.values.insert(p.clone(), pos);
+                    self.values.insert(p.hash, pos);
                     self.stack.push(Frame::Seq { path: p, index: 0 });
                 }
             }
@@ -237,8 +322,8 @@ pub fn load_str(
 ) -> Result<Loaded, Diagnostics> {
     let mut indexer = Indexer {
         stack: Vec::new(),
-        values: HashMap::new(),
-        keys: HashMap::new(),
+        values: HashMap::default(),
+        keys: HashMap::default(),
     };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut indexer, false) {
@@ -294,7 +379,10 @@ pub fn load_str(
     }
 
     let sink = Sink::new(&locations);
-    interpolate(&mut root, &sink.root(), env);
+    // Only a file with a `$` can have a `${VAR}` to expand.
+    if text.contains('$') {
+        interpolate(&mut root, &sink.root(), &mut String::new(), env);
+    }
     let config = typed(root, &sink.root());
     let (diagnostics, tainted) = sink.into_parts();
     Ok(Loaded {
@@ -412,7 +500,12 @@ pub fn sub_path(base: &str, rel: &str) -> String {
 
 /// Replace `${VAR}` and `${VAR:-default}` in every string value. `$${` is a literal `${`.
 /// A value that is exactly one `${VAR}` is re-read as YAML, so `port: ${PORT}` becomes a number.
-fn interpolate(v: &mut Value, at: &Scope, env: &dyn Fn(&str) -> Option<String>) {
+fn interpolate(
+    v: &mut Value,
+    root: &Scope,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
     match v {
         Value::String(s) if s.contains('$') => match expand(s, env) {
             Ok((out, whole)) => {
@@ -426,22 +519,39 @@ fn interpolate(v: &mut Value, at: &Scope, env: &dyn Fn(&str) -> Option<String>) 
                 }
             }
             Err(msg) => {
+                let at = root.sub(path);
                 at.error(msg);
                 // Whatever is later said about this value would repeat that it is not set.
                 at.taint();
             }
         },
+        // The path is one buffer, grown and cut back around each child: a string per node would be
+        // most of the work for a file of many routes.
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate(item, &at.idx(i), env);
+                let len = path.len();
+                path.push('[');
+                path.push_str(itoa::Buffer::new().format(i));
+                path.push(']');
+                interpolate(item, root, path, env);
+                path.truncate(len);
             }
         }
         Value::Mapping(m) => {
             for (k, item) in m.iter_mut() {
-                interpolate(item, &at.at(&yaml_key(k)), env);
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                match k.as_str() {
+                    Some(k) => path.push_str(k),
+                    None => path.push_str(&yaml_key(k)),
+                }
+                interpolate(item, root, path, env);
+                path.truncate(len);
             }
         }
-        Value::Tagged(t) => interpolate(&mut t.value, at, env),
+        Value::Tagged(t) => interpolate(&mut t.value, root, path, env),
         _ => {}
     }
 }
