@@ -320,10 +320,13 @@ pub fn load_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, Diagnostics> {
+    // About one value per 10 bytes of YAML and a key for most: sized once rather than regrown (and
+    // rehashed) a dozen times for a large file.
+    let nodes = text.len() / 10;
     let mut indexer = Indexer {
         stack: Vec::new(),
-        values: HashMap::default(),
-        keys: HashMap::default(),
+        values: HashMap::with_capacity_and_hasher(nodes, Default::default()),
+        keys: HashMap::with_capacity_and_hasher(nodes, Default::default()),
     };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut indexer, false) {
