@@ -63,20 +63,14 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
+            ErrorKind::UnknownField { field, expected } if expected.is_empty() => {
+                write!(f, "unknown field `{field}`, this section takes no fields")
+            }
             ErrorKind::UnknownField { field, expected } => {
-                write!(f, "unknown field `{field}`")?;
-                match did_you_mean(field, expected.iter().copied()) {
-                    Some(m) => write!(f, ": did you mean `{m}`?"),
-                    None if expected.is_empty() => f.write_str(", this section takes no fields"),
-                    None => write!(f, ", expected {}", one_of(expected)),
-                }
+                f.write_str(&unknown("field", field, expected))
             }
             ErrorKind::UnknownVariant { variant, expected } => {
-                write!(f, "unknown value `{variant}`")?;
-                match did_you_mean(variant, expected.iter().copied()) {
-                    Some(m) => write!(f, ": did you mean `{m}`?"),
-                    None => write!(f, ", expected {}", one_of(expected)),
-                }
+                f.write_str(&unknown("value", variant, expected))
             }
             ErrorKind::MissingField(field) => write!(f, "missing field `{field}`"),
             ErrorKind::DuplicateField(field) => write!(f, "field `{field}` is given twice"),
@@ -181,6 +175,15 @@ fn one_of(names: &[&str]) -> String {
         0 => "nothing".into(),
         1 => q[0].clone(),
         _ => format!("one of {}", q.join(", ")),
+    }
+}
+
+/// "unknown WHAT `name`", with a suggestion when one of `known` is a near miss, else the list of them:
+/// the one wording of every unknown name (fields, values, plugins, sections).
+pub fn unknown(what: &str, name: &str, known: &[&str]) -> String {
+    match did_you_mean(name, known.iter().copied()) {
+        Some(m) => format!("unknown {what} `{name}`: did you mean `{m}`?"),
+        None => format!("unknown {what} `{name}`, expected {}", one_of(known)),
     }
 }
 

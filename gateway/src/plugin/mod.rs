@@ -879,19 +879,8 @@ impl Registry {
                 .copied()
                 .chain(self.section_keys())
                 .collect();
-            root.at(key).error_at_key(
-                match crate::config::de::did_you_mean(key, known.iter().copied()) {
-                    Some(m) => format!("unknown field `{key}`: did you mean `{m}`?"),
-                    None => format!(
-                        "unknown field `{key}`, expected one of {}",
-                        known
-                            .iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                },
-            );
+            root.at(key)
+                .error_at_key(crate::config::de::unknown("field", key, &known));
         }
         out
     }
@@ -1021,19 +1010,9 @@ impl Registry {
             };
         let Some(factory) = self.factories.get(name) else {
             let names = self.names();
-            return Err(BuildError::new(
-                match crate::config::de::did_you_mean(name, names.iter().copied()) {
-                    Some(m) => format!("unknown plugin `{name}`: did you mean `{m}`?"),
-                    None => format!(
-                        "unknown plugin `{name}`, expected one of {}",
-                        names
-                            .iter()
-                            .map(|n| format!("`{n}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                },
-            ));
+            return Err(BuildError::new(crate::config::de::unknown(
+                "plugin", name, &names,
+            )));
         };
         factory(cfg, &BuildContext::new(providers, at.at(name))).map_err(|mut e| {
             e.path = if e.path.is_empty() {
