@@ -63,7 +63,10 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            ErrorKind::UnknownField { field, expected } if expected.is_empty() => {
+            ErrorKind::UnknownField {
+                field,
+                expected: [],
+            } => {
                 write!(f, "unknown field `{field}`, this section takes no fields")
             }
             ErrorKind::UnknownField { field, expected } => {
