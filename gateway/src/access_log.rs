@@ -219,6 +219,9 @@ pub struct Entry<'a> {
     pub principal: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// A composition route's calls: `[{"call","index"?,"status","ms","target"?,"error"?}]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<&'a serde_json::Value>,
 }
 
 impl Entry<'_> {
@@ -284,6 +287,11 @@ impl Entry<'_> {
         if let Some(e) = self.error {
             key(out, "error");
             json_str(out, e);
+        }
+        if let Some(c) = self.calls {
+            // Rare (composition routes only): serde's own writer is fine here.
+            key(out, "calls");
+            let _ = serde_json::to_writer(&mut *out, c);
         }
         out.push(b'}');
     }
@@ -449,6 +457,7 @@ mod tests {
             user_agent: None,
             trace_id: "",
             principal: None,
+            calls: None,
             error: None,
         }
     }

@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::metrics::TargetHealth;
 use crate::reload::Reloader;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Action, Snapshot};
 
 /// The admin app. The token is read from the current snapshot, so a reload can rotate it.
 pub struct Admin {
@@ -86,7 +86,12 @@ pub fn readiness(snap: &Snapshot) -> (bool, Vec<Value>) {
     let mut used: Vec<&str> = snap
         .routes
         .iter()
-        .map(|r| r.upstream.name.as_str())
+        .flat_map(|r| match &r.action {
+            Action::Proxy(u) => vec![u.name.as_str()],
+            // A composition needs each upstream it calls (an optional call's too: its answer
+            // would be partial).
+            Action::Compose(c) => c.calls.iter().map(|c| c.upstream.name.as_str()).collect(),
+        })
         .collect();
     used.sort_unstable();
     used.dedup();
@@ -112,7 +117,7 @@ fn routes(snap: &Snapshot) -> Value {
             .map(|(r, headers)| {
                 let (host, methods, path) = &r.describe;
                 json!({"name": r.name, "index": r.index, "host": host, "methods": methods,
-                       "path": path, "headers": headers, "upstream": r.upstream.name,
+                       "path": path, "headers": headers, "upstream": r.upstream_label(),
                        "plugins": r.chain.names()})
             })
             .collect(),

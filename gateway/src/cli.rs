@@ -228,7 +228,7 @@ pub fn route_table(snap: &Snapshot) -> String {
             methods,
             path,
             dash(&headers),
-            r.upstream.name,
+            r.upstream_label(),
             dash(&plugins),
         ));
     }

@@ -1,5 +1,6 @@
 //! Errors the gateway itself answers with, and their one JSON shape:
-//! `{"error":{"status":404,"code":"route_not_found","message":"...","request_id":"..."}}`.
+//! `{"error":{"status":404,"code":"route_not_found","message":"...","request_id":"..."}}` (plus
+//! `"call"` when a composition's call failed).
 //!
 //! Every short-circuit in the proxy goes through [`GatewayError`] so status, code and body agree
 //! everywhere; `code` is a stable, documented identifier clients can branch on.
@@ -18,6 +19,8 @@ pub struct GatewayError {
     pub allow: Vec<Method>,
     /// Extra response headers, e.g. `WWW-Authenticate` on a 401 or `Retry-After` on a 429.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The call of a composition that failed (the body's `error.call`).
+    pub call: Option<String>,
 }
 
 impl GatewayError {
@@ -28,6 +31,7 @@ impl GatewayError {
             message: message.into(),
             allow: Vec::new(),
             headers: Vec::new(),
+            call: None,
         }
     }
 
@@ -92,6 +96,8 @@ impl GatewayError {
             code: &'a str,
             message: &'a str,
             request_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            call: Option<&'a str>,
         }
         #[derive(serde::Serialize)]
         struct Body<'a> {
@@ -103,6 +109,7 @@ impl GatewayError {
                 code: self.code,
                 message: &self.message,
                 request_id,
+                call: self.call.as_deref(),
             },
         };
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default())

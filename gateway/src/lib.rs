@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod compile;
+pub mod compose;
 pub mod config;
 pub mod conn;
 pub mod error;

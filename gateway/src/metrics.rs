@@ -34,6 +34,8 @@ pub struct Metrics {
     pub tls_expiry: IntGauge,
     pub spans_dropped: IntCounter,
     pub access_log_dropped: IntCounter,
+    pub aggregate_call_duration: HistogramVec,
+    pub aggregate_call_errors: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: a gateway's own answers take well under a millisecond, a slow
@@ -126,6 +128,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_access_log_dropped_total",
         "Access-log lines dropped because the writer fell behind (a stalled disk)",
     )?;
+    let aggregate_call_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "tollgate_aggregate_call_duration_seconds",
+            "Time of each call a composition route made, by route and call",
+        )
+        .buckets(BUCKETS.to_vec()),
+        &["route", "call"],
+    )?;
+    let aggregate_call_errors = IntCounterVec::new(
+        Opts::new(
+            "tollgate_aggregate_call_errors_total",
+            "Calls of composition routes that failed, by route, call and reason",
+        ),
+        &["route", "call", "reason"],
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new(
             "tollgate_build_info",
@@ -147,6 +164,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(tls_expiry.clone()))?;
     registry.register(Box::new(spans_dropped.clone()))?;
     registry.register(Box::new(access_log_dropped.clone()))?;
+    registry.register(Box::new(aggregate_call_duration.clone()))?;
+    registry.register(Box::new(aggregate_call_errors.clone()))?;
     #[cfg(target_os = "linux")]
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
@@ -173,6 +192,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         tls_expiry,
         spans_dropped,
         access_log_dropped,
+        aggregate_call_duration,
+        aggregate_call_errors,
     })
 }
 

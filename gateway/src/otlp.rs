@@ -44,6 +44,8 @@ pub struct Span {
     pub target: Option<std::net::SocketAddr>,
     pub start: SystemTime,
     pub end: SystemTime,
+    /// A composition's call (a client span, child of the request's); `None` for the request's own.
+    pub call: Option<String>,
 }
 
 fn nanos(t: SystemTime) -> String {
@@ -60,10 +62,10 @@ fn attr(key: &str, value: Value) -> Value {
 impl Span {
     /// The span in OTLP/JSON.
     fn to_json(&self) -> Value {
-        let name = if self.route.is_empty() {
-            self.method.clone()
-        } else {
-            format!("{} {}", self.method, self.route)
+        let name = match (&self.call, self.route.is_empty()) {
+            (Some(call), _) => format!("{} {} {call}", self.method, self.route),
+            (None, true) => self.method.clone(),
+            (None, false) => format!("{} {}", self.method, self.route),
         };
         let mut attributes = vec![
             attr("http.request.method", json!({ "stringValue": self.method })),
@@ -89,11 +91,15 @@ impl Span {
                 json!({ "stringValue": t.to_string() }),
             ));
         }
+        if let Some(c) = &self.call {
+            attributes.push(attr("tollgate.call", json!({ "stringValue": c })));
+        }
         let mut span = json!({
             "traceId": format!("{:032x}", self.trace_id),
             "spanId": format!("{:016x}", self.span_id),
             "name": name,
-            "kind": 2, // SPAN_KIND_SERVER
+            // SPAN_KIND_CLIENT for a composition's call, SPAN_KIND_SERVER for the request.
+            "kind": if self.call.is_some() { 3 } else { 2 },
             "startTimeUnixNano": nanos(self.start),
             "endTimeUnixNano": nanos(self.end),
             "attributes": attributes,
@@ -226,7 +232,13 @@ mod tests {
             target: Some("10.0.0.2:8080".parse().unwrap()),
             start: t,
             end: t + Duration::from_micros(1500),
+            call: None,
         };
+        let mut call = span.clone();
+        call.call = Some("customer".into());
+        let c = call.to_json();
+        assert_eq!(c["kind"], 3, "a call is a client span");
+        assert_eq!(c["name"], "GET orders customer");
         let v = request_body("gw", &[span]);
         let s = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(

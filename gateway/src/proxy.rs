@@ -21,12 +21,14 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
+use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::{self, AccessLog};
+use crate::compose::{self, Composition};
 use crate::error::{self, GatewayError};
 use crate::forwarded;
 use crate::headers::{self, RequestId};
@@ -41,6 +43,7 @@ use crate::request::{self, Form};
 use crate::router::{Found, Params};
 use crate::snapshot::{Route, Snapshot};
 use crate::trace::TraceContext;
+use crate::upstream::Upstream;
 use crate::upstream::{ip_key, HashOn};
 
 // Header names as `&'static str` for Pingora's `insert_header` (which takes the bytes as they are for
@@ -66,6 +69,8 @@ pub struct Gateway {
     exporter: Arc<Exporter>,
     /// The request counters of requests that matched no route (`route=""`).
     unrouted: RouteSeries,
+    /// Connections of composition calls (Pingora's connector: same peers, TLS and reuse as proxying).
+    connector: Arc<Connector>,
 }
 
 impl Gateway {
@@ -87,6 +92,7 @@ impl Gateway {
             metrics,
             exporter,
             unrouted: RouteSeries::default(),
+            connector: Arc::new(Connector::new(None)),
         }
     }
 
@@ -139,6 +145,7 @@ impl crate::conn::RefusedRequests for Refused {
             trace_id: "",
             principal: None,
             error: Some("bad_request"),
+            calls: None,
         });
     }
 }
@@ -182,6 +189,8 @@ pub struct Ctx {
     _in_flight: Option<InFlight>,
     /// The client connection is TLS (an HTTPS listener).
     tls: bool,
+    /// A composition route's calls, for the log, the metrics and the spans.
+    calls: Option<Box<[compose::CallRecord]>>,
 }
 
 /// A preflight's route: that of the request it announces.
@@ -425,7 +434,7 @@ impl Gateway {
                 route: &route.name,
                 request_id: ctx.request_id.as_str(),
             },
-            upstream: &route.upstream.name,
+            upstream: &upstream_of(route)?.name,
             attempt: ctx.connect_tries,
             previous: ctx.target,
         };
@@ -593,6 +602,7 @@ impl ProxyHttp for Gateway {
             trace: None,
             _in_flight: None,
             tls: false,
+            calls: None,
         }
     }
 
@@ -670,8 +680,16 @@ impl ProxyHttp for Gateway {
             }
         }
         let route = ctx.route.clone().expect("routed");
-        self.run_chain(session, ctx, &route.chain, &route.name, None)
-            .await
+        if self
+            .run_chain(session, ctx, &route.chain, &route.name, None)
+            .await?
+        {
+            return Ok(true);
+        }
+        match route.composition() {
+            Some(comp) => self.compose(session, ctx, &route, comp).await,
+            None => Ok(false),
+        }
     }
 
     async fn request_body_filter(
@@ -703,7 +721,7 @@ impl ProxyHttp for Gateway {
             .route
             .clone()
             .expect("request_filter routed the request");
-        let up = &route.upstream;
+        let up = upstream_of(&route)?;
         let picked = Self::pick(session, ctx, &route).await?;
         let mut ipbuf = [0u8; 16];
         let key: &[u8] = match &up.hash_on {
@@ -749,7 +767,11 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent on a failed connect, so another target may be tried whatever the method.
-        let retries = ctx.route.as_ref().map_or(0, |r| r.upstream.retries);
+        let retries = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.upstream())
+            .map_or(0, |u| u.retries);
         if ctx.connect_tries < retries {
             ctx.connect_tries += 1;
             e.set_retry(true);
@@ -841,7 +863,7 @@ impl ProxyHttp for Gateway {
         }
         if !route.preserve_host {
             if let Some(t) = ctx.target {
-                let host = match route.upstream.host_for(t) {
+                let host = match upstream_of(&route)?.host_for(t) {
                     Some(name) => Some(name),
                     None => {
                         let mut buf = headers::AddrBuf::new();
@@ -872,8 +894,8 @@ impl ProxyHttp for Gateway {
         if let Some(start) = ctx.upstream_start {
             let took = start.elapsed().as_secs_f64();
             ctx.upstream_ms = Some(took * 1000.0);
-            if let Some(route) = &ctx.route {
-                route.upstream.duration(&self.metrics).observe(took);
+            if let Some(up) = ctx.route.as_ref().and_then(|r| r.upstream()) {
+                up.duration(&self.metrics).observe(took);
             }
         }
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -982,6 +1004,165 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Answer a composition route: run its calls (the chain has passed), racing the client
+    /// connection, whose closing cancels the calls in flight. `Ok(true)`: answered.
+    async fn compose(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+        comp: &Arc<Composition>,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        if request::has_body(&req.headers) {
+            return self
+                .respond(
+                    session,
+                    ctx,
+                    GatewayError::new(
+                        400,
+                        "body_not_allowed",
+                        "a composition route takes no request body",
+                    ),
+                )
+                .await;
+        }
+        let mut ipbuf = [0u8; 16];
+        let input = compose::Input {
+            params: match &ctx.params {
+                Some(p) => p.pairs(&ctx.path),
+                None => Vec::new(),
+            },
+            query: request::parse_target(req.raw_path(), &req.method)
+                .ok()
+                .and_then(|t| t.query.map(str::to_string)),
+            headers: req.headers.clone(),
+            claims: ctx.plugins.identity.claims.clone(),
+            hash_key: ip_key(ctx.client_ip, &mut ipbuf).to_vec(),
+        };
+        let forwarded = self.forwarded(session, ctx)?;
+        let trace = ctx.trace.as_ref().map(|t| compose::Trace {
+            trace_id: t.trace_id,
+            parent_span_id: t.span_id,
+            flags: t.flags,
+        });
+        let outcome = {
+            let plugins = &ctx.plugins;
+            let chain = &route.chain;
+            let decorate = |up: &mut RequestHeader| {
+                for (name, value) in &forwarded {
+                    let _ = up.insert_header(name.clone(), value.clone());
+                }
+                plugins.apply_upstream_headers(up);
+                chain.upstream_request(up, plugins);
+            };
+            let run = compose::run(comp, &input, &self.connector, &decorate, trace);
+            tokio::pin!(run);
+            tokio::select! {
+                o = &mut run => Some(o),
+                // No body is expected: this only returns when the client closes (or misbehaves).
+                _ = session.downstream_session.read_body_or_idle(true) => None,
+            }
+        };
+        let Some(outcome) = outcome else {
+            // Dropping `run` dropped the calls in flight, and their connections with them.
+            session.set_keepalive(None);
+            ctx.error = Some(GatewayError::new(
+                499,
+                "client_closed_request",
+                "the client went away before the answer",
+            ));
+            return Ok(true);
+        };
+        ctx.calls = Some(outcome.records.into_boxed_slice());
+        let body = match outcome.result {
+            Ok(v) => v,
+            Err(f) => {
+                let mut err = GatewayError::new(
+                    f.error.status(),
+                    f.error.code(),
+                    format!("call `{}`: {}", f.call, f.error.message()),
+                );
+                err.call = Some(f.call);
+                return self.respond(session, ctx, err).await;
+            }
+        };
+        let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header(CONTENT_TYPE, "application/json")?;
+        resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.header())?;
+        if !outcome.partial.is_empty() {
+            resp.insert_header(compose::PARTIAL_HEADER, outcome.partial.join(", "))?;
+        }
+        self.send(session, ctx, resp, body).await
+    }
+
+    /// `X-Forwarded-*`, `X-Request-Id` for the calls of a composition, by the same rules as a
+    /// proxied request's (see `upstream_request_filter`).
+    fn forwarded(&self, session: &Session, ctx: &Ctx) -> Result<Vec<(HeaderName, HeaderValue)>> {
+        let req = session.req_header();
+        let mut out = Vec::with_capacity(4);
+        let peer = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
+        let xff = if ctx.peer_trusted {
+            let prior: Vec<&str> = req
+                .headers
+                .get_all(&X_FORWARDED_FOR_NAME)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if prior.is_empty() {
+                peer
+            } else {
+                format!("{}, {peer}", prior.join(", "))
+            }
+        } else {
+            peer
+        };
+        let value = |s: &str| {
+            HeaderValue::from_str(s)
+                .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "forwarded header"))
+        };
+        out.push((X_FORWARDED_FOR_NAME, value(&xff)?));
+        let proto = match req.headers.get(&X_FORWARDED_PROTO_NAME) {
+            Some(p) if ctx.peer_trusted => p.clone(),
+            _ => HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+        };
+        out.push((X_FORWARDED_PROTO_NAME, proto));
+        let host = match (req.headers.get(&X_FORWARDED_HOST_NAME), &ctx.authority) {
+            (Some(h), _) if ctx.peer_trusted => Some(h.clone()),
+            (_, Some(a)) => HeaderValue::from_str(a).ok(),
+            _ => req.headers.get(HOST).cloned(),
+        };
+        if let Some(h) = host {
+            out.push((X_FORWARDED_HOST_NAME, h));
+        }
+        out.push((X_REQUEST_ID_NAME, value(ctx.request_id.as_str())?));
+        Ok(out)
+    }
+
+    /// Per-call metrics of a composition.
+    fn record_calls(&self, route: &str, comp: &Composition, records: &[compose::CallRecord]) {
+        for rec in records {
+            let Some(call) = comp.calls.get(rec.call) else {
+                continue;
+            };
+            call.duration
+                .get_or_init(|| {
+                    self.metrics
+                        .aggregate_call_duration
+                        .with_label_values(&[route, &call.name])
+                })
+                .observe(rec.duration.as_secs_f64());
+            if let Some(e) = &rec.error {
+                self.metrics
+                    .aggregate_call_errors
+                    .with_label_values(&[route, &call.name, e.code()])
+                    .inc();
+            }
+        }
+    }
+
     /// Metrics and the access-log line of a finished request.
     fn record(&self, session: &Session, ctx: &Ctx) {
         let req = session.req_header();
@@ -1007,6 +1188,13 @@ impl Gateway {
         if let Some(chain) = ctx.chain() {
             chain.log(status, &ctx.plugins);
         }
+        let composed = match (&ctx.calls, ctx.route.as_ref().and_then(|r| r.composition())) {
+            (Some(records), Some(comp)) => {
+                self.record_calls(route_label, comp, records);
+                Some((records, comp))
+            }
+            _ => None,
+        };
         let tracing = ctx.snapshot.as_ref().is_some_and(|s| s.tracing.is_some());
         if !tracing && self.log.is_none() {
             // Nothing below needs the wall clock.
@@ -1028,12 +1216,42 @@ impl Gateway {
                 route: route_label.to_string(),
                 status,
                 client_ip: ctx.client_ip,
-                upstream: ctx.route.as_ref().map(|r| r.upstream.name.clone()),
+                upstream: ctx
+                    .route
+                    .as_ref()
+                    .and_then(|r| r.upstream())
+                    .map(|u| u.name.clone()),
+                call: None,
                 target: ctx.target,
                 start: now.checked_sub(elapsed).unwrap_or(now),
                 end: now,
             });
+            // One child span per call.
+            for (rec, call) in composed
+                .iter()
+                .flat_map(|(records, comp)| records.iter().map(|r| (r, &comp.calls[r.call])))
+            {
+                self.exporter.push(crate::otlp::Span {
+                    trace_id: t.trace_id,
+                    span_id: rec.span_id,
+                    parent_span_id: Some(t.span_id),
+                    method: call.method.as_str().to_string(),
+                    path: rec.path.clone(),
+                    route: route_label.to_string(),
+                    status: rec
+                        .status
+                        .or(rec.error.as_ref().map(|e| e.status()))
+                        .unwrap_or(0),
+                    client_ip: ctx.client_ip,
+                    upstream: Some(call.upstream.name.clone()),
+                    target: rec.target,
+                    start: rec.start,
+                    end: rec.start + rec.duration,
+                    call: Some(call.name.clone()),
+                });
+            }
         }
+        let calls_log = composed.map(|(records, comp)| calls_json(records, comp));
         let Some(log) = &self.log else { return };
         let route = ctx.route.as_deref();
         let entry = access_log::Entry {
@@ -1045,7 +1263,7 @@ impl Gateway {
             protocol: protocol_label(req.version),
             path,
             route: route.map(|r| r.name.as_str()),
-            upstream: route.map(|r| r.upstream.name.as_str()),
+            upstream: route.and_then(|r| r.upstream()).map(|u| u.name.as_str()),
             target: ctx.target,
             status,
             duration_ms: round3(elapsed.as_secs_f64() * 1000.0),
@@ -1060,9 +1278,51 @@ impl Gateway {
                 .consumer
                 .as_deref()),
             error: ctx.error.as_ref().map(|e| e.code),
+            calls: calls_log.as_ref(),
         };
         log.write(&entry);
     }
+}
+
+/// The access log's `calls` field.
+fn calls_json(records: &[compose::CallRecord], comp: &Composition) -> serde_json::Value {
+    let list = records
+        .iter()
+        .map(|r| {
+            let mut m = serde_json::Map::new();
+            m.insert("call".into(), comp.calls[r.call].name.clone().into());
+            if let Some(i) = r.index {
+                m.insert("index".into(), i.into());
+            }
+            m.insert(
+                "status".into(),
+                r.status.map_or(serde_json::Value::Null, Into::into),
+            );
+            m.insert(
+                "ms".into(),
+                round3(r.duration.as_secs_f64() * 1000.0).into(),
+            );
+            if let Some(t) = r.target {
+                m.insert("target".into(), t.to_string().into());
+            }
+            if let Some(e) = &r.error {
+                m.insert("error".into(), e.code().into());
+            }
+            serde_json::Value::Object(m)
+        })
+        .collect();
+    serde_json::Value::Array(list)
+}
+
+/// The upstream of a proxying route; a composition route never gets this far (it answers in
+/// `request_filter`), so reaching here without one is an internal error, answered 500.
+fn upstream_of(route: &Route) -> Result<&Arc<Upstream>> {
+    route.upstream().ok_or_else(|| {
+        Error::explain(
+            ErrorType::HTTPStatus(500),
+            "a composition route reached the proxy phases",
+        )
+    })
 }
 
 fn round3(v: f64) -> f64 {

@@ -216,6 +216,20 @@ fn bad_framing(message: &'static str) -> GatewayError {
 /// smuggling vector: a front end and a back end may each believe a different one, §6.1 says such a
 /// message "ought to be handled as an error", and Envoy refuses it by default); several
 /// `Content-Length` values must agree. The connection is closed after the 400.
+/// The request announces a body: chunked, or a `Content-Length` other than 0 (framing already checked
+/// by [`check_framing`]).
+pub fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| {
+                v.as_bytes()
+                    .iter()
+                    .any(|&b| b != b'0' && b != b',' && b != b' ')
+            })
+}
+
 pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
     let mut codings = 0usize;

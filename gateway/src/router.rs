@@ -66,6 +66,18 @@ impl Params {
         let (s, e) = (*self.ranges.get(i)?)?;
         path.get(s..e)
     }
+
+    /// Every captured parameter with its value in `path` (those that took part).
+    pub fn pairs(&self, path: &str) -> Vec<(String, String)> {
+        self.names
+            .iter()
+            .zip(&self.ranges)
+            .filter_map(|(n, r)| {
+                let (s, e) = (*r)?;
+                Some((n.clone(), path.get(s..e)?.to_string()))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

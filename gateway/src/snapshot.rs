@@ -59,7 +59,8 @@ pub struct Route {
     pub name: String,
     /// Position in the file (also the router's tie-break).
     pub index: usize,
-    pub upstream: Arc<Upstream>,
+    /// Proxy to an upstream, or answer by composing calls.
+    pub action: Action,
     pub strip_prefix: Option<String>,
     pub(crate) rewrite: Option<Vec<Part>>,
     pub preserve_host: bool,
@@ -71,7 +72,44 @@ pub struct Route {
     pub describe: (String, String, String),
 }
 
+/// What a route does with a request that passed its chain.
+pub enum Action {
+    /// Proxy it to a target of this upstream.
+    Proxy(Arc<Upstream>),
+    /// Answer it with the merged JSON of several calls.
+    Compose(Arc<crate::compose::Composition>),
+}
+
 impl Route {
+    /// The upstream of a proxying route.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.action {
+            Action::Proxy(u) => Some(u),
+            Action::Compose(_) => None,
+        }
+    }
+
+    /// The composition of a composition route.
+    pub fn composition(&self) -> Option<&Arc<crate::compose::Composition>> {
+        match &self.action {
+            Action::Compose(c) => Some(c),
+            Action::Proxy(_) => None,
+        }
+    }
+
+    /// What `tollgate routes` and `/admin/routes` show as its upstream: the upstream's name, or
+    /// `compose(a,b)` with the upstreams a composition calls.
+    pub fn upstream_label(&self) -> String {
+        match &self.action {
+            Action::Proxy(u) => u.name.clone(),
+            Action::Compose(c) => {
+                let mut ups: Vec<&str> = c.calls.iter().map(|c| c.upstream.name.as_str()).collect();
+                ups.sort_unstable();
+                ups.dedup();
+                format!("compose({})", ups.join(","))
+            }
+        }
+    }
     /// The path the upstream receives for normalized request `path` (no query) matched with `params`.
     pub fn upstream_path<'a>(&self, path: &'a str, params: &Params) -> std::borrow::Cow<'a, str> {
         use std::borrow::Cow;

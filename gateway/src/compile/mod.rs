@@ -10,6 +10,7 @@
 //! A reload compiles with the running snapshot as `previous`, to take over what it learned: JWKS keys,
 //! target health, rate-limit counters, and the certificates of listeners whose `server.tls` went away.
 
+mod compose;
 mod lint;
 mod plugins;
 mod routes;

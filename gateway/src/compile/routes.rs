@@ -10,7 +10,7 @@ use crate::config::raw::{RawConfig, RouteConfig};
 use crate::config::sink::Scope;
 use crate::plugin::{Chain, Plugin, Providers, Registry};
 use crate::router::{template_param, HostMatch, PathMatch, RouteMatcher};
-use crate::snapshot::{Part, Route};
+use crate::snapshot::{Action, Part, Route};
 use crate::upstream::Upstream;
 
 /// The routes that compile, and the matchers of every route whose match compiled (with its position
@@ -48,10 +48,26 @@ pub(super) fn compile(
             ));
             names.insert(&r.name, first);
         }
-        let upstream = upstream(cfg, r, &here, upstreams);
-        let Some((matcher, capture_names)) = route_matcher(r, &here) else {
+        let target = match (&r.upstream, &r.compose) {
+            (Some(u), None) => upstream(cfg, u, &here, upstreams).map(Target::Proxy),
+            (None, Some(_)) => Some(Target::Compose),
+            (Some(_), Some(_)) => {
+                here.at("compose")
+                    .error("a route has either `upstream` or `compose`, not both");
+                None
+            }
+            (None, None) => {
+                here.at("upstream")
+                    .error("a route needs an `upstream` to proxy to, or `compose` calls");
+                None
+            }
+        };
+        let Some((mut matcher, capture_names)) = route_matcher(r, &here) else {
             continue;
         };
+        if r.compose.is_some() {
+            composition_route_checks(r, &here, &mut matcher);
+        }
         let rewrite = r.rewrite.as_ref().and_then(|rw| {
             parse_rewrite(rw, &capture_names)
                 .map_err(|e| here.at("rewrite").error(e))
@@ -75,12 +91,31 @@ pub(super) fn compile(
             registry,
             providers,
         ));
-        if let Some(up) = upstream {
-            let preserve_host = r.preserve_host.unwrap_or(up.preserve_host);
+        let action = match (target, &r.compose) {
+            (Some(Target::Proxy(up)), _) => Some(Action::Proxy(up)),
+            (Some(Target::Compose), Some(c)) => {
+                let has_jwt = chain.iter().any(|p| p.name() == "jwt");
+                super::compose::compile(
+                    cfg,
+                    c,
+                    &here.at("compose"),
+                    &capture_names,
+                    has_jwt,
+                    upstreams,
+                )
+                .map(|c| Action::Compose(Arc::new(c)))
+            }
+            _ => None,
+        };
+        if let Some(action) = action {
+            let preserve_host = match &action {
+                Action::Proxy(up) => r.preserve_host.unwrap_or(up.preserve_host),
+                Action::Compose(_) => false,
+            };
             out.routes.push(Arc::new(Route {
                 name: r.name.clone(),
                 index: r.index,
-                upstream: up,
+                action,
                 strip_prefix: r.strip_prefix.clone(),
                 rewrite,
                 preserve_host,
@@ -94,20 +129,59 @@ pub(super) fn compile(
     out
 }
 
+/// What a route does, before its composition (if any) is compiled.
+enum Target {
+    Proxy(Arc<Upstream>),
+    Compose,
+}
+
+/// A composition route answers GET and HEAD (any method: those two); it has no upstream path of its
+/// own to strip, rewrite or give a Host.
+fn composition_route_checks(r: &RouteConfig, at: &Scope, matcher: &mut RouteMatcher) {
+    if matcher.methods.is_empty() {
+        matcher.methods = vec![Method::GET, Method::HEAD];
+    } else if let Some(m) = matcher
+        .methods
+        .iter()
+        .find(|m| **m != Method::GET && **m != Method::HEAD)
+    {
+        at.at("match").at("methods").error(format!(
+            "`{m}`: a composition route answers GET and HEAD only (a write fanned out to several services cannot be undone when one of them fails, nor retried without repeating the ones that succeeded)"
+        ));
+    }
+    for (field, set) in [
+        ("strip_prefix", r.strip_prefix.is_some()),
+        ("rewrite", r.rewrite.is_some()),
+        ("preserve_host", r.preserve_host.is_some()),
+    ] {
+        if set {
+            at.at(field).error(
+                "has no effect on a composition route: each call gives its own path (and Host)",
+            );
+        }
+    }
+}
+
 /// The route's upstream; an unknown name is an error unless the upstream is defined but broken
 /// (reported where it is defined).
 fn upstream(
     cfg: &RawConfig,
-    r: &RouteConfig,
+    name: &str,
     at: &Scope,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
 ) -> Option<Arc<Upstream>> {
-    if let Some(u) = upstreams.get(&r.upstream) {
+    if let Some(u) = upstreams.get(name) {
         return Some(u.clone());
     }
-    if cfg.upstreams.contains_key(&r.upstream) || cfg.broken_upstreams.contains(&r.upstream) {
+    if cfg.upstreams.contains_key(name) || cfg.broken_upstreams.contains(name) {
         return None;
     }
+    at.at("upstream").error(unknown_upstream(cfg, name));
+    None
+}
+
+/// "unknown upstream `x` (defined: a, b)".
+pub(super) fn unknown_upstream(cfg: &RawConfig, name: &str) -> String {
     let mut known: Vec<&str> = cfg
         .upstreams
         .keys()
@@ -120,11 +194,7 @@ fn upstream(
     } else {
         known.join(", ")
     };
-    at.at("upstream").error(format!(
-        "unknown upstream `{}` (defined: {known})",
-        r.upstream
-    ));
-    None
+    format!("unknown upstream `{name}` (defined: {known})")
 }
 
 /// Build the router's view of a route; returns it with the names it captures.

@@ -354,7 +354,12 @@ pub struct RouteConfig {
     pub name: String,
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
-    pub upstream: String,
+    /// The upstream the request is proxied to. A route has either this or `compose`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Answer by calling several upstreams and merging their JSON (a composition route).
+    #[serde(default)]
+    pub compose: Option<ComposeConfig>,
     #[serde(default)]
     pub strip_prefix: Option<String>,
     /// New upstream path; `{name}` is replaced by a captured template parameter or regex group.
@@ -392,4 +397,75 @@ pub struct MatchConfig {
     /// Header name → exact value the request must carry.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// `routes[].compose`: the calls of a composition route and the answer made of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeConfig {
+    /// Named calls. A call runs as soon as the calls its templates refer to have answered.
+    pub calls: BTreeMap<String, CallConfig>,
+    /// The answer's JSON object; strings `"{ref}"` are replaced by the value they refer to. Default:
+    /// one field per call, holding its JSON.
+    #[serde(default)]
+    pub response: Option<Value>,
+    /// Deadline of the whole composition, all calls included.
+    #[serde(default = "default_compose_timeout")]
+    pub timeout: HumanDuration,
+    /// Calls in flight at once for one request (fan-outs included).
+    #[serde(default = "default_compose_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_compose_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+fn default_compose_concurrency() -> usize {
+    16
+}
+
+/// `routes[].compose.calls.NAME`: one call to an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallConfig {
+    pub upstream: String,
+    /// `GET` or `HEAD`: see the README on why writes are not composed.
+    #[serde(default = "default_call_method")]
+    pub method: MethodName,
+    /// Path and query template, e.g. `/users/{order.user_id}` or `/orders?user={claims.sub}`.
+    pub path: String,
+    /// Request headers, each a template (e.g. `accept-language: "{header.accept-language|en}"`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Deadline of this call (each call of a fan-out). Default: the upstream's read timeout, within the
+    /// composition's `timeout`.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// A required call that fails fails the whole answer; an optional one leaves `null` and an entry
+    /// in `errors`.
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// Most calls a fan-out (`[]` in the path) may make; more elements fail the call.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+    /// Largest response body accepted from this call.
+    #[serde(default = "default_call_body")]
+    pub max_body: ByteSize,
+}
+
+fn default_call_method() -> MethodName {
+    MethodName(http::Method::GET)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_calls() -> usize {
+    100
+}
+
+fn default_call_body() -> ByteSize {
+    ByteSize(1024 * 1024)
 }

@@ -178,7 +178,15 @@ impl<'a> Scope<'a> {
             at.report(p.error.to_string(), Severity::Error, p.at_key());
             // An unknown field changes nothing else; a value left out is missing from now on.
             if !p.at_key() && sink.found.borrow().diags.len() > before {
-                sink.taint(at.path);
+                sink.taint(at.path.clone());
+            }
+            // A misspelt field (`upstreem`) stands for the one it resembles: what is later said about
+            // that one's absence repeats the typo's message.
+            if let super::de::ErrorKind::UnknownField { field, expected } = p.error.kind() {
+                if let Some(meant) = super::de::did_you_mean(field, expected.iter().copied()) {
+                    let parent = at.path.strip_suffix(field.as_str()).unwrap_or("");
+                    sink.taint(format!("{parent}{meant}"));
+                }
             }
         }
     }
