@@ -37,12 +37,14 @@ fn slow(v: Value, ms: u64) -> Answer {
 }
 
 type Handler = dyn Fn(&str) -> Answer + Send + Sync;
+/// Requests a service received: path and headers (lower-case names), in arrival order.
+type Seen = Mutex<Vec<(String, Vec<(String, String)>)>>;
 
 /// A JSON service on 127.0.0.1: answers by `handler(path)`, records each request (path and headers),
 /// and counts requests whose client went away while it was still waiting to answer.
 struct Api {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>,
+    seen: Arc<Seen>,
     cancelled: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
@@ -100,13 +102,7 @@ impl Drop for Api {
     }
 }
 
-#[allow(clippy::type_complexity)]
-fn serve(
-    conn: TcpStream,
-    handler: &Handler,
-    seen: &Mutex<Vec<(String, Vec<(String, String)>)>>,
-    cancelled: &AtomicUsize,
-) {
+fn serve(conn: TcpStream, handler: &Handler, seen: &Seen, cancelled: &AtomicUsize) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
@@ -699,4 +695,61 @@ routes:
         out.contains(&format!("{}:9:14: error: routes[0].compose.calls.a: calls depend on each other in a cycle: a → b → a", g.display())),
         "{out}"
     );
+}
+
+#[test]
+fn each_call_is_a_child_span_of_the_request_in_the_otlp_export() {
+    let (orders, users, products) = shop(0);
+    let collector = common::StaticServer::start(200, "{}");
+    let gw = Gateway::in_process(&format!(
+        "server: {{ listen: [\"{{listen}}\"] }}\ntracing: {{ otlp_endpoint: \"http://{}/v1/traces\" }}\n{}routes:\n{}",
+        collector.addr,
+        upstreams(&orders, &users, &products),
+        r#"  - name: details
+    match: { path: "/o/{id}" }
+    compose:
+      calls:
+        order: { upstream: orders, path: "/orders/{id}" }
+        customer: { upstream: users, path: "/users/{order.user_id}" }
+"#
+    ));
+    let r = gw.send("GET /o/7 HTTP/1.1\r\nHost: t\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spans = loop {
+        let spans: Vec<Value> = collector
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let v: Value = serde_json::from_str(b).unwrap();
+                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        if spans.len() >= 3 {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "spans never arrived: {spans:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    assert_eq!(server["parentSpanId"], "00f067aa0ba902b7");
+    let calls: Vec<&Value> = spans.iter().filter(|s| s["kind"] == 3).collect();
+    assert_eq!(calls.len(), 2, "{spans:?}");
+    for c in &calls {
+        assert_eq!(c["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c["parentSpanId"], server["spanId"]);
+    }
+    // The span id the customer service was sent is its span's.
+    let tp = users.header(0, "traceparent").unwrap();
+    let sent = tp.split('-').nth(2).unwrap();
+    let customer = calls
+        .iter()
+        .find(|c| c["name"] == "GET details customer")
+        .unwrap();
+    assert_eq!(customer["spanId"], sent);
 }

@@ -358,3 +358,83 @@ fn end_to_end_through_the_gateway() {
         "route_not_found"
     );
 }
+
+/// The demo's composition routes against the real services: an order with its customer and products,
+/// the caller's own record with their orders, and a partial answer when the products service is down.
+#[test]
+fn composed_routes_merge_the_services_and_degrade_when_one_is_down() {
+    let mut s = Stack::start(DbKind::Sqlite, &[]);
+    let g = gateway(&s);
+    let c = client();
+    let api = |p: &str| format!("http://{}/api{p}", g.addr);
+    let ada = s.user("Ada", "ada@example.com");
+    let pen = s.product("Pen", 150, 10);
+    let ink = s.product("Ink", 300, 10);
+    let ada_token = format!("Bearer {}", token(&ada.to_string(), &["orders"]));
+    let r = c
+        .post(api("/orders"))
+        .header("authorization", &ada_token)
+        .json(&json!({"user_id": ada, "items": [{"product_id": pen, "qty": 2}, {"product_id": ink, "qty": 1}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let order: Value = r.json().unwrap();
+    let id = order["id"].as_str().unwrap().to_string();
+
+    // No token: the chain refuses before any call.
+    let r = c.get(api(&format!("/orders/{id}/details"))).send().unwrap();
+    assert_eq!(r.status(), 401);
+
+    let r = c
+        .get(api(&format!("/orders/{id}/details")))
+        .header("authorization", &ada_token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("tollgate-partial").is_none());
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["order"]["id"], id.as_str());
+    assert_eq!(v["customer"]["name"], "Ada");
+    assert_eq!(v["products"][0]["name"], "Pen");
+    assert_eq!(v["products"][1]["name"], "Ink");
+
+    // Another user cannot see Ada's order through the composition either: the orders service says 404.
+    let other = format!("Bearer {}", token(&(ada + 1).to_string(), &["orders"]));
+    let r = c
+        .get(api(&format!("/orders/{id}/details")))
+        .header("authorization", &other)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().unwrap()["error"]["call"], "order");
+
+    let r = c
+        .get(api("/me?limit=1"))
+        .header("authorization", &ada_token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let me: Value = r.json().unwrap();
+    assert_eq!(me["user"]["email"], "ada@example.com");
+    assert_eq!(me["orders"]["items"][0]["id"], id.as_str(), "{me}");
+
+    // Products down: the answer is partial, not an error.
+    s.products.kill9();
+    let r = c
+        .get(api(&format!("/orders/{id}/details")))
+        .header("authorization", &ada_token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["tollgate-partial"], "products");
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["customer"]["name"], "Ada");
+    assert_eq!(v["products"], json!([null, null]));
+    assert_eq!(v["errors"][0]["call"], "products");
+    let code = v["errors"][0]["code"].as_str().unwrap();
+    // Refused connections, or (once the health check has noticed) no healthy target.
+    assert!(
+        code == "upstream_unavailable" || code == "no_healthy_upstream",
+        "{v}"
+    );
+}

@@ -88,6 +88,12 @@ pub(super) fn compile(
             .map_err(|e| path_at.error(e))
             .ok();
         if let Some(t) = &target {
+            let literal_brackets = t
+                .iter()
+                .any(|p| matches!(p, Piece::Lit(l) if l.contains(['[', ']'])));
+            if literal_brackets {
+                path_at.error("`[` and `]` may appear only in references (`{order.items[]}`): a path cannot hold them");
+            }
             let each = refs(t).filter(|r| r.each().is_some()).count();
             if each > 1 {
                 path_at.error("a call fans out over one array: only one `[]` in its path");
@@ -138,10 +144,8 @@ pub(super) fn compile(
             .collect();
         deps.sort_unstable();
         deps.dedup();
-        let timeout = call
-            .timeout
-            .map_or(upstream.read_timeout, |t| t.0)
-            .min(c.timeout.0);
+        // The composition's deadline bounds every call anyway (and reports itself as such).
+        let timeout = call.timeout.map_or(upstream.read_timeout, |t| t.0);
         calls.push(Call {
             name: name.clone(),
             upstream,

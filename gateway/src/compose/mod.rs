@@ -298,7 +298,7 @@ pub async fn run(
         })
         .collect();
     let mut body = match &comp.response {
-        Some(shape) => render_shape(shape, comp, &values, input),
+        Some(shape) => render_shape(shape, &values, input),
         None => Value::Object(
             comp.calls
                 .iter()
@@ -617,24 +617,19 @@ fn render_text<'v>(
 
 /// The answer in the declared shape. A missing value is `null` (optional calls that failed leave
 /// theirs so; the `errors` array says why).
-fn render_shape<'v>(
-    shape: &Shape,
-    comp: &Composition,
-    values: &[Option<&'v Value>],
-    input: &'v Input,
-) -> Value {
+fn render_shape<'v>(shape: &Shape, values: &[Option<&'v Value>], input: &'v Input) -> Value {
     let lookup = |c: usize| values.get(c).copied().flatten();
     match shape {
         Shape::Object(fields) => Value::Object(
             fields
                 .iter()
-                .map(|(k, s)| (k.clone(), render_shape(s, comp, values, input)))
+                .map(|(k, s)| (k.clone(), render_shape(s, values, input)))
                 .collect(),
         ),
         Shape::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|s| render_shape(s, comp, values, input))
+                .map(|s| render_shape(s, values, input))
                 .collect(),
         ),
         Shape::Lit(v) => v.clone(),

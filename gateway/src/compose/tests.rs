@@ -87,13 +87,7 @@ fn the_shape_selects_renames_and_nests() {
         ),
         ("fixed".into(), Shape::Lit(Value::from(1))),
     ]);
-    let comp = Composition {
-        calls: Vec::new(),
-        response: None,
-        timeout: Duration::from_secs(1),
-        concurrency: 1,
-    };
-    let v = render_shape(&shape, &comp, &[Some(&order)], &input);
+    let v = render_shape(&shape, &[Some(&order)], &input);
     assert_eq!(
         v,
         serde_json::json!({"order_id": 7, "ps": [1, 2], "missing": null, "who": "user u/1",
