@@ -753,3 +753,51 @@ fn each_call_is_a_child_span_of_the_request_in_the_otlp_export() {
         .unwrap();
     assert_eq!(customer["spanId"], sent);
 }
+
+#[test]
+fn non_json_and_oversized_answers_are_errors_of_their_call() {
+    let (orders, users, products) = shop(0);
+    let odd = Api::start(|p| match p {
+        "/text" => Answer {
+            status: 200,
+            body: "<html>not json</html>".into(),
+            delay: Duration::ZERO,
+        },
+        _ => ok(json!({"pad": "x".repeat(4096)})),
+    });
+    let gw = Gateway::in_process(&format!(
+        r#"server: {{ listen: ["{{listen}}"] }}
+{}  odd: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - name: odd
+    match: {{ path: /odd }}
+    compose:
+      calls:
+        order: {{ upstream: orders, path: /orders/7 }}
+        text: {{ upstream: odd, path: /text, required: false }}
+        big: {{ upstream: odd, path: /big, max_body: 1KiB, required: false }}
+  - name: odd-required
+    match: {{ path: /odd-required }}
+    compose:
+      calls:
+        big: {{ upstream: odd, path: /big, max_body: 1KiB }}
+"#,
+        upstreams(&orders, &users, &products),
+        odd.addr
+    ));
+    let r = gw.get("/odd");
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["order"]["id"], 7);
+    assert_eq!((v["text"].clone(), v["big"].clone()), (Value::Null, Value::Null));
+    let codes: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"invalid_json") && codes.contains(&"response_too_large"), "{v}");
+    let r = gw.get("/odd-required");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"]["code"], "response_too_large");
+}
