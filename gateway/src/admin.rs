@@ -4,7 +4,9 @@
 //! - `GET /readyz`: a config is loaded and every upstream a route uses has a healthy target;
 //! - `GET /metrics`: Prometheus text format;
 //! - `GET /admin/routes`, `GET /admin/upstreams`, `GET /admin/config` (secrets redacted),
-//!   `GET /admin/reload` (the last reload's outcome), `POST /admin/reload`.
+//!   `GET /admin/reload` (the last reload's outcome), `POST /admin/reload`,
+//!   `GET /admin/config/versions` (the last configs applied or refused, with what each changed),
+//!   `POST /admin/config/rollback` (`{"version": N}`: serve an applied version again).
 //!
 //! `/admin/*` needs `Authorization: Bearer <server.admin.token>`, compared in constant time; without a
 //! configured token those endpoints are off (403). Health and metrics stay open so that probes and
@@ -20,7 +22,27 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::metrics::TargetHealth;
-use crate::reload::Reloader;
+use crate::reload::{Reloader, RollbackError};
+
+/// Largest admin request body read.
+const MAX_BODY: usize = 4096;
+
+/// The version a rollback asks for: `{"version": N}` in the body, or `?version=N`.
+fn rollback_target(query: Option<&str>, body: &[u8]) -> Result<u64, String> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: Value = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+        return v
+            .get("version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| "body: give {\"version\": N}".to_string());
+    }
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|p| p.strip_prefix("version="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "give the version: {\"version\": N} or ?version=N".to_string())
+}
 use crate::snapshot::{Action, Snapshot};
 
 /// The admin app. The token is read from the current snapshot, so a reload can rotate it.
@@ -169,11 +191,10 @@ fn redact(v: &mut Value) {
     }
 }
 
-/// The config file as written (`${VAR}` references not expanded, so values from the environment never
+/// A config's text as written (`${VAR}` references not expanded, so values from the environment never
 /// show), with secret-looking values redacted anyway.
-pub fn redacted_config(path: &str) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())?;
+pub fn redacted_config(text: &str) -> Result<Value, String> {
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
     let mut v = serde_json::to_value(yaml).map_err(|e| e.to_string())?;
     redact(&mut v);
     Ok(v)
@@ -184,7 +205,9 @@ impl Admin {
         &self,
         method: &http::Method,
         path: &str,
+        query: Option<&str>,
         auth: Option<&[u8]>,
+        body: &[u8],
     ) -> Response<Vec<u8>> {
         let snap = self.reloader.shared.load_full();
         match (method.as_str(), path) {
@@ -231,12 +254,50 @@ impl Admin {
         match (method.as_str(), path) {
             ("GET", "/admin/routes") => json_response(StatusCode::OK, &routes(&snap)),
             ("GET", "/admin/upstreams") => json_response(StatusCode::OK, &upstreams(&snap)),
-            ("GET", "/admin/config") => match redacted_config(&self.reloader.path) {
-                Ok(v) => json_response(
+            ("GET", "/admin/config") => {
+                // The config being served, which after a refused reload or a rollback is not what
+                // the file holds.
+                let text = self.reloader.served_text();
+                match text.as_deref().map(redacted_config) {
+                    Some(Ok(v)) => json_response(
+                        StatusCode::OK,
+                        &json!({"path": self.reloader.path,
+                                "version": self.reloader.current_version(), "config": v}),
+                    ),
+                    Some(Err(e)) => {
+                        error(StatusCode::INTERNAL_SERVER_ERROR, "config_unreadable", &e)
+                    }
+                    None => error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "config_unreadable",
+                        "the served config's text could not be read at start",
+                    ),
+                }
+            }
+            ("GET", "/admin/config/versions") => {
+                let (versions, current) = self.reloader.versions();
+                json_response(
                     StatusCode::OK,
-                    &json!({"path": self.reloader.path, "config": v}),
-                ),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "config_unreadable", &e),
+                    &json!({"current": current, "versions": versions}),
+                )
+            }
+            ("POST", "/admin/config/rollback") => match rollback_target(query, body) {
+                Err(m) => error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+                Ok(v) => match self.reloader.rollback(v).await {
+                    Ok(s) => json_response(
+                        StatusCode::OK,
+                        &json!({"ok": true, "version": self.reloader.current_version(),
+                                "rolled_back_to": v, "warnings": s.warnings}),
+                    ),
+                    Err(RollbackError::Unknown(v)) => error(
+                        StatusCode::NOT_FOUND,
+                        "unknown_version",
+                        &format!("no applied version {v} is kept (see /admin/config/versions)"),
+                    ),
+                    Err(RollbackError::Refused(s)) => {
+                        json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!(s))
+                    }
+                },
             },
             ("GET", "/admin/reload") => {
                 json_response(StatusCode::OK, &json!(self.reloader.status()))
@@ -250,7 +311,15 @@ impl Admin {
                 };
                 json_response(status, &json!(s))
             }
-            (_, "/admin/routes" | "/admin/upstreams" | "/admin/config" | "/admin/reload") => error(
+            (
+                _,
+                "/admin/routes"
+                | "/admin/upstreams"
+                | "/admin/config"
+                | "/admin/reload"
+                | "/admin/config/versions"
+                | "/admin/config/rollback",
+            ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "wrong method for this endpoint",
@@ -265,11 +334,27 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let query = req.uri.query().map(str::to_string);
         let auth = req
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
-        self.handle(&method, &path, auth.as_deref()).await
+        // Only a rollback takes a body, and a small one.
+        let mut body = Vec::new();
+        if method == http::Method::POST {
+            while let Ok(Some(chunk)) = session.read_request_body().await {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "admin request bodies are at most 4 KiB",
+                    );
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+        self.handle(&method, &path, query.as_deref(), auth.as_deref(), &body)
+            .await
     }
 }
 

@@ -10,6 +10,7 @@
 //! registers none), it becomes the one requests load, and it is published to what runs alongside it
 //! (`server::SnapshotTasks`), which stops the replaced snapshot's background work and starts its own.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +34,43 @@ pub struct ReloadStatus {
     pub warnings: Vec<String>,
 }
 
+/// Versions kept in the history (applied and refused).
+const HISTORY: usize = 20;
+
+/// One config the gateway applied or refused, for `GET /admin/config/versions` and rollbacks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Version {
+    /// 1 for the config the gateway started with, then one more per attempt.
+    pub version: u64,
+    /// SHA-256 of the file's text (hex, first 16 digits): equal texts, equal hashes.
+    pub hash: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// What made the attempt: `start`, `file`, `sighup`, `admin`, `handle`, `rollback`.
+    pub trigger: &'static str,
+    /// `applied`, or `refused` (the running config stayed).
+    pub outcome: &'static str,
+    /// For a rollback: the version it went back to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// What it changed against the config served before it (applied versions).
+    pub changes: Vec<String>,
+    /// The text, kept for applied versions (what a rollback compiles again).
+    #[serde(skip)]
+    pub text: Option<Arc<str>>,
+}
+
+/// Why a rollback did not happen.
+#[derive(Debug)]
+pub enum RollbackError {
+    /// No applied version with that number is kept.
+    Unknown(u64),
+    /// The version's text no longer compiles (a file it names changed, a variable is unset...).
+    Refused(ReloadStatus),
+}
+
 pub struct Reloader {
     pub path: String,
     registry: Arc<Registry>,
@@ -46,6 +84,78 @@ pub struct Reloader {
     fingerprint: Mutex<Option<u64>>,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
+    /// The last [`HISTORY`] versions, oldest first.
+    history: Mutex<VecDeque<Version>>,
+    /// The version being served.
+    current: Mutex<u64>,
+}
+
+fn text_hash(text: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    hex::encode(&d[..8])
+}
+
+/// What `new` changes against `old`, one line per route or upstream added, removed or changed, and
+/// the settings that need an upgrade.
+pub fn changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    let key = |r: &crate::snapshot::Route| {
+        format!(
+            "{:?} {} {} {}",
+            r.describe,
+            r.upstream_label(),
+            r.chain.names().join(","),
+            r.index
+        )
+    };
+    let old_routes: std::collections::BTreeMap<&str, String> = old
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), key(r)))
+        .collect();
+    let new_routes: std::collections::BTreeMap<&str, String> = new
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), key(r)))
+        .collect();
+    for (name, k) in &new_routes {
+        match old_routes.get(name) {
+            None => out.push(format!("route `{name}` added")),
+            Some(o) if o != k => out.push(format!("route `{name}` changed")),
+            _ => {}
+        }
+    }
+    for name in old_routes.keys().filter(|n| !new_routes.contains_key(*n)) {
+        out.push(format!("route `{name}` removed"));
+    }
+    let targets = |u: &crate::upstream::Upstream| {
+        let mut t: Vec<String> = u
+            .targets()
+            .iter()
+            .map(|(a, w, _)| format!("{a}/{w}"))
+            .collect();
+        t.sort();
+        t
+    };
+    for (name, u) in &new.upstreams {
+        match old.upstreams.get(name) {
+            None => out.push(format!("upstream `{name}` added")),
+            Some(o) if targets(o) != targets(u) => {
+                out.push(format!("upstream `{name}` targets changed"))
+            }
+            _ => {}
+        }
+    }
+    for name in old
+        .upstreams
+        .keys()
+        .filter(|n| !new.upstreams.contains_key(*n))
+    {
+        out.push(format!("upstream `{name}` removed"));
+    }
+    out.extend(new.fixed_setting_changes(old));
+    out
 }
 
 fn unix_now() -> u64 {
@@ -94,6 +204,20 @@ impl Reloader {
         metrics.last_reload.set(unix_now() as f64);
         bind_series(&snapshot, &metrics);
         let first = fingerprint(path, &snapshot.settings.tls_files);
+        // The text the first snapshot was compiled from (read again: a change in between is seen by
+        // the watcher, whose fingerprint is taken above).
+        let text: Option<Arc<str>> = std::fs::read_to_string(path).ok().map(Into::into);
+        let start = Version {
+            version: 1,
+            hash: text.as_deref().map(text_hash).unwrap_or_default(),
+            at: unix_now(),
+            trigger: "start",
+            outcome: "applied",
+            rollback_to: None,
+            errors: Vec::new(),
+            changes: Vec::new(),
+            text,
+        };
         let snapshot = Arc::new(snapshot);
         Reloader {
             path: path.to_string(),
@@ -110,6 +234,69 @@ impl Reloader {
             }),
             fingerprint: Mutex::new(first),
             running: tokio::sync::Mutex::new(()),
+            history: Mutex::new(VecDeque::from([start])),
+            current: Mutex::new(1),
+        }
+    }
+
+    /// The versions kept, newest first, and the one being served.
+    pub fn versions(&self) -> (Vec<Version>, u64) {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        (h.iter().rev().cloned().collect(), self.current_version())
+    }
+
+    /// The version being served.
+    pub fn current_version(&self) -> u64 {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The text of the config being served (not the file, which may hold a refused version).
+    pub fn served_text(&self) -> Option<Arc<str>> {
+        let current = self.current_version();
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter()
+            .find(|v| v.version == current)
+            .and_then(|v| v.text.clone())
+    }
+
+    /// Record an attempt; returns its number.
+    fn record(&self, mut v: Version) -> u64 {
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        v.version = h.back().map_or(1, |last| last.version + 1);
+        let n = v.version;
+        if v.outcome == "applied" {
+            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = n;
+        }
+        h.push_back(v);
+        // Never drop the version being served (a rollback may be wanted back to it).
+        while h.len() > HISTORY {
+            let current = self.current_version();
+            match h.iter().position(|v| v.version != current) {
+                Some(i) => {
+                    h.remove(i);
+                }
+                None => break,
+            }
+        }
+        n
+    }
+
+    /// Serve applied version `version` again: its text compiled afresh, with what the running
+    /// snapshot learned carried over, as a reload does. The file is not touched (a later reload from
+    /// the file brings its content back).
+    pub async fn rollback(&self, version: u64) -> Result<ReloadStatus, RollbackError> {
+        let text = {
+            let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            h.iter()
+                .find(|v| v.version == version && v.outcome == "applied")
+                .and_then(|v| v.text.clone())
+        }
+        .ok_or(RollbackError::Unknown(version))?;
+        let status = self.apply(text, "rollback", Some(version)).await;
+        if status.ok {
+            Ok(status)
+        } else {
+            Err(RollbackError::Refused(status))
         }
     }
 
@@ -158,18 +345,49 @@ impl Reloader {
 
     /// Load the file again and, if it is valid, swap it in.
     pub async fn reload(&self, trigger: &'static str) -> ReloadStatus {
-        let _one = self.running.lock().await;
         if let Ok(mut f) = self.fingerprint.lock() {
             *f = self.fingerprint_now();
         }
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => self.apply(text.into(), trigger, None).await,
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                let status = ReloadStatus {
+                    ok: false,
+                    trigger,
+                    at: unix_now(),
+                    errors: vec![format!("{}: cannot read file: {e}", self.path)],
+                    warnings: Vec::new(),
+                };
+                log::error!(
+                    "reload refused, the running config stays: {}",
+                    status.errors[0]
+                );
+                if let Ok(mut s) = self.status.lock() {
+                    *s = status.clone();
+                }
+                status
+            }
+        }
+    }
+
+    /// Compile `text` (as the config file's) and, if it is valid, swap it in; record the attempt.
+    async fn apply(
+        &self,
+        text: Arc<str>,
+        trigger: &'static str,
+        rollback_to: Option<u64>,
+    ) -> ReloadStatus {
+        let _one = self.running.lock().await;
         let (path, registry) = (self.path.clone(), self.registry.clone());
+        let source = text.clone();
         // Only reloads store snapshots and they run one at a time, so this is the one being replaced.
         let old = self.shared.load_full();
         let previous = old.clone();
         let metrics = self.metrics.clone();
         // Off the runtime's threads: compiling, and resolving the series of every route.
         let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = Snapshot::from_file_replacing(&path, &registry, Some(&previous));
+            let loaded = Snapshot::from_text_replacing(&path, &source, &registry, Some(&previous));
             if let Ok((snap, _)) = &loaded {
                 bind_series(snap, &metrics);
             }
@@ -183,7 +401,19 @@ impl Reloader {
                 for w in &warnings {
                     log::warn!("reload: {w}");
                 }
+                let changes = changes(&old, &snap);
                 self.install(snap);
+                self.record(Version {
+                    version: 0,
+                    hash: text_hash(&text),
+                    at: unix_now(),
+                    trigger,
+                    outcome: "applied",
+                    rollback_to,
+                    errors: Vec::new(),
+                    changes,
+                    text: Some(text.clone()),
+                });
                 self.metrics.reloads.with_label_values(&["success"]).inc();
                 self.metrics.last_reload.set(unix_now() as f64);
                 log::info!("config reloaded from {} ({trigger})", self.path);
@@ -220,6 +450,19 @@ impl Reloader {
                 }
             }
         };
+        if !status.ok {
+            self.record(Version {
+                version: 0,
+                hash: text_hash(&text),
+                at: status.at,
+                trigger,
+                outcome: "refused",
+                rollback_to,
+                errors: status.errors.clone(),
+                changes: Vec::new(),
+                text: None,
+            });
+        }
         if let Ok(mut s) = self.status.lock() {
             *s = status.clone();
         }

@@ -789,14 +789,20 @@ routes:
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["order"]["id"], 7);
-    assert_eq!((v["text"].clone(), v["big"].clone()), (Value::Null, Value::Null));
+    assert_eq!(
+        (v["text"].clone(), v["big"].clone()),
+        (Value::Null, Value::Null)
+    );
     let codes: Vec<&str> = v["errors"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["code"].as_str().unwrap())
         .collect();
-    assert!(codes.contains(&"invalid_json") && codes.contains(&"response_too_large"), "{v}");
+    assert!(
+        codes.contains(&"invalid_json") && codes.contains(&"response_too_large"),
+        "{v}"
+    );
     let r = gw.get("/odd-required");
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["code"], "response_too_large");

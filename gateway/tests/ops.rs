@@ -1088,3 +1088,155 @@ fn sigterm_waits_for_a_slow_access_log_to_take_every_line() {
         text.len()
     );
 }
+
+/// Three versions applied, then a rollback to the first under load: the versions are listed with what
+/// each changed, `/admin/config` shows the served config (not the file), and not one request fails.
+#[test]
+fn a_rollback_under_load_serves_the_first_version_again_without_a_failed_request() {
+    let be = Backend::start("be", Mode::Echo);
+    let cfg = format!(
+        "server:\n  listen: [\"{{listen}}\"]\n  admin: {{ listen: \"{{admin}}\", token: \"{TOKEN}\" }}\n  reload: {{ watch: false }}\nupstreams:\n  be: {{ targets: [{{ addr: \"{}\" }}] }}\nroutes:\n  - {{ name: v1, match: {{ path_prefix: / }}, upstream: be }}\n",
+        be.addr
+    );
+    let g = Gateway::in_process(&cfg);
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let reload = |g: &Gateway, from: &str, to: &str| {
+        let text = std::fs::read_to_string(g.config_path()).unwrap();
+        std::fs::write(g.config_path(), text.replace(from, to)).unwrap();
+        let r = g.admin_request("POST", "/admin/reload", &[&auth]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    };
+    let route_of = |g: &Gateway| {
+        let rid = format!("probe-{}", fastrand_id());
+        let r = request(
+            g.addr,
+            "GET",
+            "/x",
+            &[&format!("X-Request-Id: {rid}")],
+            None,
+        );
+        assert_eq!(r.status, 200);
+        g.wait_log(|l| l["request_id"] == rid.as_str())["route"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    reload(&g, "name: v1", "name: v2");
+    reload(&g, "name: v2", "name: v3");
+    // A broken file is refused and recorded; the file now differs from what is served.
+    reload_refused(&g, &auth);
+    assert_eq!(route_of(&g), "v3");
+    let v = g
+        .admin_request("GET", "/admin/config/versions", &[&auth])
+        .json();
+    assert_eq!(v["current"], 3, "{v}");
+    let versions = v["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 4, "{v}");
+    assert_eq!(versions[0]["outcome"], "refused");
+    assert!(
+        versions[0]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("tollgate.yaml"),
+        "{v}"
+    );
+    assert_eq!(versions[1]["version"], 3);
+    assert_eq!(
+        versions[1]["changes"],
+        serde_json::json!(["route `v3` added", "route `v2` removed"])
+    );
+    assert_eq!(versions[3]["trigger"], "start");
+    assert_ne!(versions[1]["hash"], versions[3]["hash"]);
+    let served = g.admin_request("GET", "/admin/config", &[&auth]).json();
+    assert_eq!(served["version"], 3);
+    assert_eq!(
+        served["config"]["routes"][0]["name"], "v3",
+        "the served config, not the file"
+    );
+
+    // Load on keep-alive connections while rolling back to version 1.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = g.addr;
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    let r = request(addr, "GET", "/load", &[], None);
+                    if r.status == 200 {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = g.admin_request(
+        "POST",
+        "/admin/config/rollback",
+        &[&auth, "Content-Type: application/json"],
+    );
+    assert_eq!(r.status, 400, "a version is required");
+    let r = common::request(
+        g.admin,
+        "POST",
+        "/admin/config/rollback",
+        &[&auth],
+        Some("{\"version\": 99}"),
+    );
+    assert_eq!(r.status, 404);
+    let r = common::request(
+        g.admin,
+        "POST",
+        "/admin/config/rollback",
+        &[&auth],
+        Some("{\"version\": 1}"),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for w in workers {
+        let (o, f) = w.join().unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert!(ok > 50, "the load ran: {ok}");
+    assert_eq!(failed, 0, "no request failed during the rollback");
+    assert_eq!(route_of(&g), "v1");
+    let v = g
+        .admin_request("GET", "/admin/config/versions", &[&auth])
+        .json();
+    assert_eq!(v["current"], 5);
+    assert_eq!(v["versions"][0]["trigger"], "rollback");
+    assert_eq!(v["versions"][0]["rollback_to"], 1);
+    assert_eq!(
+        v["versions"][0]["hash"], v["versions"][4]["hash"],
+        "the same text as version 1"
+    );
+    let served = g.admin_request("GET", "/admin/config", &[&auth]).json();
+    assert_eq!(served["config"]["routes"][0]["name"], "v1");
+}
+
+fn reload_refused(g: &Gateway, auth: &str) {
+    let text = std::fs::read_to_string(g.config_path()).unwrap();
+    std::fs::write(
+        g.config_path(),
+        text.replace("upstream: be", "upstream: nope"),
+    )
+    .unwrap();
+    let r = g.admin_request("POST", "/admin/reload", &[auth]);
+    assert_eq!(r.status, 422);
+}
+
+fn fastrand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -51,6 +51,19 @@ impl Snapshot {
         Self::from_loaded(&load::load_file(path)?, registry, previous)
     }
 
+    /// Compile `text` as the content of config file `path` (messages name `path`, relative file
+    /// names are resolved against its folder) that is to replace `previous`: a reload from the text it
+    /// read, or a rollback to a version the gateway kept.
+    pub fn from_text_replacing(
+        path: &str,
+        text: &str,
+        registry: &Registry,
+        previous: Option<&Snapshot>,
+    ) -> Result<(Snapshot, Diagnostics), Diagnostics> {
+        let loaded = load::load_str(path, text, &|k| std::env::var(k).ok())?;
+        Self::from_loaded(&loaded, registry, previous)
+    }
+
     /// Compile a loaded file: its problems so far and the compiler's, in file order. A snapshot only
     /// when there is no error at all (warnings come with it).
     pub fn from_loaded(

@@ -40,7 +40,8 @@ pub const PARTIAL_HEADER: &str = "tollgate-partial";
 
 /// A compiled `compose:` section.
 pub struct Composition {
-    /// In an order where every call comes after the calls it depends on.
+    /// In name order (as the file's map); [`Call::deps`] says what each waits for, and [`run`]
+    /// starts each call when those have answered, whatever its place here.
     pub calls: Vec<Call>,
     /// The answer's shape; `None`: one field per call.
     pub response: Option<Shape>,
