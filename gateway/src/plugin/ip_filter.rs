@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    BuildContext, BuildError, Decision, EarlyView, Phases, Plugin, PluginState, RequestView,
+    BuildContext, BuildError, Decision, EarlyView, ExplainRequest, Phases, Plugin, PluginState,
+    RequestView, Verdict,
 };
 use crate::config::types::Cidr;
 use crate::error::GatewayError;
@@ -82,6 +83,14 @@ impl Plugin for IpFilter {
     }
     async fn request(&self, req: &RequestView<'_>, _state: &mut PluginState) -> Decision {
         self.decide(req.client_ip)
+    }
+    fn explain(&self, req: &ExplainRequest<'_>) -> Option<Verdict> {
+        let ip = req.client_ip;
+        Some(if self.admits(ip) {
+            Verdict::pass(format!("client {ip} allowed"))
+        } else {
+            Verdict::answer(403, format!("client {ip} not allowed → 403"))
+        })
     }
 }
 
