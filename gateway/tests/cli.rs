@@ -798,7 +798,7 @@ fn test_reports_each_failing_case_at_its_line() {
     let (code, out, _) = in_root(&["test", &f]);
     assert_eq!(code, 1, "{out}");
     let want = format!(
-        "{f}:5: FAIL wrong route and status: route: expected users, got orders; status: expected 403, got 401 (a bearer token is required)\n\
+        "{f}:5: FAIL wrong route and status: route: expected users, got orders; status: expected 403, got 401 (provider demo: no token → 401)\n\
          {f}:8: FAIL GET /api/products: status: expected 404, but the request is proxied to products; upstream: expected users, got products\n\
          {f}: 1 of 3 cases passed against config/tollgate.yaml\n"
     );
