@@ -62,7 +62,7 @@ pub struct Explanation {
     /// Which plugin answered, if one did.
     pub answered_by: Option<String>,
     pub upstream: Option<UpstreamPlan>,
-    /// The calls of a composition route, in the order they can start.
+    /// The calls of a composition route (`name → upstream`, and the calls each waits for).
     pub compose: Vec<String>,
     /// Headers the plugins set on the request sent upstream (the gateway's own `X-Forwarded-*`,
     /// `X-Request-Id` and `Host` are not listed).
@@ -205,7 +205,23 @@ fn route_action(route: &Route) -> Result<&Upstream, Vec<String>> {
         Some(c) => Err(c
             .calls
             .iter()
-            .map(|call| format!("{} → {}", call.name, call.upstream.name))
+            .map(|call| {
+                let after: Vec<&str> = call
+                    .deps
+                    .iter()
+                    .filter_map(|&d| c.calls.get(d).map(|x| x.name.as_str()))
+                    .collect();
+                if after.is_empty() {
+                    format!("{} → {}", call.name, call.upstream.name)
+                } else {
+                    format!(
+                        "{} → {} (after {})",
+                        call.name,
+                        call.upstream.name,
+                        after.join(", ")
+                    )
+                }
+            })
             .collect()),
         None => match route.upstream() {
             Some(u) => Ok(u),

@@ -115,5 +115,21 @@ mod tests {
         assert!(!f.admits("10.9.2.3".parse().unwrap()));
         assert!(!f.admits("192.168.1.1".parse().unwrap()));
         assert!(f.admits("::ffff:127.0.0.1".parse().unwrap()));
+        // What explain says is what `admits` decides.
+        let req = pingora_http::RequestHeader::build("GET", b"/", None).unwrap();
+        let ask = |ip: &str| {
+            f.explain(&ExplainRequest {
+                req: &req,
+                client_ip: ip.parse().unwrap(),
+                path: "/",
+                route: "r",
+                claims: None,
+                consumer: None,
+            })
+            .unwrap()
+            .answers
+        };
+        assert_eq!(ask("10.1.2.3"), None);
+        assert_eq!(ask("10.9.2.3"), Some(403));
     }
 }

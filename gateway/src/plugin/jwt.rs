@@ -1245,6 +1245,66 @@ mod tests {
         jsonwebtoken::get_current_timestamp()
     }
 
+    #[test]
+    fn explain_decides_offline_as_the_request_phase_would() {
+        let mut providers = crate::plugin::Providers::default();
+        providers.jwt.insert(
+            "p".into(),
+            Arc::new(provider(&format!(
+                "{{ algorithms: [HS256], secret: {SECRET}, issuer: me, audience: api }}"
+            ))),
+        );
+        let ctx = BuildContext::detached(&providers);
+        let cfg: JwtConfig = serde_yaml_ng::from_str(
+            "{ provider: p, scopes: [orders], forward_claims: { sub: X-User-Id } }",
+        )
+        .unwrap();
+        let auth = JwtAuth::build(cfg, &ctx).unwrap();
+        let ask =
+            |req: &pingora_http::RequestHeader, claims: Option<&Map<String, Json>>| -> Verdict {
+                auth.explain(&ExplainRequest {
+                    req,
+                    client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                    path: "/",
+                    route: "r",
+                    claims,
+                    consumer: None,
+                })
+                .unwrap()
+            };
+        let bare = pingora_http::RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(ask(&bare, None).answers, Some(401));
+        // A real token, verified with the static key: its claims, and the header forwarded.
+        let good = hs(
+            serde_json::json!({"sub": "7", "scope": "orders", "exp": now() + 60, "iss": "me", "aud": "api"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let mut req = bare.clone();
+        req.insert_header("authorization", format!("Bearer {good}"))
+            .unwrap();
+        let v = ask(&req, None);
+        assert_eq!(v.answers, None, "{v:?}");
+        assert_eq!(v.upstream_headers, vec![("x-user-id".into(), "7".into())]);
+        assert_eq!(v.claims.unwrap()["sub"], "7");
+        // Expired, and signed with another secret: 401 with the proxy's reason.
+        let expired = hs(
+            serde_json::json!({"sub": "7", "exp": now() - 3600, "iss": "me", "aud": "api"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let mut req = bare.clone();
+        req.insert_header("authorization", format!("Bearer {expired}"))
+            .unwrap();
+        let v = ask(&req, None);
+        assert_eq!(v.answers, Some(401));
+        assert!(v.note.contains("expired"), "{v:?}");
+        // Assumed claims without the scope: 403, as `authorize` decides.
+        let claims: Map<String, Json> =
+            serde_json::from_str(r#"{"sub": "7", "scope": "admin"}"#).unwrap();
+        assert_eq!(ask(&bare, Some(&claims)).answers, Some(403));
+    }
+
     #[tokio::test]
     async fn verifies_and_rejects() {
         let p = provider(&format!(
