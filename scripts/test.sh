@@ -19,7 +19,15 @@ step "build"
 cargo build --workspace --all-targets --locked
 
 step "validate config/*.yaml"
-./target/debug/tollgate validate config/*.yaml
+# Every config; the route test cases beside them are not configs, and are run instead.
+configs=()
+for f in config/*.yaml; do
+  [[ $f == *.cases.yaml ]] || configs+=("$f")
+done
+./target/debug/tollgate validate "${configs[@]}"
+
+step "tollgate test config/tollgate.cases.yaml"
+./target/debug/tollgate test config/tollgate.cases.yaml -c config/tollgate.yaml
 
 ensure_redis
 start_postgres

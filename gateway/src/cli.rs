@@ -1,5 +1,6 @@
 //! The `tollgate` command line, as a library: [`main_with`] runs it with a plugin registry, so that a
-//! build with plugins of its own gets `run`, `validate`, `routes`, `token` and `hash-key` unchanged, and
+//! build with plugins of its own gets `run`, `validate`, `routes`, `explain`, `test`, `diff`, `token` and
+//! `hash-key` unchanged (its plugins explained by their own [`crate::plugin::Plugin::explain`]), and
 //! `validate` knows (and checks) its plugins' config. The `tollgate` binary is `main_with` over the
 //! built-ins.
 
@@ -47,6 +48,47 @@ enum Command {
     },
     /// Print the compiled route table in match order.
     Routes { file: String },
+    /// Say what the gateway would do with one request, offline: the normalized path, the route and
+    /// why close routes did not match, each plugin's decision, the path and upstream it is sent to.
+    Explain {
+        /// Config file.
+        #[arg(short, long, default_value = "config/tollgate.yaml")]
+        config: String,
+        /// The request method.
+        method: String,
+        /// `/path?query`, or `http://host/path` (its host is the request's host).
+        url: String,
+        /// A request header, `Name: value` (repeat for more).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Assume a verified token with these claims (a JSON object): no signature needed.
+        #[arg(long)]
+        token_claims: Option<String>,
+        /// The client address the request comes from (IP filters, rate-limit keys).
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run route test cases (request → expected route, status, upstream, path, headers) offline.
+    /// One line per failing case with its FILE:LINE; exit 1 if any fails, 2 if the file is malformed.
+    Test {
+        /// The cases file.
+        cases: String,
+        /// Config file.
+        #[arg(short, long, default_value = "config/tollgate.yaml")]
+        config: String,
+    },
+    /// What a reload from OLD to NEW would change: routes, upstreams, limits, auth, settings, and
+    /// which changes need an upgrade rather than a reload.
+    Diff {
+        old: String,
+        new: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mint a development token (HS256/384/512) with a JWT provider's secret from a config file.
     Token(TokenRequest),
     /// Print the SHA-256 of an API key, as `auth.api_keys.*.keys[].sha256` wants it. Without a key,
@@ -88,6 +130,28 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Run { config, upgrade } => run(config, upgrade, registry),
         Command::Validate { files, resolve } => validate(&files, resolve, &registry),
         Command::Routes { file } => routes(&file, &registry),
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+            token_claims,
+            client_ip,
+            json,
+        } => explain(
+            &config,
+            ExplainArgs {
+                method,
+                url,
+                headers,
+                token_claims,
+                client_ip,
+                json,
+            },
+            &registry,
+        ),
+        Command::Test { cases, config } => test(&cases, &config, &registry),
+        Command::Diff { old, new, json } => diff(&old, &new, json, &registry),
         Command::Token(req) => token(&req),
         Command::HashKey { key } => hash_key(key),
     }
@@ -177,6 +241,145 @@ fn routes(file: &str, registry: &Registry) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Compile `file` for the authoring commands: its errors on stdout, as `validate` prints them.
+fn compiled(file: &str, registry: &Registry) -> Option<(Snapshot, load::Loaded)> {
+    let loaded = match load::load_file(file) {
+        Ok(l) => l,
+        Err(errs) => {
+            println!("{errs}");
+            return None;
+        }
+    };
+    match Snapshot::from_loaded(&loaded, registry, None) {
+        Ok((snap, _)) => Some((snap, loaded)),
+        Err(errs) => {
+            println!("{errs}");
+            None
+        }
+    }
+}
+
+struct ExplainArgs {
+    method: String,
+    url: String,
+    headers: Vec<String>,
+    token_claims: Option<String>,
+    client_ip: std::net::IpAddr,
+    json: bool,
+}
+
+/// Exit 0 with the explanation (whatever the gateway would answer), 1 for an invalid config, 2 for
+/// a request that cannot be written (a bad header, claims that are not a JSON object).
+fn explain(config: &str, a: ExplainArgs, registry: &Registry) -> ExitCode {
+    let usage = |m: String| {
+        eprintln!("tollgate explain: {m}");
+        ExitCode::from(2)
+    };
+    let mut headers = Vec::new();
+    for h in &a.headers {
+        match h.split_once(':') {
+            Some((n, v)) => headers.push((n.trim().to_string(), v.trim().to_string())),
+            None => return usage(format!("header `{h}`: write `Name: value`")),
+        }
+    }
+    let claims = match &a.token_claims {
+        None => None,
+        Some(j) => match serde_json::from_str::<serde_json::Value>(j) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => return usage("--token-claims must be a JSON object".to_string()),
+        },
+    };
+    let Some((snap, _)) = compiled(config, registry) else {
+        return ExitCode::FAILURE;
+    };
+    let ask = crate::explain::Ask {
+        method: a.method,
+        url: a.url,
+        headers,
+        claims,
+        client_ip: a.client_ip,
+    };
+    match crate::explain::explain(&snap, &ask) {
+        Ok(x) if a.json => match serde_json::to_string_pretty(&x) {
+            Ok(j) => {
+                println!("{j}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage(e.to_string()),
+        },
+        Ok(x) => {
+            print!("{}", x.text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage(e),
+    }
+}
+
+/// Exit 0 when every case passes, 1 when one fails (or the config is invalid), 2 when the cases
+/// file is not one.
+fn test(cases: &str, config: &str, registry: &Registry) -> ExitCode {
+    let (file, at) = match crate::cases::load(cases) {
+        Ok(c) => c,
+        Err(errs) => {
+            println!("{errs}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some((snap, _)) = compiled(config, registry) else {
+        return ExitCode::FAILURE;
+    };
+    let (failures, n) = crate::cases::run(&snap, &file, &at);
+    for f in &failures {
+        println!("{f}");
+    }
+    println!(
+        "{cases}: {} of {n} cases passed against {config}",
+        n - failures.len()
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Exit 0 with the changes (none is an answer too), 1 when either file is invalid: a NEW that
+/// would be refused is reported with its errors, as a reload would refuse it.
+fn diff(old: &str, new: &str, json: bool, registry: &Registry) -> ExitCode {
+    let Some((o, o_raw)) = compiled(old, registry) else {
+        return ExitCode::FAILURE;
+    };
+    let n_raw = match load::load_file(new) {
+        Ok(l) => l,
+        Err(errs) => {
+            println!("{errs}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Compiled as the reload would compile it: with OLD as the snapshot it replaces.
+    let n = match Snapshot::from_loaded(&n_raw, registry, Some(&o)) {
+        Ok((n, _)) => n,
+        Err(errs) => {
+            println!("{errs}");
+            println!("tollgate diff: {new} would be refused; the running config would stay");
+            return ExitCode::FAILURE;
+        }
+    };
+    let d = crate::diff::diff(&o, &o_raw, &n, &n_raw);
+    if json {
+        match serde_json::to_string_pretty(&d) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("tollgate diff: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", d.text());
+    }
+    ExitCode::SUCCESS
 }
 
 fn token(req: &TokenRequest) -> ExitCode {

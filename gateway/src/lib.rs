@@ -6,12 +6,15 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod cases;
 pub mod cli;
 pub mod compile;
 pub mod compose;
 pub mod config;
 pub mod conn;
+pub mod diff;
 pub mod error;
+pub mod explain;
 pub mod forwarded;
 pub mod headers;
 pub mod metrics;

@@ -484,6 +484,100 @@ impl Router {
     }
 }
 
+/// Why a route that looked close did not take a request ([`Router::near`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    /// Its path matches, its host does not.
+    Host,
+    /// Its path matches, its method does not (these are the methods it allows).
+    Method(Vec<Method>),
+    /// Its path matches, this header of it is absent or different.
+    Header(HeaderName),
+    /// It matches the request fully, but the route chosen comes first in match priority.
+    Shadowed,
+}
+
+impl Router {
+    /// Every route whose path matches `path`, other than `chosen`, with why it did not take the
+    /// request, in match order. For `tollgate explain` only: it looks at every route one by one
+    /// (linear in the table), so that [`Router::find`], the hot path, stays as it is.
+    pub fn near(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        chosen: Option<usize>,
+    ) -> Vec<(usize, Miss)> {
+        let host = host.map(normalize_host);
+        let host = host.as_deref();
+        let mut out = Vec::new();
+        for i in self.order() {
+            if Some(i) == chosen {
+                continue;
+            }
+            let r = &self.routes[i];
+            if !path_matches(&r.path, path) {
+                continue;
+            }
+            let host_ok = match (&r.host, host) {
+                (HostMatch::Any, _) => true,
+                (HostMatch::Exact(h), Some(x)) => h == x,
+                (HostMatch::Suffix(s), Some(x)) => x.len() > s.len() && x.ends_with(s.as_str()),
+                (_, None) => false,
+            };
+            let miss = if !host_ok {
+                Miss::Host
+            } else if let Some((n, _)) = r
+                .headers
+                .iter()
+                .find(|(n, v)| !headers.get_all(n).iter().any(|x| x == v))
+            {
+                Miss::Header(n.clone())
+            } else if !self.accepts(i, method, headers, &mut Vec::new()) {
+                Miss::Method(r.methods.clone())
+            } else {
+                Miss::Shadowed
+            };
+            out.push((i, miss));
+        }
+        out
+    }
+}
+
+/// Does `path` (normalized) match `m` alone, as the router's tables would match it?
+fn path_matches(m: &PathMatch, path: &str) -> bool {
+    match m {
+        PathMatch::Exact(p) => p == path,
+        PathMatch::Regex(re) => re.is_match(path),
+        PathMatch::Template(t) => {
+            let mut want = segments(t);
+            let mut have = segments(path);
+            loop {
+                match (want.next(), have.next()) {
+                    (None, None) => return true,
+                    (Some(w), Some(h)) => {
+                        let ok = match template_param(w) {
+                            Some(_) => !h.is_empty(),
+                            None => w == h,
+                        };
+                        if !ok {
+                            return false;
+                        }
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        PathMatch::Prefix(p) => {
+            let mut have = segments(path).filter(|s| !s.is_empty());
+            segments(p)
+                .filter(|s| !s.is_empty())
+                .all(|w| have.next() == Some(w))
+        }
+    }
+}
+
 /// Lower-case a host and drop its port (`API.Example.com:8080` → `api.example.com`); IPv6 literals keep brackets.
 pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if host.starts_with('[') {
@@ -513,6 +607,59 @@ mod tests {
             methods: methods.to_vec(),
             headers: vec![],
         }
+    }
+
+    #[test]
+    fn near_says_why_each_close_route_missed() {
+        let mut by_header = m(HostMatch::Any, PathMatch::Prefix("/api".into()), &[]);
+        by_header.headers = vec![(
+            HeaderName::from_static("x-v"),
+            HeaderValue::from_static("2"),
+        )];
+        let r = Router::new(vec![
+            m(
+                HostMatch::Any,
+                PathMatch::Prefix("/api".into()),
+                &[Method::GET],
+            ),
+            m(
+                HostMatch::Any,
+                PathMatch::Template("/api/{id}".into()),
+                &[Method::POST],
+            ),
+            m(
+                HostMatch::Exact("a.example".into()),
+                PathMatch::Prefix("/api".into()),
+                &[],
+            ),
+            by_header,
+            m(HostMatch::Any, PathMatch::Exact("/api/7".into()), &[]),
+            m(HostMatch::Any, PathMatch::Prefix("/other".into()), &[]),
+            m(HostMatch::Any, PathMatch::Prefix("/ap".into()), &[]),
+        ])
+        .unwrap();
+        let h = HeaderMap::new();
+        let found = r.find(Some("b.example"), &Method::GET, "/api/7", &h);
+        assert_eq!(found, Found::Route(4, Params::default()));
+        let near = r.near(Some("b.example"), &Method::GET, "/api/7", &h, Some(4));
+        assert_eq!(
+            near,
+            vec![
+                (2, Miss::Host),
+                (1, Miss::Method(vec![Method::POST])),
+                (0, Miss::Shadowed),
+                (3, Miss::Header(HeaderName::from_static("x-v"))),
+            ]
+        );
+        // Paths alone: templates need every segment, prefixes whole segments.
+        assert!(path_matches(&PathMatch::Template("/a/{x}".into()), "/a/1"));
+        assert!(!path_matches(&PathMatch::Template("/a/{x}".into()), "/a/"));
+        assert!(!path_matches(
+            &PathMatch::Template("/a/{x}".into()),
+            "/a/1/2"
+        ));
+        assert!(path_matches(&PathMatch::Prefix("/".into()), "/anything"));
+        assert!(!path_matches(&PathMatch::Prefix("/ap".into()), "/api"));
     }
 
     fn find(r: &Router, host: &str, method: Method, path: &str) -> Found {

@@ -671,6 +671,16 @@ impl Upstream {
         true
     }
 
+    /// The targets as written, with their weights: what `tollgate explain` and `tollgate diff` show
+    /// (offline, a named target has no address yet).
+    pub fn target_specs(&self) -> Vec<(String, usize)> {
+        let specs = |t: &Vec<Target>| t.iter().map(|t| (t.spec.clone(), t.weight)).collect();
+        match self.targets.lock() {
+            Ok(t) => specs(&t),
+            Err(p) => specs(&p.into_inner()),
+        }
+    }
+
     /// Every target with its current health (for the admin API and tests).
     pub fn targets(&self) -> Vec<(SocketAddr, usize, bool)> {
         let b = self.backends();

@@ -314,12 +314,9 @@ pub fn load_file(path: &str) -> Result<Loaded, Diagnostics> {
     load_str(path, &text, &|k| std::env::var(k).ok())
 }
 
-/// Parse config text. `env` resolves `${VAR}` (a seam for tests).
-pub fn load_str(
-    file: &str,
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Loaded, Diagnostics> {
+/// Where every key and value of the YAML `text` is, by field path: for other YAML files that want
+/// FILE:LINE diagnostics the way the config has them (`tollgate test`'s cases file).
+pub fn locate(file: &str, text: &str) -> Result<Locations, Diagnostics> {
     // About one value per 10 bytes of YAML and a key for most: sized once rather than regrown (and
     // rehashed) a dozen times for a large file.
     let nodes = text.len() / 10;
@@ -340,11 +337,20 @@ pub fn load_str(
             severity: Severity::Error,
         }]));
     }
-    let locations = Locations {
+    Ok(Locations {
         file: file.to_string(),
         values: indexer.values,
         keys: indexer.keys,
-    };
+    })
+}
+
+/// Parse config text. `env` resolves `${VAR}` (a seam for tests).
+pub fn load_str(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, Diagnostics> {
+    let locations = locate(file, text)?;
 
     // An empty file is never a config: it is what a truncated write or a ConfigMap glitch leaves, and
     // applying it would turn every route into a 404 and the admin API off (so it could not be mended

@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{
-    BuildContext, BuildError, Decision, HeaderEdit, Phases, Plugin, PluginState, RequestView,
+    BuildContext, BuildError, Decision, ExplainRequest, HeaderEdit, Phases, Plugin, PluginState,
+    RequestView, Verdict,
 };
 use crate::error::GatewayError;
 
@@ -169,6 +170,20 @@ impl ApiKeyAuth {
         })
     }
 
+    /// Every key the request presents (its header, and the query parameter if the set has one).
+    fn presented<'a>(&'a self, req: &'a pingora_http::RequestHeader) -> Vec<&'a [u8]> {
+        let mut presented: Vec<&[u8]> = req
+            .headers
+            .get_all(&self.set.header)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if let Some(q) = &self.set.query {
+            presented.extend(super::query_params(req.uri.query(), q).map(str::as_bytes));
+        }
+        presented
+    }
+
     fn unauthorized(&self, code: &'static str, message: &'static str) -> GatewayError {
         GatewayError::new(401, code, message)
             .with_header(http::header::WWW_AUTHENTICATE, self.challenge.clone())
@@ -189,19 +204,33 @@ impl Plugin for ApiKeyAuth {
         &self.query
     }
 
+    fn explain(&self, req: &ExplainRequest<'_>) -> Option<Verdict> {
+        let set = &self.set;
+        Some(match self.presented(req.req).as_slice() {
+            [] => Verdict::answer(401, format!("key set {}: no API key → 401", set.name)),
+            [one] => match set.lookup(one) {
+                Some(id) => Verdict {
+                    note: format!("key set {}: key of consumer `{id}`", set.name),
+                    upstream_headers: vec![(self.forward_as.to_string(), id.to_string())],
+                    consumer: Some(id.to_string()),
+                    ..Verdict::default()
+                },
+                None => Verdict::answer(
+                    401,
+                    format!("key set {}: the API key is not valid → 401", set.name),
+                ),
+            },
+            _ => Verdict::answer(
+                401,
+                format!("key set {}: more than one API key → 401", set.name),
+            ),
+        })
+    }
+
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
         let set = &self.set;
         state.edit_upstream_headers(&self.strip);
-        let mut presented: Vec<&[u8]> = req
-            .req
-            .headers
-            .get_all(&set.header)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        if let Some(q) = &set.query {
-            presented.extend(super::query_params(req.req.uri.query(), q).map(str::as_bytes));
-        }
+        let presented = self.presented(req.req);
         let key = match presented.as_slice() {
             [] => {
                 return Decision::Deny(

@@ -6,7 +6,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{BuildContext, BuildError, Decision, Phases, Plugin, PluginState, RequestView};
+use super::{
+    BuildContext, BuildError, Decision, ExplainRequest, Phases, Plugin, PluginState, RequestView,
+    Verdict,
+};
 use crate::config::units::ByteSize;
 use crate::error::GatewayError;
 
@@ -29,6 +32,14 @@ impl BodyLimit {
     }
 }
 
+/// The body length the request declares, if it declares one that parses.
+fn declared_length(req: &pingora_http::RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 pub fn too_large(max: u64) -> GatewayError {
     GatewayError::new(
         413,
@@ -47,13 +58,18 @@ impl Plugin for BodyLimit {
         Phases::REQUEST | Phases::REQUEST_BODY
     }
 
+    fn explain(&self, req: &ExplainRequest<'_>) -> Option<Verdict> {
+        let max = self.max;
+        Some(match declared_length(req.req) {
+            Some(n) if n > max => {
+                Verdict::answer(413, format!("Content-Length {n} > {max} bytes → 413"))
+            }
+            _ => Verdict::pass(format!("body up to {max} bytes (413 beyond)")),
+        })
+    }
+
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
-        let declared = req
-            .req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let declared = declared_length(req.req);
         if declared.is_some_and(|n| n > self.max) {
             return Decision::Deny(too_large(self.max));
         }

@@ -23,7 +23,10 @@ use http::{HeaderValue, Method};
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 
-use super::{BuildContext, BuildError, Decision, EarlyView, Phases, Plugin, PluginState, Reply};
+use super::{
+    BuildContext, BuildError, Decision, EarlyView, ExplainRequest, Phases, Plugin, PluginState,
+    Reply, RequestView, Verdict,
+};
 use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
 
@@ -228,6 +231,48 @@ impl Plugin for Cors {
 
     fn phases(&self) -> Phases {
         Phases::EARLY | Phases::RESPONSE
+    }
+
+    /// A preflight is answered by running the early phase itself (it never awaits, and keeps no
+    /// state beyond the request), so explain says exactly what the proxy would answer.
+    fn explain(&self, req: &ExplainRequest<'_>) -> Option<Verdict> {
+        let Some(origin) = req.req.headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return Some(Verdict::pass("no Origin: not a cross-origin request"));
+        };
+        let Some(method) = super::announced_method(req.req) else {
+            return Some(Verdict::pass(if self.allowed(origin) {
+                format!("origin {origin} allowed: CORS headers on the answer")
+            } else {
+                format!("origin {origin} not allowed: no CORS headers")
+            }));
+        };
+        let view = EarlyView {
+            request: RequestView {
+                req: req.req,
+                client_ip: req.client_ip,
+                path: req.path,
+                route: req.route,
+                request_id: "explain",
+            },
+            routed_as: Some(&method),
+        };
+        let mut state = PluginState::default();
+        Some(
+            match futures::executor::block_on(self.early(&view, &mut state)) {
+                Decision::Reply(r) => Verdict::answer(
+                    r.status,
+                    format!("preflight for {method} from {origin} → {}", r.status),
+                ),
+                Decision::Deny(e) => Verdict::answer(
+                    e.status,
+                    format!(
+                        "preflight for {method} from {origin}: {} → {}",
+                        e.message, e.status
+                    ),
+                ),
+                Decision::Continue => Verdict::pass("preflight not answered here"),
+            },
+        )
     }
 
     /// Answers a preflight offered to this route; any other request goes on.

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{
-    BuildContext, BuildError, Decision, HeaderEdit, Phases, Plugin, PluginState, RequestView,
+    BuildContext, BuildError, Decision, ExplainRequest, HeaderEdit, Phases, Plugin, PluginState,
+    RequestView, Verdict,
 };
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -131,5 +132,37 @@ impl Plugin for HeaderTransform {
 
     fn response(&self, resp: &mut ResponseHeader, _req: &RequestHeader, _state: &PluginState) {
         apply(&self.response, resp);
+    }
+
+    fn explain(&self, _req: &ExplainRequest<'_>) -> Option<Verdict> {
+        let mut v = Verdict::default();
+        let mut said = Vec::new();
+        for e in self.request.iter() {
+            let text = |val: &HeaderValue| String::from_utf8_lossy(val.as_bytes()).into_owned();
+            match e {
+                HeaderEdit::Remove(h) => said.push(format!("removes {h}")),
+                HeaderEdit::Set(h, val) => {
+                    said.push(format!("sets {h}"));
+                    v.upstream_headers.push((h.to_string(), text(val)));
+                }
+                HeaderEdit::Append(h, val) => {
+                    said.push(format!("adds {h}"));
+                    v.upstream_headers.push((h.to_string(), text(val)));
+                }
+            }
+        }
+        let o = &self.response;
+        if !(o.remove.is_empty() && o.set.is_empty() && o.add.is_empty()) {
+            said.push(format!(
+                "edits {} response header(s)",
+                o.remove.len() + o.set.len() + o.add.len()
+            ));
+        }
+        v.note = if said.is_empty() {
+            "no edits".to_string()
+        } else {
+            said.join(", ")
+        };
+        Some(v)
     }
 }

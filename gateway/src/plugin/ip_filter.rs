@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    BuildContext, BuildError, Decision, EarlyView, Phases, Plugin, PluginState, RequestView,
+    BuildContext, BuildError, Decision, EarlyView, ExplainRequest, Phases, Plugin, PluginState,
+    RequestView, Verdict,
 };
 use crate::config::types::Cidr;
 use crate::error::GatewayError;
@@ -83,6 +84,14 @@ impl Plugin for IpFilter {
     async fn request(&self, req: &RequestView<'_>, _state: &mut PluginState) -> Decision {
         self.decide(req.client_ip)
     }
+    fn explain(&self, req: &ExplainRequest<'_>) -> Option<Verdict> {
+        let ip = req.client_ip;
+        Some(if self.admits(ip) {
+            Verdict::pass(format!("client {ip} allowed"))
+        } else {
+            Verdict::answer(403, format!("client {ip} not allowed → 403"))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -106,5 +115,21 @@ mod tests {
         assert!(!f.admits("10.9.2.3".parse().unwrap()));
         assert!(!f.admits("192.168.1.1".parse().unwrap()));
         assert!(f.admits("::ffff:127.0.0.1".parse().unwrap()));
+        // What explain says is what `admits` decides.
+        let req = pingora_http::RequestHeader::build("GET", b"/", None).unwrap();
+        let ask = |ip: &str| {
+            f.explain(&ExplainRequest {
+                req: &req,
+                client_ip: ip.parse().unwrap(),
+                path: "/",
+                route: "r",
+                claims: None,
+                consumer: None,
+            })
+            .unwrap()
+            .answers
+        };
+        assert_eq!(ask("10.1.2.3"), None);
+        assert_eq!(ask("10.9.2.3"), Some(403));
     }
 }

@@ -31,7 +31,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
 use super::{
-    BuildContext, BuildError, Decision, HeaderEdit, Phases, Plugin, PluginState, RequestView,
+    BuildContext, BuildError, Decision, ExplainRequest, HeaderEdit, Phases, Plugin, PluginState,
+    RequestView, Verdict,
 };
 use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
@@ -592,6 +593,19 @@ impl Provider {
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<Map<String, Json>, Rejection> {
+        match self.verify_with_keys(token) {
+            // A key we lack: fetch the JWKS (if it is due) and try once more.
+            Err(Rejection::UnknownKey) if self.refetch_for_unknown_kid().await => {
+                self.verify_with_keys(token)
+            }
+            other => other,
+        }
+    }
+
+    /// Verify `token` with the keys held now (static keys, and JWKS keys already fetched), without
+    /// fetching anything: what [`Provider::verify`] does between its fetches, and all that
+    /// `tollgate explain` may do offline. A key the provider does not hold is `UnknownKey`.
+    pub fn verify_with_keys(&self, token: &str) -> Result<Map<String, Json>, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         // Like `jku`/`x5u`/`jwk`, decided from the header alone, before any key is looked at. Any
         // `crit` names an extension we do not implement, and RFC 7515 §4.1.11 says to refuse it.
@@ -602,10 +616,7 @@ impl Provider {
             return Err(Rejection::AlgorithmNotAllowed);
         }
         let kid = header.kid.as_deref();
-        let mut keys = self.keys.load_full();
-        if keys.candidates(header.alg, kid).is_empty() && self.refetch_for_unknown_kid().await {
-            keys = self.keys.load_full();
-        }
+        let keys = self.keys.load_full();
         let candidates = keys.candidates(header.alg, kid);
         if candidates.is_empty() {
             return Err(Rejection::UnknownKey);
@@ -1083,6 +1094,90 @@ impl Plugin for JwtAuth {
         &self.query
     }
 
+    fn explain(&self, req: &ExplainRequest<'_>) -> Option<Verdict> {
+        let p = &self.provider;
+        let verified;
+        let (claims, how) = match req.claims {
+            Some(c) => (c, "assumed verified (--token-claims)".to_string()),
+            None => {
+                let token = match extract_token(req.req, p) {
+                    Ok(t) => t,
+                    Err(Rejection::Missing) => {
+                        return Some(Verdict::answer(
+                            401,
+                            format!("provider {}: no token → 401", p.name),
+                        ))
+                    }
+                    Err(r) => {
+                        return Some(Verdict::answer(
+                            401,
+                            format!("provider {}: {} → 401", p.name, r.reason()),
+                        ))
+                    }
+                };
+                verified = match p.verify_with_keys(token) {
+                    Ok(c) => c,
+                    Err(Rejection::UnknownKey) if p.has_jwks() => {
+                        return Some(Verdict::answer(
+                            401,
+                            format!(
+                                "provider {}: the token's key is not held offline (its JWKS is not \
+                                 fetched by explain); pass --token-claims to assume a valid token",
+                                p.name
+                            ),
+                        ))
+                    }
+                    Err(r) => {
+                        return Some(Verdict::answer(
+                            401,
+                            format!("provider {}: token {} → 401", p.name, r.reason()),
+                        ))
+                    }
+                };
+                (&verified, "verified".to_string())
+            }
+        };
+        let shown = Json::Object(claims.clone()).to_string();
+        if let Err(e) = self.authorize(claims) {
+            return Some(Verdict::answer(
+                e.status,
+                format!(
+                    "provider {}: token {how} {shown}, but {}",
+                    p.name, e.message
+                ),
+            ));
+        }
+        let mut headers = Vec::new();
+        for (claim, header, optional) in &self.forward {
+            match claim_header_value(claims.get(claim)) {
+                Some(v) => headers.push((
+                    header.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )),
+                None if *optional => {}
+                None => {
+                    return Some(Verdict::answer(
+                        401,
+                        format!("provider {}: the token's `{claim}` claim is missing or not a plain value → 401", p.name),
+                    ))
+                }
+            }
+        }
+        let mut note = format!("provider {}: token {how} {shown}", p.name);
+        if !self.scopes.is_empty() {
+            note.push_str(&format!("; scopes {} held", self.scopes.join(" ")));
+        }
+        if !self.roles.is_empty() {
+            note.push_str(&format!("; a role of {} held", self.roles.join(", ")));
+        }
+        Some(Verdict {
+            note,
+            upstream_headers: headers,
+            claims: Some(claims.clone()),
+            ..Verdict::default()
+        })
+    }
+
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
         // Whatever happens, a client never gets to set the identity headers itself.
         state.edit_upstream_headers(&self.strip);
@@ -1148,6 +1243,66 @@ mod tests {
 
     fn now() -> u64 {
         jsonwebtoken::get_current_timestamp()
+    }
+
+    #[test]
+    fn explain_decides_offline_as_the_request_phase_would() {
+        let mut providers = crate::plugin::Providers::default();
+        providers.jwt.insert(
+            "p".into(),
+            Arc::new(provider(&format!(
+                "{{ algorithms: [HS256], secret: {SECRET}, issuer: me, audience: api }}"
+            ))),
+        );
+        let ctx = BuildContext::detached(&providers);
+        let cfg: JwtConfig = serde_yaml_ng::from_str(
+            "{ provider: p, scopes: [orders], forward_claims: { sub: X-User-Id } }",
+        )
+        .unwrap();
+        let auth = JwtAuth::build(cfg, &ctx).unwrap();
+        let ask =
+            |req: &pingora_http::RequestHeader, claims: Option<&Map<String, Json>>| -> Verdict {
+                auth.explain(&ExplainRequest {
+                    req,
+                    client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                    path: "/",
+                    route: "r",
+                    claims,
+                    consumer: None,
+                })
+                .unwrap()
+            };
+        let bare = pingora_http::RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(ask(&bare, None).answers, Some(401));
+        // A real token, verified with the static key: its claims, and the header forwarded.
+        let good = hs(
+            serde_json::json!({"sub": "7", "scope": "orders", "exp": now() + 60, "iss": "me", "aud": "api"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let mut req = bare.clone();
+        req.insert_header("authorization", format!("Bearer {good}"))
+            .unwrap();
+        let v = ask(&req, None);
+        assert_eq!(v.answers, None, "{v:?}");
+        assert_eq!(v.upstream_headers, vec![("x-user-id".into(), "7".into())]);
+        assert_eq!(v.claims.unwrap()["sub"], "7");
+        // Expired, and signed with another secret: 401 with the proxy's reason.
+        let expired = hs(
+            serde_json::json!({"sub": "7", "exp": now() - 3600, "iss": "me", "aud": "api"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let mut req = bare.clone();
+        req.insert_header("authorization", format!("Bearer {expired}"))
+            .unwrap();
+        let v = ask(&req, None);
+        assert_eq!(v.answers, Some(401));
+        assert!(v.note.contains("expired"), "{v:?}");
+        // Assumed claims without the scope: 403, as `authorize` decides.
+        let claims: Map<String, Json> =
+            serde_json::from_str(r#"{"sub": "7", "scope": "admin"}"#).unwrap();
+        assert_eq!(ask(&bare, Some(&claims)).answers, Some(403));
     }
 
     #[tokio::test]

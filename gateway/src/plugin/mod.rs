@@ -485,6 +485,67 @@ pub trait Plugin: Send + Sync + 'static {
     /// After the response was sent (or the request failed), with the final status: for plugins that
     /// account for what happened (metrics, audit logs).
     fn log(&self, _status: u16, _state: &PluginState) {}
+
+    /// What this plugin would decide for `req`, worked out offline for `tollgate explain` and
+    /// `tollgate test`: no network, no counting, no state. `None` (the default) says the plugin cannot
+    /// tell without running; explain then shows only its name. Never called by the proxy, so it costs
+    /// the request path nothing.
+    fn explain(&self, _req: &ExplainRequest<'_>) -> Option<Verdict> {
+        None
+    }
+}
+
+/// The request as [`Plugin::explain`] sees it: what the proxy's request phase would hand over, plus
+/// what an offline run cannot know by itself.
+pub struct ExplainRequest<'a> {
+    pub req: &'a RequestHeader,
+    /// The client address `tollgate explain` assumes (`--client-ip`, default 127.0.0.1).
+    pub client_ip: IpAddr,
+    /// The normalized path.
+    pub path: &'a str,
+    pub route: &'a str,
+    /// `--token-claims`: assume the request carries a token that verifies, with these claims (so a
+    /// config author needs neither a secret nor a JWKS endpoint to ask what a caller may do).
+    /// Claims the chain holds so far: `--token-claims`, or those of a token an earlier plugin verified.
+    pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// The API-key consumer an earlier plugin established.
+    pub consumer: Option<&'a str>,
+}
+
+/// What a plugin would decide offline ([`Plugin::explain`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    /// The status the plugin would answer with itself (401, 403, 413, 429, 204...); `None`: the
+    /// request goes on to the next plugin.
+    pub answers: Option<u16>,
+    /// One line for a person: why, and with what (keys, policies, claims).
+    pub note: String,
+    /// Headers it would set on the request sent upstream (e.g. forwarded claims).
+    pub upstream_headers: Vec<(String, String)>,
+    /// The identity it established, which later plugins see (a rate limit keyed by a claim).
+    #[serde(skip)]
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip)]
+    pub consumer: Option<String>,
+}
+
+impl Verdict {
+    /// Goes on, with `note`.
+    pub fn pass(note: impl Into<String>) -> Verdict {
+        Verdict {
+            note: note.into(),
+            ..Verdict::default()
+        }
+    }
+
+    /// Answers `status` itself, with `note`.
+    pub fn answer(status: u16, note: impl Into<String>) -> Verdict {
+        Verdict {
+            answers: Some(status),
+            note: note.into(),
+            ..Verdict::default()
+        }
+    }
 }
 
 /// The plugins a route runs, global ones first, with what was computed about them when it was built.
@@ -542,6 +603,11 @@ impl Chain {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.plugins.iter().map(|(p, _)| p.name()).collect()
+    }
+
+    /// Every plugin, in the order it runs: for `tollgate explain`, which asks each what it would decide.
+    pub fn plugins(&self) -> impl Iterator<Item = &dyn Plugin> + '_ {
+        self.plugins.iter().map(|(p, _)| &**p)
     }
 
     /// Every phase some plugin of this chain implements.

@@ -42,7 +42,10 @@ use pingora_limits::rate::Rate;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{BuildContext, BuildError, Decision, Phases, Plugin, PluginState, RequestView};
+use super::{
+    BuildContext, BuildError, Decision, ExplainRequest, Phases, Plugin, PluginState, RequestView,
+    Verdict,
+};
 use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
 
@@ -692,6 +695,43 @@ impl Plugin for RateLimit {
 
     fn phases(&self) -> Phases {
         Phases::REQUEST | Phases::RESPONSE
+    }
+
+    /// The policies and the key each would count this request under, without counting it (whether
+    /// it is within its quota depends on traffic that an offline answer cannot know).
+    fn explain(&self, req: &ExplainRequest<'_>) -> Option<Verdict> {
+        let view = RequestView {
+            req: req.req,
+            client_ip: req.client_ip,
+            path: req.path,
+            route: req.route,
+            request_id: "explain",
+        };
+        let mut state = PluginState::default();
+        state.identity.claims = req.claims.map(|c| Arc::new(c.clone()));
+        state.identity.consumer = req.consumer.map(str::to_string);
+        let each: Vec<String> = self
+            .policies
+            .iter()
+            .map(|p| {
+                let key = p.key.value(&view, &state, p.ipv6_prefix);
+                let what = match &p.kind {
+                    Kind::Window { limit, per, .. } => {
+                        format!("{limit} per {}s", per.as_secs())
+                    }
+                    Kind::Concurrency { max, .. } => format!("{max} in flight"),
+                };
+                let store = match p.store {
+                    StoreKind::Local => "local",
+                    StoreKind::Redis => "redis",
+                };
+                format!("{} ({what}, {store}) by key {key}", p.name)
+            })
+            .collect();
+        Some(Verdict::pass(format!(
+            "counts {}; 429 once over",
+            each.join(", ")
+        )))
     }
 
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
