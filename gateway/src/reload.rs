@@ -55,8 +55,10 @@ pub struct Version {
     pub rollback_to: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
-    /// What it changed against the config served before it (applied versions).
-    pub changes: Vec<String>,
+    /// What it changed against the config served before it (applied versions), as `tollgate diff`
+    /// reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<crate::diff::Diff>,
     /// The text, kept for applied versions (what a rollback compiles again).
     #[serde(skip)]
     pub text: Option<Arc<str>>,
@@ -94,68 +96,6 @@ fn text_hash(text: &str) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(text.as_bytes());
     hex::encode(&d[..8])
-}
-
-/// What `new` changes against `old`, one line per route or upstream added, removed or changed, and
-/// the settings that need an upgrade.
-pub fn changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
-    let mut out = Vec::new();
-    let key = |r: &crate::snapshot::Route| {
-        format!(
-            "{:?} {} {} {}",
-            r.describe,
-            r.upstream_label(),
-            r.chain.names().join(","),
-            r.index
-        )
-    };
-    let old_routes: std::collections::BTreeMap<&str, String> = old
-        .routes
-        .iter()
-        .map(|r| (r.name.as_str(), key(r)))
-        .collect();
-    let new_routes: std::collections::BTreeMap<&str, String> = new
-        .routes
-        .iter()
-        .map(|r| (r.name.as_str(), key(r)))
-        .collect();
-    for (name, k) in &new_routes {
-        match old_routes.get(name) {
-            None => out.push(format!("route `{name}` added")),
-            Some(o) if o != k => out.push(format!("route `{name}` changed")),
-            _ => {}
-        }
-    }
-    for name in old_routes.keys().filter(|n| !new_routes.contains_key(*n)) {
-        out.push(format!("route `{name}` removed"));
-    }
-    let targets = |u: &crate::upstream::Upstream| {
-        let mut t: Vec<String> = u
-            .targets()
-            .iter()
-            .map(|(a, w, _)| format!("{a}/{w}"))
-            .collect();
-        t.sort();
-        t
-    };
-    for (name, u) in &new.upstreams {
-        match old.upstreams.get(name) {
-            None => out.push(format!("upstream `{name}` added")),
-            Some(o) if targets(o) != targets(u) => {
-                out.push(format!("upstream `{name}` targets changed"))
-            }
-            _ => {}
-        }
-    }
-    for name in old
-        .upstreams
-        .keys()
-        .filter(|n| !new.upstreams.contains_key(*n))
-    {
-        out.push(format!("upstream `{name}` removed"));
-    }
-    out.extend(new.fixed_setting_changes(old));
-    out
 }
 
 fn unix_now() -> u64 {
@@ -215,7 +155,7 @@ impl Reloader {
             outcome: "applied",
             rollback_to: None,
             errors: Vec::new(),
-            changes: Vec::new(),
+            changes: None,
             text,
         };
         let snapshot = Arc::new(snapshot);
@@ -381,27 +321,31 @@ impl Reloader {
         let _one = self.running.lock().await;
         let (path, registry) = (self.path.clone(), self.registry.clone());
         let source = text.clone();
+        let served = self.served_text();
         // Only reloads store snapshots and they run one at a time, so this is the one being replaced.
         let old = self.shared.load_full();
         let previous = old.clone();
         let metrics = self.metrics.clone();
         // Off the runtime's threads: compiling, and resolving the series of every route.
         let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = Snapshot::from_text_replacing(&path, &source, &registry, Some(&previous));
-            if let Ok((snap, _)) = &loaded {
-                bind_series(snap, &metrics);
-            }
-            loaded
+            let env = |k: &str| std::env::var(k).ok();
+            let raw = crate::config::load::load_str(&path, &source, &env)?;
+            let (snap, warnings) = Snapshot::from_loaded(&raw, &registry, Some(&previous))?;
+            bind_series(&snap, &metrics);
+            // What it changes against the text being served (parsed again: reloads are rare).
+            let changes = served
+                .and_then(|t| crate::config::load::load_str(&path, &t, &env).ok())
+                .map(|old_raw| crate::diff::diff(&previous, &old_raw, &snap, &raw));
+            Ok::<_, crate::config::diag::Diagnostics>((snap, warnings, changes))
         })
         .await;
         let status = match loaded {
-            Ok(Ok((snap, warnings))) => {
+            Ok(Ok((snap, warnings, changes))) => {
                 let mut warnings: Vec<String> = warnings.0.iter().map(|w| w.to_string()).collect();
                 warnings.extend(snap.fixed_setting_changes(&old));
                 for w in &warnings {
                     log::warn!("reload: {w}");
                 }
-                let changes = changes(&old, &snap);
                 self.install(snap);
                 self.record(Version {
                     version: 0,
@@ -459,7 +403,7 @@ impl Reloader {
                 outcome: "refused",
                 rollback_to,
                 errors: status.errors.clone(),
-                changes: Vec::new(),
+                changes: None,
                 text: None,
             });
         }
