@@ -92,7 +92,7 @@ pub const FROM_TRUSTED_ONLY: &[&str] = &[
 ];
 
 /// Headers the gateway sets, strips or vouches for.
-const GATEWAY_SET: &[&str] = &[
+pub const GATEWAY_SET: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",

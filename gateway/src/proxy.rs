@@ -1013,8 +1013,9 @@ impl Gateway {
         route: &Route,
         comp: &Arc<Composition>,
     ) -> Result<bool> {
-        let req = session.req_header();
-        if request::has_body(&req.headers) {
+        if request::has_body(&session.req_header().headers)
+            || !session.downstream_session.is_body_empty()
+        {
             return self
                 .respond(
                     session,
@@ -1027,6 +1028,7 @@ impl Gateway {
                 )
                 .await;
         }
+        let req = session.req_header();
         let mut ipbuf = [0u8; 16];
         let input = compose::Input {
             params: match &ctx.params {
@@ -1035,8 +1037,19 @@ impl Gateway {
             },
             query: request::parse_target(req.raw_path(), &req.method)
                 .ok()
-                .and_then(|t| t.query.map(str::to_string)),
-            headers: req.headers.clone(),
+                .and_then(|t| t.query)
+                .map(|q| {
+                    let removed = [
+                        route.chain.query_params_removed(),
+                        ctx.plugins.query_params_removed(),
+                    ]
+                    .concat();
+                    // The client's query as a proxied request would send it (credentials the chain
+                    // consumed taken out), without its leading `?`.
+                    let kept = request::upstream_target("", Some(q), &removed);
+                    kept.trim_start_matches('?').to_string()
+                }),
+            headers: headers_as_forwarded(req, ctx),
             claims: ctx.plugins.identity.claims.clone(),
             hash_key: ip_key(ctx.client_ip, &mut ipbuf).to_vec(),
         };
@@ -1282,6 +1295,40 @@ impl Gateway {
         };
         log.write(&entry);
     }
+}
+
+/// The client's headers as a proxied request would carry them upstream: hop-by-hop and spoofable ones
+/// out, the chain's edits (identity from `forward_claims`, its removals) applied. What `{header.NAME}`
+/// reads, so a template sees the chain's `X-User-Id`, never the client's forged one.
+fn headers_as_forwarded(req: &RequestHeader, ctx: &Ctx) -> http::HeaderMap {
+    let mut h = req.headers.clone();
+    for name in headers::hop_by_hop_present(&h) {
+        h.remove(&name);
+    }
+    let plugins = &ctx.plugins;
+    let protected = |n: &str| {
+        plugins.upstream_edits().any(|e| match e {
+            HeaderEdit::Remove(x) | HeaderEdit::Set(x, _) => x.as_str() == n,
+            HeaderEdit::Append(..) => false,
+        })
+    };
+    for name in headers::spoofable_present(&h, ctx.peer_trusted, protected) {
+        h.remove(&name);
+    }
+    for e in plugins.upstream_edits() {
+        match e {
+            HeaderEdit::Remove(n) => {
+                h.remove(n);
+            }
+            HeaderEdit::Set(n, v) => {
+                h.insert(n.clone(), v.clone());
+            }
+            HeaderEdit::Append(n, v) => {
+                h.append(n.clone(), v.clone());
+            }
+        }
+    }
+    h
 }
 
 /// The access log's `calls` field.

@@ -540,6 +540,7 @@ auth:
     compose:
       calls:
         user:   {{ upstream: users, path: "/users/{{claims.sub}}" }}
+        who:    {{ upstream: users, path: "/users/{{header.x-user-id}}", required: false }}
         orders: {{ upstream: orders, path: "/orders?user_id={{claims.sub}}&limit={{query.limit|5}}", headers: {{ accept-language: "{{header.accept-language|en}}" }} }}
 "#,
         upstreams(&orders, &users, &products)
@@ -570,6 +571,13 @@ auth:
     assert_eq!(v["user"]["name"], "Ada");
     assert_eq!(v["orders"], json!([{"id": 7}, {"id": 9}]));
     assert_eq!(orders.paths(), ["/orders?user_id=42&limit=2"]);
+    // `{header.x-user-id}` is the chain's identity header, not the client's forged `X-User-Id: 1`.
+    assert_eq!(v["who"]["name"], "Ada", "{v}");
+    assert!(
+        users.paths().iter().all(|p| p == "/users/42"),
+        "{:?}",
+        users.paths()
+    );
     // The chain's identity header, never the client's copy; the template's header with its default.
     assert_eq!(users.header(0, "x-user-id").as_deref(), Some("42"));
     assert_eq!(orders.header(0, "x-user-id").as_deref(), Some("42"));
@@ -582,7 +590,9 @@ auth:
 
 #[test]
 fn values_from_data_cannot_climb_the_path_or_add_parameters() {
-    let orders = Api::start(|_| ok(json!({"user_id": "../admin", "other": "1/2?x=y"})));
+    let orders = Api::start(|_| {
+        ok(json!({"user_id": "../admin", "other": "1/2?x=y", "dot": ".", "pct": "%2e%2e"}))
+    });
     let users = Api::start(|p| ok(json!({ "path": p })));
     let products = Api::start(|_| ok(json!({})));
     let gw = compose_gateway(
@@ -591,25 +601,36 @@ fn values_from_data_cannot_climb_the_path_or_add_parameters() {
     compose:
       calls:
         order: { upstream: orders, path: /o }
-        user: { upstream: users, path: "/users/{order.other}" }
-  - name: dots
-    match: { path: /dots }
-    compose:
-      calls:
-        order: { upstream: orders, path: /o }
-        user: { upstream: users, path: "/users/{order.user_id}/x" }
+        user: { upstream: users, path: "/users/{order.user_id}/x", required: false }
+        pct: { upstream: users, path: "/users/{order.pct}", required: false }
+        side: { upstream: users, path: "/users/.{order.dot}", required: false }
+        inq: { upstream: users, path: "/users/q?v={order.other}" }
 "#,
         &orders,
         &users,
         &products,
     );
     let r = gw.get("/climb");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["user"]["path"], "/users/1%2F2%3Fx%3Dy");
-    // `../admin` is one segment, encoded: `..%2Fadmin`.
-    let r = gw.get("/dots");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["user"]["path"], "/users/..%2Fadmin/x");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    // In a query value, encoded whole: it cannot add a parameter.
+    assert_eq!(v["inq"]["path"], "/users/q?v=1%2F2%3Fx%3Dy");
+    // In the path, `../admin`, an escape, and a dot segment made of two pieces are refused.
+    for call in ["user", "pct", "side"] {
+        assert_eq!(v[call], Value::Null, "{call}: {v}");
+        let e = v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["call"] == call)
+            .unwrap();
+        assert_eq!(e["code"], "missing_value", "{e}");
+    }
+    assert_eq!(
+        users.paths(),
+        ["/users/q?v=1%2F2%3Fx%3Dy"],
+        "nothing else reached the service"
+    );
 }
 
 #[test]
@@ -656,6 +677,7 @@ routes:
         f: { upstream: u, path: "/f/{id}/{a.list[]}" }
         g: { upstream: u, path: "/g", method: POST }
         h: { upstream: u, path: "/h/{claims.sub}" }
+        i: { upstream: u, path: "/i", headers: { transfer-encoding: chunked, expect: 100-continue } }
 "#,
     )
     .unwrap();
@@ -665,10 +687,12 @@ routes:
     for want in [
         format!("{f}:6:40: error: routes[0].match.methods: `POST`: a composition route answers GET and HEAD only"),
         format!("{f}:11:24: error: routes[0].compose.calls.c.upstream: unknown upstream `nope` (defined: u)"),
-        format!("{f}:11:36: error: routes[0].compose.calls.c.path: `{{ordr.id}}`: `ordr` is not a call (defined: a, b, c, d, f, g, h)"),
+        format!("{f}:11:36: error: routes[0].compose.calls.c.path: `{{ordr.id}}`: `ordr` is not a call (defined: a, b, c, d, f, g, h, i)"),
         format!("{f}:12:33: error: routes[0].compose.calls.d.path: `{{f.x}}`: call `f` fans out"),
         format!("{f}:14:47: error: routes[0].compose.calls.g.method: `POST`: composed calls are GET or HEAD only"),
         format!("{f}:15:33: error: routes[0].compose.calls.h.path: `{{claims.sub}}`: this route's chain has no `jwt` plugin"),
+        format!("{f}:16:69: error: routes[0].compose.calls.i.headers.transfer-encoding: `transfer-encoding` is the gateway's to set"),
+        format!("{f}:16:86: error: routes[0].compose.calls.i.headers.expect: `expect` is the gateway's to set"),
     ] {
         assert!(out.lines().any(|l| l.starts_with(&want)), "missing {want}\n{out}");
     }

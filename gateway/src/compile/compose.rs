@@ -25,6 +25,7 @@ pub(super) fn compile(
     has_jwt: bool,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
 ) -> Option<Composition> {
+    let identity_headers = identity_headers(cfg);
     let before = at.error_count();
     let calls_at = at.at("calls");
     if c.calls.is_empty() {
@@ -109,10 +110,20 @@ pub(super) fn compile(
                 hat.error(format!("`{h}` is not a valid header name"));
                 continue;
             };
-            if crate::headers::HOP_BY_HOP.contains(&hn.as_str())
-                || matches!(hn.as_str(), "host" | "content-length" | "traceparent")
+            // Framing and connection headers would desynchronize the pooled connection; the
+            // gateway's own and the trusted-proxy ones are the gateway's to set; identity headers
+            // are the chain's (`forward_claims`), which a template could otherwise forge on a route
+            // whose chain does not set them.
+            let n = hn.as_str();
+            if crate::headers::HOP_BY_HOP.contains(&n)
+                || crate::headers::GATEWAY_SET.contains(&n)
+                || crate::headers::FROM_TRUSTED_ONLY.contains(&n)
+                || n == "expect"
+                || identity_headers.contains(n)
             {
-                hat.error(format!("`{hn}` is set by the gateway"));
+                hat.error(format!(
+                    "`{hn}` is the gateway's to set (framing, forwarding, or identity from the chain)"
+                ));
                 continue;
             }
             match template::parse(v, &names_ctx) {
@@ -324,4 +335,29 @@ fn upstream(
     }
     at.error(super::routes::unknown_upstream(cfg, name));
     None
+}
+
+/// Header names any route's `jwt` plugin fills from claims (`forward_claims`, as written in the
+/// file): a composed call may not set them from a template, on any route (a service that trusts
+/// `X-User-Id` from the gateway trusts it from every route).
+fn identity_headers(cfg: &RawConfig) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let entries = cfg
+        .plugins
+        .iter()
+        .chain(cfg.routes.iter().flat_map(|r| r.plugins.iter()));
+    for e in entries {
+        let Some(fc) = e.get("jwt").and_then(|j| j.get("forward_claims")) else {
+            continue;
+        };
+        for (_, v) in fc.as_mapping().into_iter().flatten() {
+            let name = v
+                .as_str()
+                .or_else(|| v.get("header").and_then(Value::as_str));
+            if let Some(n) = name {
+                out.insert(n.to_ascii_lowercase());
+            }
+        }
+    }
+    out
 }

@@ -1,6 +1,6 @@
 //! One call of a composition: a request to an upstream target over Pingora's own connector (the same
-//! peers, TLS settings, timeouts and connection reuse as proxied requests), its JSON read whole up to a
-//! size limit.
+//! peers, TLS settings and timeouts as proxied requests; connections are reused within the
+//! compositions' own pool), its JSON read whole up to a size limit.
 
 use std::net::SocketAddr;
 
@@ -68,7 +68,10 @@ impl CallError {
             CallError::Input {
                 from_request: true, ..
             } => 400,
-            CallError::Status(s) if (400..500).contains(s) && *s != 408 => *s,
+            // The answer's subject does not exist: the client's answer too. Any other 4xx is
+            // about the gateway's call (its credentials, method, rate), not the client's request;
+            // passed on it would be wrong (a 401 without the challenge, a 405 without `Allow`).
+            CallError::Status(s @ (404 | 410)) => *s,
             CallError::Timeout | CallError::Deadline => 504,
             CallError::Status(504) => 504,
             _ => 502,
@@ -127,7 +130,13 @@ pub async fn fetch(
         *target = Some(addr);
         let peer = up.peer(addr);
         let (mut session, reused) = match connector.get_http_session(&peer).await {
-            Ok(s) => s,
+            Ok(mut s) => {
+                // A new session takes no timeouts from the peer (pingora-proxy sets them itself,
+                // `proxy_h1.rs`): each read and write is bounded like a proxied request's.
+                s.0.set_read_timeout(peer.options.read_timeout);
+                s.0.set_write_timeout(peer.options.write_timeout);
+                s
+            }
             Err(e) => {
                 if connect_tries < up.retries {
                     connect_tries += 1;

@@ -448,9 +448,12 @@ fn prepare(
             })?;
         for (name, t) in &call.headers {
             let v = render_text(t, input, &lookup, element)?;
+            let from_request = t
+                .iter()
+                .any(|p| matches!(p, Piece::Ref(r) if is_request_source(&r.source)));
             let v = HeaderValue::from_str(&v).map_err(|_| CallError::Input {
                 message: format!("header `{name}`: the value is not a valid header value"),
-                from_request: false,
+                from_request,
             })?;
             let _ = head.append_header(name.clone(), v);
         }
@@ -578,14 +581,29 @@ fn render_target<'v>(
     for p in pieces {
         match p {
             Piece::Lit(s) => {
-                in_query |= s.contains('?');
+                if !in_query {
+                    if let Some(q) = s.find('?') {
+                        check_path(&out, &s[..q])?;
+                        in_query = true;
+                    }
+                }
                 out.push_str(s);
             }
             Piece::Ref(r) => {
                 let v = ref_text(r, input, lookup, element)?;
-                if !in_query && (v.is_empty() || v.bytes().all(|b| b == b'.')) {
+                // In the path, a value from data is one segment's text or nothing: no separator,
+                // no escape, no control byte, no dot segment (what `crate::path` refuses from
+                // clients, because backends disagree on what it means).
+                let bad_segment = v.is_empty()
+                    || v.bytes().all(|b| b == b'.')
+                    || v.bytes()
+                        .any(|b| matches!(b, b'/' | b'\\' | b'%') || b.is_ascii_control());
+                if !in_query && !matches!(r.source, Source::Param(_)) && bad_segment {
                     return Err(CallError::Input {
-                        message: format!("`{{{r}}}` is `{v}`, which cannot be a path segment"),
+                        message: format!(
+                            "`{{{r}}}` is `{}`, which cannot be a path segment",
+                            v.escape_debug()
+                        ),
                         from_request: is_request_source(&r.source),
                     });
                 }
@@ -596,7 +614,23 @@ fn render_target<'v>(
             }
         }
     }
+    if !in_query {
+        check_path(&out, "")?;
+    }
     Ok(out)
+}
+
+/// The rendered path (`done` + `more`) must be what normalization leaves as it is: pieces put side
+/// by side (`/x/.{a}` with `a` = `.`) cannot make a dot segment either.
+fn check_path(done: &str, more: &str) -> Result<(), CallError> {
+    let path = format!("{done}{more}");
+    match crate::path::normalize(&path) {
+        Ok(n) if n == path => Ok(()),
+        _ => Err(CallError::Input {
+            message: format!("the call's path `{path}` is not a normalized path"),
+            from_request: false,
+        }),
+    }
 }
 
 /// A header value: the text of each reference as it is.
