@@ -181,7 +181,17 @@ pub async fn fetch(
             }
         };
         let Some(status) = status else { continue };
-        let mut body = BytesMut::new();
+        // An announced length past the limit fails at once, before any of it is read.
+        let announced = session
+            .response_header()
+            .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if announced.is_some_and(|n| n > max_body) {
+            session.shutdown().await;
+            return Err(CallError::TooLarge(max_body));
+        }
+        let mut body = BytesMut::with_capacity(announced.unwrap_or(0).min(max_body));
         loop {
             match session.read_response_body().await {
                 Ok(Some(chunk)) => {
