@@ -80,7 +80,8 @@ fn needs_work(p: &[u8]) -> bool {
     false
 }
 
-fn hex(b: u8) -> Option<u8> {
+/// The value of hex digit `b`.
+pub(crate) fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

@@ -77,7 +77,7 @@ pub(super) fn compile(
                 "`{method}`: composed calls are GET or HEAD only (a write fanned out to several services cannot be undone when one of them fails)"
             ));
         }
-        let upstream = upstream(cfg, &call.upstream, &here.at("upstream"), upstreams);
+        let upstream = super::routes::upstream(cfg, &call.upstream, &here, upstreams);
         let path_at = here.at("path");
         if !call.path.starts_with('/') {
             path_at.error("must start with '/'");
@@ -317,24 +317,6 @@ fn shape(v: &Value, at: &Scope, names: &Names<'_>) -> Option<Shape> {
             }
         },
     })
-}
-
-/// A call's upstream; an unknown name is an error unless the upstream is defined but broken
-/// (reported where it is defined).
-fn upstream(
-    cfg: &RawConfig,
-    name: &str,
-    at: &Scope,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
-) -> Option<Arc<Upstream>> {
-    if let Some(u) = upstreams.get(name) {
-        return Some(u.clone());
-    }
-    if cfg.upstreams.contains_key(name) || cfg.broken_upstreams.contains(name) {
-        return None;
-    }
-    at.error(super::routes::unknown_upstream(cfg, name));
-    None
 }
 
 /// Header names any route's `jwt` plugin fills from claims (`forward_claims`, as written in the

@@ -162,9 +162,10 @@ fn composition_route_checks(r: &RouteConfig, at: &Scope, matcher: &mut RouteMatc
     }
 }
 
-/// The route's upstream; an unknown name is an error unless the upstream is defined but broken
-/// (reported where it is defined).
-fn upstream(
+/// The upstream `name` of a route or a composition's call (`at`: its scope; an unknown name is
+/// reported at `at.upstream`), unless the upstream is defined but broken (reported where it is
+/// defined).
+pub(super) fn upstream(
     cfg: &RawConfig,
     name: &str,
     at: &Scope,
