@@ -210,6 +210,8 @@ pub struct Entry<'a> {
     pub status: u16,
     pub duration_ms: f64,
     pub upstream_ms: Option<f64>,
+    /// Tries made to the upstream (0: answered by the gateway; more than 1: retried).
+    pub tries: u32,
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub user_agent: Option<&'a str>,
@@ -272,6 +274,8 @@ impl Entry<'_> {
             Some(v) => json_f64(out, v),
             None => out.extend_from_slice(b"null"),
         }
+        key(out, "tries");
+        out.extend_from_slice(n.format(self.tries).as_bytes());
         key(out, "bytes_in");
         out.extend_from_slice(n.format(self.bytes_in).as_bytes());
         key(out, "bytes_out");
@@ -452,6 +456,7 @@ mod tests {
             status: 200,
             duration_ms: 0.1,
             upstream_ms: None,
+            tries: 0,
             bytes_in: 0,
             bytes_out: 0,
             user_agent: None,

@@ -89,12 +89,14 @@ fn metrics_text(reloader: &Reloader, snap: &Snapshot) -> String {
         .upstreams
         .iter()
         .flat_map(|(name, up)| {
+            let now = crate::resilience::now();
             up.targets()
                 .into_iter()
                 .map(move |(target, _, healthy)| TargetHealth {
                     upstream: name,
                     target,
                     healthy,
+                    ejected: up.stats.ejected(&target, now),
                 })
         })
         .collect();
@@ -152,12 +154,38 @@ fn upstreams(snap: &Snapshot) -> Value {
         let targets: Vec<Value> = u
             .targets()
             .into_iter()
-            .map(|(addr, weight, healthy)| json!({"addr": addr.to_string(), "weight": weight, "healthy": healthy}))
+            .map(|(addr, weight, healthy)| {
+                let mut t = json!({"addr": addr.to_string(), "weight": weight, "healthy": healthy});
+                if let Some(s) = u.stats.get(&addr) {
+                    t["in_flight"] = json!(s.in_flight());
+                    t["latency_ewma_ms"] = json!(s.ewma_ms());
+                    t["ejected"] = match s.ejection() {
+                        Some((left_ms, times, reason)) => json!({
+                            "for_ms": left_ms, "times": times, "reason": reason,
+                        }),
+                        None => Value::Null,
+                    };
+                }
+                t
+            })
             .collect();
-        out.insert(
-            name.clone(),
-            json!({"balance": format!("{:?}", u.balance), "health_check": u.health.is_some(), "targets": targets}),
-        );
+        let mut entry = json!({
+            "balance": format!("{:?}", u.balance), "health_check": u.health.is_some(),
+            "targets": targets,
+            "retry": {
+                "attempts": u.retry.attempts, "when": u.retry.when.names(),
+                "non_idempotent": u.retry.non_idempotent,
+                "budget": u.budget.is_some(),
+            },
+            "outlier_detection": u.outlier.is_some(),
+        });
+        if let Some(b) = &u.breaker {
+            entry["circuit_breaker"] = json!({
+                "max_requests": b.config.max_requests, "in_flight": b.in_flight(),
+                "max_pending": b.config.max_pending,
+            });
+        }
+        out.insert(name.clone(), entry);
     }
     Value::Object(out)
 }

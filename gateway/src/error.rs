@@ -68,6 +68,28 @@ impl GatewayError {
             "the upstream could not be reached or sent an invalid response",
         )
     }
+    /// The upstream's circuit breaker is full: refused at once, to be tried again in a second.
+    pub fn upstream_overloaded(upstream: &str) -> Self {
+        Self::new(
+            503,
+            "upstream_overloaded",
+            format!("upstream `{upstream}` has as many requests as it may take; try again shortly"),
+        )
+        .with_header(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        )
+    }
+
+    /// The request's total time (`retry.timeout`) ran out before another try could start.
+    pub fn retry_timeout() -> Self {
+        Self::new(
+            504,
+            "upstream_timeout",
+            "the upstream did not answer in time (the request's timeout ran out between tries)",
+        )
+    }
+
     pub fn gateway_timeout() -> Self {
         Self::new(
             504,

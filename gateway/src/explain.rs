@@ -235,6 +235,8 @@ fn balance_label(u: &Upstream) -> String {
         crate::config::raw::Balance::RoundRobin => "round_robin".to_string(),
         crate::config::raw::Balance::Weighted => "weighted".to_string(),
         crate::config::raw::Balance::ConsistentHash => "consistent_hash".to_string(),
+        crate::config::raw::Balance::LeastRequest => "least_request".to_string(),
+        crate::config::raw::Balance::Ewma => "ewma".to_string(),
     };
     match &u.hash_on {
         Some(crate::upstream::HashOn::ClientIp) => format!("{b} on client_ip"),

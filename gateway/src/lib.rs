@@ -23,6 +23,7 @@ pub mod path;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;
+pub mod resilience;
 pub mod request;
 pub mod router;
 pub mod server;

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub aggregate_call_duration: HistogramVec,
     pub aggregate_call_errors: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
+    pub upstream_overloaded: IntCounterVec,
+    pub target_ejected: IntGaugeVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: a gateway's own answers take well under a millisecond, a slow
@@ -143,6 +148,41 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["route", "call", "reason"],
     )?;
+    let upstream_retries = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_retries_total",
+            "Tries made again after a failed one, by upstream and reason (connect_failure, reset, timeout, or the status)",
+        ),
+        &["upstream", "reason"],
+    )?;
+    let retry_budget_exhausted = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_retry_budget_exhausted_total",
+            "Retries not made because the upstream's retry budget was spent",
+        ),
+        &["upstream"],
+    )?;
+    let upstream_ejections = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_ejections_total",
+            "Targets taken out by passive health (outlier detection), by upstream",
+        ),
+        &["upstream"],
+    )?;
+    let upstream_overloaded = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_overloaded_total",
+            "Requests refused with 503 upstream_overloaded by the upstream's circuit breaker",
+        ),
+        &["upstream"],
+    )?;
+    let target_ejected = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_upstream_target_ejected",
+            "1 while passive health keeps an upstream target out of rotation",
+        ),
+        &["upstream", "target"],
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new(
             "tollgate_build_info",
@@ -166,6 +206,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(access_log_dropped.clone()))?;
     registry.register(Box::new(aggregate_call_duration.clone()))?;
     registry.register(Box::new(aggregate_call_errors.clone()))?;
+    registry.register(Box::new(upstream_retries.clone()))?;
+    registry.register(Box::new(retry_budget_exhausted.clone()))?;
+    registry.register(Box::new(upstream_ejections.clone()))?;
+    registry.register(Box::new(upstream_overloaded.clone()))?;
+    registry.register(Box::new(target_ejected.clone()))?;
     #[cfg(target_os = "linux")]
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
@@ -194,6 +239,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         access_log_dropped,
         aggregate_call_duration,
         aggregate_call_errors,
+        upstream_retries,
+        retry_budget_exhausted,
+        upstream_ejections,
+        upstream_overloaded,
+        target_ejected,
     })
 }
 
@@ -241,6 +291,11 @@ impl<T> Default for Lazy<T> {
 impl<T> Lazy<T> {
     pub fn get_or_init(&self, make: impl FnOnce() -> T) -> &T {
         self.0.get_or_init(make)
+    }
+
+    /// The value, if it was made.
+    pub fn get(&self) -> Option<&T> {
+        self.0.get()
     }
 }
 
@@ -339,6 +394,8 @@ pub struct TargetHealth<'a> {
     pub upstream: &'a str,
     pub target: std::net::SocketAddr,
     pub healthy: bool,
+    /// Passive health keeps it out now.
+    pub ejected: bool,
 }
 
 impl Metrics {
@@ -350,10 +407,15 @@ impl Metrics {
         tls_not_after: Option<i64>,
     ) -> String {
         self.target_healthy.reset();
+        self.target_ejected.reset();
         for t in health {
+            let target = t.target.to_string();
             self.target_healthy
-                .with_label_values(&[t.upstream, &t.target.to_string()])
+                .with_label_values(&[t.upstream, &target])
                 .set(i64::from(t.healthy));
+            self.target_ejected
+                .with_label_values(&[t.upstream, &target])
+                .set(i64::from(t.ejected));
         }
         self.tls_expiry.set(tls_not_after.unwrap_or(0));
         let mut families = self.registry.gather();

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -40,6 +40,7 @@ use crate::plugin::{
     UpstreamView,
 };
 use crate::request::{self, Form};
+use crate::resilience::{Attempt, BreakerSlot, Failure};
 use crate::router::{Found, Params};
 use crate::snapshot::{Route, Snapshot};
 use crate::trace::TraceContext;
@@ -139,6 +140,7 @@ impl crate::conn::RefusedRequests for Refused {
             status: 400,
             duration_ms: 0.0,
             upstream_ms: None,
+            tries: 0,
             bytes_in: 0,
             bytes_out: 0,
             user_agent: None,
@@ -174,7 +176,20 @@ pub struct Ctx {
     target: Option<SocketAddr>,
     upstream_start: Option<Instant>,
     upstream_ms: Option<f64>,
-    connect_tries: u32,
+    /// Tries started to the upstream.
+    tries: u32,
+    /// Targets whose tries failed (a retry goes elsewhere when it can).
+    tried: Vec<SocketAddr>,
+    /// When the request's `retry.timeout` runs out.
+    deadline: Option<Instant>,
+    /// The response phase decided to try again after this answer (and took the budget for it).
+    retrying: Option<Failure>,
+    /// A pooled connection the upstream had closed was replaced once already.
+    stale_retried: bool,
+    /// The try in flight, counted in its target's requests in flight.
+    attempt: Option<Attempt>,
+    /// This request's slot in its upstream's circuit breaker.
+    slot: Option<BreakerSlot>,
     /// What the gateway answered with, when it answered itself.
     error: Option<GatewayError>,
     /// State of the route's plugin chain.
@@ -435,7 +450,7 @@ impl Gateway {
                 request_id: ctx.request_id.as_str(),
             },
             upstream: &upstream_of(route)?.name,
-            attempt: ctx.connect_tries,
+            attempt: ctx.tries,
             previous: ctx.target,
         };
         match route.chain.select_upstream(&view, &mut ctx.plugins).await {
@@ -594,7 +609,13 @@ impl ProxyHttp for Gateway {
             target: None,
             upstream_start: None,
             upstream_ms: None,
-            connect_tries: 0,
+            tries: 0,
+            tried: Vec::new(),
+            deadline: None,
+            retrying: None,
+            stale_retried: false,
+            attempt: None,
+            slot: None,
             error: None,
             plugins: PluginState::default(),
             offer: None,
@@ -688,7 +709,7 @@ impl ProxyHttp for Gateway {
         }
         match route.composition() {
             Some(comp) => self.compose(session, ctx, &route, comp).await,
-            None => Ok(false),
+            None => self.admit(session, ctx, &route).await,
         }
     }
 
@@ -722,7 +743,11 @@ impl ProxyHttp for Gateway {
             .clone()
             .expect("request_filter routed the request");
         let up = upstream_of(&route)?;
+        if ctx.tries > 0 {
+            Self::before_retry(ctx, &route).await?;
+        }
         let picked = Self::pick(session, ctx, &route).await?;
+        ctx.tries += 1;
         let mut ipbuf = [0u8; 16];
         let key: &[u8] = match &up.hash_on {
             None => b"",
@@ -735,7 +760,7 @@ impl ProxyHttp for Gateway {
                 .unwrap_or(b""),
             Some(HashOn::Cookie(name)) => cookie(session.req_header(), name).unwrap_or(b""),
         };
-        let Some(addr) = picked.or_else(|| up.select(key)) else {
+        let Some(addr) = picked.or_else(|| up.pick(key, &ctx.tried)) else {
             ctx.error = Some(GatewayError::no_healthy_upstream(&up.name));
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
@@ -743,8 +768,21 @@ impl ProxyHttp for Gateway {
             ));
         };
         ctx.target = Some(addr);
-        ctx.upstream_start = Some(Instant::now());
+        let now = Instant::now();
+        ctx.upstream_start = Some(now);
+        ctx.attempt = up.begin(addr);
         let mut peer = up.peer(addr);
+        let o = &mut peer.options;
+        if let Some(t) = route.retry.per_try_timeout {
+            o.read_timeout = Some(t);
+        }
+        if let Some(left) = ctx.deadline.map(|d| d.saturating_duration_since(now)) {
+            // No read, and no connect, may outlast the request's total time.
+            let left = left.max(std::time::Duration::from_millis(1));
+            let cap = |t: Option<std::time::Duration>| Some(t.map_or(left, |t| t.min(left)));
+            o.connection_timeout = cap(o.connection_timeout);
+            o.read_timeout = cap(o.read_timeout);
+        }
         if session.is_upgrade_req() {
             // Pingora applies the upstream read timeout to every read, tunnel reads too, and it
             // cannot be changed once the 101 arrives: an upgrade request waits for its 101, and its
@@ -761,21 +799,35 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent on a failed connect, so another target may be tried whatever the method.
-        let retries = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.upstream())
-            .map_or(0, |u| u.retries);
-        if ctx.connect_tries < retries {
-            ctx.connect_tries += 1;
+        let Some(route) = ctx.route.clone() else {
+            return e;
+        };
+        if let (Some(up), Some(t)) = (route.upstream(), ctx.target) {
+            up.outcome(t, None, Some(Failure::ConnectFailure));
+        }
+        if Self::may_retry(session, ctx, &route, Failure::ConnectFailure) {
             e.set_retry(true);
         }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let retry = Self::retry_after_error(session, ctx, &e, client_reused);
+        e.set_retry(retry);
         e
     }
 
@@ -891,11 +943,21 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(start) = ctx.upstream_start {
-            let took = start.elapsed().as_secs_f64();
-            ctx.upstream_ms = Some(took * 1000.0);
+        let took = ctx.upstream_start.map(|start| start.elapsed());
+        if let Some(took) = took {
+            ctx.upstream_ms = Some(took.as_secs_f64() * 1000.0);
             if let Some(up) = ctx.route.as_ref().and_then(|r| r.upstream()) {
-                up.duration(&self.metrics).observe(took);
+                up.duration(&self.metrics).observe(took.as_secs_f64());
+            }
+        }
+        if !resp.status.is_informational() {
+            if let Some(status) = Self::retry_on_answer(session, ctx, resp.status.as_u16(), took) {
+                // Nothing of this answer is written yet (Pingora writes the head after this phase):
+                // the error ends the try, `error_while_proxy` has it tried again.
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "the upstream's answer is tried again",
+                ));
             }
         }
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -999,7 +1061,145 @@ impl ProxyHttp for Gateway {
         // The request is over: give back its in-flight unit and concurrency slots now, before Pingora
         // closes a `Connection: close` connection (the context itself outlives the connection).
         ctx._in_flight = None;
+        ctx.attempt = None;
+        ctx.slot = None;
         ctx.plugins = PluginState::default();
+    }
+}
+
+/// Resilience in the proxy phases: the circuit breaker before the first try, the wait before a
+/// retry, and whether a failed try is tried again (see `resilience` for the rules).
+impl Gateway {
+    /// Take the route's upstream's circuit-breaker slot (or answer `503 upstream_overloaded`), count
+    /// the request in the retry budget, start the request's total time. `Ok(true)`: answered.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx, route: &Route) -> Result<bool> {
+        let up = upstream_of(route)?;
+        if let Some(breaker) = &up.breaker {
+            match breaker.enter().await {
+                Some(slot) => ctx.slot = Some(slot),
+                None => {
+                    if let Some(s) = up.series() {
+                        s.overloaded.inc();
+                    }
+                    let err = GatewayError::upstream_overloaded(&up.name);
+                    return self.respond(session, ctx, err).await;
+                }
+            }
+        }
+        if route.retry.attempts > 1 {
+            if let Some(b) = &up.budget {
+                b.deposit();
+            }
+        }
+        ctx.deadline = route.retry.timeout.map(|t| ctx.start + t);
+        Ok(false)
+    }
+
+    /// Before a retry: the failed target is avoided, the backoff waited (`504` if the request's
+    /// total time would run out first).
+    async fn before_retry(ctx: &mut Ctx, route: &Route) -> Result<()> {
+        if let Some(t) = ctx.target.take() {
+            ctx.tried.push(t);
+        }
+        ctx.attempt = None;
+        let wait = route.retry.backoff_before(ctx.tries);
+        if ctx.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            ctx.error = Some(GatewayError::retry_timeout());
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(504),
+                "the request's timeout ran out before another try",
+            ));
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
+    /// Whether a try that failed with `failure` is tried again: the route's policy allows it (see
+    /// `RetryPolicy::allows`), the request's time is not up, and the upstream's budget has a retry
+    /// left. Counted in the metrics either way.
+    fn may_retry(session: &Session, ctx: &Ctx, route: &Route, failure: Failure) -> bool {
+        let Some(up) = route.upstream() else {
+            return false;
+        };
+        let kept = !session.as_ref().retry_buffer_truncated();
+        if ctx.upgraded
+            || !route
+                .retry
+                .allows(failure, ctx.tries, &session.req_header().method, kept)
+            || ctx.deadline.is_some_and(|d| Instant::now() >= d)
+        {
+            return false;
+        }
+        let series = up.series();
+        if let Some(b) = &up.budget {
+            if !b.withdraw() {
+                if let Some(s) = series {
+                    s.budget_exhausted.inc();
+                }
+                return false;
+            }
+        }
+        if let Some(s) = series {
+            s.retried(failure);
+        }
+        true
+    }
+
+    /// The answer's head arrived: feed the target's latency and passive health, and say whether this
+    /// status is tried again (`Some(status)`: the budget was taken, `error_while_proxy` retries).
+    fn retry_on_answer(
+        session: &Session,
+        ctx: &mut Ctx,
+        status: u16,
+        took: Option<std::time::Duration>,
+    ) -> Option<u16> {
+        let route = ctx.route.clone()?;
+        let up = route.upstream()?;
+        let failure = (status >= 500).then_some(Failure::Status(status));
+        if let Some(t) = ctx.target {
+            up.outcome(t, took, failure);
+        }
+        let f = failure.filter(|f| route.retry.when.has(*f))?;
+        if !Self::may_retry(session, ctx, &route, f) {
+            return None;
+        }
+        ctx.retrying = Some(f);
+        Some(status)
+    }
+
+    /// Whether a try that failed after it was sent is tried again. Never once any byte of the answer
+    /// went to the client, nor for a request that cannot be replayed (a method that is not
+    /// idempotent unless the route opts in, a body that was not kept whole). A pooled connection
+    /// the upstream had closed (Pingora's `ReusedOnly`: it failed before any response byte) is
+    /// replaced once without counting against the target or the budget, as Pingora's default does.
+    fn retry_after_error(session: &Session, ctx: &mut Ctx, e: &Error, reused: bool) -> bool {
+        if ctx.retrying.take().is_some() {
+            return true;
+        }
+        let Some(route) = ctx.route.clone() else {
+            return false;
+        };
+        let Some(up) = route.upstream() else {
+            return false;
+        };
+        let replayable = session.response_written().is_none()
+            && !ctx.upgraded
+            && !session.as_ref().retry_buffer_truncated()
+            && (session.req_header().method.is_idempotent() || route.retry.non_idempotent);
+        let stale = reused && matches!(e.retry, RetryType::ReusedOnly);
+        if stale && replayable && !ctx.stale_retried {
+            ctx.stale_retried = true;
+            return true;
+        }
+        let Some(failure) = Failure::of_error(e) else {
+            return false;
+        };
+        if let Some(t) = ctx.target {
+            up.outcome(t, None, Some(failure));
+        }
+        replayable && Self::may_retry(session, ctx, &route, failure)
     }
 }
 
@@ -1281,6 +1481,7 @@ impl Gateway {
             status,
             duration_ms: round3(elapsed.as_secs_f64() * 1000.0),
             upstream_ms: ctx.upstream_ms.map(round3),
+            tries: ctx.tries,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
             user_agent: req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),

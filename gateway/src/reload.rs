@@ -126,6 +126,7 @@ pub fn bind_series(snap: &Snapshot, m: &Metrics) {
     }
     for u in snap.upstreams.values() {
         u.duration(m);
+        u.bind_series(m);
     }
     for p in snap.providers.rate_limits.values() {
         p.series.bind(m, &p.name);

@@ -64,6 +64,8 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     pub(crate) rewrite: Option<Vec<Part>>,
     pub preserve_host: bool,
+    /// Which failed tries are tried again: the upstream's policy with the route's overrides.
+    pub retry: Arc<crate::resilience::RetryPolicy>,
     /// Global plugins, then the route's own.
     pub chain: Chain,
     /// Its metric series, resolved when the snapshot is installed (compiling registers none).

@@ -37,6 +37,7 @@ use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use crate::config::diag::{Diagnostic, Diagnostics};
 use crate::config::raw::{Balance, HealthCheckConfig, UpstreamConfig};
 use crate::metrics::{Lazy, Metrics};
+use crate::resilience::{self, Attempt, Breaker, Budget, Failure, OutlierPolicy, RetryPolicy, Stats};
 
 /// The seam through which targets change at runtime.
 pub struct Discovery {
@@ -387,7 +388,21 @@ pub struct Upstream {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Connect retries of composition calls (`retry.attempts - 1` when it retries connect failures).
     pub retries: u32,
+    /// The retry policy of routes that do not override it.
+    pub retry: Arc<RetryPolicy>,
+    pub budget: Option<Budget>,
+    pub outlier: Option<OutlierPolicy>,
+    pub breaker: Option<Arc<Breaker>>,
+    pub slow_start: Option<Duration>,
+    /// What is known of each target (in flight, latency, ejections), handed on across reloads.
+    pub stats: Arc<Stats>,
+    /// Some pick or outcome reads or writes `stats` (load-aware balancing, ejection, slow start);
+    /// otherwise a pick is the pool's alone.
+    tracks: bool,
+    /// Its resilience series, resolved when the snapshot is installed.
+    series: Lazy<resilience::Series>,
     pub preserve_host: bool,
     pub health: Option<HealthCheckConfig>,
     pub tls: Option<UpstreamTls>,
@@ -415,6 +430,7 @@ impl Upstream {
         mut targets: Vec<Target>,
         hash_on: Option<HashOn>,
         tls: Option<UpstreamTls>,
+        resilience: resilience::Settings,
         previous: Option<&Upstream>,
     ) -> Upstream {
         if let Some(prev) = previous {
@@ -426,6 +442,8 @@ impl Upstream {
             }
         }
         let backends = backends_of(cfg.balance, &targets);
+        let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
+        stats.retain(backends.iter().filter_map(|b| b.addr.as_inet().copied()));
         let discovery = Arc::new(Discovery::new(backends));
         let inherited = previous
             .filter(|p| p.health.is_some() && p.health == cfg.health_check)
@@ -440,6 +458,10 @@ impl Upstream {
         };
         let pool = match cfg.balance {
             Balance::RoundRobin | Balance::Weighted => {
+                Pool::RoundRobin(LoadBalancer::from_backends(make()))
+            }
+            // Load-aware picks are ours (`Stats::least_loaded`); the pool keeps members and health.
+            Balance::LeastRequest | Balance::Ewma => {
                 Pool::RoundRobin(LoadBalancer::from_backends(make()))
             }
             Balance::ConsistentHash => Pool::Consistent(LoadBalancer::from_backends(make())),
@@ -465,8 +487,23 @@ impl Upstream {
                 let _ = req.insert_header("user-agent", "tollgate-health-check");
                 check.req = req;
             }
-            health_registry.set_health_check(Box::new(check));
+            health_registry.set_health_check(Box::new(Checked {
+                inner: check,
+                stats: stats.clone(),
+            }));
         }
+        let breaker = resilience.breaker.as_ref().map(|c| {
+            previous
+                .and_then(|p| p.breaker.clone())
+                .filter(|b| b.config == *c)
+                .unwrap_or_else(|| Arc::new(Breaker::new(c)))
+        });
+        let retry = resilience.retry;
+        let retries = if retry.when.has(Failure::ConnectFailure) {
+            retry.attempts.saturating_sub(1)
+        } else {
+            0
+        };
         let up = Upstream {
             name: name.to_string(),
             duration: Lazy::default(),
@@ -476,7 +513,17 @@ impl Upstream {
             read_timeout: cfg.timeouts.read.0,
             write_timeout: cfg.timeouts.write.0,
             idle_timeout: cfg.timeouts.idle.0,
-            retries: cfg.retries,
+            retries,
+            retry: Arc::new(retry),
+            budget: resilience.budget.map(|(p, m)| Budget::new(p, m)),
+            tracks: resilience.outlier.is_some()
+                || resilience.slow_start.is_some()
+                || matches!(cfg.balance, Balance::LeastRequest | Balance::Ewma),
+            outlier: resilience.outlier,
+            breaker,
+            slow_start: resilience.slow_start,
+            stats,
+            series: Lazy::default(),
             preserve_host: cfg.preserve_host,
             health: cfg.health_check.clone(),
             tls_pool_key: tls.as_ref().map_or(0, UpstreamTls::pool_key),
@@ -526,11 +573,97 @@ impl Upstream {
 
     /// Pick a healthy target. `key` feeds consistent hashing and is ignored otherwise.
     pub fn select(&self, key: &[u8]) -> Option<SocketAddr> {
+        self.pick(key, &[])
+    }
+
+    /// Pick a healthy target that is not ejected, other than those in `avoid` (tried already) when
+    /// there is one; under a slow start, a returning target gets its share. Only the health checks'
+    /// verdict is final: if nothing else is left, a target tried already or still ramping up is
+    /// taken again rather than none.
+    pub fn pick(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
+        if !self.tracks && avoid.is_empty() {
+            let b = match &self.pool {
+                Pool::RoundRobin(lb) => lb.select(key, 256),
+                Pool::Consistent(lb) => lb.select(key, 256),
+            }?;
+            return b.addr.as_inet().copied();
+        }
+        let now = resilience::now();
+        self.pick_at(key, avoid, self.slow_start, now)
+            .or_else(|| self.pick_at(key, &[], None, now))
+    }
+
+    fn pick_at(
+        &self,
+        key: &[u8],
+        avoid: &[SocketAddr],
+        ramp: Option<Duration>,
+        now: u64,
+    ) -> Option<SocketAddr> {
+        if matches!(self.balance, Balance::LeastRequest | Balance::Ewma) {
+            let b = self.backends();
+            let candidates: Vec<(SocketAddr, usize)> = b
+                .get_backend()
+                .iter()
+                .filter(|t| b.ready(t))
+                .filter_map(|t| t.addr.as_inet().map(|a| (*a, t.weight)))
+                .filter(|(a, _)| !avoid.contains(a) && !self.stats.ejected(a, now))
+                .collect();
+            return self.stats.least_loaded(
+                &candidates,
+                self.balance == Balance::Ewma,
+                ramp,
+                now,
+            );
+        }
+        let accept = |b: &Backend, healthy: bool| {
+            healthy
+                && b.addr
+                    .as_inet()
+                    .is_some_and(|a| !avoid.contains(a) && self.stats.admits(a, ramp, now))
+        };
         let b = match &self.pool {
-            Pool::RoundRobin(lb) => lb.select(key, 256),
-            Pool::Consistent(lb) => lb.select(key, 256),
+            Pool::RoundRobin(lb) => lb.select_with(key, 256, accept),
+            Pool::Consistent(lb) => lb.select_with(key, 256, accept),
         }?;
         b.addr.as_inet().copied()
+    }
+
+    /// Start a try to `addr`: counted in its requests in flight while the returned value lives
+    /// (`None` when nothing reads the count).
+    pub fn begin(&self, addr: SocketAddr) -> Option<Attempt> {
+        if !self.tracks {
+            return None;
+        }
+        self.stats.begin(&addr)
+    }
+
+    /// How a try to `addr` went: its time to the response head, and its failure if it failed.
+    /// Feeds the latency average and passive health; an ejection is logged and counted.
+    pub fn outcome(&self, addr: SocketAddr, took: Option<Duration>, failure: Option<Failure>) {
+        if !self.tracks {
+            return;
+        }
+        if let Some(why) = self
+            .stats
+            .outcome(&addr, took, failure, self.outlier.as_ref())
+        {
+            log::warn!("upstream {}: target {addr} ejected: {why}", self.name);
+            if let Some(s) = self.series.get() {
+                s.ejections.inc();
+            }
+        }
+    }
+
+    /// The resilience series, once the snapshot is installed.
+    pub fn series(&self) -> Option<&resilience::Series> {
+        self.series.get()
+    }
+
+    /// Resolve the resilience series from `m` (when the snapshot is installed).
+    pub fn bind_series(&self, m: &Metrics) {
+        self.series
+            .get_or_init(|| resilience::Series::new(m, &self.name));
     }
 
     /// A peer for `addr` with this upstream's timeouts.
@@ -656,7 +789,10 @@ impl Upstream {
             return false;
         }
         self.names.store(Arc::new(target_names(&targets)));
-        self.discovery.set(backends_of(self.balance, &targets));
+        let backends = backends_of(self.balance, &targets);
+        self.stats
+            .retain(backends.iter().filter_map(|b| b.addr.as_inet().copied()));
+        self.discovery.set(backends);
         // Our discovery answers at once (it reads an `ArcSwap`), so the update completes when polled
         // once: `LoadBalancer::update` awaits nothing else (pingora-load-balancing 0.9.1, lib.rs).
         match self.update().now_or_never() {
@@ -703,6 +839,39 @@ impl Upstream {
             tick.tick().await;
             self.backends().run_health_check(true).await;
         }
+    }
+}
+
+/// Pingora's HTTP check with what passive health needs to know of it: a passing check brings an
+/// ejected target back (as Envoy does), and a target turning healthy starts its slow start.
+struct Checked {
+    inner: HttpHealthCheck,
+    stats: Arc<Stats>,
+}
+
+#[async_trait]
+impl pingora_load_balancing::health_check::HealthCheck for Checked {
+    async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
+        let r = self.inner.check(target).await;
+        if let (Ok(()), Some(a)) = (&r, target.addr.as_inet()) {
+            if self.stats.check_passed(a) {
+                log::info!("target {a} is back: its health check passed");
+            }
+        }
+        r
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        if let (true, Some(a)) = (healthy, target.addr.as_inet()) {
+            if let Some(s) = self.stats.get(a) {
+                s.restart();
+            }
+        }
+        self.inner.health_status_change(target, healthy).await;
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
     }
 }
 
@@ -788,7 +957,7 @@ mod tests {
             },
             parse("10.0.0.9:80", 1).unwrap(),
         ];
-        Arc::new(Upstream::build("u", &cfg, targets, None, None, None))
+        Arc::new(Upstream::build("u", &cfg, targets, None, None, Default::default(), None))
     }
 
     fn addrs(u: &Upstream) -> Vec<(String, usize)> {
@@ -898,7 +1067,7 @@ mod tests {
         let cfg: UpstreamConfig =
             serde_yaml_ng::from_str(&format!("{{ targets: [{{ addr: \"{addr}\" }}] }}")).unwrap();
         let targets = vec![parse(addr, 1).unwrap()];
-        Arc::new(Upstream::build("u", &cfg, targets, None, None, previous))
+        Arc::new(Upstream::build("u", &cfg, targets, None, None, Default::default(), previous))
     }
 
     #[tokio::test]

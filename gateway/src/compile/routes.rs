@@ -10,6 +10,7 @@ use crate::config::raw::{RawConfig, RouteConfig};
 use crate::config::sink::Scope;
 use crate::plugin::{Chain, Plugin, Providers, Registry};
 use crate::router::{template_param, HostMatch, PathMatch, RouteMatcher};
+use crate::resilience::RetryPolicy;
 use crate::snapshot::{Action, Part, Route};
 use crate::upstream::Upstream;
 
@@ -112,6 +113,24 @@ pub(super) fn compile(
                 Action::Proxy(up) => r.preserve_host.unwrap_or(up.preserve_host),
                 Action::Compose(_) => false,
             };
+            let retry = match (&action, &r.retry) {
+                (Action::Proxy(up), Some(rc)) => {
+                    if rc.budget.is_some() {
+                        here.at("retry").at("budget").error(
+                            "a retry budget belongs to the upstream (it counts all of its requests)",
+                        );
+                    }
+                    // Fields the route leaves out: its upstream's, or the defaults if it has none.
+                    let base = if *up.retry == RetryPolicy::NONE {
+                        &super::upstreams::DEFAULT_RETRY
+                    } else {
+                        &*up.retry
+                    };
+                    Arc::new(super::upstreams::retry_policy(base, rc, &here.at("retry")))
+                }
+                (Action::Proxy(up), None) => up.retry.clone(),
+                (Action::Compose(_), _) => Arc::new(RetryPolicy::NONE),
+            };
             out.routes.push(Arc::new(Route {
                 name: r.name.clone(),
                 index: r.index,
@@ -119,6 +138,7 @@ pub(super) fn compile(
                 strip_prefix: r.strip_prefix.clone(),
                 rewrite,
                 preserve_host,
+                retry,
                 chain: Chain::new(chain),
                 series: Default::default(),
                 describe,
@@ -153,6 +173,7 @@ fn composition_route_checks(r: &RouteConfig, at: &Scope, matcher: &mut RouteMatc
         ("strip_prefix", r.strip_prefix.is_some()),
         ("rewrite", r.rewrite.is_some()),
         ("preserve_host", r.preserve_host.is_some()),
+        ("retry", r.retry.is_some()),
     ] {
         if set {
             at.at(field).error(

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{config_relative, nonzero, positive};
-use crate::config::raw::{Balance, UpstreamConfig};
+use crate::config::raw::{Balance, Condition, RetryConfig, UpstreamConfig};
+use crate::resilience::{self, Conditions, OutlierPolicy, RetryPolicy};
 use crate::config::sink::Scope;
 use crate::snapshot::Snapshot;
 use crate::upstream::{HashOn, Target, Upstream, UpstreamTls};
@@ -100,6 +101,7 @@ fn upstream(
     nonzero(&tb.at("connect"), u.timeouts.connect.0);
     nonzero(&tb.at("read"), u.timeouts.read.0);
     nonzero(&tb.at("write"), u.timeouts.write.0);
+    let resilience = resilience_of(u, at);
     if at.error_count() > before {
         return None;
     }
@@ -109,6 +111,156 @@ fn upstream(
         targets,
         hash_on,
         upstream_tls,
+        resilience,
         old,
     ))
+}
+
+/// The most tries a policy may make (Pingora stops at 16 whatever we say, `ServerConf::max_retries`).
+const MAX_ATTEMPTS: i64 = 10;
+
+/// What `retry:` means where it leaves a field out, on an upstream without one of its own.
+pub(super) const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 2,
+    when: Conditions::CONNECT_AND_RESET,
+    non_idempotent: false,
+    backoff: std::time::Duration::from_millis(25),
+    max_backoff: std::time::Duration::from_millis(250),
+    per_try_timeout: None,
+    timeout: None,
+};
+
+/// `retry`, `outlier_detection`, `circuit_breaker` and `slow_start` of an upstream, checked.
+fn resilience_of(u: &UpstreamConfig, at: &Scope) -> resilience::Settings {
+    let mut s = resilience::Settings::default();
+    match (&u.retry, u.retries) {
+        (Some(_), n) if n > 0 => {
+            at.at("retries").error(
+                "`retries` is shorthand for `retry: { attempts: N + 1, when: [connect_failure] }`: set one of the two",
+            );
+        }
+        (None, n) if n > 0 => {
+            if i64::from(n) >= MAX_ATTEMPTS {
+                at.at("retries")
+                    .error(format!("at most {} retries", MAX_ATTEMPTS - 1));
+            }
+            s.retry = RetryPolicy {
+                attempts: n.saturating_add(1).min(MAX_ATTEMPTS as u32),
+                when: Conditions::of(&[Condition::ConnectFailure]),
+                ..RetryPolicy::NONE
+            };
+        }
+        _ => {}
+    }
+    if let Some(r) = &u.retry {
+        let here = at.at("retry");
+        s.retry = retry_policy(&DEFAULT_RETRY, r, &here);
+        if let Some(b) = &r.budget {
+            let bb = here.at("budget");
+            if !(0.0..=100.0).contains(&b.percent) || b.percent.is_nan() {
+                bb.at("percent")
+                    .error(format!("must be from 0 to 100, got {}", b.percent));
+            }
+            if b.min_per_second < 0 {
+                bb.at("min_per_second")
+                    .error(format!("must be at least 0, got {}", b.min_per_second));
+            }
+            s.budget = Some((b.percent, b.min_per_second.clamp(0, 1 << 20) as u32));
+        }
+    }
+    if let Some(o) = &u.outlier_detection {
+        let ob = at.at("outlier_detection");
+        positive(&ob.at("consecutive_failures"), o.consecutive_failures);
+        nonzero(&ob.at("base_ejection"), o.base_ejection.0);
+        if o.max_ejection.0 < o.base_ejection.0 {
+            ob.at("max_ejection").error(format!(
+                "must be at least `base_ejection` ({})",
+                o.base_ejection
+            ));
+        }
+        if !(0..=100).contains(&o.max_ejected_percent) {
+            ob.at("max_ejected_percent").error(format!(
+                "must be from 0 to 100, got {}",
+                o.max_ejected_percent
+            ));
+        }
+        if o.when.is_empty() {
+            ob.at("when").error("lists no failure: nothing would eject a target");
+        }
+        s.outlier = Some(OutlierPolicy::of(o));
+    }
+    if let Some(c) = &u.circuit_breaker {
+        let cb = at.at("circuit_breaker");
+        positive(&cb.at("max_requests"), c.max_requests);
+        if c.max_pending < 0 {
+            cb.at("max_pending")
+                .error(format!("must be at least 0, got {}", c.max_pending));
+        }
+        if c.max_pending > 0 {
+            nonzero(&cb.at("max_wait"), c.max_wait.0);
+        }
+        s.breaker = Some(c.clone());
+    }
+    if let Some(ss) = &u.slow_start {
+        nonzero(&at.at("slow_start"), ss.0);
+        if u.balance == Balance::ConsistentHash {
+            at.at("slow_start").warning(
+                "with `consistent_hash` a slow start moves the keys of a returning target to others until it ends",
+            );
+        }
+        s.slow_start = Some(ss.0);
+    }
+    s
+}
+
+/// A retry policy: `r`'s fields over `base`'s (an upstream's `retry` over the defaults, a route's
+/// over its upstream's), checked at `at`.
+pub(super) fn retry_policy(base: &RetryPolicy, r: &RetryConfig, at: &Scope) -> RetryPolicy {
+    let mut p = base.clone();
+    if let Some(n) = r.attempts {
+        if !(1..=MAX_ATTEMPTS).contains(&n) {
+            at.at("attempts").error(format!(
+                "must be from 1 (no retry) to {MAX_ATTEMPTS}, got {n}"
+            ));
+        }
+        p.attempts = n.clamp(1, MAX_ATTEMPTS) as u32;
+    }
+    if let Some(w) = &r.when {
+        p.when = Conditions::of(w);
+    }
+    if let Some(b) = r.non_idempotent {
+        p.non_idempotent = b;
+    }
+    if let Some(b) = &r.backoff {
+        p.backoff = b.0;
+    }
+    if let Some(b) = &r.max_backoff {
+        p.max_backoff = b.0;
+    }
+    if p.max_backoff < p.backoff {
+        at.at(if r.max_backoff.is_some() { "max_backoff" } else { "backoff" })
+            .error(format!(
+                "`max_backoff` ({:?}) is shorter than `backoff` ({:?})",
+                p.max_backoff, p.backoff
+            ));
+    }
+    if let Some(t) = &r.per_try_timeout {
+        nonzero(&at.at("per_try_timeout"), t.0);
+        p.per_try_timeout = Some(t.0);
+    }
+    if let Some(t) = &r.timeout {
+        nonzero(&at.at("timeout"), t.0);
+        p.timeout = Some(t.0);
+        if let Some(pt) = p.per_try_timeout.filter(|pt| *pt > t.0) {
+            at.at("per_try_timeout").warning(format!(
+                "longer than `timeout` ({:?}): a try is cut at {:?} anyway",
+                pt, t.0
+            ));
+        }
+    }
+    if p.attempts > 1 && p.when == Conditions::default() {
+        at.at("when")
+            .warning("lists no condition: nothing is retried");
+    }
+    p
 }

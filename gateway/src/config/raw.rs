@@ -249,9 +249,23 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
-    /// Extra attempts after a failed *connect* (nothing was sent, so replay is always safe).
+    /// Extra attempts after a failed *connect* (nothing was sent, so replay is always safe). Shorthand
+    /// for `retry: { attempts: retries + 1, when: [connect_failure] }`; not together with `retry`.
     #[serde(default)]
     pub retries: u32,
+    /// Which failed tries are tried again, and within what time and budget (routes may override).
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Passive health: targets that fail in a row are taken out for a while.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierConfig>,
+    /// Caps on the requests this upstream holds at once; over them, `503 upstream_overloaded` at once.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// A target that joins or comes back (added, healthy again, no longer ejected) gets a share of
+    /// traffic that grows from 10 % to its full share over this time.
+    #[serde(default)]
+    pub slow_start: Option<HumanDuration>,
     /// Keep the client's Host header instead of the target's address.
     #[serde(default)]
     pub preserve_host: bool,
@@ -299,6 +313,167 @@ pub enum Balance {
     Weighted,
     /// Ketama consistent hashing on `hash_on`.
     ConsistentHash,
+    /// The less busy of two targets picked at random (fewest requests in flight per unit of weight).
+    LeastRequest,
+    /// Like `least_request`, with each target's requests in flight weighted by its recent latency
+    /// (a peak-sensitive moving average): slow targets get less.
+    Ewma,
+}
+
+/// One condition of `retry.when` or `outlier_detection.when`: `connect_failure`, `reset`, `timeout`,
+/// `5xx`, or a status code from 500 to 599.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// No connection: refused, unreachable, connect timeout, TLS handshake failure.
+    ConnectFailure,
+    /// The connection broke before the whole response head arrived.
+    Reset,
+    /// The upstream sent no byte within the read timeout (or `per_try_timeout`).
+    Timeout,
+    /// Any 5xx answer (only in `outlier_detection.when`).
+    AnyServerError,
+    /// This status from the upstream.
+    Status(u16),
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, Visitor};
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Condition;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`connect_failure`, `reset`, `timeout`, `5xx` or a status from 500 to 599")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Condition, E> {
+                match v {
+                    "connect_failure" => Ok(Condition::ConnectFailure),
+                    "reset" => Ok(Condition::Reset),
+                    "timeout" => Ok(Condition::Timeout),
+                    "5xx" => Ok(Condition::AnyServerError),
+                    s => match s.parse::<u64>() {
+                        Ok(n) => self.visit_u64(n),
+                        Err(_) => Err(E::custom(format!(
+                            "`{s}` is not a condition: use `connect_failure`, `reset`, `timeout`, `5xx` or a status from 500 to 599"
+                        ))),
+                    },
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Condition, E> {
+                match v {
+                    500..=599 => Ok(Condition::Status(v as u16)),
+                    _ => Err(E::custom(format!(
+                        "status {v} is not a server error: only 500 to 599 are failures"
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Condition, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom(format!("status {v} is not a server error"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `upstreams.NAME.retry` and `routes[].retry` (whose fields override the upstream's, one by one).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries in all, the first included (`1`: no retry). Default 2.
+    pub attempts: Option<i64>,
+    /// What is tried again. Default `[connect_failure, reset]`. (`when`, not `on`: YAML 1.1 tools read
+    /// a bare `on` as `true`.)
+    pub when: Option<Vec<Condition>>,
+    /// Retry methods that are not idempotent (POST, PATCH) too: only for upstreams that make repeats
+    /// harmless (an `Idempotency-Key`). Default false: a `POST` is never sent twice.
+    pub non_idempotent: Option<bool>,
+    /// The first retry waits a random time up to this; each next one up to twice as long. Default 25ms.
+    pub backoff: Option<HumanDuration>,
+    /// The longest wait before a retry. Default 250ms.
+    pub max_backoff: Option<HumanDuration>,
+    /// The longest wait for any read from the upstream during one try (the response head, mostly).
+    /// Default: the upstream's `timeouts.read`.
+    pub per_try_timeout: Option<HumanDuration>,
+    /// The longest the request may take until the upstream's response head, all tries and waits
+    /// included; then `504`. Default: none.
+    pub timeout: Option<HumanDuration>,
+    /// Retries at most this share of requests (per upstream, over the last 10 s), so that retries
+    /// cannot multiply an outage. Only on the upstream.
+    pub budget: Option<RetryBudgetConfig>,
+}
+
+/// `upstreams.NAME.retry.budget`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed per 100 requests.
+    pub percent: f64,
+    /// Retries allowed per second whatever the traffic, so that a quiet upstream can still retry.
+    pub min_per_second: i64,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            percent: 20.0,
+            min_per_second: 10,
+        }
+    }
+}
+
+/// `upstreams.NAME.outlier_detection`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject a target.
+    pub consecutive_failures: i64,
+    /// What counts as a failure.
+    pub when: Vec<Condition>,
+    /// The first ejection's length; the n-th lasts n times as long.
+    pub base_ejection: HumanDuration,
+    /// The longest an ejection lasts.
+    pub max_ejection: HumanDuration,
+    /// The largest share of the upstream's targets out at once (at least one may always be).
+    pub max_ejected_percent: i64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            when: vec![
+                Condition::ConnectFailure,
+                Condition::Reset,
+                Condition::Timeout,
+                Condition::AnyServerError,
+            ],
+            base_ejection: HumanDuration::secs(30),
+            max_ejection: HumanDuration::secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `upstreams.NAME.circuit_breaker`. Over HTTP/1.1 each request in flight holds one upstream
+/// connection, so `max_requests` caps this upstream's connections in use too.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Requests in flight to this upstream at once.
+    pub max_requests: i64,
+    /// Requests that may wait for a free slot; the next one is refused at once. Default 0.
+    #[serde(default)]
+    pub max_pending: i64,
+    /// How long a request waits for a slot before it is refused. Default 1s.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: HumanDuration,
+}
+
+fn default_max_wait() -> HumanDuration {
+    HumanDuration::secs(1)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -368,6 +543,9 @@ pub struct RouteConfig {
     /// Overrides the upstream's `preserve_host` for this route.
     #[serde(default)]
     pub preserve_host: Option<bool>,
+    /// Overrides the upstream's `retry`, field by field (e.g. `non_idempotent: true` for one route).
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
     /// This route's plugins, run after the global ones.
     #[serde(default)]
     pub plugins: Vec<serde_yaml_ng::Value>,
