@@ -178,7 +178,13 @@ impl RetryPolicy {
     /// the condition is one of `when`, tries are left, and (unless nothing was sent) the request can
     /// be replayed: an idempotent method (RFC 9110 §9.2.2) or a route that opted in, and a body that
     /// was kept whole. `tries` is how many were made.
-    pub fn allows(&self, failure: Failure, tries: u32, method: &http::Method, replayable_body: bool) -> bool {
+    pub fn allows(
+        &self,
+        failure: Failure,
+        tries: u32,
+        method: &http::Method,
+        replayable_body: bool,
+    ) -> bool {
         if !self.when.has(failure) || tries >= self.attempts {
             return false;
         }
@@ -328,7 +334,8 @@ pub struct TargetStats {
     ejected_until: AtomicU64,
     /// How many times it was ejected (the next ejection lasts one more base time).
     ejections: AtomicU32,
-    /// Since when it serves ([`clock`], ms): joined, healthy again, or back from an ejection.
+    /// Since when it serves ([`clock`], ms): joined, healthy again, or back from an ejection (0:
+    /// from the start, no ramp).
     since: AtomicU64,
     /// Why it was last ejected.
     reason: parking_lot::Mutex<Option<String>>,
@@ -341,12 +348,6 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 const SLOW_START_FLOOR: f64 = 0.1;
 
 impl TargetStats {
-    fn new() -> TargetStats {
-        let s = TargetStats::default();
-        s.since.store(now_ms(), Relaxed);
-        s
-    }
-
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Relaxed)
     }
@@ -412,13 +413,18 @@ impl TargetStats {
         let Some(ramp) = ramp.filter(|r| !r.is_zero()) else {
             return 1.0;
         };
-        let served = now.saturating_sub(self.since.load(Relaxed)) as f64;
+        let since = self.since.load(Relaxed);
+        if since == 0 {
+            // Serving since before anything was counted: no ramp.
+            return 1.0;
+        }
+        let served = now.saturating_sub(since) as f64;
         (served / ramp.as_millis() as f64).clamp(SLOW_START_FLOOR, 1.0)
     }
 
     /// It serves again from now (healthy again, or back): its slow start begins.
     pub fn restart(&self) {
-        self.since.store(now_ms(), Relaxed);
+        self.since.store(now_ms().max(1), Relaxed);
     }
 
     /// Bring an ejected target back now (a passing active health check).
@@ -429,7 +435,7 @@ impl TargetStats {
         }
         self.ejected_until.store(0, Relaxed);
         self.consecutive.store(0, Relaxed);
-        self.since.store(now, Relaxed);
+        self.since.store(now.max(1), Relaxed);
         true
     }
 }
@@ -450,13 +456,22 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Keep the stats of `addrs` that exist, start fresh ones for the others, forget the rest.
+    /// Keep the stats of `addrs` that exist, start fresh ones for the others, forget the rest. A
+    /// target joining others that serve starts its slow start now; the first targets of an upstream
+    /// have nothing to take load from and start at their full share.
     pub fn retain(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
         let old = self.map.load();
+        let joining = !old.is_empty();
         let next: HashMap<_, _> = addrs
             .into_iter()
             .map(|a| {
-                let s = old.get(&a).cloned().unwrap_or_else(|| Arc::new(TargetStats::new()));
+                let s = old.get(&a).cloned().unwrap_or_else(|| {
+                    let s = TargetStats::default();
+                    if joining {
+                        s.restart();
+                    }
+                    Arc::new(s)
+                });
                 (a, s)
             })
             .collect();
@@ -708,15 +723,34 @@ mod tests {
 
     #[test]
     fn retries_only_what_is_safe_to_replay() {
-        let p = policy(&[Condition::ConnectFailure, Condition::Reset, Condition::Status(503)]);
+        let p = policy(&[
+            Condition::ConnectFailure,
+            Condition::Reset,
+            Condition::Status(503),
+        ]);
         let (get, post) = (http::Method::GET, http::Method::POST);
         assert!(p.allows(Failure::Reset, 1, &get, true));
-        assert!(!p.allows(Failure::Reset, 1, &post, true), "a POST that was sent is never replayed");
-        assert!(p.allows(Failure::ConnectFailure, 1, &post, false), "nothing was sent");
-        assert!(!p.allows(Failure::Reset, 1, &get, false), "the body was not kept");
-        assert!(!p.allows(Failure::Timeout, 1, &get, true), "not a condition");
+        assert!(
+            !p.allows(Failure::Reset, 1, &post, true),
+            "a POST that was sent is never replayed"
+        );
+        assert!(
+            p.allows(Failure::ConnectFailure, 1, &post, false),
+            "nothing was sent"
+        );
+        assert!(
+            !p.allows(Failure::Reset, 1, &get, false),
+            "the body was not kept"
+        );
+        assert!(
+            !p.allows(Failure::Timeout, 1, &get, true),
+            "not a condition"
+        );
         assert!(p.allows(Failure::Status(503), 2, &get, true));
-        assert!(!p.allows(Failure::Status(503), 3, &get, true), "no tries left");
+        assert!(
+            !p.allows(Failure::Status(503), 3, &get, true),
+            "no tries left"
+        );
         assert!(!p.allows(Failure::Status(502), 1, &get, true));
         let opted = RetryPolicy {
             non_idempotent: true,
@@ -800,11 +834,17 @@ mod tests {
         assert!(fail(0, Failure::Status(503)).is_none());
         assert!(fail(0, Failure::Status(503)).is_none());
         let why = fail(0, Failure::Status(503)).unwrap();
-        assert!(why.contains("3 failures in a row") && why.contains("503"), "{why}");
+        assert!(
+            why.contains("3 failures in a row") && why.contains("503"),
+            "{why}"
+        );
         let now = now();
         assert!(s.ejected(&a[0], now) && !s.admits(&a[0], None, now));
         let (left, times, _) = s.get(&a[0]).unwrap().ejection().unwrap();
-        assert!(left > 29_000 && left <= 30_000 && times == 1, "{left} {times}");
+        assert!(
+            left > 29_000 && left <= 30_000 && times == 1,
+            "{left} {times}"
+        );
         // A timeout is not a condition here.
         for _ in 0..5 {
             assert!(fail(1, Failure::Timeout).is_none());
@@ -837,7 +877,9 @@ mod tests {
             max: Duration::from_secs(1),
             max_percent: 0,
         };
-        assert!(s.outcome(&a[0], None, Some(Failure::ConnectFailure), Some(&p)).is_some());
+        assert!(s
+            .outcome(&a[0], None, Some(Failure::ConnectFailure), Some(&p))
+            .is_some());
     }
 
     #[test]
@@ -855,13 +897,25 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(s.least_loaded(&c, true, None, now), Some(a[1]));
         }
-        assert_eq!(s.get(&a[0]).unwrap().in_flight(), 0, "attempts give their count back");
+        assert_eq!(
+            s.get(&a[0]).unwrap().in_flight(),
+            0,
+            "attempts give their count back"
+        );
     }
 
     #[test]
     fn a_slow_start_ramps_the_share() {
         let (s, a) = stats(&["10.0.0.1:80"]);
-        let t = s.get(&a[0]).unwrap();
+        assert_eq!(
+            s.get(&a[0])
+                .unwrap()
+                .ramp(Some(Duration::from_secs(10)), now()),
+            1.0,
+            "the first targets start at their full share"
+        );
+        s.retain([a[0], "10.0.0.2:80".parse().unwrap()]);
+        let t = s.get(&"10.0.0.2:80".parse().unwrap()).unwrap();
         let start = t.since.load(Relaxed);
         let ramp = Some(Duration::from_secs(10));
         assert_eq!(t.ramp(ramp, start), SLOW_START_FLOOR);

@@ -37,7 +37,9 @@ use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use crate::config::diag::{Diagnostic, Diagnostics};
 use crate::config::raw::{Balance, HealthCheckConfig, UpstreamConfig};
 use crate::metrics::{Lazy, Metrics};
-use crate::resilience::{self, Attempt, Breaker, Budget, Failure, OutlierPolicy, RetryPolicy, Stats};
+use crate::resilience::{
+    self, Attempt, Breaker, Budget, Failure, OutlierPolicy, RetryPolicy, Stats,
+};
 
 /// The seam through which targets change at runtime.
 pub struct Discovery {
@@ -609,12 +611,9 @@ impl Upstream {
                 .filter_map(|t| t.addr.as_inet().map(|a| (*a, t.weight)))
                 .filter(|(a, _)| !avoid.contains(a) && !self.stats.ejected(a, now))
                 .collect();
-            return self.stats.least_loaded(
-                &candidates,
-                self.balance == Balance::Ewma,
-                ramp,
-                now,
-            );
+            return self
+                .stats
+                .least_loaded(&candidates, self.balance == Balance::Ewma, ramp, now);
         }
         let accept = |b: &Backend, healthy: bool| {
             healthy
@@ -957,7 +956,15 @@ mod tests {
             },
             parse("10.0.0.9:80", 1).unwrap(),
         ];
-        Arc::new(Upstream::build("u", &cfg, targets, None, None, Default::default(), None))
+        Arc::new(Upstream::build(
+            "u",
+            &cfg,
+            targets,
+            None,
+            None,
+            Default::default(),
+            None,
+        ))
     }
 
     fn addrs(u: &Upstream) -> Vec<(String, usize)> {
@@ -1067,7 +1074,15 @@ mod tests {
         let cfg: UpstreamConfig =
             serde_yaml_ng::from_str(&format!("{{ targets: [{{ addr: \"{addr}\" }}] }}")).unwrap();
         let targets = vec![parse(addr, 1).unwrap()];
-        Arc::new(Upstream::build("u", &cfg, targets, None, None, Default::default(), previous))
+        Arc::new(Upstream::build(
+            "u",
+            &cfg,
+            targets,
+            None,
+            None,
+            Default::default(),
+            previous,
+        ))
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@ use regex::Regex;
 use crate::config::raw::{RawConfig, RouteConfig};
 use crate::config::sink::Scope;
 use crate::plugin::{Chain, Plugin, Providers, Registry};
-use crate::router::{template_param, HostMatch, PathMatch, RouteMatcher};
 use crate::resilience::RetryPolicy;
+use crate::router::{template_param, HostMatch, PathMatch, RouteMatcher};
 use crate::snapshot::{Action, Part, Route};
 use crate::upstream::Upstream;
 

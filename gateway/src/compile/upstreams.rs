@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::{config_relative, nonzero, positive};
 use crate::config::raw::{Balance, Condition, RetryConfig, UpstreamConfig};
-use crate::resilience::{self, Conditions, OutlierPolicy, RetryPolicy};
 use crate::config::sink::Scope;
+use crate::resilience::{self, Conditions, OutlierPolicy, RetryPolicy};
 use crate::snapshot::Snapshot;
 use crate::upstream::{HashOn, Target, Upstream, UpstreamTls};
 
@@ -185,7 +185,8 @@ fn resilience_of(u: &UpstreamConfig, at: &Scope) -> resilience::Settings {
             ));
         }
         if o.when.is_empty() {
-            ob.at("when").error("lists no failure: nothing would eject a target");
+            ob.at("when")
+                .error("lists no failure: nothing would eject a target");
         }
         s.outlier = Some(OutlierPolicy::of(o));
     }
@@ -238,11 +239,15 @@ pub(super) fn retry_policy(base: &RetryPolicy, r: &RetryConfig, at: &Scope) -> R
         p.max_backoff = b.0;
     }
     if p.max_backoff < p.backoff {
-        at.at(if r.max_backoff.is_some() { "max_backoff" } else { "backoff" })
-            .error(format!(
-                "`max_backoff` ({:?}) is shorter than `backoff` ({:?})",
-                p.max_backoff, p.backoff
-            ));
+        at.at(if r.max_backoff.is_some() {
+            "max_backoff"
+        } else {
+            "backoff"
+        })
+        .error(format!(
+            "`max_backoff` ({:?}) is shorter than `backoff` ({:?})",
+            p.max_backoff, p.backoff
+        ));
     }
     if let Some(t) = &r.per_try_timeout {
         nonzero(&at.at("per_try_timeout"), t.0);

@@ -343,7 +343,9 @@ impl<'de> Deserialize<'de> for Condition {
         impl Visitor<'_> for V {
             type Value = Condition;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("`connect_failure`, `reset`, `timeout`, `5xx` or a status from 500 to 599")
+                f.write_str(
+                    "`connect_failure`, `reset`, `timeout`, `5xx` or a status from 500 to 599",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Condition, E> {
                 match v {
