@@ -172,11 +172,8 @@ fn upstreams(snap: &Snapshot) -> Value {
         let mut entry = json!({
             "balance": format!("{:?}", u.balance), "health_check": u.health.is_some(),
             "targets": targets,
-            "retry": {
-                "attempts": u.retry.attempts, "when": u.retry.when.names(),
-                "non_idempotent": u.retry.non_idempotent,
-                "budget": u.budget.is_some(),
-            },
+            "retry": u.retry.describe(),
+            "retry_budget": u.budget.is_some(),
             "outlier_detection": u.outlier.is_some(),
         });
         if let Some(b) = &u.breaker {

@@ -152,7 +152,7 @@ pub fn diff(old: &Snapshot, old_raw: &Loaded, new: &Snapshot, new_raw: &Loaded) 
     let mut d = Diff::default();
 
     // Routes, by name.
-    type RouteFacts = (String, String, String, String, Vec<Value>);
+    type RouteFacts = (String, String, String, String, Vec<Value>, String);
     let facts = |s: &Snapshot, raw: &Loaded| -> BTreeMap<String, RouteFacts> {
         let written: BTreeMap<&str, &RouteConfig> = raw
             .config
@@ -172,6 +172,7 @@ pub fn diff(old: &Snapshot, old_raw: &Loaded, new: &Snapshot, new_raw: &Loaded) 
                         rewrite_of(r, w),
                         r.chain.names().join(","),
                         plugins,
+                        r.retry.describe(),
                     ),
                 )
             })
@@ -192,6 +193,9 @@ pub fn diff(old: &Snapshot, old_raw: &Loaded, new: &Snapshot, new_raw: &Loaded) 
                 dash(&o.2),
                 dash(&n.2)
             ));
+        }
+        if o.5 != n.5 {
+            w.push(format!("retry {} → {}", o.5, n.5));
         }
         if o.3 != n.3 {
             w.push(format!("plugins {} → {}", dash(&o.3), dash(&n.3)));
@@ -233,7 +237,7 @@ pub fn diff(old: &Snapshot, old_raw: &Loaded, new: &Snapshot, new_raw: &Loaded) 
             w.push(format!("target - {} (weight {})", t.0, t.1));
         }
         if o.1 != n.1 {
-            w.push("settings changed (balance, health check, timeouts, retries or TLS)".into());
+            w.push("settings changed (balance, health check, timeouts, retry, outlier detection, circuit breaker, slow start or TLS)".into());
         }
         w
     });

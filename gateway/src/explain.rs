@@ -97,6 +97,9 @@ pub struct UpstreamPlan {
     pub targets: Vec<(String, usize)>,
     /// The path the upstream receives (after strip_prefix or rewrite), without the client's query.
     pub path: String,
+    /// What is tried again if a try fails, for this request's method (absent when nothing is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
     /// The whole request-target sent upstream: the path and the query, minus removed parameters.
     pub target: String,
 }
@@ -228,6 +231,32 @@ fn route_action(route: &Route) -> Result<&Upstream, Vec<String>> {
             None => Err(Vec::new()),
         },
     }
+}
+
+/// The route's retry policy as it applies to a request with `method`.
+fn retry_text(p: &crate::resilience::RetryPolicy, method: &Method) -> Option<String> {
+    if p.attempts < 2 {
+        return None;
+    }
+    let when = p.when.names();
+    if when.is_empty() {
+        return None;
+    }
+    let replayable = method.is_idempotent() || p.non_idempotent;
+    let scope = if replayable {
+        format!("on {}", when.join(", "))
+    } else if when.iter().any(|w| w == "connect_failure") {
+        format!("only on connect_failure ({method} is not idempotent: once sent, never again)")
+    } else {
+        return Some(format!(
+            "none ({method} is not idempotent and the route does not opt in)"
+        ));
+    };
+    let mut t = format!("up to {} tries {scope}", p.attempts);
+    if let Some(total) = p.timeout {
+        t.push_str(&format!(", within {total:?}"));
+    }
+    Some(t)
 }
 
 fn balance_label(u: &Upstream) -> String {
@@ -378,6 +407,7 @@ pub fn explain<'r>(snap: &'r Snapshot, ask: &Ask) -> Result<Explanation, String>
                 balance: balance_label(up),
                 targets: up.target_specs(),
                 path: up_path.split('?').next().unwrap_or("").to_string(),
+                retry: retry_text(&route.retry, &req.method),
                 target,
             });
         }
@@ -454,6 +484,9 @@ impl Explanation {
                 targets.join(", ")
             ));
             s.push_str(&format!("sent as:  {} {}\n", self.method, u.target));
+            if let Some(r) = &u.retry {
+                s.push_str(&format!("retry:    {r}\n"));
+            }
         }
         if !self.compose.is_empty() {
             s.push_str(&format!("compose:  {}\n", self.compose.join(", ")));

@@ -25,7 +25,7 @@ use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
 use crate::access_log::{self, AccessLog};
 use crate::compose::{self, Composition};
@@ -1051,6 +1051,19 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &Ctx,
+        _error: &Error,
+        context: ProxyWarnLogContext,
+    ) -> bool {
+        // A retry is counted (`tollgate_upstream_retries_total`, the access log's `tries`) and an
+        // ejection logged; a warning line per retry would flood the log in an outage. A stale pooled
+        // connection's retry is Pingora's own and keeps its line.
+        matches!(context, ProxyWarnLogContext::UpstreamRetry) && ctx.tries > 0 && !ctx.stale_retried
+    }
+
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
         // A replacement written from `fail_to_proxy` is a plugin's decision, not a failure.
         matches!(ctx.replaced, Replaced::Written)
@@ -1155,14 +1168,14 @@ impl Gateway {
         status: u16,
         took: Option<std::time::Duration>,
     ) -> Option<u16> {
-        let route = ctx.route.clone()?;
+        let route = ctx.route.as_ref()?;
         let up = route.upstream()?;
         let failure = (status >= 500).then_some(Failure::Status(status));
         if let Some(t) = ctx.target {
             up.outcome(t, took, failure);
         }
         let f = failure.filter(|f| route.retry.when.has(*f))?;
-        if !Self::may_retry(session, ctx, &route, f) {
+        if !Self::may_retry(session, ctx, route, f) {
             return None;
         }
         ctx.retrying = Some(f);

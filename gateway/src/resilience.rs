@@ -174,6 +174,25 @@ impl RetryPolicy {
         timeout: None,
     };
 
+    /// One line for `tollgate diff` and the admin API: `3 tries on connect_failure, reset, 503`.
+    pub fn describe(&self) -> String {
+        let when = self.when.names();
+        if self.attempts < 2 || when.is_empty() {
+            return "no retry".to_string();
+        }
+        let mut s = format!("{} tries on {}", self.attempts, when.join(", "));
+        if self.non_idempotent {
+            s.push_str(", any method");
+        }
+        if let Some(t) = self.per_try_timeout {
+            s.push_str(&format!(", {t:?} per try"));
+        }
+        if let Some(t) = self.timeout {
+            s.push_str(&format!(", {t:?} in all"));
+        }
+        s
+    }
+
     /// Whether a try that failed with `failure` may be tried again, before the budget is asked:
     /// the condition is one of `when`, tries are left, and (unless nothing was sent) the request can
     /// be replayed: an idempotent method (RFC 9110 §9.2.2) or a route that opted in, and a body that

@@ -135,6 +135,16 @@ fn serve(
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        if path == "/healthz" {
+            // Active health checks pass, and are not counted as traffic.
+            if conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         seen.lock().unwrap().push((method, path));
         let fault = {
             let mut s = script.lock().unwrap();
@@ -458,6 +468,61 @@ routes:
         .clone();
     assert_eq!(out["ejected"]["times"], 2);
     assert!(out["ejected"]["for_ms"].as_u64().unwrap() > 2000, "{out}");
+}
+
+#[test]
+fn a_passing_active_check_brings_an_ejected_target_back_before_its_time() {
+    let bad = FaultServer::start("bad", Fault::Ok);
+    bad.then(2, Fault::Status(500));
+    let good = FaultServer::start("good", Fault::Ok);
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1, admin: {{ listen: "{{admin}}", token: "{TOKEN}" }} }}
+upstreams:
+  pair:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}]
+    outlier_detection: {{ consecutive_failures: 2, base_ejection: 10m, max_ejection: 10m }}
+    health_check: {{ path: /healthz, interval: 200ms, timeout: 500ms, healthy: 1, unhealthy: 1 }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: pair }}
+"#,
+        bad.addr, good.addr
+    );
+    let gw = Gateway::start(&cfg);
+    let bad_addr = bad.addr.to_string();
+    let ejected = |gw: &Gateway| {
+        upstreams(gw)["pair"]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["addr"] == bad_addr.as_str())
+            .map(|t| !t["ejected"].is_null())
+            .unwrap()
+    };
+    // Two 500s (passed through: no retry is configured) eject it for ten minutes...
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bad.seen().len() < 2 {
+        assert!(Instant::now() < deadline);
+        statuses.push(get(&gw, "/x").status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 2);
+    let m = metrics(&gw);
+    assert_eq!(
+        sample(&m, "tollgate_upstream_ejections_total", &[("upstream", "pair")]),
+        Some(1.0),
+        "{m}"
+    );
+    // ...unless its health check passes first, as it does: back within a few checks, not 10 minutes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ejected(&gw) {
+        assert!(Instant::now() < deadline, "still ejected after its checks passed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..10 {
+        assert_eq!(get(&gw, &format!("/back/{i}")).status, 200);
+    }
+    assert!(bad.seen().len() > 2, "it takes traffic again");
 }
 
 #[test]
