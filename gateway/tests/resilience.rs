@@ -509,14 +509,21 @@ routes:
     assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 2);
     let m = metrics(&gw);
     assert_eq!(
-        sample(&m, "tollgate_upstream_ejections_total", &[("upstream", "pair")]),
+        sample(
+            &m,
+            "tollgate_upstream_ejections_total",
+            &[("upstream", "pair")]
+        ),
         Some(1.0),
         "{m}"
     );
     // ...unless its health check passes first, as it does: back within a few checks, not 10 minutes.
     let deadline = Instant::now() + Duration::from_secs(10);
     while ejected(&gw) {
-        assert!(Instant::now() < deadline, "still ejected after its checks passed");
+        assert!(
+            Instant::now() < deadline,
+            "still ejected after its checks passed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for i in 0..10 {
