@@ -109,6 +109,8 @@ pub struct HeaderDeadline<A> {
     pub tunnel_idle: Duration,
     pub tracker: Arc<ConnectionTracker>,
     pub refused: Option<Arc<dyn RefusedRequests>>,
+    /// Plain connections may be HTTP/2 with prior knowledge (`server.h2c`).
+    pub h2c: bool,
 }
 
 impl<A> HeaderDeadline<A> {
@@ -119,7 +121,15 @@ impl<A> HeaderDeadline<A> {
             tunnel_idle,
             tracker: Arc::default(),
             refused: None,
+            h2c: false,
         }
+    }
+
+    /// Let plain connections that start with HTTP/2's preface be served as HTTP/2 (Pingora's
+    /// `HttpServerOptions::h2c` must be on too).
+    pub fn with_h2c(mut self, on: bool) -> Self {
+        self.h2c = on;
+        self
     }
 
     /// Report requests the parser refused to `sink`.
@@ -143,7 +153,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             // connection is bounded by its idle timeout (`h2_idle_timeout`) instead.
             return self.inner.process_new(stream, shutdown).await;
         }
+        let mut stream = stream;
+        let mut known_h1 = false;
+        if self.h2c && stream.get_ssl_digest().is_none() {
+            // HTTP/2's preface starts with `PRI`, a method RFC 9113 §3.4 reserves for it. Three bytes
+            // tell, where Pingora's own check reads all 24 of the preface, with no deadline, and so
+            // would hold an HTTP/1.0 request shorter than that, or a silent client, forever.
+            let mut first = [0u8; 3];
+            match tokio::time::timeout(self.timeout, stream.try_peek(&mut first)).await {
+                Ok(Ok(true)) if &first == b"PRI" => {
+                    return self.inner.process_new(stream, shutdown).await;
+                }
+                Ok(Ok(_)) => known_h1 = true,
+                // Nothing within the head deadline, or the client went away.
+                _ => return None,
+            }
+        }
         let mut wrapped = DeadlineStream::new(stream, self.timeout, self.tunnel_idle);
+        wrapped.known_h1 = known_h1;
         wrapped.refused = self.refused.clone();
         wrapped.fresh = Some(Count::new(&self.tracker, |t| &t.fresh));
         self.inner.process_new(Box::new(wrapped), shutdown).await
@@ -185,6 +212,8 @@ struct StatusScan {
 /// A client connection in one of the [`State`]s.
 pub struct DeadlineStream {
     inner: Stream,
+    /// `HeaderDeadline` peeked at the first bytes: HTTP/1, not an h2c preface.
+    known_h1: bool,
     timeout: Duration,
     tunnel_idle: Duration,
     /// One timer per connection, reset rather than reallocated: the head deadline in `Head`, the idle
@@ -222,6 +251,7 @@ impl DeadlineStream {
     pub fn new(inner: Stream, timeout: Duration, tunnel_idle: Duration) -> Self {
         DeadlineStream {
             inner,
+            known_h1: false,
             timeout,
             tunnel_idle,
             timer: Box::pin(sleep(timeout)),
@@ -572,6 +602,11 @@ impl GetSocketDigest for DeadlineStream {
 #[async_trait]
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if self.known_h1 {
+            // Only Pingora's h2c check peeks, for the preface; `process_new` found there is none.
+            buf.fill(0);
+            return Ok(true);
+        }
         self.inner.try_peek(buf).await
     }
 }

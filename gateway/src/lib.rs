@@ -16,6 +16,7 @@ pub mod diff;
 pub mod error;
 pub mod explain;
 pub mod forwarded;
+pub mod grpc;
 pub mod headers;
 pub mod metrics;
 pub mod otlp;

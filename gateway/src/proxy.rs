@@ -190,6 +190,8 @@ pub struct Ctx {
     attempt: Option<Attempt>,
     /// This request's slot in its upstream's circuit breaker.
     slot: Option<BreakerSlot>,
+    /// A gRPC request (its deadline is told to the upstream).
+    grpc: bool,
     /// What the gateway answered with, when it answered itself.
     error: Option<GatewayError>,
     /// State of the route's plugin chain.
@@ -253,7 +255,8 @@ impl Gateway {
         ctx: &mut Ctx,
         err: GatewayError,
     ) -> Result<bool> {
-        let (resp, body) = error_answer(&err, &ctx.request_id)?;
+        let grpc = crate::grpc::is_grpc(session.req_header());
+        let (resp, body) = error_answer(&err, &ctx.request_id, grpc)?;
         // Errors about the request itself may leave junk on the connection; don't reuse it.
         if matches!(err.status, 400 | 408 | 413 | 414 | 431) {
             session.set_keepalive(None);
@@ -508,7 +511,8 @@ impl Gateway {
         let (head, body) = match decided {
             Decision::Continue => return Ok(None),
             Decision::Deny(err) => {
-                let answer = error_answer(&err, &ctx.request_id)?;
+                let grpc = crate::grpc::is_grpc(session.req_header());
+                let answer = error_answer(&err, &ctx.request_id, grpc)?;
                 ctx.error = Some(err);
                 answer
             }
@@ -527,11 +531,30 @@ impl Gateway {
     }
 }
 
-/// The head and JSON body of a gateway error.
+/// The head and JSON body of a gateway error; to a gRPC request, a Trailers-Only answer with its
+/// `grpc-status` instead (see `grpc`).
 fn error_answer(
     err: &GatewayError,
     request_id: &RequestId,
+    grpc: bool,
 ) -> Result<(ResponseHeader, bytes::Bytes)> {
+    if grpc {
+        let mut resp = ResponseHeader::build(200, Some(6))?;
+        resp.insert_header(CONTENT_TYPE, "application/grpc")?;
+        resp.insert_header(
+            "grpc-status",
+            crate::grpc::status_for(err.status).to_string(),
+        )?;
+        resp.insert_header(
+            "grpc-message",
+            crate::grpc::message(&format!("{}: {}", err.code, err.message)),
+        )?;
+        resp.insert_header(X_REQUEST_ID, request_id.header())?;
+        for (name, value) in &err.headers {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+        return Ok((resp, bytes::Bytes::new()));
+    }
     let body = err.body(request_id.as_str());
     let mut resp = ResponseHeader::build(err.status, Some(4))?;
     resp.insert_header(CONTENT_TYPE, "application/json")?;
@@ -616,6 +639,7 @@ impl ProxyHttp for Gateway {
             stale_retried: false,
             attempt: None,
             slot: None,
+            grpc: false,
             error: None,
             plugins: PluginState::default(),
             offer: None,
@@ -910,6 +934,11 @@ impl ProxyHttp for Gateway {
             }
         }
         up.insert_header(X_REQUEST_ID, ctx.request_id.header())?;
+        if let (true, Some(d)) = (ctx.grpc, ctx.deadline) {
+            // The time left, so that the server stops when the client will have given up.
+            let left = d.saturating_duration_since(Instant::now());
+            up.insert_header("grpc-timeout", crate::grpc::format_timeout(left))?;
+        }
         if let Some(t) = &ctx.trace {
             up.insert_header(TRACEPARENT, t.header())?;
         }
@@ -1105,6 +1134,19 @@ impl Gateway {
             }
         }
         ctx.deadline = route.retry.timeout.map(|t| ctx.start + t);
+        if crate::grpc::is_grpc(session.req_header()) {
+            ctx.grpc = true;
+            // The client's deadline, capped by the route's: the shorter one bounds the wait.
+            let asked = session
+                .req_header()
+                .headers
+                .get("grpc-timeout")
+                .and_then(|v| crate::grpc::parse_timeout(v.as_bytes()));
+            if let Some(t) = asked {
+                let d = ctx.start + t;
+                ctx.deadline = Some(ctx.deadline.map_or(d, |x| x.min(d)));
+            }
+        }
         Ok(false)
     }
 

@@ -402,13 +402,16 @@ fn assemble(
     // HTTP/1 keep-alive one.
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(settings.keepalive_timeout);
+    // HTTP/2 in clear on the plain listeners (`server.h2c`): `HeaderDeadline` tells it from HTTP/1.
+    options.h2c = settings.h2c;
     http.server_options = Some(options);
     let app = HeaderDeadline::new(
         Arc::new(http),
         settings.header_read_timeout,
         settings.tunnel_idle_timeout,
     )
-    .with_refused(refused);
+    .with_refused(refused)
+    .with_h2c(settings.h2c);
     let connections = app.tracker.clone();
     let mut proxy = Service::new(named("tollgate"), app);
     // The certificate comes from the current snapshot at each handshake (see `tls`); the paths given

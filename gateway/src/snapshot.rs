@@ -41,6 +41,8 @@ pub struct Settings {
     /// `server.upgrade_sock`, or the default (in a private directory); its directory is checked when
     /// the gateway starts (`crate::upgrade::prepare_dir`), not by `validate`.
     pub upgrade_sock: String,
+    /// HTTP/2 in clear on the plain listeners.
+    pub h2c: bool,
 }
 
 /// One piece of a rewrite template.

@@ -35,7 +35,7 @@ use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 
 use crate::config::diag::{Diagnostic, Diagnostics};
-use crate::config::raw::{Balance, HealthCheckConfig, UpstreamConfig};
+use crate::config::raw::{Balance, H2Config, HealthCheckConfig, Protocol, UpstreamConfig};
 use crate::metrics::{Lazy, Metrics};
 use crate::resilience::{
     self, Attempt, Breaker, Budget, Failure, OutlierPolicy, RetryPolicy, Stats,
@@ -408,6 +408,9 @@ pub struct Upstream {
     pub preserve_host: bool,
     pub health: Option<HealthCheckConfig>,
     pub tls: Option<UpstreamTls>,
+    /// The HTTP version spoken to the targets, and HTTP/2's settings.
+    pub protocol: Protocol,
+    h2: H2Config,
     /// [`UpstreamTls::pool_key`], computed once.
     tls_pool_key: u64,
     pub discovery: Arc<Discovery>,
@@ -529,6 +532,8 @@ impl Upstream {
             preserve_host: cfg.preserve_host,
             health: cfg.health_check.clone(),
             tls_pool_key: tls.as_ref().map_or(0, UpstreamTls::pool_key),
+            protocol: cfg.protocol,
+            h2: cfg.h2.clone(),
             tls,
             discovery,
             pool,
@@ -682,6 +687,25 @@ impl Upstream {
         o.read_timeout = Some(self.read_timeout);
         o.write_timeout = Some(self.write_timeout);
         o.idle_timeout = Some(self.idle_timeout);
+        // Pingora's connector speaks h2 when the peer's ALPN allows it: negotiated over TLS, and in
+        // clear with prior knowledge when h2 is the least version allowed (pingora-core 0.9.1
+        // `connectors/http/v2.rs`, `new_http_session`). Its default of one stream per connection
+        // would open a connection per request: multiplexing needs the stream count.
+        match self.protocol {
+            Protocol::Http1 => return peer,
+            Protocol::H2 | Protocol::H2c => o.set_http_version(2, 2),
+            Protocol::Auto => o.set_http_version(2, 1),
+        }
+        o.max_h2_streams = self.h2.max_concurrent_streams.clamp(1, 1 << 16) as usize;
+        o.h2_ping_interval = self.h2.ping_interval.map(|d| d.0);
+        o.h2_stream_window_size = self
+            .h2
+            .stream_window
+            .map(|b| b.0.min(u64::from(u32::MAX >> 1)) as u32);
+        o.h2_connection_window_size = self
+            .h2
+            .connection_window
+            .map(|b| b.0.min(u64::from(u32::MAX >> 1)) as u32);
         peer
     }
 

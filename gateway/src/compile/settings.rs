@@ -120,5 +120,6 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
                 .to_string_lossy()
                 .into_owned()
         }),
+        h2c: s.h2c,
     })
 }

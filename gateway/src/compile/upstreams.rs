@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{config_relative, nonzero, positive};
-use crate::config::raw::{Balance, Condition, RetryConfig, UpstreamConfig};
+use crate::config::raw::{Balance, Condition, Protocol, RetryConfig, UpstreamConfig};
 use crate::config::sink::Scope;
 use crate::resilience::{self, Conditions, OutlierPolicy, RetryPolicy};
 use crate::snapshot::Snapshot;
@@ -101,6 +101,25 @@ fn upstream(
     nonzero(&tb.at("connect"), u.timeouts.connect.0);
     nonzero(&tb.at("read"), u.timeouts.read.0);
     nonzero(&tb.at("write"), u.timeouts.write.0);
+    match (u.protocol, u.tls.is_some()) {
+        (Protocol::H2, false) => at.at("protocol").error(
+            "`h2` is negotiated over TLS: add `tls`, or use `h2c` for HTTP/2 in clear",
+        ),
+        (Protocol::H2c, true) => at
+            .at("protocol")
+            .error("`h2c` is HTTP/2 in clear: with `tls`, use `h2` (or `auto`)"),
+        (Protocol::Auto, false) => at.at("protocol").warning(
+            "without `tls` there is nothing to negotiate: `auto` speaks HTTP/1.1 (use `h2c` for HTTP/2 in clear)",
+        ),
+        _ => {}
+    }
+    positive(
+        &at.at("h2").at("max_concurrent_streams"),
+        u.h2.max_concurrent_streams,
+    );
+    if let Some(p) = &u.h2.ping_interval {
+        nonzero(&at.at("h2").at("ping_interval"), p.0);
+    }
     let resilience = resilience_of(u, at);
     if at.error_count() > before {
         return None;

@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub upgrade_sock: Option<String>,
     /// HTTPS listeners and their certificate.
     pub tls: Option<TlsConfig>,
+    /// Accept HTTP/2 in clear (prior knowledge) on the plain listeners too, for gRPC clients without
+    /// TLS; HTTP/1.1 clients are served as before.
+    pub h2c: bool,
 }
 
 /// `server.tls`: where to terminate TLS, with which certificate (reloadable, like everything else).
@@ -120,6 +123,7 @@ impl Default for ServerConfig {
             reload: ReloadConfig::default(),
             upgrade_sock: None,
             tls: None,
+            h2c: false,
         }
     }
 }
@@ -275,6 +279,49 @@ pub struct UpstreamConfig {
     /// Speak TLS to the targets (certificates are always verified).
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// The HTTP version spoken to the targets: `http1` (default), `h2` (over TLS, by ALPN), `h2c`
+    /// (HTTP/2 in clear, prior knowledge: gRPC servers), `auto` (h2 when TLS's ALPN offers it).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// HTTP/2 connection settings (with `protocol: h2`, `h2c` or `auto`).
+    #[serde(default)]
+    pub h2: H2Config,
+}
+
+/// `upstreams.NAME.protocol`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    H2,
+    H2c,
+    Auto,
+}
+
+/// `upstreams.NAME.h2`: how HTTP/2 connections to the targets are used.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct H2Config {
+    /// Requests multiplexed on one connection at once (then another connection is opened).
+    pub max_concurrent_streams: i64,
+    /// A PING this often on an idle connection keeps it (and finds a dead one). Default: none.
+    pub ping_interval: Option<HumanDuration>,
+    /// Per-stream receive window. Default 8 MiB (Pingora's).
+    pub stream_window: Option<ByteSize>,
+    /// Per-connection receive window. Default: Pingora's.
+    pub connection_window: Option<ByteSize>,
+}
+
+impl Default for H2Config {
+    fn default() -> Self {
+        H2Config {
+            max_concurrent_streams: 100,
+            ping_interval: None,
+            stream_window: None,
+            connection_window: None,
+        }
+    }
 }
 
 /// `upstreams.NAME.tls`.

@@ -1,0 +1,271 @@
+//! gRPC through the real `tollgate` binary: a real gRPC server (tonic's `grpc.health.v1.Health`) behind
+//! an `h2c` upstream, a real gRPC client in front of an `h2c` listener. Unary and server-streaming calls,
+//! metadata both ways, trailers (a tonic call fails without its `grpc-status` trailer), the gateway's
+//! own refusals as gRPC statuses, the deadline, and HTTP/2 multiplexing towards the upstream.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::Gateway;
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataMap;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus as Wire;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::server::HealthService;
+use tonic_health::ServingStatus;
+
+/// A gRPC health server on 127.0.0.1 (HTTP/2 in clear), with the metadata of every call it got and the
+/// connections it accepted.
+struct Upstream {
+    addr: SocketAddr,
+    reporter: tonic_health::server::HealthReporter,
+    metadata: Arc<Mutex<Vec<MetadataMap>>>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, _) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let metadata = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = metadata.clone();
+        let service = HealthServer::with_interceptor(
+            HealthService::from_health_reporter(reporter.clone()),
+            move |req: tonic::Request<()>| {
+                seen.lock().unwrap().push(req.metadata().clone());
+                Ok(req)
+            },
+        );
+        let counted = connections.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |c| {
+            if c.is_ok() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            c
+        });
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Upstream {
+            addr,
+            reporter,
+            metadata,
+            connections,
+            task,
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const SECRET: &str = "grpc-test-secret-0123456789abcdef0123";
+
+fn config(up: SocketAddr, closed: u16) -> String {
+    format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 2, h2c: true }}
+auth:
+  jwt:
+    hs: {{ algorithms: [HS256], secret: "{SECRET}" }}
+rate_limits:
+  one: {{ requests: 1, per: 1m, key: route }}
+upstreams:
+  health: {{ targets: [{{ addr: "{up}" }}], protocol: h2c }}
+  down: {{ targets: [{{ addr: "127.0.0.1:{closed}" }}], protocol: h2c, timeouts: {{ connect: 1s }} }}
+  capped:
+    targets: [{{ addr: "{up}" }}]
+    protocol: h2c
+    retry: {{ attempts: 1, timeout: 2s }}
+routes:
+  - {{ name: secured, match: {{ path_prefix: /grpc.health.v1.Health/, headers: {{ x-route: secured }} }}, upstream: health, plugins: [{{ jwt: {{ provider: hs }} }}] }}
+  - {{ name: limited, match: {{ path_prefix: /grpc.health.v1.Health/, headers: {{ x-route: limited }} }}, upstream: health, plugins: [{{ rate_limit: one }}] }}
+  - {{ name: down, match: {{ path_prefix: /grpc.health.v1.Health/, headers: {{ x-route: down }} }}, upstream: down }}
+  - {{ name: capped, match: {{ path_prefix: /grpc.health.v1.Health/, headers: {{ x-route: capped }} }}, upstream: capped }}
+  - {{ name: health, match: {{ path_prefix: /grpc.health.v1.Health/ }}, upstream: health }}
+"#
+    )
+}
+
+async fn client(gw: &Gateway) -> HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+}
+
+fn check(route: Option<&str>) -> tonic::Request<HealthCheckRequest> {
+    let mut r = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    if let Some(route) = route {
+        r.metadata_mut().insert("x-route", route.parse().unwrap());
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_streaming_calls_pass_with_metadata_and_trailers() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(up.addr, common::free_port()));
+    let mut c = client(&gw).await;
+
+    let mut req = check(None);
+    req.metadata_mut()
+        .insert("x-tenant", "acme".parse().unwrap());
+    let resp = c.check(req).await.unwrap();
+    assert_eq!(resp.get_ref().status, Wire::Serving as i32);
+    // The gateway's own header comes back as response metadata; the client's reached the server.
+    assert!(resp.metadata().get("x-request-id").is_some());
+    let seen = up.metadata.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].get("x-tenant").unwrap(), "acme");
+    assert!(seen[0].get("x-forwarded-for").is_some());
+
+    // Server streaming: the first status, then a change pushed while the call is open.
+    let mut stream = c.watch(check(None)).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, Wire::Serving as i32);
+    up.reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, Wire::NotServing as i32);
+
+    let line = gw.wait_log(|l| l["route"] == "health" && l["status"] == 200);
+    assert_eq!(line["protocol"], "HTTP/2.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_refusals_are_grpc_statuses() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(up.addr, common::free_port()));
+    let mut c = client(&gw).await;
+
+    let e = c.check(check(Some("secured"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("unauthenticated"), "{}", e.message());
+
+    assert!(c.check(check(Some("limited"))).await.is_ok());
+    let e = c.check(check(Some("limited"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+
+    let e = c.check(check(Some("down"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains("upstream_unavailable"),
+        "{}",
+        e.message()
+    );
+
+    // No route for another service: UNIMPLEMENTED, as a server without it would say.
+    let e = tonic_client_call(&gw, "/pkg.Missing/Method").await;
+    assert_eq!(e, Code::Unimplemented);
+    // The refused calls never reached the server; the allowed one did.
+    assert_eq!(up.metadata.lock().unwrap().len(), 1);
+}
+
+/// A unary call to `path` with an empty message, by hand (no generated client for it): the status.
+async fn tonic_client_call(gw: &Gateway, path: &'static str) -> Code {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, tonic_health::pb::HealthCheckResponse>::default();
+    let r = grpc
+        .unary(
+            tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            }),
+            path.parse().unwrap(),
+            codec,
+        )
+        .await;
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_sent_upstream_is_capped_by_the_route() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(up.addr, common::free_port()));
+    let mut c = client(&gw).await;
+    let mut req = check(Some("capped"));
+    req.set_timeout(Duration::from_secs(30));
+    c.check(req).await.unwrap();
+    let seen = up.metadata.lock().unwrap().clone();
+    let t = seen[0]
+        .get("grpc-timeout")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let ms: u64 = t.trim_end_matches('m').parse().unwrap();
+    assert!(t.ends_with('m') && ms <= 2000 && ms > 0, "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_clients_are_multiplexed_over_few_h2_connections() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(up.addr, common::free_port()));
+    let addr = gw.addr;
+    // A gRPC call over HTTP/1.1 from the client side: an empty HealthCheckRequest, length-prefixed.
+    let call = move || {
+        let raw = "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: test.local\r\nContent-Type: application/grpc\r\nTE: trailers\r\nContent-Length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0";
+        common::send(addr, raw.as_bytes())
+    };
+    let warm = tokio::task::spawn_blocking(call).await.unwrap();
+    assert_eq!(
+        warm.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&warm.body)
+    );
+    let before = up.connections.load(Ordering::Relaxed);
+    let calls: Vec<_> = (0..40).map(|_| tokio::task::spawn_blocking(call)).collect();
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 200);
+        // The HealthCheckResponse{status: SERVING}: a 2-byte message after the 5-byte prefix.
+        assert_eq!(r.body, [0, 0, 0, 0, 2, 8, 1]);
+    }
+    let after = up.connections.load(Ordering::Relaxed);
+    assert!(before >= 1);
+    assert!(
+        after - before <= 2,
+        "40 client connections took {} new upstream ones",
+        after - before
+    );
+    assert_eq!(up.metadata.lock().unwrap().len(), 41);
+}
