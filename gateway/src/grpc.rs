@@ -152,3 +152,183 @@ mod tests {
         assert_eq!(format_timeout(Duration::from_millis(2500)), "2500m");
     }
 }
+
+/// The active health check of `health_check: { kind: grpc }`: `grpc.health.v1.Health/Check` for
+/// `service` on each target, over HTTP/2 (h2 by ALPN, or h2c); healthy when the call succeeds
+/// (`grpc-status: 0`) and the answer says `SERVING`. Each check opens its connection and closes it.
+pub struct HealthCheck {
+    /// Address, TLS, timeouts and HTTP/2 ALPN; the address is set per target.
+    pub peer: pingora_core::upstreams::peer::HttpPeer,
+    pub connector: pingora_core::connectors::http::Connector,
+    /// The `:authority` sent.
+    pub authority: String,
+    /// The service asked about (`""`: the server as a whole).
+    pub service: String,
+    pub healthy: usize,
+    pub unhealthy: usize,
+}
+
+/// `HealthCheckResponse.status` of `grpc.health.v1` that means serving.
+const SERVING: u64 = 1;
+
+/// The request message of `Health/Check`, length-prefixed: `HealthCheckRequest { service }`
+/// (field 1, a string; absent when empty).
+fn check_request(service: &str) -> bytes::Bytes {
+    let mut msg = Vec::with_capacity(service.len() + 3);
+    if !service.is_empty() {
+        msg.push(0x0a);
+        let mut n = service.len();
+        while n >= 0x80 {
+            msg.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut out = Vec::with_capacity(msg.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    out.into()
+}
+
+/// The `status` of a length-prefixed `HealthCheckResponse` (field 1, a varint; absent = 0, UNKNOWN).
+fn check_status(body: &[u8]) -> Option<u64> {
+    let (prefix, msg) = body.split_at_checked(5)?;
+    if prefix[0] != 0 || u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize != msg.len() {
+        return None;
+    }
+    let mut i = 0;
+    let mut status = 0;
+    while i < msg.len() {
+        let (key, n) = varint(&msg[i..])?;
+        i += n;
+        match (key >> 3, key & 7) {
+            (1, 0) => {
+                let (v, n) = varint(&msg[i..])?;
+                status = v;
+                i += n;
+            }
+            // Any other field: skip it by its wire type.
+            (_, 0) => i += varint(&msg[i..])?.1,
+            (_, 2) => {
+                let (len, n) = varint(&msg[i..])?;
+                i = i.checked_add(n)?.checked_add(usize::try_from(len).ok()?)?;
+            }
+            (_, 1) => i += 8,
+            (_, 5) => i += 4,
+            _ => return None,
+        }
+    }
+    (i == msg.len()).then_some(status)
+}
+
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+fn check_failed(why: impl Into<String>) -> Box<pingora_error::Error> {
+    pingora_error::Error::explain(pingora_error::ErrorType::Custom("grpc health check"), why.into())
+}
+
+#[async_trait::async_trait]
+impl pingora_load_balancing::health_check::HealthCheck for HealthCheck {
+    async fn check(&self, target: &pingora_load_balancing::Backend) -> pingora_error::Result<()> {
+        use pingora_core::protocols::http::client::HttpSession;
+        let mut peer = self.peer.clone();
+        peer._address = target.addr.clone();
+        let (session, _) = self.connector.get_http_session(&peer).await?;
+        let HttpSession::H2(mut h2) = session else {
+            return Err(check_failed("the target does not speak HTTP/2"));
+        };
+        let mut req = RequestHeader::build("POST", b"/grpc.health.v1.Health/Check", None)?;
+        req.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+        req.insert_header(http::header::TE, "trailers")?;
+        req.insert_header(http::header::USER_AGENT, "tollgate-health-check")?;
+        req.set_uri(
+            http::Uri::builder()
+                .scheme(if peer.is_tls() { "https" } else { "http" })
+                .authority(self.authority.as_str())
+                .path_and_query("/grpc.health.v1.Health/Check")
+                .build()
+                .map_err(|e| check_failed(format!("authority `{}`: {e}", self.authority)))?,
+        );
+        h2.read_timeout = peer.options.read_timeout;
+        h2.write_request_header(Box::new(req), false)?;
+        h2.write_request_body(check_request(&self.service), true).await?;
+        h2.read_response_header().await?;
+        let head = h2
+            .response_header()
+            .ok_or_else(|| check_failed("no response head"))?;
+        if head.status != 200 {
+            return Err(check_failed(format!("HTTP status {}", head.status)));
+        }
+        // A Trailers-Only answer carries `grpc-status` in the head.
+        let mut grpc_status = head
+            .headers
+            .get("grpc-status")
+            .map(|v| v.as_bytes().to_vec());
+        let mut body = Vec::new();
+        while let Some(chunk) = h2.read_response_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > 64 * 1024 {
+                return Err(check_failed("answer larger than 64 KiB"));
+            }
+        }
+        if grpc_status.is_none() {
+            grpc_status = h2
+                .read_trailers()
+                .await?
+                .and_then(|t| t.get("grpc-status").map(|v| v.as_bytes().to_vec()));
+        }
+        match grpc_status.as_deref() {
+            Some(b"0") => {}
+            Some(s) => {
+                return Err(check_failed(format!(
+                    "grpc-status {}",
+                    String::from_utf8_lossy(s)
+                )))
+            }
+            None => return Err(check_failed("no grpc-status")),
+        }
+        match check_status(&body) {
+            Some(SERVING) => Ok(()),
+            Some(s) => Err(check_failed(format!("status {s} (not SERVING)"))),
+            None => Err(check_failed("not a HealthCheckResponse")),
+        }
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.healthy
+        } else {
+            self.unhealthy
+        }
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn health_messages_round_trip() {
+        assert_eq!(&check_request("")[..], [0, 0, 0, 0, 0]);
+        assert_eq!(&check_request("pkg.Svc")[..], b"\0\0\0\0\x09\x0a\x07pkg.Svc");
+        assert_eq!(check_status(&[0, 0, 0, 0, 2, 8, 1]), Some(1));
+        assert_eq!(check_status(&[0, 0, 0, 0, 2, 8, 2]), Some(2));
+        assert_eq!(check_status(&[0, 0, 0, 0, 0]), Some(0), "absent: UNKNOWN");
+        // Unknown fields are skipped; a truncated or mislabelled frame is not an answer.
+        assert_eq!(check_status(&[0, 0, 0, 0, 5, 0x12, 1, b'x', 8, 1]), Some(1));
+        assert_eq!(check_status(&[0, 0, 0, 0, 3, 8, 1]), None);
+        assert_eq!(check_status(&[1, 0, 0, 0, 2, 8, 1]), None);
+        assert_eq!(check_status(&[0, 0, 0]), None);
+    }
+}

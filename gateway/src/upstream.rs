@@ -30,12 +30,14 @@ use futures::FutureExt;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::discovery::ServiceDiscovery;
-use pingora_load_balancing::health_check::HttpHealthCheck;
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 
 use crate::config::diag::{Diagnostic, Diagnostics};
-use crate::config::raw::{Balance, H2Config, HealthCheckConfig, Protocol, UpstreamConfig};
+use crate::config::raw::{
+    Balance, CheckKind, H2Config, HealthCheckConfig, Protocol, UpstreamConfig,
+};
 use crate::metrics::{Lazy, Metrics};
 use crate::resilience::{
     self, Attempt, Breaker, Budget, Failure, OutlierPolicy, RetryPolicy, Stats,
@@ -478,22 +480,46 @@ impl Upstream {
                 .and_then(|t| t.sni.clone())
                 .or_else(|| targets.first().map(|t| host_of(&t.spec).to_string()))
                 .unwrap_or_else(|| "localhost".into());
-            let mut check = HttpHealthCheck::new(&check_host, tls.is_some());
-            if let Some(ca) = tls.as_ref().and_then(|t| t.ca.clone()) {
-                check.peer_template.options.ca = Some(ca);
-            }
-            check.consecutive_success = hc.healthy.max(1) as usize;
-            check.consecutive_failure = hc.unhealthy.max(1) as usize;
-            check.peer_template.options.connection_timeout = Some(hc.timeout.0);
-            check.peer_template.options.read_timeout = Some(hc.timeout.0);
-            check.peer_template.options.write_timeout = Some(hc.timeout.0);
-            if let Ok(mut req) = RequestHeader::build("GET", hc.path.as_bytes(), None) {
-                let _ = req.insert_header("host", check_host.as_str());
-                let _ = req.insert_header("user-agent", "tollgate-health-check");
-                check.req = req;
-            }
+            let inner: Box<dyn HealthCheck + Send + Sync> = match hc.kind {
+                CheckKind::Http => {
+                    let mut check = HttpHealthCheck::new(&check_host, tls.is_some());
+                    if let Some(ca) = tls.as_ref().and_then(|t| t.ca.clone()) {
+                        check.peer_template.options.ca = Some(ca);
+                    }
+                    check.consecutive_success = hc.healthy.max(1) as usize;
+                    check.consecutive_failure = hc.unhealthy.max(1) as usize;
+                    check.peer_template.options.connection_timeout = Some(hc.timeout.0);
+                    check.peer_template.options.read_timeout = Some(hc.timeout.0);
+                    check.peer_template.options.write_timeout = Some(hc.timeout.0);
+                    if let Ok(mut req) = RequestHeader::build("GET", hc.path.as_bytes(), None) {
+                        let _ = req.insert_header("host", check_host.as_str());
+                        let _ = req.insert_header("user-agent", "tollgate-health-check");
+                        check.req = req;
+                    }
+                    Box::new(check)
+                }
+                CheckKind::Grpc => {
+                    let sni = if tls.is_some() { check_host.clone() } else { String::new() };
+                    let mut peer = HttpPeer::new("0.0.0.0:1", tls.is_some(), sni);
+                    let o = &mut peer.options;
+                    o.ca = tls.as_ref().and_then(|t| t.ca.clone());
+                    o.connection_timeout = Some(hc.timeout.0);
+                    o.read_timeout = Some(hc.timeout.0);
+                    o.write_timeout = Some(hc.timeout.0);
+                    // HTTP/2 only: ALPN over TLS, prior knowledge in clear.
+                    o.set_http_version(2, 2);
+                    Box::new(crate::grpc::HealthCheck {
+                        peer,
+                        connector: pingora_core::connectors::http::Connector::new(None),
+                        authority: check_host.clone(),
+                        service: hc.service.clone(),
+                        healthy: hc.healthy.max(1) as usize,
+                        unhealthy: hc.unhealthy.max(1) as usize,
+                    })
+                }
+            };
             health_registry.set_health_check(Box::new(Checked {
-                inner: check,
+                inner,
                 stats: stats.clone(),
             }));
         }
@@ -868,12 +894,12 @@ impl Upstream {
 /// Pingora's HTTP check with what passive health needs to know of it: a passing check brings an
 /// ejected target back (as Envoy does), and a target turning healthy starts its slow start.
 struct Checked {
-    inner: HttpHealthCheck,
+    inner: Box<dyn HealthCheck + Send + Sync>,
     stats: Arc<Stats>,
 }
 
 #[async_trait]
-impl pingora_load_balancing::health_check::HealthCheck for Checked {
+impl HealthCheck for Checked {
     async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
         let r = self.inner.check(target).await;
         if let (Ok(()), Some(a)) = (&r, target.addr.as_inet()) {

@@ -73,6 +73,22 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Calls it got, the gateway's health checks left out.
+    fn calls(&self) -> usize {
+        self.metadata
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                m.get("user-agent")
+                    .and_then(|v| v.to_str().ok())
+                    .is_none_or(|v| !v.starts_with("tollgate-health-check"))
+            })
+            .count()
+    }
+}
+
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
@@ -268,4 +284,67 @@ async fn http1_clients_are_multiplexed_over_few_h2_connections() {
         after - before
     );
     assert_eq!(up.metadata.lock().unwrap().len(), 41);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_health_check_takes_a_not_serving_target_out_and_back() {
+    let a = Upstream::start().await;
+    let b = Upstream::start().await;
+    let token = "a-token-for-the-admin-api";
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: ["{{listen}}"], h2c: true, admin: {{ listen: "{{admin}}", token: "{token}" }} }}
+upstreams:
+  pair:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}]
+    protocol: h2c
+    health_check: {{ kind: grpc, interval: 100ms, timeout: 1s, healthy: 1, unhealthy: 1 }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: pair }}
+"#,
+        a.addr, b.addr
+    ));
+    let auth = format!("Authorization: Bearer {token}");
+    let healthy = |addr: SocketAddr| {
+        let ups = gw.admin_request("GET", "/admin/upstreams", &[&auth]).json();
+        ups["pair"]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["addr"] == addr.to_string())
+            .unwrap()["healthy"]
+            .as_bool()
+            .unwrap()
+    };
+    let wait_for = |addr: SocketAddr, want: bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while healthy(addr) != want {
+            assert!(std::time::Instant::now() < deadline, "{addr} never became healthy={want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The checks ran: both answered SERVING.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.metadata.lock().unwrap().is_empty() || b.metadata.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no health check reached the targets");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(healthy(a.addr) && healthy(b.addr));
+
+    a.reporter.set_service_status("", ServingStatus::NotServing).await;
+    wait_for(a.addr, false);
+    let mut c = client(&gw).await;
+    let before = a.calls();
+    for _ in 0..10 {
+        c.check(check(None)).await.unwrap();
+    }
+    assert_eq!(a.calls(), before, "a NOT_SERVING target gets no calls");
+    assert_eq!(b.calls(), 10);
+
+    a.reporter.set_service_status("", ServingStatus::Serving).await;
+    wait_for(a.addr, true);
+    for _ in 0..10 {
+        c.check(check(None)).await.unwrap();
+    }
+    assert!(a.calls() > before, "back in rotation");
 }

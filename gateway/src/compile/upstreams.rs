@@ -89,6 +89,13 @@ fn upstream(
     };
     if let Some(hc) = &u.health_check {
         let hb = at.at("health_check");
+        let h2 = matches!(u.protocol, Protocol::H2 | Protocol::H2c)
+            || (u.protocol == Protocol::Auto && u.tls.is_some());
+        if hc.kind == crate::config::raw::CheckKind::Grpc && !h2 {
+            hb.at("kind").error(
+                "a `grpc` check speaks HTTP/2: set the upstream's `protocol` to `h2c` (in clear) or `h2` (TLS)",
+            );
+        }
         if !hc.path.starts_with('/') {
             hb.at("path").error("must start with '/'");
         }

@@ -528,6 +528,11 @@ fn default_max_wait() -> HumanDuration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
+    /// `http` (a `GET` of `path`, healthy on 200) or `grpc` (`grpc.health.v1.Health/Check` for
+    /// `service`, healthy on `SERVING`; needs an HTTP/2 `protocol`).
+    pub kind: CheckKind,
+    /// The service a `grpc` check asks about (`""`: the server as a whole).
+    pub service: String,
     pub path: String,
     pub interval: HumanDuration,
     pub timeout: HumanDuration,
@@ -540,6 +545,8 @@ pub struct HealthCheckConfig {
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         HealthCheckConfig {
+            kind: CheckKind::Http,
+            service: String::new(),
             path: "/healthz".into(),
             interval: HumanDuration::secs(5),
             timeout: HumanDuration::secs(1),
@@ -547,6 +554,15 @@ impl Default for HealthCheckConfig {
             unhealthy: 3,
         }
     }
+}
+
+/// `health_check.kind`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    #[default]
+    Http,
+    Grpc,
 }
 
 /// Upstream timeouts. Pingora has no read timeout by default; a gateway must, or a hung service holds
