@@ -195,7 +195,9 @@ fn check_request(service: &str) -> bytes::Bytes {
 /// The `status` of a length-prefixed `HealthCheckResponse` (field 1, a varint; absent = 0, UNKNOWN).
 fn check_status(body: &[u8]) -> Option<u64> {
     let (prefix, msg) = body.split_at_checked(5)?;
-    if prefix[0] != 0 || u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize != msg.len() {
+    if prefix[0] != 0
+        || u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize != msg.len()
+    {
         return None;
     }
     let mut i = 0;
@@ -235,7 +237,10 @@ fn varint(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 fn check_failed(why: impl Into<String>) -> Box<pingora_error::Error> {
-    pingora_error::Error::explain(pingora_error::ErrorType::Custom("grpc health check"), why.into())
+    pingora_error::Error::explain(
+        pingora_error::ErrorType::Custom("grpc health check"),
+        why.into(),
+    )
 }
 
 #[async_trait::async_trait]
@@ -262,7 +267,8 @@ impl pingora_load_balancing::health_check::HealthCheck for HealthCheck {
         );
         h2.read_timeout = peer.options.read_timeout;
         h2.write_request_header(Box::new(req), false)?;
-        h2.write_request_body(check_request(&self.service), true).await?;
+        h2.write_request_body(check_request(&self.service), true)
+            .await?;
         h2.read_response_header().await?;
         let head = h2
             .response_header()
@@ -321,7 +327,10 @@ mod health_tests {
     #[test]
     fn health_messages_round_trip() {
         assert_eq!(&check_request("")[..], [0, 0, 0, 0, 0]);
-        assert_eq!(&check_request("pkg.Svc")[..], b"\0\0\0\0\x09\x0a\x07pkg.Svc");
+        assert_eq!(
+            &check_request("pkg.Svc")[..],
+            b"\0\0\0\0\x09\x0a\x07pkg.Svc"
+        );
         assert_eq!(check_status(&[0, 0, 0, 0, 2, 8, 1]), Some(1));
         assert_eq!(check_status(&[0, 0, 0, 0, 2, 8, 2]), Some(2));
         assert_eq!(check_status(&[0, 0, 0, 0, 0]), Some(0), "absent: UNKNOWN");

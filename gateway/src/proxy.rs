@@ -651,6 +651,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
+        // Pingora's default (response compression, off), and the gRPC-Web bridge, which acts only on
+        // requests it is initialized for (`server.grpc_web`, in `early_request_filter`).
+        modules.add_module(
+            pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
+        );
+        modules.add_module(Box::new(pingora_core::modules::http::grpc_web::GrpcWeb));
+    }
+
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         // `ctx.start` was taken in `new_ctx`, which Pingora calls once the head is read, just before
         // this phase (pingora-proxy-0.9.1 `lib.rs`, `process_new_http`): no second clock read.
@@ -683,6 +692,16 @@ impl ProxyHttp for Gateway {
         // turned it off because the process is shutting down.
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(snap.settings.keepalive_timeout.as_secs()));
+        }
+        if snap.settings.grpc_web {
+            // Runs before routing (Pingora calls the modules' request filter right after this
+            // phase): a gRPC-Web request is routed, authenticated and limited as the gRPC one.
+            if let Some(bridge) = session
+                .downstream_modules_ctx
+                .get_mut::<pingora_core::modules::http::grpc_web::GrpcWebBridge>()
+            {
+                bridge.init();
+            }
         }
         ctx.snapshot = Some(snap);
         Ok(())

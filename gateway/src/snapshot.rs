@@ -43,6 +43,8 @@ pub struct Settings {
     pub upgrade_sock: String,
     /// HTTP/2 in clear on the plain listeners.
     pub h2c: bool,
+    /// gRPC-Web requests are bridged to gRPC.
+    pub grpc_web: bool,
 }
 
 /// One piece of a rewrite template.

@@ -499,7 +499,11 @@ impl Upstream {
                     Box::new(check)
                 }
                 CheckKind::Grpc => {
-                    let sni = if tls.is_some() { check_host.clone() } else { String::new() };
+                    let sni = if tls.is_some() {
+                        check_host.clone()
+                    } else {
+                        String::new()
+                    };
                     let mut peer = HttpPeer::new("0.0.0.0:1", tls.is_some(), sni);
                     let o = &mut peer.options;
                     o.ca = tls.as_ref().and_then(|t| t.ca.clone());

@@ -34,6 +34,11 @@ struct Upstream {
 
 impl Upstream {
     async fn start() -> Upstream {
+        Self::start_with(None).await
+    }
+
+    /// With `tls`: HTTP/2 over TLS (ALPN `h2`).
+    async fn start_with(tls: Option<tonic::transport::ServerTlsConfig>) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (reporter, _) = tonic_health::server::health_reporter();
@@ -57,8 +62,12 @@ impl Upstream {
             }
             c
         });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).unwrap();
+        }
         let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(service)
                 .serve_with_incoming(incoming)
                 .await;
@@ -319,19 +328,27 @@ routes:
     let wait_for = |addr: SocketAddr, want: bool| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while healthy(addr) != want {
-            assert!(std::time::Instant::now() < deadline, "{addr} never became healthy={want}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} never became healthy={want}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
     // The checks ran: both answered SERVING.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while a.metadata.lock().unwrap().is_empty() || b.metadata.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no health check reached the targets");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no health check reached the targets"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(healthy(a.addr) && healthy(b.addr));
 
-    a.reporter.set_service_status("", ServingStatus::NotServing).await;
+    a.reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     wait_for(a.addr, false);
     let mut c = client(&gw).await;
     let before = a.calls();
@@ -341,10 +358,125 @@ routes:
     assert_eq!(a.calls(), before, "a NOT_SERVING target gets no calls");
     assert_eq!(b.calls(), 10);
 
-    a.reporter.set_service_status("", ServingStatus::Serving).await;
+    a.reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     wait_for(a.addr, true);
     for _ in 0..10 {
         c.check(check(None)).await.unwrap();
     }
     assert!(a.calls() > before, "back in rotation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_web_call_from_a_browser_reaches_the_grpc_server() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: ["{{listen}}"], grpc_web: true }}
+upstreams:
+  health: {{ targets: [{{ addr: "{}" }}], protocol: h2c }}
+routes:
+  - {{ name: r, match: {{ path_prefix: /grpc.health.v1.Health/ }}, upstream: health }}
+"#,
+        up.addr
+    ));
+    let addr = gw.addr;
+    // What grpc-web's JavaScript client sends over HTTP/1.1: a framed empty HealthCheckRequest.
+    let r = tokio::task::spawn_blocking(move || {
+        let raw = "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: test.local\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0";
+        common::send(addr, raw.as_bytes())
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    // The server's `application/grpc`, as gRPC-Web.
+    assert_eq!(r.header("content-type"), Some("application/grpc-web"));
+    // The message, then the trailers as a frame of their own (flag 0x80), in the body.
+    // (The harness has removed the chunked framing.)
+    let body = r.body.clone();
+    assert_eq!(&body[..7], [0, 0, 0, 0, 2, 8, 1], "{body:?}");
+    assert_eq!(body[7], 0x80, "{body:?}");
+    let trailers = String::from_utf8_lossy(&body[12..]).to_ascii_lowercase();
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    // The server got it as gRPC.
+    let seen = up.metadata.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].get("content-type").unwrap(),
+        "application/grpc+proto"
+    );
+}
+
+/// A CA and a `localhost` leaf it signed: (CA PEM, leaf PEM, leaf key PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_both_ways_h2_is_negotiated_by_alpn() {
+    let (ca, cert, key) = certificates();
+    let identity = tonic::transport::Identity::from_pem(&cert, &key);
+    let up = Upstream::start_with(Some(
+        tonic::transport::ServerTlsConfig::new().identity(identity),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    for (name, text) in [("ca.pem", &ca), ("gw.pem", &cert), ("gw.key", &key)] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let gw = Gateway::start(&format!(
+        r#"
+server:
+  listen: ["{{listen}}"]
+  tls: {{ listen: ["{{tls_listen}}"], cert: "{d}/gw.pem", key: "{d}/gw.key" }}
+upstreams:
+  health:
+    targets: [{{ addr: "{}" }}]
+    protocol: h2
+    tls: {{ sni: localhost, ca: "{d}/ca.pem" }}
+routes:
+  - {{ name: r, match: {{ path_prefix: /grpc.health.v1.Health/ }}, upstream: health }}
+"#,
+        up.addr
+    ));
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", gw.tls.unwrap()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = HealthClient::new(channel);
+    let resp = c.check(check(None)).await.unwrap();
+    assert_eq!(resp.get_ref().status, Wire::Serving as i32);
+    let mut stream = c.watch(check(None)).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, Wire::Serving as i32);
+    up.reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, Wire::NotServing as i32);
+    assert_eq!(up.calls(), 2);
+    let line = gw.wait_log(|l| l["route"] == "r" && l["scheme"] == "https");
+    assert_eq!(line["protocol"], "HTTP/2.0");
 }

@@ -121,5 +121,6 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
                 .into_owned()
         }),
         h2c: s.h2c,
+        grpc_web: s.grpc_web,
     })
 }

@@ -84,6 +84,9 @@ pub struct ServerConfig {
     /// Accept HTTP/2 in clear (prior knowledge) on the plain listeners too, for gRPC clients without
     /// TLS; HTTP/1.1 clients are served as before.
     pub h2c: bool,
+    /// Bridge gRPC-Web (`application/grpc-web*`, from browsers) to gRPC upstreams: the request goes up
+    /// as gRPC, the answer and its trailers come back as gRPC-Web.
+    pub grpc_web: bool,
 }
 
 /// `server.tls`: where to terminate TLS, with which certificate (reloadable, like everything else).
@@ -124,6 +127,7 @@ impl Default for ServerConfig {
             upgrade_sock: None,
             tls: None,
             h2c: false,
+            grpc_web: false,
         }
     }
 }
