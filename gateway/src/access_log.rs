@@ -212,6 +212,9 @@ pub struct Entry<'a> {
     pub upstream_ms: Option<f64>,
     /// Tries made to the upstream (0: answered by the gateway; more than 1: retried).
     pub tries: u32,
+    /// The gRPC status of a gRPC call's answer (the upstream's `grpc-status`, or the gateway's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub user_agent: Option<&'a str>,
@@ -276,6 +279,10 @@ impl Entry<'_> {
         }
         key(out, "tries");
         out.extend_from_slice(n.format(self.tries).as_bytes());
+        if let Some(g) = self.grpc_status {
+            key(out, "grpc_status");
+            out.extend_from_slice(n.format(g).as_bytes());
+        }
         key(out, "bytes_in");
         out.extend_from_slice(n.format(self.bytes_in).as_bytes());
         key(out, "bytes_out");
@@ -457,6 +464,7 @@ mod tests {
             duration_ms: 0.1,
             upstream_ms: None,
             tries: 0,
+            grpc_status: None,
             bytes_in: 0,
             bytes_out: 0,
             user_agent: None,

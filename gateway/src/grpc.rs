@@ -47,6 +47,36 @@ pub fn status_for(status: u16) -> u8 {
     }
 }
 
+/// A `grpc-status` value (0 to 16; anything else is not one).
+pub fn parse_status(v: &[u8]) -> Option<u8> {
+    let n: u8 = std::str::from_utf8(v).ok()?.trim().parse().ok()?;
+    (n <= 16).then_some(n)
+}
+
+/// The `code` label of `tollgate_grpc_responses_total`: the status's name.
+pub fn code_label(code: u8) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(usize::from(code)).copied().unwrap_or("UNKNOWN")
+}
+
 /// `grpc-message`: the text percent-encoded where gRPC requires it (bytes outside printable ASCII,
 /// and `%`).
 pub fn message(text: &str) -> HeaderValue {

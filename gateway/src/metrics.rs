@@ -41,6 +41,7 @@ pub struct Metrics {
     pub upstream_ejections: IntCounterVec,
     pub upstream_overloaded: IntCounterVec,
     pub target_ejected: IntGaugeVec,
+    pub grpc_responses: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 30 s: a gateway's own answers take well under a millisecond, a slow
@@ -183,6 +184,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["upstream", "target"],
     )?;
+    let grpc_responses = IntCounterVec::new(
+        Opts::new(
+            "tollgate_grpc_responses_total",
+            "gRPC calls answered, by route and gRPC status (the upstream's grpc-status, or the gateway's own)",
+        ),
+        &["route", "code"],
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new(
             "tollgate_build_info",
@@ -211,6 +219,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(upstream_ejections.clone()))?;
     registry.register(Box::new(upstream_overloaded.clone()))?;
     registry.register(Box::new(target_ejected.clone()))?;
+    registry.register(Box::new(grpc_responses.clone()))?;
     #[cfg(target_os = "linux")]
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
@@ -244,6 +253,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         upstream_ejections,
         upstream_overloaded,
         target_ejected,
+        grpc_responses,
     })
 }
 

@@ -141,6 +141,7 @@ impl crate::conn::RefusedRequests for Refused {
             duration_ms: 0.0,
             upstream_ms: None,
             tries: 0,
+            grpc_status: None,
             bytes_in: 0,
             bytes_out: 0,
             user_agent: None,
@@ -192,6 +193,8 @@ pub struct Ctx {
     slot: Option<BreakerSlot>,
     /// A gRPC request (its deadline is told to the upstream).
     grpc: bool,
+    /// The gRPC status of the answer: the gateway's own, or the upstream's `grpc-status`.
+    grpc_status: Option<u8>,
     /// What the gateway answered with, when it answered itself.
     error: Option<GatewayError>,
     /// State of the route's plugin chain.
@@ -256,6 +259,9 @@ impl Gateway {
         err: GatewayError,
     ) -> Result<bool> {
         let grpc = crate::grpc::is_grpc(session.req_header());
+        if grpc {
+            ctx.grpc_status = Some(crate::grpc::status_for(err.status));
+        }
         let (resp, body) = error_answer(&err, &ctx.request_id, grpc)?;
         // Errors about the request itself may leave junk on the connection; don't reuse it.
         if matches!(err.status, 400 | 408 | 413 | 414 | 431) {
@@ -640,6 +646,7 @@ impl ProxyHttp for Gateway {
             attempt: None,
             slot: None,
             grpc: false,
+            grpc_status: None,
             error: None,
             plugins: PluginState::default(),
             offer: None,
@@ -1019,6 +1026,12 @@ impl ProxyHttp for Gateway {
             }
         }
         resp.insert_header(X_REQUEST_ID, ctx.request_id.header())?;
+        if ctx.grpc {
+            // A Trailers-Only answer has its status in the head.
+            if let Some(s) = resp.headers.get("grpc-status") {
+                ctx.grpc_status = crate::grpc::parse_status(s.as_bytes());
+            }
+        }
         Self::upstream_response(session, resp, ctx).await?;
         if let Some(chain) = ctx.chain() {
             chain.response(resp, session.req_header(), &ctx.plugins);
@@ -1097,6 +1110,20 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.grpc {
+            if let Some(s) = trailers.get("grpc-status") {
+                ctx.grpc_status = crate::grpc::parse_status(s.as_bytes());
+            }
+        }
+        Ok(())
     }
 
     fn suppress_proxy_warn_log(
@@ -1475,6 +1502,12 @@ impl Gateway {
         if let Some(chain) = ctx.chain() {
             chain.log(status, &ctx.plugins);
         }
+        if let Some(code) = ctx.grpc_status {
+            self.metrics
+                .grpc_responses
+                .with_label_values(&[route_label, crate::grpc::code_label(code)])
+                .inc();
+        }
         let composed = match (&ctx.calls, ctx.route.as_ref().and_then(|r| r.composition())) {
             (Some(records), Some(comp)) => {
                 self.record_calls(route_label, comp, records);
@@ -1556,6 +1589,7 @@ impl Gateway {
             duration_ms: round3(elapsed.as_secs_f64() * 1000.0),
             upstream_ms: ctx.upstream_ms.map(round3),
             tries: ctx.tries,
+            grpc_status: ctx.grpc_status,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
             user_agent: req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),

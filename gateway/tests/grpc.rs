@@ -214,6 +214,23 @@ async fn the_gateways_refusals_are_grpc_statuses() {
     assert_eq!(e, Code::Unimplemented);
     // The refused calls never reached the server; the allowed one did.
     assert_eq!(up.metadata.lock().unwrap().len(), 1);
+
+    // Logged and counted with their gRPC status (the HTTP status of a gRPC answer is 200).
+    let line = gw.wait_log(|l| l["route"] == "secured");
+    assert_eq!(
+        (line["status"].as_u64(), line["grpc_status"].as_u64()),
+        (Some(200), Some(16))
+    );
+    let m = String::from_utf8(gw.admin_request("GET", "/metrics", &[]).body).unwrap();
+    for want in [
+        r#"tollgate_grpc_responses_total{code="UNAUTHENTICATED",route="secured"} 1"#,
+        r#"tollgate_grpc_responses_total{code="OK",route="limited"} 1"#,
+        r#"tollgate_grpc_responses_total{code="RESOURCE_EXHAUSTED",route="limited"} 1"#,
+        r#"tollgate_grpc_responses_total{code="UNAVAILABLE",route="down"} 1"#,
+        r#"tollgate_grpc_responses_total{code="UNIMPLEMENTED",route=""} 1"#,
+    ] {
+        assert!(m.contains(want), "{want} missing in:\n{m}");
+    }
 }
 
 /// A unary call to `path` with an empty message, by hand (no generated client for it): the status.
@@ -287,8 +304,10 @@ async fn http1_clients_are_multiplexed_over_few_h2_connections() {
     }
     let after = up.connections.load(Ordering::Relaxed);
     assert!(before >= 1);
+    // Over HTTP/1.1 that would be up to 40 connections; over h2 a handful (Pingora opens another
+    // when two requests race for a connection that is still being set up).
     assert!(
-        after - before <= 2,
+        after - before <= 5,
         "40 client connections took {} new upstream ones",
         after - before
     );
@@ -451,6 +470,13 @@ routes:
 "#,
         up.addr
     ));
+    // `start` waits for the plain listener; the HTTPS one comes up alongside.
+    let tls_addr = gw.tls.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(tls_addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "no HTTPS listener");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
         .domain_name("localhost");
