@@ -24,7 +24,9 @@ async fn main() {
             client(&args[1], n(2), n(3), Duration::from_secs(n(4) as u64)).await
         }
         _ => {
-            eprintln!("usage: grpc_load server ADDR | grpc_load client URL CONNECTIONS STREAMS SECONDS");
+            eprintln!(
+                "usage: grpc_load server ADDR | grpc_load client URL CONNECTIONS STREAMS SECONDS"
+            );
             std::process::exit(2);
         }
     }

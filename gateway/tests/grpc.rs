@@ -506,3 +506,37 @@ routes:
     let line = gw.wait_log(|l| l["route"] == "r" && l["scheme"] == "https");
     assert_eq!(line["protocol"], "HTTP/2.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_ends_the_call_with_deadline_exceeded() {
+    // Accepts, reads, never answers (not even HTTP/2's settings).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: ["{{listen}}"], h2c: true }}
+upstreams:
+  silent:
+    targets: [{{ addr: "{silent_addr}" }}]
+    protocol: h2c
+    timeouts: {{ read: 30s }}
+    retry: {{ attempts: 1, timeout: 400ms }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: silent }}
+"#
+    ));
+    let mut c = client(&gw).await;
+    let t = std::time::Instant::now();
+    let e = c.check(check(None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("upstream_timeout"), "{}", e.message());
+    // The route's 400ms, not the upstream's 30s read timeout.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    held.abort();
+}
