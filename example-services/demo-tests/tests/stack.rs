@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use service_kit::testing::{bin_path, client, DbKind, Stack};
+use service_kit::testing::{bin_path, client, client_as, DbKind, Stack};
 
 /// 50 concurrent orders for a product with stock 10: exactly 10 succeed, stock ends at 0, no 5xx.
 fn fifty_orders_for_ten_in_stock(kind: DbKind) {
@@ -252,7 +252,7 @@ fn token(sub: &str, scopes: &[&str]) -> String {
 fn end_to_end_through_the_gateway() {
     let s = Stack::start(DbKind::Sqlite, &[]);
     let g = gateway(&s);
-    let c = client();
+    let c = client_as(None);
     let api = |p: &str| format!("http://{}/api{p}", g.addr);
     let admin = format!("Bearer {}", token("0", &["admin"]));
 
@@ -365,7 +365,7 @@ fn end_to_end_through_the_gateway() {
 fn composed_routes_merge_the_services_and_degrade_when_one_is_down() {
     let mut s = Stack::start(DbKind::Sqlite, &[]);
     let g = gateway(&s);
-    let c = client();
+    let c = client_as(None);
     let api = |p: &str| format!("http://{}/api{p}", g.addr);
     let ada = s.user("Ada", "ada@example.com");
     let pen = s.product("Pen", 150, 10);
@@ -437,4 +437,149 @@ fn composed_routes_merge_the_services_and_degrade_when_one_is_down() {
         code == "upstream_unavailable" || code == "no_healthy_upstream",
         "{v}"
     );
+}
+
+/// Every service checks its caller itself: the forbidden calls, through the gateway and around it.
+#[test]
+fn each_service_checks_the_caller_itself() {
+    let s = Stack::start(DbKind::Sqlite, &[]);
+    let g = gateway(&s);
+    let anon = client_as(None);
+    let api = |p: &str| format!("http://{}/api{p}", g.addr);
+    let ada = s.user("Ada", "ada@example.com");
+    let bob = s.user("Bob", "bob@example.com");
+    let product = s.product("Widget", 500, 10);
+    let bob_t = format!("Bearer {}", token(&bob.to_string(), &["orders"]));
+    let ada_t = format!("Bearer {}", token(&ada.to_string(), &["orders"]));
+    let send = |m: reqwest::Method, url: String, auth: &str| {
+        anon.request(m, url)
+            .header("authorization", auth)
+            .json(&json!({"name": "Mallory"}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    use reqwest::Method as M;
+
+    // Through the gateway: a user reads and changes only their own record.
+    assert_eq!(send(M::GET, api(&format!("/users/{ada}")), &bob_t), 403);
+    assert_eq!(send(M::PATCH, api(&format!("/users/{ada}")), &bob_t), 403);
+    assert_eq!(send(M::DELETE, api(&format!("/users/{ada}")), &bob_t), 403);
+    assert_eq!(
+        send(M::GET, api("/users"), &bob_t),
+        403,
+        "listing users needs admin"
+    );
+    assert_eq!(send(M::GET, api(&format!("/users/{bob}")), &bob_t), 200);
+    assert_eq!(send(M::PATCH, api(&format!("/users/{bob}")), &bob_t), 200);
+    let ada_now: Value = client()
+        .get(s.users.url(&format!("/users/{ada}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ada_now["name"], "Ada", "nothing of Ada's changed");
+
+    // Around the gateway: no credential is no caller, and an identity header is not one.
+    for (url, what) in [
+        (s.users.url(&format!("/users/{ada}")), "users"),
+        (s.orders.url("/orders"), "orders"),
+    ] {
+        let r = anon
+            .get(&url)
+            .header("x-user-id", ada.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what} without a token");
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+    // A forged token (another key) is refused by the service itself.
+    let forged = {
+        let claims = json!({"sub": ada.to_string(), "scope": "admin", "exp": 4_000_000_000u64,
+                            "iss": "tollgate-demo", "aud": "tollgate-api"});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"not-the-deployment-secret-0123456789"),
+        )
+        .unwrap()
+    };
+    let r = anon
+        .get(s.users.url("/users"))
+        .bearer_auth(&forged)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Only services reserve stock: a user's token, or none, cannot.
+    let reserve = json!({"id": "r-1", "items": [{"product_id": product, "qty": 1}]});
+    let r = anon
+        .post(s.products.url("/reservations"))
+        .json(&reserve)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = anon
+        .post(s.products.url("/reservations"))
+        .header("authorization", &bob_t)
+        .json(&reserve)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(s.stock(product), 10, "nothing was reserved");
+
+    // Orders: Ada's order is Ada's. Bob can neither list, read nor cancel it.
+    let r = anon
+        .post(api("/orders"))
+        .header("authorization", &ada_t)
+        .header("idempotency-key", "checkout-1")
+        .json(&json!({"user_id": ada, "items": [{"product_id": product, "qty": 2}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let order: Value = r.json().unwrap();
+    let id = order["id"].as_str().unwrap();
+    let listed: Value = anon
+        .get(api("/orders"))
+        .header("authorization", &bob_t)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+    assert_eq!(
+        send(M::POST, api(&format!("/orders/{id}/cancel")), &bob_t),
+        404
+    );
+    // The same Idempotency-Key from Bob is Bob's own key: a new order, not Ada's replayed, nor a 422.
+    let r = anon
+        .post(api("/orders"))
+        .header("authorization", &bob_t)
+        .header("idempotency-key", "checkout-1")
+        .json(&json!({"user_id": bob, "items": [{"product_id": product, "qty": 1}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let bobs: Value = r.json().unwrap();
+    assert_ne!(bobs["id"], order["id"]);
+    assert_eq!(bobs["user_id"], bob);
+    assert_eq!(s.stock(product), 7);
+}
+
+/// A reservation whose total does not fit in 64 bits is refused, never wrapped.
+#[test]
+fn an_overflowing_total_is_a_422() {
+    let s = Stack::start(DbKind::Sqlite, &[]);
+    let product = s.product("Yacht", 1_000_000_000_000, 1_000_000_000);
+    let r = client()
+        .post(s.products.url("/reservations"))
+        .json(&json!({"id": "huge", "items": [{"product_id": product, "qty": 1_000_000_000}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "total_too_large"
+    );
+    assert_eq!(s.stock(product), 1_000_000_000, "rolled back");
 }

@@ -2,6 +2,7 @@
 //! pagination, `/healthz` and `/readyz`, database setup with migrations and busy retries, settings,
 //! tracing, graceful shutdown, and the harness their tests use to run them as real processes.
 
+pub mod auth;
 pub mod db;
 pub mod error;
 pub mod health;

@@ -10,6 +10,31 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The token key the services are started with: the demo gateway's default, so that tokens the
+/// gateway accepts are accepted by the services behind it (`config/tollgate.yaml`).
+pub const TEST_JWT_SECRET: &str = "tollgate-demo-secret-0123456789abcdef";
+/// The service token the services are started with, and that [`client`] calls them with.
+pub const TEST_SERVICE_TOKEN: &str = "tollgate-test-service-token-0123456789abcdef";
+
+/// A token for user `sub` with `scopes`, as the demo gateway's `tollgate token` mints them.
+pub fn user_token(sub: i64, scopes: &[&str]) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({
+        "sub": sub.to_string(), "scope": scopes.join(" "), "exp": exp,
+        "iss": "tollgate-demo", "aud": "tollgate-api",
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// Where the workspace's binaries are: next to the test executable's `deps/` folder.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -35,6 +60,8 @@ impl Proc {
     pub fn spawn(bin: &str, args: &[&str]) -> Proc {
         let mut child = Command::new(bin_path(bin))
             .args(args)
+            .env("JWT_SECRET", TEST_JWT_SECRET)
+            .env("SERVICE_TOKEN", TEST_SERVICE_TOKEN)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -183,10 +210,24 @@ impl Drop for TestDb {
     }
 }
 
-/// A blocking HTTP client for tests (no proxy from the environment, short timeouts).
+/// A blocking HTTP client for tests (no proxy from the environment, short timeouts) that calls as
+/// another service of the deployment (the service token): full access.
 pub fn client() -> reqwest::blocking::Client {
+    client_as(Some(TEST_SERVICE_TOKEN))
+}
+
+/// A client that sends `bearer` as its credential, or none.
+pub fn client_as(bearer: Option<&str>) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(b) = bearer {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {b}").parse().unwrap(),
+        );
+    }
     reqwest::blocking::Client::builder()
         .no_proxy()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()

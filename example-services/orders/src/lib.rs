@@ -14,6 +14,7 @@
 //! `Idempotency-Key`: a repeat with the same key and body gets the stored response; the same key with a
 //! different body gets 422; a repeat while the first is still running gets 409.
 
+use service_kit::auth::Caller;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub struct Settings {
     pub products_url: String,
     pub pending_timeout: Duration,
     pub call_timeout: Duration,
+    /// The credential this service calls users and products with (`SERVICE_TOKEN`).
+    pub service_token: String,
 }
 
 #[derive(Clone)]
@@ -128,9 +131,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(n * mult))
 }
 
-pub async fn app(database_url: &str, settings: Settings) -> anyhow::Result<Router> {
+/// Connect, migrate, build the router. Who may do what, checked here: a user places, reads, lists
+/// and cancels their own orders (the token's `sub`); an administrator or a service all of them;
+/// without a credential nothing. Calls to users and products carry the service token.
+pub async fn app(
+    database_url: &str,
+    settings: Settings,
+    auth: service_kit::auth::Auth,
+) -> anyhow::Result<Router> {
     let (pool, _) = db::connect(database_url, &SQLITE, &POSTGRES).await?;
+    let mut creds = reqwest::header::HeaderMap::new();
+    let mut bearer =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", settings.service_token))?;
+    bearer.set_sensitive(true);
+    creds.insert(reqwest::header::AUTHORIZATION, bearer);
     let http = reqwest::Client::builder()
+        .default_headers(creds)
         .no_proxy()
         .connect_timeout(settings.call_timeout.min(Duration::from_secs(2)))
         .timeout(settings.call_timeout)
@@ -150,7 +166,7 @@ pub async fn app(database_url: &str, settings: Settings) -> anyhow::Result<Route
             recover(&bg).await;
         }
     });
-    Ok(router(state))
+    Ok(service_kit::auth::with_auth(router(state), auth))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -290,10 +306,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
               (status = 503, description = "users or products service unavailable", body = ErrorBody)))]
 async fn create_order(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(req): JsonBody<NewOrder>,
 ) -> ApiResult<Response> {
-    if caller(&headers)?.is_some_and(|c| c != req.user_id) {
+    if !caller.may_act_for(req.user_id) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -301,7 +318,9 @@ async fn create_order(
         ));
     }
     let order = canonical(&req)?;
-    let key = idempotency_key(&headers)?;
+    // A key is the caller's own: the same key from another user is another key (it neither replays
+    // nor collides with theirs, so it tells nothing of what they sent).
+    let key = idempotency_key(&headers)?.map(|k| format!("{}:{k}", req.user_id));
     let h = hash(&order);
     let pool = &st.pool;
 
@@ -659,13 +678,12 @@ pub async fn recover(st: &AppState) {
 #[utoipa::path(get, path = "/orders/{id}", responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
 async fn get_order(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Order>> {
-    let who = caller(&headers)?;
     retry(|| load_order(&st.pool, &id))
         .await?
-        .filter(|o| who.is_none_or(|c| c == o.user_id))
+        .filter(|o| caller.may_act_for(o.user_id))
         .map(Json)
         .ok_or_else(|| order_not_found(&id))
 }
@@ -674,29 +692,15 @@ fn order_not_found(id: &str) -> ApiError {
     ApiError::not_found("order_not_found", format!("order {id} does not exist"))
 }
 
-/// The caller the gateway vouches for: `X-User-Id`, which Tollgate sets from a verified token's `sub`
-/// (and strips from what clients send). Absent when the service is called directly on its private
-/// address, as the other services and the tests do. With it, a caller sees and places only its own
-/// orders; another user's order is "not found" rather than "forbidden", so ids leak nothing.
-fn caller(headers: &HeaderMap) -> ApiResult<Option<i64>> {
-    match headers.get("x-user-id") {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request("X-User-Id must be a user id")),
-    }
-}
-
 #[utoipa::path(get, path = "/orders", params(ListParams), responses((status = 200, body = Page<Order>)))]
 async fn list_orders(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(mut q): Query<ListParams>,
 ) -> ApiResult<Json<Page<Order>>> {
-    if let Some(c) = caller(&headers)? {
+    // A user lists their own orders; another user's order is "not found" elsewhere, so ids leak
+    // nothing.
+    if let (false, Some(c)) = (caller.is_admin(), caller.user_id()) {
         if q.user_id.is_some_and(|u| u != c) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -743,16 +747,14 @@ async fn list_orders(
 #[utoipa::path(post, path = "/orders/{id}/cancel", responses((status = 200, body = Order), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel_order(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Order>> {
-    if let Some(c) = caller(&headers)? {
-        let owner = retry(|| load_order(&st.pool, &id))
-            .await?
-            .map(|o| o.user_id);
-        if owner != Some(c) {
-            return Err(order_not_found(&id));
-        }
+    let owner = retry(|| load_order(&st.pool, &id))
+        .await?
+        .map(|o| o.user_id);
+    if !owner.is_some_and(|o| caller.may_act_for(o)) {
+        return Err(order_not_found(&id));
     }
     let now = db::now();
     let done = retry(|| {

@@ -29,18 +29,27 @@ struct Args {
     /// Timeout of each call to the users and products services.
     #[arg(long, env = "CALL_TIMEOUT", default_value = "5s", value_parser = order_service::parse_duration)]
     call_timeout: std::time::Duration,
+    #[command(flatten)]
+    auth: service_kit::auth::AuthArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::server::init_tracing();
     let a = Args::parse();
+    let auth = service_kit::auth::Auth::new(&a.auth)?;
+    let Some(service_token) = a.auth.service_token.clone() else {
+        anyhow::bail!(
+            "SERVICE_TOKEN is required: the orders service calls users and products with it"
+        );
+    };
     let settings = Settings {
         users_url: a.users_url,
         products_url: a.products_url,
         pending_timeout: a.pending_timeout,
         call_timeout: a.call_timeout,
+        service_token,
     };
-    let app = order_service::app(&a.database_url, settings).await?;
+    let app = order_service::app(&a.database_url, settings, auth).await?;
     service_kit::server::serve("order-service", &a.listen, app).await
 }

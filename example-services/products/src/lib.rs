@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use service_kit::auth::Caller;
 use service_kit::db::{self, retry};
 use service_kit::error::{ErrorBody, JsonBody, PathParam, Query};
 use service_kit::{ApiError, ApiResult, FieldError, Page, PageParams};
@@ -94,9 +95,12 @@ pub struct Reservation {
 )]
 pub struct ApiDoc;
 
-pub async fn app(database_url: &str) -> anyhow::Result<Router> {
+/// Connect, migrate, build the router. Who may do what, checked here: anyone reads the catalogue;
+/// an administrator (scope `admin`) or a service changes it; only services (the orders service, with
+/// the service token) reserve and release stock.
+pub async fn app(database_url: &str, auth: service_kit::auth::Auth) -> anyhow::Result<Router> {
     let (pool, _) = db::connect(database_url, &SQLITE, &POSTGRES).await?;
-    Ok(router(pool))
+    Ok(service_kit::auth::with_auth(router(pool), auth))
 }
 
 pub fn router(pool: AnyPool) -> Router {
@@ -163,11 +167,13 @@ fn validate(
     }
 }
 
-#[utoipa::path(post, path = "/products", request_body = NewProduct, responses((status = 201, body = Product), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/products", request_body = NewProduct, responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 201, body = Product), (status = 422, body = ErrorBody)))]
 async fn create_product(
     State(pool): State<AnyPool>,
+    caller: Caller,
     JsonBody(p): JsonBody<NewProduct>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.require_admin()?;
     validate(
         Some(&p.name),
         Some(&p.description),
@@ -238,12 +244,14 @@ async fn list_products(
 }
 
 #[utoipa::path(patch, path = "/products/{id}", request_body = ProductPatch,
-    responses((status = 200, body = Product), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 200, body = Product), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_product(
     State(pool): State<AnyPool>,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
     JsonBody(p): JsonBody<ProductPatch>,
 ) -> ApiResult<Json<Product>> {
+    caller.require_admin()?;
     validate(
         p.name.as_deref(),
         p.description.as_deref(),
@@ -270,11 +278,13 @@ async fn update_product(
     product.map(Json).ok_or_else(|| product_not_found(id))
 }
 
-#[utoipa::path(delete, path = "/products/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/products/{id}", responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_product(
     State(pool): State<AnyPool>,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
     let done = retry(|| {
         sqlx::query("DELETE FROM products WHERE id = $1")
             .bind(id)
@@ -337,12 +347,14 @@ async fn load_reservation(
 
 /// Reserve stock for all items, or none.
 #[utoipa::path(post, path = "/reservations", request_body = NewReservation,
-    responses((status = 201, body = Reservation), (status = 200, description = "replay of an existing reservation", body = Reservation),
+    responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 201, body = Reservation), (status = 200, description = "replay of an existing reservation", body = Reservation),
               (status = 404, body = ErrorBody), (status = 409, description = "insufficient stock", body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn reserve(
     State(pool): State<AnyPool>,
+    caller: Caller,
     JsonBody(req): JsonBody<NewReservation>,
 ) -> ApiResult<(StatusCode, Json<Reservation>)> {
+    caller.require_service()?;
     let mut fields = Vec::new();
     if req.id.is_empty()
         || req.id.len() > 64
@@ -418,7 +430,16 @@ async fn reserve(
                 .bind(unit)
                 .execute(&mut *tx)
                 .await?;
-            total += unit * it.qty;
+            // A price up to 10^12 times a quantity up to 10^9 does not fit an i64: refused, never
+            // wrapped (release builds do not check overflow).
+            let Some(next) = unit.checked_mul(it.qty).and_then(|line| total.checked_add(line)) else {
+                return Ok(Outcome::Refused(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "total_too_large",
+                    "the reservation's total does not fit in 64 bits of cents",
+                )));
+            };
+            total = next;
             reserved.push(ReservedItem { product_id: it.product_id, qty: it.qty, unit_price_cents: unit });
         }
         sqlx::query("UPDATE reservations SET total_cents = $1 WHERE id = $2").bind(total).bind(&req.id).execute(&mut *tx).await?;
@@ -454,11 +475,13 @@ async fn reserve(
     }
 }
 
-#[utoipa::path(get, path = "/reservations/{id}", responses((status = 200, body = Reservation), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/reservations/{id}", responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 200, body = Reservation), (status = 404, body = ErrorBody)))]
 async fn get_reservation(
     State(pool): State<AnyPool>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<Reservation>> {
+    caller.require_service()?;
     match retry(|| load_reservation(&pool, &id)).await? {
         Some((r, _)) => Ok(Json(r)),
         None => Err(ApiError::not_found(
@@ -469,11 +492,13 @@ async fn get_reservation(
 }
 
 /// Give the stock back. Idempotent: releasing twice gives it back once.
-#[utoipa::path(delete, path = "/reservations/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/reservations/{id}", responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 204), (status = 404, body = ErrorBody)))]
 async fn release(
     State(pool): State<AnyPool>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<StatusCode> {
+    caller.require_service()?;
     let now = db::now();
     let found = retry(|| async {
         let mut tx = pool.begin().await?;

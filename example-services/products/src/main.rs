@@ -19,12 +19,15 @@ struct Args {
         default_value = "sqlite://data/products.db"
     )]
     database_url: String,
+    #[command(flatten)]
+    auth: service_kit::auth::AuthArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::server::init_tracing();
     let args = Args::parse();
-    let app = product_service::app(&args.database_url).await?;
+    let auth = service_kit::auth::Auth::new(&args.auth)?;
+    let app = product_service::app(&args.database_url, auth).await?;
     service_kit::server::serve("product-service", &args.listen, app).await
 }

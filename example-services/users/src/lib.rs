@@ -1,4 +1,8 @@
 //! Users: create (unique email), get, list (paginated), update, delete. Owns its own database.
+//!
+//! Who may do what (checked here, whatever the gateway did): an administrator (a token with scope
+//! `admin`) or another service creates and lists users and manages any of them; a user reads, changes
+//! and deletes only their own record (the token's `sub`). Everyone else gets `401`/`403`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -6,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use service_kit::auth::{Auth, Caller};
 use service_kit::db::{self, retry};
 use service_kit::error::{ErrorBody, JsonBody, PathParam, Query};
 use service_kit::{ApiError, ApiResult, FieldError, Page, PageParams};
@@ -47,10 +52,10 @@ pub struct UserPatch {
 )]
 pub struct ApiDoc;
 
-/// Connect to the database, migrate, and build the router.
-pub async fn app(database_url: &str) -> anyhow::Result<Router> {
+/// Connect to the database, migrate, and build the router, its callers checked by `auth`.
+pub async fn app(database_url: &str, auth: Auth) -> anyhow::Result<Router> {
     let (pool, _) = db::connect(database_url, &SQLITE, &POSTGRES).await?;
-    Ok(router(pool))
+    Ok(service_kit::auth::with_auth(router(pool), auth))
 }
 
 pub fn router(pool: AnyPool) -> Router {
@@ -111,11 +116,13 @@ macro_rules! columns {
 }
 
 #[utoipa::path(post, path = "/users", request_body = NewUser,
-    responses((status = 201, body = User), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = User), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_user(
     State(pool): State<AnyPool>,
+    caller: Caller,
     JsonBody(new): JsonBody<NewUser>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.require_admin()?;
     let mut fields = Vec::new();
     validate_name(&new.name, &mut fields);
     validate_email(&new.email, &mut fields);
@@ -145,11 +152,13 @@ async fn create_user(
     ))
 }
 
-#[utoipa::path(get, path = "/users/{id}", responses((status = 200, body = User), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/users/{id}", responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_user(
     State(pool): State<AnyPool>,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> ApiResult<Json<User>> {
+    caller.require_self_or_admin(id)?;
     let user: Option<User> = retry(|| {
         sqlx::query_as(concat!("SELECT ", columns!(), " FROM users WHERE id = $1"))
             .bind(id)
@@ -159,11 +168,13 @@ async fn get_user(
     user.map(Json).ok_or_else(|| user_not_found(id))
 }
 
-#[utoipa::path(get, path = "/users", params(PageParams), responses((status = 200, body = Page<User>)))]
+#[utoipa::path(get, path = "/users", params(PageParams), responses((status = 200, body = Page<User>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_users(
     State(pool): State<AnyPool>,
+    caller: Caller,
     Query(p): Query<PageParams>,
 ) -> ApiResult<Json<Page<User>>> {
+    caller.require_admin()?;
     let (limit, offset) = p.resolve()?;
     let items: Vec<User> = retry(|| {
         sqlx::query_as(concat!(
@@ -182,12 +193,14 @@ async fn list_users(
 }
 
 #[utoipa::path(patch, path = "/users/{id}", request_body = UserPatch,
-    responses((status = 200, body = User), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_user(
     State(pool): State<AnyPool>,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
     JsonBody(patch): JsonBody<UserPatch>,
 ) -> ApiResult<Json<User>> {
+    caller.require_self_or_admin(id)?;
     let mut fields = Vec::new();
     if let Some(n) = &patch.name {
         validate_name(n, &mut fields);
@@ -217,11 +230,13 @@ async fn update_user(
     user.map(Json).ok_or_else(|| user_not_found(id))
 }
 
-#[utoipa::path(delete, path = "/users/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/users/{id}", responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_user(
     State(pool): State<AnyPool>,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> ApiResult<StatusCode> {
+    caller.require_self_or_admin(id)?;
     let done = retry(|| {
         sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)

@@ -15,12 +15,15 @@ struct Args {
     /// `sqlite://FILE` (default) or `postgres://...`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/users.db")]
     database_url: String,
+    #[command(flatten)]
+    auth: service_kit::auth::AuthArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::server::init_tracing();
     let args = Args::parse();
-    let app = user_service::app(&args.database_url).await?;
+    let auth = service_kit::auth::Auth::new(&args.auth)?;
+    let app = user_service::app(&args.database_url, auth).await?;
     service_kit::server::serve("user-service", &args.listen, app).await
 }
