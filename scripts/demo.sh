@@ -55,6 +55,15 @@ wait_ready() { # url
   exit 1
 }
 
+# The services verify the callers' tokens themselves, with the gateway's key (the demo default unless
+# TOLLGATE_JWT_SECRET is set), and call each other with a service token made once per demo folder.
+export JWT_SECRET="${TOLLGATE_JWT_SECRET:-tollgate-demo-secret-0123456789abcdef}"
+if [ ! -s "$DEMO_DIR/service-token" ]; then
+  (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DEMO_DIR/service-token")
+fi
+SERVICE_TOKEN=$(cat "$DEMO_DIR/service-token")
+export SERVICE_TOKEN
+
 step "starting the services"
 start user-service users.log "$bin/user-service" --listen "$USERS" --database-url "sqlite://$DEMO_DIR/users.db"
 start product-service products.log "$bin/product-service" --listen "$PRODUCTS" --database-url "sqlite://$DEMO_DIR/products.db"
@@ -62,7 +71,8 @@ start order-service orders.log "$bin/order-service" --listen "$ORDERS" --databas
   --users-url "http://$USERS" --products-url "http://$PRODUCTS"
 for a in "$USERS" "$PRODUCTS" "$ORDERS"; do wait_ready "http://$a/readyz"; done
 
-post() { curl -fsS -o /dev/null -H 'content-type: application/json' -d "$2" "$1"; }
+# Seeding is an administrator's job: as a service of the deployment.
+post() { curl -fsS -o /dev/null -H "authorization: Bearer $SERVICE_TOKEN" -H 'content-type: application/json' -d "$2" "$1"; }
 if curl -fsS "http://$PRODUCTS/products?limit=1" | grep -q '"total":0'; then
   step "seeding demo data (first start)"
   post "http://$USERS/users" '{"name":"Ada Lovelace","email":"ada@example.com"}'
