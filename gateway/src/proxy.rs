@@ -72,6 +72,9 @@ pub struct Gateway {
     unrouted: RouteSeries,
     /// Connections of composition calls (Pingora's connector: same peers, TLS and reuse as proxying).
     connector: Arc<Connector>,
+    /// `server.grpc_web` at start: the bridge module is set up only then (it costs an allocation and
+    /// four filter calls per request), so turning it on takes a restart or an upgrade.
+    grpc_web: bool,
 }
 
 impl Gateway {
@@ -94,6 +97,7 @@ impl Gateway {
             exporter,
             unrouted: RouteSeries::default(),
             connector: Arc::new(Connector::new(None)),
+            grpc_web: s.settings.grpc_web,
         }
     }
 
@@ -185,8 +189,17 @@ pub struct Ctx {
     deadline: Option<Instant>,
     /// The response phase decided to try again after this answer (and took the budget for it).
     retrying: Option<Failure>,
-    /// A pooled connection the upstream had closed was replaced once already.
-    stale_retried: bool,
+    /// Tries made again on Pingora's word (a pooled connection the upstream had closed, an HTTP/2
+    /// stream refused or a connection going away): they count against neither `attempts` nor the
+    /// target.
+    free: u32,
+    /// The next try is such a free one (same target, no backoff).
+    free_pending: bool,
+    /// Request-body bytes this try has passed on, and the most any try passed to the chain. A retry
+    /// sends the body again from its start (Pingora replays its retry buffer through the body phase,
+    /// pingora-proxy 0.9.1 `proxy_h1.rs` `send_body_to_pipe`): the chain sees each byte once.
+    body_sent: u64,
+    body_checked: u64,
     /// The try in flight, counted in its target's requests in flight.
     attempt: Option<Attempt>,
     /// This request's slot in its upstream's circuit breaker.
@@ -642,7 +655,10 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             deadline: None,
             retrying: None,
-            stale_retried: false,
+            free: 0,
+            free_pending: false,
+            body_sent: 0,
+            body_checked: 0,
             attempt: None,
             slot: None,
             grpc: false,
@@ -664,7 +680,9 @@ impl ProxyHttp for Gateway {
         modules.add_module(
             pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
         );
-        modules.add_module(Box::new(pingora_core::modules::http::grpc_web::GrpcWeb));
+        if self.grpc_web {
+            modules.add_module(Box::new(pingora_core::modules::http::grpc_web::GrpcWeb));
+        }
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -775,7 +793,19 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         if let Some(route) = &ctx.route {
-            if let Err(err) = route.chain.request_body(body.as_ref(), &mut ctx.plugins) {
+            let len = body.as_ref().map_or(0, |b| b.len() as u64);
+            let start = ctx.body_sent;
+            ctx.body_sent += len;
+            let fresh = match body.as_ref() {
+                // Replayed by a retry, checked already.
+                Some(_) if ctx.body_sent <= ctx.body_checked => return Ok(()),
+                Some(b) if start < ctx.body_checked => {
+                    Some(b.slice((ctx.body_checked - start) as usize..))
+                }
+                other => other.cloned(),
+            };
+            ctx.body_checked = ctx.body_checked.max(ctx.body_sent);
+            if let Err(err) = route.chain.request_body(fresh.as_ref(), &mut ctx.plugins) {
                 let status = err.status;
                 ctx.error = Some(err);
                 return Err(Error::explain(
@@ -794,6 +824,12 @@ impl ProxyHttp for Gateway {
             .expect("request_filter routed the request");
         let up = upstream_of(&route)?;
         if ctx.tries > 0 {
+            // The body goes again from its start.
+            ctx.body_sent = 0;
+        }
+        if std::mem::take(&mut ctx.free_pending) {
+            ctx.attempt = None;
+        } else if ctx.tries > 0 {
             Self::before_retry(ctx, &route).await?;
         }
         let picked = Self::pick(session, ctx, &route).await?;
@@ -831,7 +867,9 @@ impl ProxyHttp for Gateway {
             let left = left.max(std::time::Duration::from_millis(1));
             let cap = |t: Option<std::time::Duration>| Some(t.map_or(left, |t| t.min(left)));
             o.connection_timeout = cap(o.connection_timeout);
+            o.total_connection_timeout = cap(o.total_connection_timeout);
             o.read_timeout = cap(o.read_timeout);
+            o.write_timeout = cap(o.write_timeout);
         }
         if session.is_upgrade_req() {
             // Pingora applies the upstream read timeout to every read, tunnel reads too, and it
@@ -1136,7 +1174,7 @@ impl ProxyHttp for Gateway {
         // A retry is counted (`tollgate_upstream_retries_total`, the access log's `tries`) and an
         // ejection logged; a warning line per retry would flood the log in an outage. A stale pooled
         // connection's retry is Pingora's own and keeps its line.
-        matches!(context, ProxyWarnLogContext::UpstreamRetry) && ctx.tries > 0 && !ctx.stale_retried
+        matches!(context, ProxyWarnLogContext::UpstreamRetry) && ctx.tries > 0 && !ctx.free_pending
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
@@ -1154,6 +1192,9 @@ impl ProxyHttp for Gateway {
         ctx.plugins = PluginState::default();
     }
 }
+
+/// Tries made again on Pingora's word per request, at most (see `Gateway::retry_after_error`).
+const MAX_FREE_RETRIES: u32 = 2;
 
 /// Resilience in the proxy phases: the circuit breaker before the first try, the wait before a
 /// retry, and whether a failed try is tried again (see `resilience` for the rules).
@@ -1226,9 +1267,12 @@ impl Gateway {
         };
         let kept = !session.as_ref().retry_buffer_truncated();
         if ctx.upgraded
-            || !route
-                .retry
-                .allows(failure, ctx.tries, &session.req_header().method, kept)
+            || !route.retry.allows(
+                failure,
+                ctx.tries - ctx.free,
+                &session.req_header().method,
+                kept,
+            )
             || ctx.deadline.is_some_and(|d| Instant::now() >= d)
         {
             return false;
@@ -1272,9 +1316,11 @@ impl Gateway {
 
     /// Whether a try that failed after it was sent is tried again. Never once any byte of the answer
     /// went to the client, nor for a request that cannot be replayed (a method that is not
-    /// idempotent unless the route opts in, a body that was not kept whole). A pooled connection
-    /// the upstream had closed (Pingora's `ReusedOnly`: it failed before any response byte) is
-    /// replaced once without counting against the target or the budget, as Pingora's default does.
+    /// idempotent unless the route opts in, a body that was not kept whole). What Pingora itself
+    /// says is safe to try again, as its default policy does (a pooled connection the upstream had
+    /// closed, `ReusedOnly` on a reused one; an HTTP/2 stream refused or a connection going away,
+    /// `Decided(true)`, pingora-core 0.9.1 `protocols/http/v2/client.rs`) is tried again up to twice,
+    /// on the same target, without counting against `attempts`, the budget or the target's health.
     fn retry_after_error(session: &Session, ctx: &mut Ctx, e: &Error, reused: bool) -> bool {
         if ctx.retrying.take().is_some() {
             return true;
@@ -1289,15 +1335,18 @@ impl Gateway {
             && !ctx.upgraded
             && !session.as_ref().retry_buffer_truncated()
             && (session.req_header().method.is_idempotent() || route.retry.non_idempotent);
-        let stale = reused && matches!(e.retry, RetryType::ReusedOnly);
-        if stale && replayable && !ctx.stale_retried {
-            ctx.stale_retried = true;
+        let stale = matches!(e.retry, RetryType::ReusedOnly);
+        let pingora_safe = (reused && stale) || matches!(e.retry, RetryType::Decided(true));
+        if pingora_safe && replayable && ctx.free < MAX_FREE_RETRIES {
+            ctx.free += 1;
+            ctx.free_pending = true;
             return true;
         }
         let Some(failure) = Failure::of_error(e) else {
             return false;
         };
-        if let Some(t) = ctx.target {
+        // A reused connection's failure is the pool's, not the target's.
+        if let (Some(t), false) = (ctx.target, reused && stale) {
             up.outcome(t, None, Some(failure));
         }
         replayable && Self::may_retry(session, ctx, &route, failure)

@@ -360,6 +360,9 @@ pub struct TargetStats {
     reason: parking_lot::Mutex<Option<String>>,
 }
 
+/// The latency a failed try counts as, at least (see [`Stats::outcome`]).
+const FAILURE_PENALTY: Duration = Duration::from_millis(100);
+
 /// The decay time of the latency average: a sample this old weighs 1/e.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
@@ -429,7 +432,7 @@ impl TargetStats {
     /// The share of its traffic it gets now under a slow start of `ramp`: from 10 % when it starts
     /// serving to all of it at the end.
     fn ramp(&self, ramp: Option<Duration>, now: u64) -> f64 {
-        let Some(ramp) = ramp.filter(|r| !r.is_zero()) else {
+        let Some(ramp) = ramp.filter(|r| r.as_millis() > 0) else {
             return 1.0;
         };
         let since = self.since.load(Relaxed);
@@ -472,6 +475,9 @@ impl Drop for Attempt {
 #[derive(Default)]
 pub struct Stats {
     map: arc_swap::ArcSwap<HashMap<SocketAddr, Arc<TargetStats>>>,
+    /// Held while an ejection is decided (the rare path): the count of targets out and the ejection
+    /// it leads to are one step, so concurrent failures never take out more than the cap.
+    ejecting: parking_lot::Mutex<()>,
 }
 
 impl Stats {
@@ -521,11 +527,16 @@ impl Stats {
         took: Option<Duration>,
         failure: Option<Failure>,
         policy: Option<&OutlierPolicy>,
+        unhealthy: impl FnOnce() -> usize,
     ) -> Option<String> {
         let map = self.map.load();
         let s = map.get(addr)?;
-        if let Some(t) = took {
-            s.observe(t);
+        match (took, failure) {
+            (Some(t), None) => s.observe(t),
+            // A failure counts as a slow answer, so that a target failing fast does not look like the
+            // best one to a latency-aware pick: twice what it took, at least 100 ms.
+            (t, Some(_)) => s.observe(t.unwrap_or_default().saturating_mul(2).max(FAILURE_PENALTY)),
+            (None, None) => {}
         }
         let policy = policy?;
         let Some(f) = failure.filter(|f| policy.when.has(*f)) else {
@@ -533,11 +544,15 @@ impl Stats {
             return None;
         };
         let n = s.consecutive.fetch_add(1, Relaxed) + 1;
-        let now = now_ms();
-        if n < policy.consecutive || s.ejected_at(now) {
+        if n < policy.consecutive {
             return None;
         }
-        let out = map.values().filter(|t| t.ejected_at(now)).count();
+        let _deciding = self.ejecting.lock();
+        let now = now_ms();
+        if s.ejected_at(now) {
+            return None;
+        }
+        let out = map.values().filter(|t| t.ejected_at(now)).count() + unhealthy();
         let allowed = (map.len() * policy.max_percent as usize / 100).max(1);
         if out >= allowed {
             return None;
@@ -845,11 +860,11 @@ mod tests {
             max: Duration::from_secs(300),
             max_percent: 50,
         };
-        let fail = |i: usize, f| s.outcome(&a[i], None, Some(f), Some(&p));
+        let fail = |i: usize, f| s.outcome(&a[i], None, Some(f), Some(&p), || 0);
         assert!(fail(0, Failure::Reset).is_none());
         assert!(fail(0, Failure::Reset).is_none());
         // A success in between starts the count again.
-        assert!(s.outcome(&a[0], None, None, Some(&p)).is_none());
+        assert!(s.outcome(&a[0], None, None, Some(&p), || 0).is_none());
         assert!(fail(0, Failure::Status(503)).is_none());
         assert!(fail(0, Failure::Status(503)).is_none());
         let why = fail(0, Failure::Status(503)).unwrap();
@@ -897,7 +912,7 @@ mod tests {
             max_percent: 0,
         };
         assert!(s
-            .outcome(&a[0], None, Some(Failure::ConnectFailure), Some(&p))
+            .outcome(&a[0], None, Some(Failure::ConnectFailure), Some(&p), || 0)
             .is_some());
     }
 
@@ -911,8 +926,8 @@ mod tests {
             assert_eq!(s.least_loaded(&c, false, None, now), Some(a[1]));
         }
         drop(_busy);
-        s.outcome(&a[0], Some(Duration::from_millis(200)), None, None);
-        s.outcome(&a[1], Some(Duration::from_millis(5)), None, None);
+        s.outcome(&a[0], Some(Duration::from_millis(200)), None, None, || 0);
+        s.outcome(&a[1], Some(Duration::from_millis(5)), None, None, || 0);
         for _ in 0..20 {
             assert_eq!(s.least_loaded(&c, true, None, now), Some(a[1]));
         }

@@ -43,6 +43,9 @@ use crate::resilience::{
     self, Attempt, Breaker, Budget, Failure, OutlierPolicy, RetryPolicy, Stats,
 };
 
+/// The retry budget of an upstream that sets none: percent of requests, retries per second.
+const DEFAULT_BUDGET: (f64, u32) = (20.0, 10);
+
 /// The seam through which targets change at runtime.
 pub struct Discovery {
     targets: ArcSwap<BTreeSet<Backend>>,
@@ -550,7 +553,12 @@ impl Upstream {
             idle_timeout: cfg.timeouts.idle.0,
             retries,
             retry: Arc::new(retry),
-            budget: resilience.budget.map(|(p, m)| Budget::new(p, m)),
+            // Every upstream has a budget (20 % and 10 a second unless set), so that no retry policy,
+            // the upstream's or a route's, can multiply an outage.
+            budget: Some(resilience.budget.map_or_else(
+                || Budget::new(DEFAULT_BUDGET.0, DEFAULT_BUDGET.1),
+                |(p, m)| Budget::new(p, m),
+            )),
             tracks: resilience.outlier.is_some()
                 || resilience.slow_start.is_some()
                 || matches!(cfg.balance, Balance::LeastRequest | Balance::Ewma),
@@ -615,8 +623,9 @@ impl Upstream {
 
     /// Pick a healthy target that is not ejected, other than those in `avoid` (tried already) when
     /// there is one; under a slow start, a returning target gets its share. Only the health checks'
-    /// verdict is final: if nothing else is left, a target tried already or still ramping up is
-    /// taken again rather than none.
+    /// verdict is final: if nothing else is left, a target tried already, still ramping up, or
+    /// ejected is taken rather than none ("panic mode", as Envoy's: passive health alone never
+    /// empties an upstream, so a one-target upstream keeps serving while its target is "ejected").
     pub fn pick(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
         if !self.tracks && avoid.is_empty() {
             let b = match &self.pool {
@@ -626,8 +635,8 @@ impl Upstream {
             return b.addr.as_inet().copied();
         }
         let now = resilience::now();
-        self.pick_at(key, avoid, self.slow_start, now)
-            .or_else(|| self.pick_at(key, &[], None, now))
+        self.pick_at(key, avoid, self.slow_start, now, true)
+            .or_else(|| self.pick_at(key, &[], None, now, false))
     }
 
     fn pick_at(
@@ -636,6 +645,7 @@ impl Upstream {
         avoid: &[SocketAddr],
         ramp: Option<Duration>,
         now: u64,
+        passive: bool,
     ) -> Option<SocketAddr> {
         if matches!(self.balance, Balance::LeastRequest | Balance::Ewma) {
             let b = self.backends();
@@ -644,7 +654,7 @@ impl Upstream {
                 .iter()
                 .filter(|t| b.ready(t))
                 .filter_map(|t| t.addr.as_inet().map(|a| (*a, t.weight)))
-                .filter(|(a, _)| !avoid.contains(a) && !self.stats.ejected(a, now))
+                .filter(|(a, _)| !avoid.contains(a) && !(passive && self.stats.ejected(a, now)))
                 .collect();
             return self
                 .stats
@@ -652,9 +662,9 @@ impl Upstream {
         }
         let accept = |b: &Backend, healthy: bool| {
             healthy
-                && b.addr
-                    .as_inet()
-                    .is_some_and(|a| !avoid.contains(a) && self.stats.admits(a, ramp, now))
+                && b.addr.as_inet().is_some_and(|a| {
+                    !avoid.contains(a) && (!passive || self.stats.admits(a, ramp, now))
+                })
         };
         let b = match &self.pool {
             Pool::RoundRobin(lb) => lb.select_with(key, 256, accept),
@@ -678,9 +688,15 @@ impl Upstream {
         if !self.tracks {
             return;
         }
-        if let Some(why) = self
-            .stats
-            .outcome(&addr, took, failure, self.outlier.as_ref())
+        // Targets the active checks took out count as out, so that the two kinds of health together
+        // stay within `max_ejected_percent`.
+        let unhealthy = || {
+            let b = self.backends();
+            b.get_backend().iter().filter(|t| !b.ready(t)).count()
+        };
+        if let Some(why) =
+            self.stats
+                .outcome(&addr, took, failure, self.outlier.as_ref(), unhealthy)
         {
             log::warn!("upstream {}: target {addr} ejected: {why}", self.name);
             if let Some(s) = self.series.get() {

@@ -861,3 +861,71 @@ routes:
         "{err}"
     );
 }
+
+#[test]
+fn an_ejected_only_target_still_serves_and_a_retried_body_is_counted_once() {
+    // One target: after two 500s it is "ejected", but passive health alone never empties an upstream.
+    let only = FaultServer::start("only", Fault::Ok);
+    only.then(2, Fault::Status(500));
+    // A PUT whose first try meets a reset is sent again; `body_limit` must not count it twice.
+    let bad = FaultServer::start("bad", Fault::ResetBeforeHead);
+    let good = FaultServer::start("good", Fault::Ok);
+    let cfg = format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  one:
+    targets: [{{ addr: "{}" }}]
+    outlier_detection: {{ consecutive_failures: 2, base_ejection: 10m, max_ejection: 10m }}
+  pair:
+    targets: [{{ addr: "{}" }}, {{ addr: "{}" }}]
+    retry: {{ attempts: 2, when: [reset], backoff: 1ms, max_backoff: 1ms }}
+routes:
+  - {{ name: one, match: {{ path_prefix: /one }}, upstream: one }}
+  - {{ name: put, match: {{ path_prefix: /put }}, upstream: pair, plugins: [{{ body_limit: {{ max: 100B }} }}] }}
+"#,
+        only.addr, bad.addr, good.addr
+    );
+    let gw = Gateway::start(&cfg);
+    assert_eq!(get(&gw, "/one/a").status, 500);
+    assert_eq!(get(&gw, "/one/b").status, 500);
+    let m = metrics(&gw);
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_upstream_ejections_total",
+            &[("upstream", "one")]
+        ),
+        Some(1.0)
+    );
+    for i in 0..3 {
+        assert_eq!(
+            get(&gw, &format!("/one/after/{i}")).status,
+            200,
+            "panic mode"
+        );
+    }
+    assert_eq!(only.seen().len(), 5);
+
+    let body = "x".repeat(60);
+    for i in 0..4 {
+        let r = common::request(gw.addr, "PUT", &format!("/put/{i}"), &[], Some(&body));
+        assert_eq!(
+            r.status,
+            200,
+            "PUT {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert!(
+        bad.count("PUT") >= 1,
+        "some PUTs met the reset and were sent again"
+    );
+    assert_eq!(good.count("PUT"), 4);
+    // Over the limit is still refused, retried or not.
+    let big = "x".repeat(150);
+    assert_eq!(
+        common::request(gw.addr, "PUT", "/put/big", &[], Some(&big)).status,
+        413
+    );
+}

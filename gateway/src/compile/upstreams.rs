@@ -219,6 +219,9 @@ fn resilience_of(u: &UpstreamConfig, at: &Scope) -> resilience::Settings {
     if let Some(c) = &u.circuit_breaker {
         let cb = at.at("circuit_breaker");
         positive(&cb.at("max_requests"), c.max_requests);
+        if c.max_requests > 1 << 20 || c.max_pending > 1 << 20 {
+            cb.error("`max_requests` and `max_pending` are at most 1048576");
+        }
         if c.max_pending < 0 {
             cb.at("max_pending")
                 .error(format!("must be at least 0, got {}", c.max_pending));

@@ -381,7 +381,7 @@ pub enum Condition {
     Reset,
     /// The upstream sent no byte within the read timeout (or `per_try_timeout`).
     Timeout,
-    /// Any 5xx answer (only in `outlier_detection.when`).
+    /// Any 5xx answer.
     AnyServerError,
     /// This status from the upstream.
     Status(u16),
@@ -450,11 +450,11 @@ pub struct RetryConfig {
     /// The longest wait for any read from the upstream during one try (the response head, mostly).
     /// Default: the upstream's `timeouts.read`.
     pub per_try_timeout: Option<HumanDuration>,
-    /// The longest the request may take until the upstream's response head, all tries and waits
-    /// included; then `504`. Default: none.
+    /// The request's time for its tries: no try starts after it (`504`), and each try's connect,
+    /// writes and every read end by it. Default: none.
     pub timeout: Option<HumanDuration>,
     /// Retries at most this share of requests (per upstream, over the last 10 s), so that retries
-    /// cannot multiply an outage. Only on the upstream.
+    /// cannot multiply an outage. Only on the upstream; default 20 % and 10 a second.
     pub budget: Option<RetryBudgetConfig>,
 }
 
