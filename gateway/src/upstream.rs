@@ -654,7 +654,7 @@ impl Upstream {
                 .iter()
                 .filter(|t| b.ready(t))
                 .filter_map(|t| t.addr.as_inet().map(|a| (*a, t.weight)))
-                .filter(|(a, _)| !avoid.contains(a) && !(passive && self.stats.ejected(a, now)))
+                .filter(|(a, _)| !(avoid.contains(a) || passive && self.stats.ejected(a, now)))
                 .collect();
             return self
                 .stats
