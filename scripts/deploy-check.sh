@@ -20,6 +20,7 @@ if [ "$(cat "$venv/.tools" 2>/dev/null)" != "$tools" ]; then
   echo "$tools" > "$venv/.tools"
 fi
 have systemd-analyze || apt_install systemd
+have curl || apt_install curl
 py="$venv/bin/python"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -80,3 +81,44 @@ lint_check deploy/Containerfile
 echo "ok: deploy/Containerfile"
 { cat deploy/Containerfile; echo 'USER root'; } > "$tmp/Containerfile"
 expect_fail "hadolint" lint_check "$tmp/Containerfile"
+
+# The config as Kubernetes mounts a ConfigMap: tollgate.yaml -> ..data/tollgate.yaml, ..data -> a hidden
+# folder; an update writes a new folder and swaps ..data. The running gateway must reload from it.
+step "kubernetes: the gateway reloads across a ConfigMap's ..data swap"
+free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port); admin=$(free_port)
+cm="$tmp/configmap"
+cm_version() {
+  mkdir -p "$cm/..$1"
+  cat > "$cm/..$1/tollgate.yaml" <<YAML
+server:
+  listen: ["127.0.0.1:$port"]
+  admin: { listen: "127.0.0.1:$admin", token: sample-admin-token-0123 }
+  reload: { interval: 200ms }
+  upgrade_sock: $tmp/upgrade/upgrade.sock
+upstreams:
+  app: { targets: [{ addr: "127.0.0.1:9" }] }
+routes:
+  - { name: $2, match: { path_prefix: / }, upstream: app }
+YAML
+}
+cm_version v1 first
+ln -s ..v1 "$cm/..data"
+ln -s ..data/tollgate.yaml "$cm/tollgate.yaml"
+"$bin" run --config "$cm/tollgate.yaml" > "$tmp/gateway.log" 2>&1 &
+gateway=$!
+trap 'kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; rm -rf "$tmp"' EXIT
+routes() { curl -fsS -H 'authorization: Bearer sample-admin-token-0123' "http://127.0.0.1:$admin/admin/routes" 2>/dev/null; }
+wait_for_route() {
+  for _ in $(seq 100); do
+    routes | grep -q "\"$1\"" && return 0
+    sleep 0.1
+  done
+  cat "$tmp/gateway.log"; echo "FAIL: route $1 not served (see the log above)" >&2; return 1
+}
+wait_for_route first
+cm_version v2 second
+ln -s ..v2 "$cm/..data.tmp" && mv -T "$cm/..data.tmp" "$cm/..data"   # atomic, as the kubelet does
+wait_for_route second
+echo "ok: the gateway reloaded the swapped ConfigMap"
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
