@@ -107,7 +107,7 @@ ln -s ..v1 "$cm/..data"
 ln -s ..data/tollgate.yaml "$cm/tollgate.yaml"
 "$bin" run --config "$cm/tollgate.yaml" > "$tmp/gateway.log" 2>&1 &
 gateway=$!
-trap 'kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill "$gateway" 2>/dev/null || true; wait "$gateway" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 routes() { curl -fsS -H 'authorization: Bearer sample-admin-token-0123' "http://127.0.0.1:$admin/admin/routes" 2>/dev/null; }
 wait_for_route() {
   for _ in $(seq 100); do
