@@ -29,6 +29,9 @@ done
 step "tollgate test config/tollgate.cases.yaml"
 ./target/debug/tollgate test config/tollgate.cases.yaml -c config/tollgate.yaml
 
+step "deploy/ (Kubernetes, systemd, Containerfile)"
+./scripts/deploy-check.sh target/debug/tollgate
+
 ensure_redis
 start_postgres
 trap stop_postgres EXIT
