@@ -925,6 +925,22 @@ fn the_grafana_dashboard_uses_real_metrics() {
         }
     }
     assert!(checked >= 12, "{checked}");
+    // Provisioning from a file needs the data source as a template variable (`__inputs` only works
+    // for an import through the UI), and every panel and query to use it.
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    assert!(
+        vars.iter().any(|v| v["name"] == "DS_PROMETHEUS"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "no datasource variable"
+    );
+    assert!(dash.get("__inputs").is_none());
+    for p in dash["panels"].as_array().unwrap() {
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        for t in p["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        }
+    }
 }
 
 /// Background work belongs to the snapshot: a reload that removes an upstream stops its health checks,
