@@ -1,6 +1,7 @@
 //! The shipped JSON Schema (`config/tollgate.schema.json`): current with the config types, and every
 //! config in `config/` valid against it by an independent validator (the `jsonschema` crate, not
 //! `schemars`, which made it), while a typo'd field is refused.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
