@@ -94,6 +94,9 @@ enum Command {
     /// Print the SHA-256 of an API key, as `auth.api_keys.*.keys[].sha256` wants it. Without a key,
     /// generate a random one and print both.
     HashKey { key: Option<String> },
+    /// Print the config's JSON Schema (what `config/tollgate.schema.json` holds): editors with a
+    /// YAML language server complete and check fields with it.
+    Schema,
 }
 
 /// What `tollgate token` mints: the command's arguments, also usable from code (tests, tools) through
@@ -154,6 +157,10 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Diff { old, new, json } => diff(&old, &new, json, &registry),
         Command::Token(req) => token(&req),
         Command::HashKey { key } => hash_key(key),
+        Command::Schema => {
+            print!("{}", crate::schema::schema_json());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub mod reload;
 pub mod request;
 pub mod resilience;
 pub mod router;
+pub mod schema;
 pub mod server;
 pub mod snapshot;
 pub mod tls;

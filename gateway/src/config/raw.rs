@@ -37,11 +37,17 @@ pub struct RawConfig {
     pub broken_upstreams: std::collections::BTreeSet<String>,
 }
 
+/// The schema of a `plugins:` list, whose entries are YAML values here: a reference to `PluginEntry`,
+/// which `crate::schema` defines from the plugins' config types (the raw layer imports no plugin).
+pub fn plugin_entries(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "array", "items": { "$ref": "#/$defs/PluginEntry" } })
+}
+
 /// Top-level keys of the core config; the others belong to plugins ([`RawConfig::sections`]).
 pub const CORE_KEYS: &[&str] = &["server", "upstreams", "routes", "plugins", "tracing"];
 
 /// `tracing:`: export one span per request to an OpenTelemetry collector.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// OTLP/HTTP traces endpoint, e.g. `http://otel-collector:4318/v1/traces` (JSON encoding).
@@ -62,7 +68,7 @@ fn default_export_timeout() -> HumanDuration {
     HumanDuration::secs(5)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses of the public listener(s).
@@ -90,7 +96,7 @@ pub struct ServerConfig {
 }
 
 /// `server.tls`: where to terminate TLS, with which certificate (reloadable, like everything else).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Addresses of the HTTPS listener(s).
@@ -106,7 +112,7 @@ pub struct TlsConfig {
 }
 
 /// One certificate chain and its key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertPairConfig {
     pub cert: String,
@@ -133,7 +139,7 @@ impl Default for ServerConfig {
 }
 
 /// The admin listener: health, metrics, and (with a token) the admin API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub enabled: bool,
@@ -154,7 +160,7 @@ impl Default for AdminConfig {
 }
 
 /// Reloading the config file when it changes (SIGHUP and `POST /admin/reload` always work).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
     pub watch: bool,
@@ -171,7 +177,7 @@ impl Default for ReloadConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogConfig {
     pub enabled: bool,
@@ -191,14 +197,16 @@ impl Default for AccessLogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessLogFormat {
     Json,
 }
 
 /// Request limits. Defaults follow Envoy's: 60 KiB of headers, 100 headers, 8 KiB of URL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_header_bytes: ByteSize,
@@ -229,7 +237,7 @@ impl Default for LimitsConfig {
 
 /// Graceful shutdown and upgrade: after SIGTERM (or SIGQUIT, once the sockets are handed over) the
 /// gateway stops accepting, and exits as soon as no request is in flight, or after `timeout`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// The longest in-flight requests are given to finish.
@@ -244,7 +252,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub targets: Vec<TargetConfig>,
@@ -293,7 +301,9 @@ pub struct UpstreamConfig {
 }
 
 /// `upstreams.NAME.protocol`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     #[default]
@@ -304,7 +314,7 @@ pub enum Protocol {
 }
 
 /// `upstreams.NAME.h2`: how HTTP/2 connections to the targets are used.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct H2Config {
     /// Requests multiplexed on one connection at once (then another connection is opened).
@@ -329,7 +339,7 @@ impl Default for H2Config {
 }
 
 /// `upstreams.NAME.tls`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     /// Name to send (SNI) and to verify the certificate against. Default: the target's host.
@@ -342,7 +352,7 @@ fn default_dns_refresh() -> HumanDuration {
     HumanDuration::secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub addr: String,
@@ -354,7 +364,9 @@ fn one() -> i64 {
     1
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Every target in turn, weights ignored.
@@ -431,8 +443,37 @@ impl<'de> Deserialize<'de> for Condition {
     }
 }
 
+impl schemars::JsonSchema for Condition {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Condition".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`connect_failure`, `reset`, `timeout`, `5xx` or a status from 500 to 599.",
+            "oneOf": [
+                { "enum": ["connect_failure", "reset", "timeout", "5xx"] },
+                { "type": "integer", "minimum": 500, "maximum": 599 },
+                { "type": "string", "pattern": "^5[0-9][0-9]$" }
+            ]
+        })
+    }
+}
+
+/// As written: the schema's defaults.
+impl serde::Serialize for Condition {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Condition::ConnectFailure => s.serialize_str("connect_failure"),
+            Condition::Reset => s.serialize_str("reset"),
+            Condition::Timeout => s.serialize_str("timeout"),
+            Condition::AnyServerError => s.serialize_str("5xx"),
+            Condition::Status(n) => s.serialize_u16(*n),
+        }
+    }
+}
+
 /// `upstreams.NAME.retry` and `routes[].retry` (whose fields override the upstream's, one by one).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Tries in all, the first included (`1`: no retry). Default 2.
@@ -459,7 +500,7 @@ pub struct RetryConfig {
 }
 
 /// `upstreams.NAME.retry.budget`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetConfig {
     /// Retries allowed per 100 requests.
@@ -478,7 +519,7 @@ impl Default for RetryBudgetConfig {
 }
 
 /// `upstreams.NAME.outlier_detection`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierConfig {
     /// Failures in a row that eject a target.
@@ -512,7 +553,7 @@ impl Default for OutlierConfig {
 
 /// `upstreams.NAME.circuit_breaker`. Over HTTP/1.1 each request in flight holds one upstream
 /// connection, so `max_requests` caps this upstream's connections in use too.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     /// Requests in flight to this upstream at once.
@@ -529,7 +570,7 @@ fn default_max_wait() -> HumanDuration {
     HumanDuration::secs(1)
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     /// `http` (a `GET` of `path`, healthy on 200) or `grpc` (`grpc.health.v1.Health/Check` for
@@ -561,7 +602,9 @@ impl Default for HealthCheckConfig {
 }
 
 /// `health_check.kind`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     #[default]
@@ -571,7 +614,7 @@ pub enum CheckKind {
 
 /// Upstream timeouts. Pingora has no read timeout by default; a gateway must, or a hung service holds
 /// client connections forever.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
     pub connect: HumanDuration,
@@ -592,7 +635,7 @@ impl Default for TimeoutsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -617,6 +660,7 @@ pub struct RouteConfig {
     pub retry: Option<RetryConfig>,
     /// This route's plugins, run after the global ones.
     #[serde(default)]
+    #[schemars(schema_with = "plugin_entries")]
     pub plugins: Vec<serde_yaml_ng::Value>,
     /// Position in the file's `routes:` list, set by the loader. A route that does not parse is left
     /// out of [`RawConfig::routes`], so the list position is not the file position.
@@ -624,7 +668,7 @@ pub struct RouteConfig {
     pub index: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Exact host or `*.example.com`; any host when absent.
@@ -647,7 +691,7 @@ pub struct MatchConfig {
 }
 
 /// `routes[].compose`: the calls of a composition route and the answer made of them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeConfig {
     /// Named calls. A call runs as soon as the calls its templates refer to have answered.
@@ -655,6 +699,7 @@ pub struct ComposeConfig {
     /// The answer's JSON object; strings `"{ref}"` are replaced by the value they refer to. Default:
     /// one field per call, holding its JSON.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub response: Option<Value>,
     /// Deadline of the whole composition, all calls included.
     #[serde(default = "default_compose_timeout")]
@@ -673,7 +718,7 @@ fn default_compose_concurrency() -> usize {
 }
 
 /// `routes[].compose.calls.NAME`: one call to an upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallConfig {
     pub upstream: String,

@@ -134,6 +134,59 @@ impl<'de> Deserialize<'de> for HeaderValueSpec {
     }
 }
 
+/// A string schema for a type read from a string; `Serialize` writes it back as written (the schema's
+/// defaults).
+macro_rules! string_schema {
+    ($ty:ty, $name:literal, $schema:tt, |$v:ident| $show:expr) => {
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($schema)
+            }
+        }
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let $v = self;
+                s.collect_str(&$show)
+            }
+        }
+    };
+}
+
+string_schema!(Addr, "Address", {
+    "type": "string",
+    "description": "An address `IP:port`, e.g. `0.0.0.0:8080` or `[::1]:9090`.",
+    "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+):[0-9]{1,5}$|\$\{",
+    "examples": ["0.0.0.0:8080"]
+}, |a| a.0);
+
+string_schema!(Cidr, "Cidr", {
+    "type": "string",
+    "description": "A CIDR like `10.0.0.0/8`, or a single IP.",
+    "pattern": r"^\s*[0-9A-Fa-f:.]+(/[0-9]{1,3})?\s*$|\$\{",
+    "examples": ["10.0.0.0/8", "::1"]
+}, |c| c.0);
+
+string_schema!(MethodName, "Method", {
+    "type": "string",
+    "description": "An HTTP method (any case), e.g. `GET`.",
+    "pattern": "^[A-Za-z]+$|\\$\\{",
+    "examples": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+}, |m| m.0);
+
+string_schema!(HeaderNameSpec, "HeaderName", {
+    "type": "string",
+    "description": "An HTTP header name.",
+    "pattern": "^\\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\\s*$|\\$\\{"
+}, |h| h.0.as_str());
+
+string_schema!(HeaderValueSpec, "HeaderValue", {
+    "type": "string",
+    "description": "An HTTP header value (visible characters, spaces and tabs)."
+}, |h| h.0.to_str().unwrap_or_default());
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,6 +174,52 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// The schema says what [`parse_duration`] accepts, so an editor flags `5` or `5 sec` as you type. Every
+/// string pattern also admits a `${VAR}`, which the loader expands before parsing.
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": r"^\s*[0-9]*\.?[0-9]+\s*(ms|s|m|h)\s*$|\$\{",
+            "description": "A duration with its unit: ms, s, m or h (e.g. `250ms`, `5s`, `1m`).",
+            "examples": ["250ms", "5s", "1m"]
+        })
+    }
+}
+
+/// Written back as [`Display`](fmt::Display) shows it (`5s`, `250ms`): the schema's defaults.
+impl serde::Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A size is a number of bytes or a string with a unit, as [`parse_size`] accepts.
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size: bytes, or a number with a unit B, KB, KiB, MB, MiB, GB or GiB (e.g. `64KiB`, `1MiB`).",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": r"^\s*[0-9]*\.?[0-9]+\s*(B|KB|kB|KiB|MB|MiB|GB|GiB)?\s*$|\$\{" }
+            ],
+            "examples": ["64KiB", "1MiB"]
+        })
+    }
+}
+
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use super::{
 use crate::error::GatewayError;
 
 /// `auth.api_keys.NAME` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeySetConfig {
     /// Header carrying the key (default `X-Api-Key`).
@@ -37,7 +37,7 @@ fn default_header() -> String {
     "x-api-key".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// The consumer this key belongs to (forwarded upstream, used by rate limits).
@@ -124,7 +124,7 @@ pub fn hash_key(key: &str) -> String {
 }
 
 /// The `api_key` plugin's config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// Name under `auth.api_keys`.

@@ -13,7 +13,7 @@ use super::{
 use crate::config::units::ByteSize;
 use crate::error::GatewayError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BodyLimitConfig {
     pub max: ByteSize,

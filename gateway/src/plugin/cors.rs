@@ -30,7 +30,7 @@ use super::{
 use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
     pub allow_origins: Vec<String>,

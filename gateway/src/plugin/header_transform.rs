@@ -14,7 +14,7 @@ use super::{
     RequestView, Verdict,
 };
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOps {
     /// Replace (or create) these headers.
@@ -28,7 +28,7 @@ pub struct HeaderOps {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderTransformConfig {
     #[serde(default)]

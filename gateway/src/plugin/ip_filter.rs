@@ -16,7 +16,7 @@ use super::{
 use crate::config::types::Cidr;
 use crate::error::GatewayError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpFilterConfig {
     #[serde(default)]

@@ -38,7 +38,7 @@ use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
 
 /// `auth.jwt.NAME` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Accepted algorithms, e.g. `[RS256]`. Required: there is no default algorithm.
@@ -81,7 +81,7 @@ pub struct ProviderConfig {
 }
 
 /// A string or a list of strings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     #[default]
@@ -844,7 +844,7 @@ fn parse_jwks(bytes: &[u8], allow_symmetric: bool) -> Result<Vec<Key>, String> {
 }
 
 /// A claim requirement: `equals` a value, or `contains` it (in an array, or as a word of a string).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRule {
     #[serde(default)]
@@ -854,7 +854,7 @@ pub struct ClaimRule {
 }
 
 /// The `jwt` plugin's config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// Name under `auth.jwt`.
@@ -879,14 +879,14 @@ pub struct JwtConfig {
 }
 
 /// One `forward_claims` entry: a header name, or `{ header, optional }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ForwardClaim {
     Header(String),
     Long(ForwardClaimLong),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardClaimLong {
     pub header: String,

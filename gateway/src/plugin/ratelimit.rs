@@ -50,7 +50,7 @@ use crate::config::units::HumanDuration;
 use crate::error::GatewayError;
 
 /// `redis:` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]`.
@@ -76,7 +76,9 @@ fn default_retry() -> HumanDuration {
     HumanDuration::secs(1)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreKind {
     #[default]
@@ -84,7 +86,9 @@ pub enum StoreKind {
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FailMode {
     /// Let the request through (and log and count the failure).
@@ -94,7 +98,7 @@ pub enum FailMode {
 }
 
 /// `rate_limits.NAME` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Requests allowed per `per`.
@@ -572,7 +576,7 @@ impl RedisStore {
 }
 
 /// The `rate_limit` plugin's config: a policy name, a list, or `{ policies: [...], legacy_headers }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RateLimitConfig {
     One(String),
@@ -580,7 +584,7 @@ pub enum RateLimitConfig {
     Full(FullConfig),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FullConfig {
     pub policies: Vec<String>,
