@@ -345,10 +345,20 @@ async fn load_reservation(
     )))
 }
 
+const RESERVATION_ID_RULE: &str = "must be 1 to 64 characters of letters, digits, '-' or '_'";
+
+fn valid_reservation_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Reserve stock for all items, or none.
 #[utoipa::path(post, path = "/reservations", request_body = NewReservation,
     responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 201, body = Reservation), (status = 200, description = "replay of an existing reservation", body = Reservation),
-              (status = 404, body = ErrorBody), (status = 409, description = "insufficient stock", body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, description = "insufficient stock, or the id was released before it was reserved", body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn reserve(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -356,17 +366,8 @@ async fn reserve(
 ) -> ApiResult<(StatusCode, Json<Reservation>)> {
     caller.require_service()?;
     let mut fields = Vec::new();
-    if req.id.is_empty()
-        || req.id.len() > 64
-        || !req
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        fields.push(FieldError::new(
-            "id",
-            "must be 1 to 64 characters of letters, digits, '-' or '_'",
-        ));
+    if !valid_reservation_id(&req.id) {
+        fields.push(FieldError::new("id", RESERVATION_ID_RULE));
     }
     if req.items.is_empty() || req.items.len() > 100 {
         fields.push(FieldError::new("items", "must have 1 to 100 items"));
@@ -463,6 +464,12 @@ async fn reserve(
             let (existing, existing_hash) = retry(|| load_reservation(&pool, &req.id))
                 .await?
                 .ok_or_else(ApiError::internal)?;
+            if existing.status == "released" && existing_hash.is_empty() {
+                return Err(ApiError::conflict(
+                    "reservation_released",
+                    "this reservation id was released before it was reserved",
+                ));
+            }
             if existing_hash != hash {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -492,7 +499,13 @@ async fn get_reservation(
 }
 
 /// Give the stock back. Idempotent: releasing twice gives it back once.
-#[utoipa::path(delete, path = "/reservations/{id}", responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 204), (status = 404, body = ErrorBody)))]
+///
+/// Releasing an id that was never reserved leaves a `released` tombstone under that id, so a
+/// reservation arriving later with it (the orders service timed out, failed the order and released,
+/// while its request was still on the way) is refused instead of holding stock nobody will give back.
+/// Reserve and release meet on the reservation's primary key, so whichever commits first wins and
+/// the other sees it: the stock is held exactly when an active reservation exists.
+#[utoipa::path(delete, path = "/reservations/{id}", responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 204, description = "released, or marked released before any reservation with this id"), (status = 422, body = ErrorBody)))]
 async fn release(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -500,16 +513,32 @@ async fn release(
 ) -> ApiResult<StatusCode> {
     caller.require_service()?;
     let now = db::now();
-    let found = retry(|| async {
+    if !valid_reservation_id(&id) {
+        return Err(ApiError::invalid(vec![FieldError::new(
+            "id",
+            RESERVATION_ID_RULE,
+        )]));
+    }
+    retry(|| async {
         let mut tx = pool.begin().await?;
+        // The tombstone first: a reservation arriving later with this id finds it and takes nothing.
+        // On PostgreSQL this waits for a concurrent reservation with the id to commit or roll back.
+        let tombstone = sqlx::query("INSERT INTO reservations (id, status, request_hash, total_cents, created_at, released_at) VALUES ($1, 'released', '', 0, $2, $2) ON CONFLICT (id) DO NOTHING")
+            .bind(&id)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        if tombstone.rows_affected() == 1 {
+            tx.commit().await?;
+            return Ok(());
+        }
         let done = sqlx::query("UPDATE reservations SET status = 'released', released_at = $1 WHERE id = $2 AND status = 'active'")
             .bind(&now)
             .bind(&id)
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
-            let exists: Option<(String,)> = sqlx::query_as("SELECT status FROM reservations WHERE id = $1").bind(&id).fetch_optional(&mut *tx).await?;
-            return Ok(exists.is_some());
+            return Ok(()); // released before
         }
         let items: Vec<(i64, i64)> = sqlx::query_as("SELECT product_id, qty FROM reservation_items WHERE reservation_id = $1 ORDER BY product_id")
             .bind(&id)
@@ -519,15 +548,8 @@ async fn release(
             sqlx::query("UPDATE products SET stock = stock + $1 WHERE id = $2").bind(qty).bind(product_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(())
     })
     .await?;
-    if found {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(
-            "reservation_not_found",
-            format!("reservation {id} does not exist"),
-        ))
-    }
+    Ok(StatusCode::NO_CONTENT)
 }

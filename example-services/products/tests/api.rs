@@ -146,12 +146,49 @@ fn suite(db: TestDb) {
             .unwrap()["status"],
         "released"
     );
+    // The timeout case: the orders service gave up and released before its reservation arrived.
+    // The release leaves a tombstone; the late reservation takes nothing.
     assert_eq!(
-        c.delete(svc.url("/reservations/nope"))
+        c.delete(svc.url("/reservations/late-1"))
             .send()
             .unwrap()
             .status(),
-        404
+        204
+    );
+    let before = stock(&svc, lamp_id);
+    let r = c
+        .post(svc.url("/reservations"))
+        .json(&json!({"id": "late-1", "items": [{"product_id": lamp_id, "qty": 1}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "reservation_released"
+    );
+    assert_eq!(
+        stock(&svc, lamp_id),
+        before,
+        "a late reservation takes nothing"
+    );
+    assert_eq!(
+        c.delete(svc.url("/reservations/late-1"))
+            .send()
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        stock(&svc, lamp_id),
+        before,
+        "releasing a tombstone gives nothing"
+    );
+    assert_eq!(
+        c.delete(svc.url("/reservations/not%20an%20id"))
+            .send()
+            .unwrap()
+            .status(),
+        422
     );
 
     // Concurrency: 40 buyers, stock 10 → exactly 10 reservations, stock 0, no 5xx.
