@@ -132,6 +132,22 @@ routes:
     )
 }
 
+/// A server-streaming `Watch`: the first status, then a change pushed while the call is open.
+async fn watch_sees_a_change(c: &mut HealthClient<tonic::transport::Channel>, up: &Upstream) {
+    let mut stream = c.watch(check(None)).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, Wire::Serving as i32);
+    up.reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, Wire::NotServing as i32);
+}
+
 async fn client(gw: &Gateway) -> HealthClient<tonic::transport::Channel> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr))
         .unwrap()
@@ -169,19 +185,7 @@ async fn unary_and_streaming_calls_pass_with_metadata_and_trailers() {
     assert_eq!(seen[0].get("x-tenant").unwrap(), "acme");
     assert!(seen[0].get("x-forwarded-for").is_some());
 
-    // Server streaming: the first status, then a change pushed while the call is open.
-    let mut stream = c.watch(check(None)).await.unwrap().into_inner();
-    let first = stream.message().await.unwrap().unwrap();
-    assert_eq!(first.status, Wire::Serving as i32);
-    up.reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(next.status, Wire::NotServing as i32);
+    watch_sees_a_change(&mut c, &up).await;
 
     let line = gw.wait_log(|l| l["route"] == "health" && l["status"] == 200);
     assert_eq!(line["protocol"], "HTTP/2.0");
@@ -490,18 +494,7 @@ routes:
     let mut c = HealthClient::new(channel);
     let resp = c.check(check(None)).await.unwrap();
     assert_eq!(resp.get_ref().status, Wire::Serving as i32);
-    let mut stream = c.watch(check(None)).await.unwrap().into_inner();
-    let first = stream.message().await.unwrap().unwrap();
-    assert_eq!(first.status, Wire::Serving as i32);
-    up.reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(next.status, Wire::NotServing as i32);
+    watch_sees_a_change(&mut c, &up).await;
     assert_eq!(up.calls(), 2);
     let line = gw.wait_log(|l| l["route"] == "r" && l["scheme"] == "https");
     assert_eq!(line["protocol"], "HTTP/2.0");

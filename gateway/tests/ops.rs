@@ -46,24 +46,6 @@ routes:
     )
 }
 
-/// The value of one sample line of the Prometheus text (`name{labels} value`), labels in any order.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        if l.starts_with('#') {
-            return None;
-        }
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-        if n != name {
-            return None;
-        }
-        let ok = labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-        ok.then(|| value.parse().ok()).flatten()
-    })
-}
-
 fn metrics_text(g: &Gateway) -> String {
     let r = g.admin_request("GET", "/metrics", &[]);
     assert_eq!(r.status, 200);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Gateway;
+use common::{sample, Gateway};
 
 /// What a fault upstream does with one request.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -209,24 +209,6 @@ fn serve(
     }
 }
 
-/// The value of one sample of the Prometheus text (`name{labels} value`), labels in any order.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        if l.starts_with('#') {
-            return None;
-        }
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-        if n != name {
-            return None;
-        }
-        let ok = labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-        ok.then(|| value.parse().ok()).flatten()
-    })
-}
-
 fn metrics(g: &Gateway) -> String {
     let r = g.admin_request("GET", "/metrics", &[]);
     assert_eq!(r.status, 200);
@@ -242,6 +224,17 @@ fn upstreams(g: &Gateway) -> serde_json::Value {
     let r = g.admin_request("GET", "/admin/upstreams", &[&auth]);
     assert_eq!(r.status, 200);
     r.json()
+}
+
+/// `upstream`'s entry for target `addr` in `GET /admin/upstreams`.
+fn target(g: &Gateway, upstream: &str, addr: SocketAddr) -> serde_json::Value {
+    upstreams(g)[upstream]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["addr"] == addr.to_string())
+        .unwrap_or_else(|| panic!("{addr} is not a target of {upstream}"))
+        .clone()
 }
 
 fn get(g: &Gateway, path: &str) -> common::Response {
@@ -406,22 +399,14 @@ routes:
     assert_eq!(bad.seen().len(), 3);
     assert_eq!(good.seen().len(), 20);
 
-    let ups = upstreams(&gw);
-    let targets = ups["pair"]["targets"].as_array().unwrap();
-    let out = targets
-        .iter()
-        .find(|t| t["addr"] == bad.addr.to_string())
-        .unwrap();
+    let out = target(&gw, "pair", bad.addr);
     let why = out["ejected"]["reason"].as_str().unwrap();
     assert!(
         why.contains("3 failures in a row") && why.contains("503"),
         "{why}"
     );
     assert_eq!(out["ejected"]["times"], 1);
-    let kept = targets
-        .iter()
-        .find(|t| t["addr"] == good.addr.to_string())
-        .unwrap();
+    let kept = target(&gw, "pair", good.addr);
     assert!(kept["ejected"].is_null());
 
     let m = metrics(&gw);
@@ -458,14 +443,7 @@ routes:
         assert_eq!(get(&gw, &format!("/back/{i}")).status, 200);
     }
     assert_eq!(bad.seen().len(), 6, "back in rotation, then out again");
-    let ups = upstreams(&gw);
-    let out = ups["pair"]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["addr"] == bad.addr.to_string())
-        .unwrap()
-        .clone();
+    let out = target(&gw, "pair", bad.addr);
     assert_eq!(out["ejected"]["times"], 2);
     assert!(out["ejected"]["for_ms"].as_u64().unwrap() > 2000, "{out}");
 }
@@ -489,16 +467,7 @@ routes:
         bad.addr, good.addr
     );
     let gw = Gateway::start(&cfg);
-    let bad_addr = bad.addr.to_string();
-    let ejected = |gw: &Gateway| {
-        upstreams(gw)["pair"]["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["addr"] == bad_addr.as_str())
-            .map(|t| !t["ejected"].is_null())
-            .unwrap()
-    };
+    let ejected = |gw: &Gateway| !target(gw, "pair", bad.addr)["ejected"].is_null();
     // Two 500s (passed through: no retry is configured) eject it for ten minutes...
     let mut statuses = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -747,13 +716,7 @@ routes:
     spread(&gw, "/ewma", 30, 1);
     let (s, f) = (hits(&slow, "/ewma"), hits(&fast, "/ewma"));
     assert!(s <= 3, "ewma: slow {s}, fast {f}");
-    let ups = upstreams(&gw);
-    let slow_ms = ups["ewma"]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["addr"] == slow.addr.to_string())
-        .unwrap()["latency_ewma_ms"]
+    let slow_ms = target(&gw, "ewma", slow.addr)["latency_ewma_ms"]
         .as_f64()
         .unwrap();
     assert!(slow_ms >= 100.0, "{slow_ms}");
