@@ -1623,6 +1623,12 @@ impl Gateway {
         let calls_log = composed.map(|(records, comp)| calls_json(records, comp));
         let Some(log) = &self.log else { return };
         let route = ctx.route.as_deref();
+        // As sent: visible ASCII as is (the usual case, no copy), other UTF-8 kept, bytes that are not
+        // UTF-8 escaped (`\xff`), never dropped to `null`.
+        let user_agent = req.headers.get(USER_AGENT).map(|v| match v.to_str() {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => std::borrow::Cow::Owned(escape_bytes(v.as_bytes())),
+        });
         let entry = access_log::Entry {
             time: now,
             request_id: ctx.request_id.as_str(),
@@ -1641,7 +1647,7 @@ impl Gateway {
             grpc_status: ctx.grpc_status,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
-            user_agent: req.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+            user_agent: user_agent.as_deref(),
             trace_id: ctx.trace.as_ref().map_or("", |t| t.trace_id_hex()),
             principal: ctx.plugins.identity.subject.as_deref().or(ctx
                 .plugins
@@ -1687,6 +1693,18 @@ fn headers_as_forwarded(req: &RequestHeader, ctx: &Ctx) -> http::HeaderMap {
         }
     }
     h
+}
+
+/// `b` as text: its UTF-8 as it is, every byte that is not UTF-8 as `\xNN`.
+fn escape_bytes(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
 }
 
 /// The access log's `calls` field.

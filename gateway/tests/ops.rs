@@ -1244,3 +1244,19 @@ fn fastrand_id() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+#[test]
+fn a_user_agent_that_is_not_ascii_is_logged_as_sent() {
+    let be = Backend::start("be", Mode::Echo);
+    let g = Gateway::in_process(&config(&be, ""));
+    // UTF-8 (é) and a byte that is not UTF-8 (0xff): HTTP allows both in a field value (obs-text).
+    // No route: the gateway answers itself (the test upstream reads heads as UTF-8 text).
+    let mut raw =
+        b"GET /no-such-route HTTP/1.1\r\nHost: test.local\r\nX-Request-Id: ua-1\r\nUser-Agent: caf"
+            .to_vec();
+    raw.extend_from_slice("é".as_bytes());
+    raw.extend_from_slice(b" \xff\r\nConnection: close\r\n\r\n");
+    assert_eq!(send(g.addr, &raw).status, 404);
+    let line = g.wait_log(|l| l["request_id"] == "ua-1");
+    assert_eq!(line["user_agent"], "café \\xff");
+}
