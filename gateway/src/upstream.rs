@@ -1026,14 +1026,23 @@ mod tests {
             },
             parse("10.0.0.9:80", 1).unwrap(),
         ];
+        build(&cfg, targets, None)
+    }
+
+    /// Upstream `u` from `cfg` and `targets`, with no hashing, TLS or resilience settings.
+    fn build(
+        cfg: &UpstreamConfig,
+        targets: Vec<Target>,
+        previous: Option<&Upstream>,
+    ) -> Arc<Upstream> {
         Arc::new(Upstream::build(
             "u",
-            &cfg,
+            cfg,
             targets,
             None,
             None,
             Default::default(),
-            None,
+            previous,
         ))
     }
 
@@ -1144,15 +1153,7 @@ mod tests {
         let cfg: UpstreamConfig =
             serde_yaml_ng::from_str(&format!("{{ targets: [{{ addr: \"{addr}\" }}] }}")).unwrap();
         let targets = vec![parse(addr, 1).unwrap()];
-        Arc::new(Upstream::build(
-            "u",
-            &cfg,
-            targets,
-            None,
-            None,
-            Default::default(),
-            previous,
-        ))
+        build(&cfg, targets, previous)
     }
 
     #[tokio::test]
