@@ -101,6 +101,9 @@ impl Drop for Count {
     }
 }
 
+/// HTTP/2's connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Wraps a Pingora app so that every connection it serves has a request-head deadline, and so that
 /// shutdown waits for connections that have not sent their first request yet.
 pub struct HeaderDeadline<A> {
@@ -162,7 +165,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             let mut first = [0u8; 3];
             match tokio::time::timeout(self.timeout, stream.try_peek(&mut first)).await {
                 Ok(Ok(true)) if &first == b"PRI" => {
-                    return self.inner.process_new(stream, shutdown).await;
+                    // The whole preface, within the same deadline: Pingora's HTTP/2 handshake has
+                    // none, and would wait forever on a client that stops after `PRI`.
+                    let mut preface = [0u8; H2_PREFACE.len()];
+                    return match tokio::time::timeout(self.timeout, stream.try_peek(&mut preface))
+                        .await
+                    {
+                        Ok(Ok(true)) if preface == *H2_PREFACE => {
+                            self.inner.process_new(stream, shutdown).await
+                        }
+                        _ => None,
+                    };
                 }
                 Ok(Ok(_)) => known_h1 = true,
                 // Nothing within the head deadline, or the client went away.

@@ -533,3 +533,41 @@ routes:
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     held.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_client_that_stalls_in_its_preface_is_closed_at_the_head_deadline() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ listen: ["{{listen}}"], h2c: true, limits: {{ header_read_timeout: 500ms }} }}
+upstreams:
+  health: {{ targets: [{{ addr: "{}" }}], protocol: h2c }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: health }}
+"#,
+        up.addr
+    ));
+    let addr = gw.addr;
+    let closed = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        // The start of the preface, then nothing.
+        s.write_all(b"PRI * HTTP/2").unwrap();
+        let mut buf = [0u8; 64];
+        // Closed by the gateway (0 bytes or a reset), not left to the 20 s read timeout.
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => {
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+            Ok(_) => false,
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the stalled connection was not closed");
+    // A real h2c client still gets through.
+    assert!(client(&gw).await.check(check(None)).await.is_ok());
+}
