@@ -281,22 +281,24 @@ impl Admin {
             ("GET", "/admin/upstreams") => json_response(StatusCode::OK, &upstreams(&snap)),
             ("GET", "/admin/config") => {
                 // The config being served, which after a refused reload or a rollback is not what
-                // the file holds.
-                let text = self.reloader.served_text();
-                match text.as_deref().map(redacted_config) {
-                    Some(Ok(v)) => json_response(
-                        StatusCode::OK,
-                        &json!({"path": self.reloader.path,
-                                "version": self.reloader.current_version(), "config": v}),
-                    ),
-                    Some(Err(e)) => {
+                // the files hold: the main file's, and each included file's.
+                let source = self.reloader.served_source();
+                let included: Result<Vec<Value>, String> = source
+                    .included()
+                    .map(|(p, t)| redacted_config(t).map(|v| json!({"path": p, "config": v})))
+                    .collect();
+                match (redacted_config(source.main().1), included) {
+                    (Ok(v), Ok(included)) => {
+                        let mut body = json!({"path": self.reloader.path,
+                                "version": self.reloader.current_version(), "config": v});
+                        if !included.is_empty() {
+                            body["included"] = Value::Array(included);
+                        }
+                        json_response(StatusCode::OK, &body)
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
                         error(StatusCode::INTERNAL_SERVER_ERROR, "config_unreadable", &e)
                     }
-                    None => error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "config_unreadable",
-                        "the served config's text could not be read at start",
-                    ),
                 }
             }
             ("GET", "/admin/config/versions") => {

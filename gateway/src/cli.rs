@@ -216,7 +216,10 @@ fn validate(files: &[String], resolve: bool, registry: &Registry) -> ExitCode {
                 for e in &unresolved {
                     println!("{e}");
                 }
-                if unresolved.is_empty() {
+                let included = snap.source.included().count();
+                if unresolved.is_empty() && included > 0 {
+                    println!("{f}: ok ({included} included files)");
+                } else if unresolved.is_empty() {
                     println!("{f}: ok");
                 } else {
                     ok = false;

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::config::load::Source;
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
 use crate::snapshot::Snapshot;
@@ -42,7 +43,8 @@ const HISTORY: usize = 20;
 pub struct Version {
     /// 1 for the config the gateway started with, then one more per attempt.
     pub version: u64,
-    /// SHA-256 of the file's text (hex, first 16 digits): equal texts, equal hashes.
+    /// SHA-256 of the file's text (hex, first 16 digits; with includes, of every file's name and text):
+    /// equal texts, equal hashes.
     pub hash: String,
     /// Unix seconds.
     pub at: u64,
@@ -59,9 +61,12 @@ pub struct Version {
     /// reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changes: Option<crate::diff::Diff>,
-    /// The text, kept for applied versions (what a rollback compiles again).
+    /// The included files it was made of, in merge order (absent for a one-file config).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// The texts, kept for applied versions (what a rollback compiles again).
     #[serde(skip)]
-    pub text: Option<Arc<str>>,
+    pub source: Option<Arc<Source>>,
 }
 
 /// Why a rollback did not happen.
@@ -84,18 +89,15 @@ pub struct Reloader {
     status: Mutex<ReloadStatus>,
     /// Hash of the file contents last loaded (or tried), to tell a change from a touch.
     fingerprint: Mutex<Option<u64>>,
+    /// The files (and folders) of the last attempt: the watcher follows them, so a change in an
+    /// included file is seen, and a fix to a file a refused attempt added too.
+    watched: Mutex<Arc<Source>>,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
     /// The last [`HISTORY`] versions, oldest first.
     history: Mutex<VecDeque<Version>>,
     /// The version being served.
     current: Mutex<u64>,
-}
-
-fn text_hash(text: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(text.as_bytes());
-    hex::encode(&d[..8])
 }
 
 fn unix_now() -> u64 {
@@ -105,17 +107,9 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A hash of the config file and of the files it names that are worth watching (the TLS certificate
-/// and key, renewed in place by cert-manager or certbot). None while the config file cannot be read.
-fn fingerprint(path: &str, also: &[std::path::PathBuf]) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).ok()?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    for f in also {
-        std::fs::read(f).ok().hash(&mut h);
-    }
-    Some(h.finish())
+/// The included files of `source` that were read, in merge order.
+fn included_files(source: &Source) -> Vec<String> {
+    source.included().map(|(p, _)| p.to_string()).collect()
 }
 
 /// Resolve the metric series of `snap`'s routes, upstreams and rate-limit policies from `m`, so that
@@ -144,20 +138,21 @@ impl Reloader {
         metrics.reloads.with_label_values(&["success"]).inc();
         metrics.last_reload.set(unix_now() as f64);
         bind_series(&snapshot, &metrics);
-        let first = fingerprint(path, &snapshot.settings.tls_files);
-        // The text the first snapshot was compiled from (read again: a change in between is seen by
-        // the watcher, whose fingerprint is taken above).
-        let text: Option<Arc<str>> = std::fs::read_to_string(path).ok().map(Into::into);
+        // The texts the first snapshot was compiled from; the disk as it is now (a change since is
+        // seen by the watcher).
+        let source = snapshot.source.clone();
+        let first = source.fingerprint(&snapshot.settings.tls_files);
         let start = Version {
             version: 1,
-            hash: text.as_deref().map(text_hash).unwrap_or_default(),
+            hash: source.hash(),
             at: unix_now(),
             trigger: "start",
             outcome: "applied",
             rollback_to: None,
             errors: Vec::new(),
             changes: None,
-            text,
+            files: included_files(&source),
+            source: Some(source.clone()),
         };
         let snapshot = Arc::new(snapshot);
         Reloader {
@@ -174,6 +169,7 @@ impl Reloader {
                 warnings: Vec::new(),
             }),
             fingerprint: Mutex::new(first),
+            watched: Mutex::new(source),
             running: tokio::sync::Mutex::new(()),
             history: Mutex::new(VecDeque::from([start])),
             current: Mutex::new(1),
@@ -191,13 +187,9 @@ impl Reloader {
         *self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The text of the config being served (not the file, which may hold a refused version).
-    pub fn served_text(&self) -> Option<Arc<str>> {
-        let current = self.current_version();
-        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        h.iter()
-            .find(|v| v.version == current)
-            .and_then(|v| v.text.clone())
+    /// The texts of the config being served (not the files, which may hold a refused version).
+    pub fn served_source(&self) -> Arc<Source> {
+        self.shared.load().source.clone()
     }
 
     /// Record an attempt; returns its number.
@@ -226,14 +218,14 @@ impl Reloader {
     /// snapshot learned carried over, as a reload does. The file is not touched (a later reload from
     /// the file brings its content back).
     pub async fn rollback(&self, version: u64) -> Result<ReloadStatus, RollbackError> {
-        let text = {
+        let source = {
             let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
             h.iter()
                 .find(|v| v.version == version && v.outcome == "applied")
-                .and_then(|v| v.text.clone())
+                .and_then(|v| v.source.clone())
         }
         .ok_or(RollbackError::Unknown(version))?;
-        let status = self.apply(text, "rollback", Some(version)).await;
+        let status = self.apply(Some(source), "rollback", Some(version)).await;
         if status.ok {
             Ok(status)
         } else {
@@ -266,9 +258,14 @@ impl Reloader {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// The config file's and its watched files' fingerprint as they are now.
+    /// The config's files' and its watched files' fingerprint as they are now.
     fn fingerprint_now(&self) -> Option<u64> {
-        fingerprint(&self.path, &self.shared.load().settings.tls_files)
+        let watched = self
+            .watched
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        watched.fingerprint(&self.shared.load().settings.tls_files)
     }
 
     /// Has the file's content changed since it was last loaded (or tried)?
@@ -284,62 +281,63 @@ impl Reloader {
         false
     }
 
-    /// Load the file again and, if it is valid, swap it in.
+    /// Load the files again and, if they are valid, swap them in.
     pub async fn reload(&self, trigger: &'static str) -> ReloadStatus {
         if let Ok(mut f) = self.fingerprint.lock() {
             *f = self.fingerprint_now();
         }
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => self.apply(text.into(), trigger, None).await,
-            Err(e) => {
-                self.metrics.reloads.with_label_values(&["failure"]).inc();
-                let status = ReloadStatus {
-                    ok: false,
-                    trigger,
-                    at: unix_now(),
-                    errors: vec![format!("{}: cannot read file: {e}", self.path)],
-                    warnings: Vec::new(),
-                };
-                log::error!(
-                    "reload refused, the running config stays: {}",
-                    status.errors[0]
-                );
-                if let Ok(mut s) = self.status.lock() {
-                    *s = status.clone();
-                }
-                status
-            }
-        }
+        self.apply(None, trigger, None).await
     }
 
-    /// Compile `text` (as the config file's) and, if it is valid, swap it in; record the attempt.
+    /// Compile `source` (a kept version), or the files as they are now when `None`, and if it is
+    /// valid swap it in; record the attempt.
     async fn apply(
         &self,
-        text: Arc<str>,
+        source: Option<Arc<Source>>,
         trigger: &'static str,
         rollback_to: Option<u64>,
     ) -> ReloadStatus {
         let _one = self.running.lock().await;
         let (path, registry) = (self.path.clone(), self.registry.clone());
-        let source = text.clone();
-        let served = self.served_text();
+        let served = self.served_source();
         // Only reloads store snapshots and they run one at a time, so this is the one being replaced.
         let old = self.shared.load_full();
         let previous = old.clone();
         let metrics = self.metrics.clone();
         // Off the runtime's threads: compiling, and resolving the series of every route.
-        let loaded = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
+            use crate::config::load;
             let env = |k: &str| std::env::var(k).ok();
-            let raw = crate::config::load::load_str(&path, &source, &env)?;
-            let (snap, warnings) = Snapshot::from_loaded(&raw, &registry, Some(&previous))?;
-            bind_series(&snap, &metrics);
-            // What it changes against the text being served (parsed again: reloads are rare).
-            let changes = served
-                .and_then(|t| crate::config::load::load_str(&path, &t, &env).ok())
-                .map(|old_raw| crate::diff::diff(&previous, &old_raw, &snap, &raw));
-            Ok::<_, crate::config::diag::Diagnostics>((snap, warnings, changes))
+            let (read, raw) = match source {
+                Some(s) => (Some(s.clone()), load::load_source(&s, &env)),
+                None => {
+                    let (read, raw) = load::load_file_recorded(&path);
+                    (read.map(Arc::new), raw)
+                }
+            };
+            let compiled = raw.and_then(|raw| {
+                let (snap, warnings) = Snapshot::from_loaded(&raw, &registry, Some(&previous))?;
+                bind_series(&snap, &metrics);
+                // What it changes against the config being served (parsed again: reloads are rare).
+                let changes = load::load_source(&served, &env)
+                    .ok()
+                    .map(|old_raw| crate::diff::diff(&previous, &old_raw, &snap, &raw));
+                Ok((snap, warnings, changes))
+            });
+            (read, compiled)
         })
         .await;
+        let (read, loaded) = match task {
+            Ok((read, compiled)) => (read, Ok(compiled)),
+            Err(e) => (None, Err(e)),
+        };
+        if let Some(r) = &read {
+            if let Ok(mut w) = self.watched.lock() {
+                *w = r.clone();
+            }
+        }
+        let hash = read.as_deref().map(Source::hash).unwrap_or_default();
+        let files = read.as_deref().map(included_files).unwrap_or_default();
         let status = match loaded {
             Ok(Ok((snap, warnings, changes))) => {
                 let mut warnings: Vec<String> = warnings.0.iter().map(|w| w.to_string()).collect();
@@ -347,17 +345,19 @@ impl Reloader {
                 for w in &warnings {
                     log::warn!("reload: {w}");
                 }
+                let source = snap.source.clone();
                 self.install(snap);
                 self.record(Version {
                     version: 0,
-                    hash: text_hash(&text),
+                    hash,
                     at: unix_now(),
                     trigger,
                     outcome: "applied",
                     rollback_to,
                     errors: Vec::new(),
                     changes,
-                    text: Some(text.clone()),
+                    files,
+                    source: Some(source),
                 });
                 self.metrics.reloads.with_label_values(&["success"]).inc();
                 self.metrics.last_reload.set(unix_now() as f64);
@@ -398,14 +398,15 @@ impl Reloader {
         if !status.ok {
             self.record(Version {
                 version: 0,
-                hash: text_hash(&text),
+                hash: read.as_deref().map(Source::hash).unwrap_or_default(),
                 at: status.at,
                 trigger,
                 outcome: "refused",
                 rollback_to,
                 errors: status.errors.clone(),
                 changes: None,
-                text: None,
+                files: read.as_deref().map(included_files).unwrap_or_default(),
+                source: None,
             });
         }
         if let Ok(mut s) = self.status.lock() {

@@ -74,6 +74,7 @@ impl JsonSchema for TollgateConfig {
         // Defines `PluginEntry`, which `raw::plugin_entries` refers to.
         let entry = g.subschema_for::<PluginEntry>();
         let tracing = g.subschema_for::<raw::TracingConfig>();
+        let include = crate::config::include::include_schema(g);
         let jwt_provider = g.subschema_for::<jwt::ProviderConfig>();
         let key_set = g.subschema_for::<apikey::KeySetConfig>();
         let redis = g.subschema_for::<ratelimit::RedisConfig>();
@@ -100,6 +101,7 @@ impl JsonSchema for TollgateConfig {
                     "items": entry,
                 },
                 "tracing": tracing,
+                "include": include,
                 "auth": {
                     "description": "Authentication providers the `jwt` and `api_key` plugins name.",
                     "type": ["object", "null"],

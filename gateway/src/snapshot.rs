@@ -162,6 +162,9 @@ pub struct Snapshot {
     pub tls: Option<Arc<crate::tls::Certificates>>,
     /// Span export, when configured.
     pub tracing: Option<crate::config::raw::TracingConfig>,
+    /// The texts it was compiled from (the main file and its includes): what `/admin/config` shows,
+    /// what the version history keeps for a rollback, and which files the watcher follows.
+    pub source: std::sync::Arc<crate::config::load::Source>,
 }
 
 impl Snapshot {

@@ -19,10 +19,12 @@ fn validator() -> jsonschema::Validator {
     jsonschema::validator_for(&shipped()).expect("the shipped schema is a valid JSON Schema")
 }
 
-/// The YAML files under `config/` that are configs (route test cases are not).
+/// The YAML files under `config/` that are configs (route test cases are not), and the team files
+/// `config/teams.yaml` includes.
 fn configs() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(root().join("config"))
         .unwrap()
+        .chain(std::fs::read_dir(root().join("config/teams.d")).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -63,9 +65,15 @@ fn every_config_under_config_is_valid_against_the_schema_and_names_it() {
     assert!(files.len() >= 2, "{files:?}");
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
+        // The schema's path from the file's own folder.
+        let schema = if f.parent().unwrap().ends_with("teams.d") {
+            "../tollgate.schema.json"
+        } else {
+            "./tollgate.schema.json"
+        };
         assert_eq!(
             text.lines().next(),
-            Some("# yaml-language-server: $schema=./tollgate.schema.json"),
+            Some(format!("# yaml-language-server: $schema={schema}").as_str()),
             "{} names the schema on its first line",
             f.display()
         );

@@ -75,7 +75,10 @@ impl Snapshot {
         let snap = compile(&loaded.config, &sink, registry, previous);
         let d = sink.finish();
         match snap {
-            Some(snap) if !d.has_errors() => Ok((snap, d)),
+            Some(mut snap) if !d.has_errors() => {
+                snap.source = loaded.source.clone();
+                Ok((snap, d))
+            }
             _ => Err(d),
         }
     }
@@ -128,6 +131,7 @@ pub fn compile(
         tls,
         tracing: cfg.tracing.clone(),
         global: Chain::new(global),
+        source: Default::default(),
     })
 }
 

@@ -43,8 +43,17 @@ pub(super) fn compile(
         if r.name.trim().is_empty() {
             here.at("name").error("a route needs a name");
         } else if let Some(first) = names.insert(&r.name, r.index) {
+            let first_at = at
+                .locations()
+                .map(|l| {
+                    format!(
+                        " at {}",
+                        l.describe(&format!("{}[{first}].name", at.path()), false)
+                    )
+                })
+                .unwrap_or_default();
             here.at("name").error(format!(
-                "duplicate route name `{}` (first used by routes[{first}])",
+                "duplicate route name `{}` (first used{first_at})",
                 r.name
             ));
             names.insert(&r.name, first);

@@ -15,10 +15,14 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
 use super::diag::{Diagnostic, Diagnostics, Severity};
+use super::include;
+pub use super::include::{Files, Recorder, Source};
 use super::raw::{RawConfig, RouteConfig, ServerConfig, UpstreamConfig};
 use super::sink::{Scope, Sink};
 
-/// Line and column (1-based) of every key and value in a file, by field path (`routes[0].match.path`).
+/// Line and column (1-based) of every key and value of a config, by field path (`routes[0].match.path`),
+/// and the file each is in: the main file and the files it includes (`include:`), merged into the one
+/// tree the compiler checks.
 ///
 /// Paths are kept as their 64-bit FNV-1a hash, not as strings: a file of 100,000 routes has millions of
 /// nodes, and a string per node was most of `validate`'s time and memory. The hash is computed while
@@ -27,13 +31,43 @@ use super::sink::{Scope, Sink};
 /// a hash (odds about 10⁻⁷ at millions of nodes) would only misplace a diagnostic's line and column.
 #[derive(Debug, Default, Clone)]
 pub struct Locations {
-    file: String,
+    files: Vec<FileInfo>,
+    /// The index of `files[0]` in the config (0, but for an included file's own places before they
+    /// are [merged](Locations::merge)).
+    first: usize,
     values: HashMap<u64, Pos, BuildHasherDefault<PathHashed>>,
     keys: HashMap<u64, Pos, BuildHasherDefault<PathHashed>>,
 }
 
-/// Line and column, 1-based.
-type Pos = (u32, u32);
+#[derive(Debug, Clone)]
+struct FileInfo {
+    name: String,
+    /// Where the file's own `routes:` start in the merged list (0 for the main file): its
+    /// `routes[2]` is the config's `routes[route_offset + 2]`, and diagnostics show the file's own.
+    route_offset: usize,
+}
+
+/// Line (1-based), and column (1-based, low [`COL_BITS`] bits) with the file's index above it: eight
+/// bytes a node, as for a single file.
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    line: u32,
+    file_col: u32,
+}
+
+const COL_BITS: u32 = 20;
+const COL_MASK: u32 = (1 << COL_BITS) - 1;
+/// Files one config may be made of (the main one and its includes).
+pub const MAX_FILES: usize = 1 << (32 - COL_BITS);
+
+impl Pos {
+    fn file(self) -> usize {
+        (self.file_col >> COL_BITS) as usize
+    }
+    fn col(self) -> usize {
+        (self.file_col & COL_MASK) as usize
+    }
+}
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -67,30 +101,65 @@ impl std::hash::Hasher for PathHashed {
 }
 
 impl Locations {
+    /// The main config file (relative file names in the config are resolved against its folder).
     pub fn file(&self) -> &str {
-        &self.file
+        self.files.first().map_or("", |f| f.name.as_str())
+    }
+
+    fn info(&self, pos: Option<Pos>) -> Option<&FileInfo> {
+        let i = pos.map_or(self.first, Pos::file);
+        self.files.get(i.checked_sub(self.first)?)
+    }
+
+    /// The file the value at `path` is written in.
+    pub fn file_at(&self, path: &str) -> &str {
+        self.info(self.place(path, false))
+            .map_or("", |f| f.name.as_str())
     }
 
     /// Where the value at `path` is, or else its nearest ancestor that has a place.
-    pub fn value(&self, path: &str) -> (usize, usize) {
-        let mut p = path;
-        loop {
-            if let Some(&(line, col)) = self.values.get(&path_hash(p)) {
-                return (line as usize, col as usize);
-            }
-            match parent_path(p) {
-                Some(parent) => p = parent,
-                None => return (1, 1),
+    fn place(&self, path: &str, at_key: bool) -> Option<Pos> {
+        if at_key {
+            if let Some(&p) = self.keys.get(&path_hash(path)) {
+                return Some(p);
             }
         }
+        let mut p = path;
+        loop {
+            if let Some(&pos) = self.values.get(&path_hash(p)) {
+                return Some(pos);
+            }
+            p = parent_path(p)?;
+        }
+    }
+
+    /// Where the value at `path` is (line, column), or else its nearest ancestor that has a place.
+    pub fn value(&self, path: &str) -> (usize, usize) {
+        self.place(path, false)
+            .map_or((1, 1), |p| (p.line as usize, p.col()))
     }
 
     /// Where the key that introduces `path` is (falls back to the value's place).
     pub fn key(&self, path: &str) -> (usize, usize) {
-        match self.keys.get(&path_hash(path)) {
-            Some(&(line, col)) => (line as usize, col as usize),
-            None => self.value(path),
-        }
+        self.place(path, true)
+            .map_or((1, 1), |p| (p.line as usize, p.col()))
+    }
+
+    /// `FILE:LINE:COL` of the value at `path` (or of the key that introduces it): for a message
+    /// that points at a second place.
+    pub fn describe(&self, path: &str, at_key: bool) -> String {
+        let pos = self.place(path, at_key);
+        let (line, col) = pos.map_or((1, 1), |p| (p.line as usize, p.col()));
+        let file = self.info(pos).map_or("", |f| f.name.as_str());
+        format!("{file}:{line}:{col}")
+    }
+
+    /// Position of `file` among the config's files (the main one is 0): diagnostics are sorted by it.
+    pub(crate) fn rank(&self, file: &str) -> usize {
+        self.files
+            .iter()
+            .position(|f| f.name == file)
+            .unwrap_or(usize::MAX)
     }
 
     /// A diagnostic at the value of `path`.
@@ -110,19 +179,53 @@ impl Locations {
         severity: Severity,
         at_key: bool,
     ) -> Diagnostic {
-        let (line, col) = if at_key {
-            self.key(path)
-        } else {
-            self.value(path)
-        };
+        let pos = self.place(path, at_key);
+        let (line, col) = pos.map_or((1, 1), |p| (p.line as usize, p.col()));
+        let info = self.info(pos);
         Diagnostic {
-            file: self.file.clone(),
+            file: info.map(|f| f.name.clone()).unwrap_or_default(),
             line,
             col,
-            path: path.to_string(),
+            path: match info {
+                Some(f) if f.route_offset > 0 => local_route_path(path, f.route_offset),
+                _ => path.to_string(),
+            },
             message: message.into(),
             severity,
         }
+    }
+
+    /// Add the places of an included file (indexed by [`locate_included`]); the main file's (and
+    /// earlier files') places win where paths meet (`routes`, a name defined twice).
+    pub(crate) fn merge(&mut self, other: Locations) {
+        debug_assert_eq!(other.first, self.first + self.files.len());
+        self.files.extend(other.files);
+        for (k, v) in other.values {
+            self.values.entry(k).or_insert(v);
+        }
+        for (k, v) in other.keys {
+            self.keys.entry(k).or_insert(v);
+        }
+    }
+
+    /// Files so far (the index the next included file takes).
+    pub(crate) fn file_count(&self) -> usize {
+        self.first + self.files.len()
+    }
+}
+
+/// `routes[7].upstream` of the merged config as the file whose routes start at `offset` numbers it
+/// (`routes[2].upstream` for offset 5): an author reads their own file's positions.
+fn local_route_path(path: &str, offset: usize) -> String {
+    let Some(rest) = path.strip_prefix("routes[") else {
+        return path.to_string();
+    };
+    let Some(end) = rest.find(']') else {
+        return path.to_string();
+    };
+    match rest[..end].parse::<usize>() {
+        Ok(i) if i >= offset => format!("routes[{}]{}", i - offset, &rest[end + 1..]),
+        _ => path.to_string(),
     }
 }
 
@@ -201,12 +304,17 @@ struct Indexer {
     stack: Vec<Frame>,
     values: HashMap<u64, Pos, BuildHasherDefault<PathHashed>>,
     keys: HashMap<u64, Pos, BuildHasherDefault<PathHashed>>,
+    /// The file's index, shifted into place ([`Pos::file_col`]).
+    file_bits: u32,
+    /// Where the file's top-level `routes:` list starts in the merged config.
+    route_offset: usize,
+    routes_hash: u64,
 }
 
 impl Indexer {
     /// The path a new node takes, or `None` when the node is a mapping key (recorded here).
     fn place(&mut self, mark: Marker, scalar: Option<&str>) -> Option<PathState> {
-        let pos = position(mark);
+        let pos = self.position(mark);
         match self.stack.last_mut() {
             None => Some(PathState::ROOT),
             Some(Frame::Seq { path, index }) => {
@@ -231,14 +339,20 @@ impl Indexer {
     }
 }
 
-fn position(mark: Marker) -> Pos {
-    let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    (clamp(mark.line()), clamp(mark.col() + 1))
+impl Indexer {
+    fn position(&self, mark: Marker) -> Pos {
+        let line = u32::try_from(mark.line()).unwrap_or(u32::MAX);
+        let col = u32::try_from(mark.col() + 1).map_or(COL_MASK, |c| c.min(COL_MASK));
+        Pos {
+            line,
+            file_col: self.file_bits | col,
+        }
+    }
 }
 
 impl MarkedEventReceiver for Indexer {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = position(mark);
+        let pos = self.position(mark);
         match ev {
             Event::Scalar(ref s, ..) => {
                 if let Some(p) = self.place(mark, Some(s)) {
@@ -263,7 +377,13 @@ impl MarkedEventReceiver for Indexer {
             Event::SequenceStart(..) => {
                 if let Some(p) = self.place(mark, None) {
                     self.values.insert(p.hash, pos);
-                    self.stack.push(Frame::Seq { path: p, index: 0 });
+                    // An included file's `routes:` continue the merged list.
+                    let index = if self.stack.len() == 1 && p.hash == self.routes_hash {
+                        self.route_offset
+                    } else {
+                        0
+                    };
+                    self.stack.push(Frame::Seq { path: p, index });
                 }
             }
             Event::MappingEnd | Event::SequenceEnd => {
@@ -285,6 +405,9 @@ pub struct Loaded {
     /// left out). Any later complaint about them would only repeat that problem in other words, so the
     /// [`Loaded::sink`] drops it.
     tainted: Vec<String>,
+    /// The texts it was made of (the main file's and its includes'), for the version history, the
+    /// watcher and rollbacks.
+    pub source: std::sync::Arc<Source>,
 }
 
 impl Loaded {
@@ -299,24 +422,70 @@ impl Loaded {
     }
 }
 
-/// Read and parse `path`. Errors carry the file name as given.
+/// Read and parse `path` and the files it includes. Errors carry the file name as given.
 pub fn load_file(path: &str) -> Result<Loaded, Diagnostics> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Diagnostics(vec![Diagnostic {
-            file: path.to_string(),
-            line: 0,
-            col: 0,
-            path: String::new(),
-            message: format!("cannot read file: {e}"),
-            severity: Severity::Error,
-        }])
-    })?;
-    load_str(path, &text, &|k| std::env::var(k).ok())
+    load_file_recorded(path).1
+}
+
+/// [`load_file`], and what it read (also when the config is refused: the watcher follows the files
+/// of the last attempt, and the version history hashes them). `None` when `path` is unreadable.
+pub fn load_file_recorded(path: &str) -> (Option<Source>, Result<Loaded, Diagnostics>) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let d = Diagnostic {
+                file: path.to_string(),
+                line: 0,
+                col: 0,
+                path: String::new(),
+                message: format!("cannot read file: {e}"),
+                severity: Severity::Error,
+            };
+            return (None, Err(Diagnostics(vec![d])));
+        }
+    };
+    let disk = Recorder::new(path, &text);
+    let loaded = load_from(path, &text, &|k| std::env::var(k).ok(), &disk);
+    let source = disk.into_source();
+    match loaded {
+        Ok(mut l) => {
+            let source = std::sync::Arc::new(source);
+            l.source = source.clone();
+            (Some((*source).clone()), Ok(l))
+        }
+        Err(d) => (Some(source), Err(d)),
+    }
+}
+
+/// Compile again what was read before (a rollback): no file is read.
+pub fn load_source(
+    source: &std::sync::Arc<Source>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, Diagnostics> {
+    let (path, text) = source.main();
+    let mut l = load_from(path, text, env, &**source)?;
+    l.source = source.clone();
+    Ok(l)
 }
 
 /// Where every key and value of the YAML `text` is, by field path: for other YAML files that want
 /// FILE:LINE diagnostics the way the config has them (`tollgate test`'s cases file).
 pub fn locate(file: &str, text: &str) -> Result<Locations, Diagnostics> {
+    index(file, text, 0, 0).map_err(|d| Diagnostics(vec![d]))
+}
+
+/// The places of an included file, the `index`th of the config, whose routes start at `route_offset`
+/// in the merged list: to [`Locations::merge`] into the main file's.
+pub(crate) fn locate_included(
+    file: &str,
+    text: &str,
+    index_in_config: usize,
+    route_offset: usize,
+) -> Result<Locations, Diagnostic> {
+    index(file, text, index_in_config, route_offset)
+}
+
+fn index(file: &str, text: &str, nth: usize, route_offset: usize) -> Result<Locations, Diagnostic> {
     // About one value per 10 bytes of YAML and a key for most: sized once rather than regrown (and
     // rehashed) a dozen times for a large file.
     let nodes = text.len() / 10;
@@ -324,33 +493,53 @@ pub fn locate(file: &str, text: &str) -> Result<Locations, Diagnostics> {
         stack: Vec::new(),
         values: HashMap::with_capacity_and_hasher(nodes, Default::default()),
         keys: HashMap::with_capacity_and_hasher(nodes, Default::default()),
+        file_bits: u32::try_from(nth.min(MAX_FILES - 1)).unwrap_or(0) << COL_BITS,
+        route_offset,
+        routes_hash: PathState::ROOT.key("routes").hash,
     };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut indexer, false) {
         let m = e.marker();
-        return Err(Diagnostics(vec![Diagnostic {
+        return Err(Diagnostic {
             file: file.to_string(),
             line: m.line(),
             col: m.col() + 1,
             path: String::new(),
             message: format!("YAML syntax error: {}", e.info()),
             severity: Severity::Error,
-        }]));
+        });
     }
     Ok(Locations {
-        file: file.to_string(),
+        files: vec![FileInfo {
+            name: file.to_string(),
+            route_offset,
+        }],
+        first: nth,
         values: indexer.values,
         keys: indexer.keys,
     })
 }
 
-/// Parse config text. `env` resolves `${VAR}` (a seam for tests).
+/// Parse config text as the content of file `file`. `env` resolves `${VAR}` (a seam for tests); the
+/// files it includes are read from the disk.
 pub fn load_str(
     file: &str,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, Diagnostics> {
-    let locations = locate(file, text)?;
+    let disk = Recorder::new(file, text);
+    let mut l = load_from(file, text, env, &disk)?;
+    l.source = std::sync::Arc::new(disk.into_source());
+    Ok(l)
+}
+
+fn load_from(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    files: &dyn Files,
+) -> Result<Loaded, Diagnostics> {
+    let mut locations = locate(file, text)?;
 
     // An empty file is never a config: it is what a truncated write or a ConfigMap glitch leaves, and
     // applying it would turn every route into a 404 and the admin API off (so it could not be mended
@@ -387,18 +576,28 @@ pub fn load_str(
         ]));
     }
 
-    let sink = Sink::new(&locations);
+    // `include:` is merged before anything else looks at the tree: from here on it is one config,
+    // whose paths the merged `locations` place in the right file.
+    let mut early = Vec::new();
+    let owned = match &mut root {
+        Value::Mapping(m) => include::merge(m, file, &mut locations, files, &mut early),
+        _ => Vec::new(),
+    };
+
+    let sink = Sink::resume(&locations, Diagnostics(early), Vec::new());
     // Only a file with a `$` can have a `${VAR}` to expand.
-    if text.contains('$') {
+    if text.contains('$') || locations.file_count() > 1 {
         interpolate(&mut root, &sink.root(), &mut String::new(), env);
     }
     let config = typed(root, &sink.root());
+    include::check_owned(&config.routes, &owned, &sink.root().at("routes"));
     let (diagnostics, tainted) = sink.into_parts();
     Ok(Loaded {
         config,
         locations,
         diagnostics,
         tainted,
+        source: Default::default(),
     })
 }
 
@@ -516,6 +715,13 @@ fn interpolate(
     env: &dyn Fn(&str) -> Option<String>,
 ) {
     match v {
+        // A team's file is trusted less than the main one: it must not copy the gateway's
+        // environment (its secrets) into headers or paths sent to its own service.
+        Value::String(s) if s.contains("${") && !in_main_file(root, path) => {
+            let at = root.sub(path);
+            at.error("`${VAR}` is expanded in the main config file only: an included file cannot read the gateway's environment");
+            at.taint();
+        }
         Value::String(s) if s.contains('$') => match expand(s, env) {
             Ok((out, whole)) => {
                 if whole {
@@ -563,6 +769,11 @@ fn interpolate(
         Value::Tagged(t) => interpolate(&mut t.value, root, path, env),
         _ => {}
     }
+}
+
+fn in_main_file(root: &Scope, path: &str) -> bool {
+    root.locations()
+        .is_none_or(|l| l.file_count() == 1 || l.file_at(path) == l.file())
 }
 
 /// Expand one string. Returns the result and whether the input was a single `${...}` and nothing else.

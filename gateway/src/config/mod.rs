@@ -3,6 +3,7 @@
 
 pub mod de;
 pub mod diag;
+pub mod include;
 pub mod load;
 pub mod raw;
 pub mod sink;

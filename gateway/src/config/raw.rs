@@ -44,7 +44,14 @@ pub fn plugin_entries(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// Top-level keys of the core config; the others belong to plugins ([`RawConfig::sections`]).
-pub const CORE_KEYS: &[&str] = &["server", "upstreams", "routes", "plugins", "tracing"];
+pub const CORE_KEYS: &[&str] = &[
+    "server",
+    "upstreams",
+    "routes",
+    "plugins",
+    "tracing",
+    "include",
+];
 
 /// `tracing:`: export one span per request to an OpenTelemetry collector.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]

@@ -77,7 +77,9 @@ impl<'a> Sink<'a> {
     pub fn into_parts(self) -> (Diagnostics, Vec<String>) {
         let f = self.found.into_inner();
         let mut d = Diagnostics(f.diags);
-        d.sort();
+        // The main file's first, then each included file's, each in line order.
+        d.0.sort_by_key(|d| (self.locs.rank(&d.file), d.line, d.col));
+        d.0.dedup();
         (d, f.tainted)
     }
 
@@ -214,9 +216,10 @@ impl<'a> Scope<'a> {
 
     /// A path written in the config, relative to the config file's folder (as given, detached).
     pub fn config_relative(&self, p: &str) -> std::path::PathBuf {
+        // Relative to the file the value is written in (an included file's own folder).
         let dir = self
             .locations()
-            .and_then(|l| std::path::Path::new(l.file()).parent())
+            .and_then(|l| std::path::Path::new(l.file_at(&self.path)).parent())
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
         dir.join(p)
