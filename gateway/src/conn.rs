@@ -114,6 +114,9 @@ pub struct HeaderDeadline<A> {
     pub refused: Option<Arc<dyn RefusedRequests>>,
     /// Plain connections may be HTTP/2 with prior knowledge (`server.h2c`).
     pub h2c: bool,
+    /// Who may start a connection with a PROXY protocol header (`server.proxy_protocol`, as
+    /// reloaded); TLS connections had theirs read before the handshake.
+    pub proxy_protocol: Option<crate::proxy_protocol::Current>,
 }
 
 impl<A> HeaderDeadline<A> {
@@ -125,7 +128,14 @@ impl<A> HeaderDeadline<A> {
             tracker: Arc::default(),
             refused: None,
             h2c: false,
+            proxy_protocol: None,
         }
+    }
+
+    /// Read a PROXY protocol header first on plain connections from the peers `current` names.
+    pub fn with_proxy_protocol(mut self, current: crate::proxy_protocol::Current) -> Self {
+        self.proxy_protocol = Some(current);
+        self
     }
 
     /// Let plain connections that start with HTTP/2's preface be served as HTTP/2 (Pingora's
@@ -157,6 +167,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             return self.inner.process_new(stream, shutdown).await;
         }
         let mut stream = stream;
+        if let Some((policy, deadline)) = self
+            .proxy_protocol
+            .as_ref()
+            .filter(|_| stream.get_ssl_digest().is_none())
+            .and_then(|current| current())
+        {
+            // Before anything reads a byte of the request: the header comes first.
+            if let Err(e) = crate::proxy_protocol::accept(&mut *stream, &policy, deadline).await {
+                log::debug!("closing a connection: {e}");
+                return None;
+            }
+        }
         let mut known_h1 = false;
         if self.h2c && stream.get_ssl_digest().is_none() {
             // HTTP/2's preface starts with `PRI`, a method RFC 9113 §3.4 reserves for it. Three bytes

@@ -23,6 +23,7 @@ pub mod otlp;
 pub mod path;
 pub mod plugin;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod request;
 pub mod resilience;

@@ -412,8 +412,21 @@ fn assemble(
     )
     .with_refused(refused)
     .with_h2c(settings.h2c);
+    // `server.proxy_protocol` as the running snapshot has it (a reload changes who is trusted), with
+    // the head deadline the header must arrive within.
+    let pp_snapshot = shared.clone();
+    let proxy_protocol: crate::proxy_protocol::Current = Arc::new(move || {
+        let s = pp_snapshot.load();
+        let p = s.settings.proxy_protocol.clone()?;
+        Some((p, s.settings.header_read_timeout))
+    });
+    let app = app.with_proxy_protocol(proxy_protocol.clone());
     let connections = app.tracker.clone();
-    let mut proxy = Service::new(named("tollgate"), app);
+    // HTTPS listeners read the header before the TLS handshake (Pingora's pre-TLS hook; Service has
+    // no setter for it, its Listeners do).
+    let mut endpoints = pingora_core::listeners::Listeners::new();
+    endpoints.set_pre_tls_callback(Arc::new(crate::proxy_protocol::PreTls(proxy_protocol)));
+    let mut proxy = Service::with_listeners(named("tollgate"), endpoints, app);
     // The certificate comes from the current snapshot at each handshake (see `tls`); the paths given
     // to Pingora are unused once a resolver is set.
     let tls_settings = |addr: &dyn std::fmt::Display| {

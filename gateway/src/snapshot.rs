@@ -25,6 +25,8 @@ pub struct Settings {
     pub tls_files: Vec<std::path::PathBuf>,
     pub threads: Option<usize>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `server.proxy_protocol`: peers whose connections start with a PROXY protocol header.
+    pub proxy_protocol: Option<std::sync::Arc<crate::proxy_protocol::Policy>>,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_uri_bytes: usize,

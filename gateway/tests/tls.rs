@@ -68,6 +68,17 @@ fn https_get_as(
     server_name: &str,
     path: &str,
 ) -> (Response, Vec<u8>) {
+    https_get_after(addr, root, server_name, path, b"")
+}
+
+/// The same, with `first` written on the connection before the TLS handshake (a PROXY header).
+fn https_get_after(
+    addr: SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    server_name: &str,
+    path: &str,
+    first: &[u8],
+) -> (Response, Vec<u8>) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -81,9 +92,10 @@ fn https_get_as(
         server_name.to_string().try_into().unwrap(),
     )
     .unwrap();
-    let sock = TcpStream::connect(addr).unwrap();
+    let mut sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    sock.write_all(first).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
     tls.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n")
@@ -406,4 +418,39 @@ fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
         metrics.contains("tollgate_tls_certificate_expiry_timestamp_seconds 3471292800"),
         "the earliest expiry (2080-01-01): {metrics}"
     );
+}
+
+#[test]
+fn a_proxy_protocol_header_before_the_tls_handshake_gives_the_client_address() {
+    let be = Backend::start("be", Mode::Echo);
+    let ca = Ca::new();
+    let certs = tempfile::tempdir().unwrap();
+    write_pair(certs.path(), "gw", &ca.leaf(Some((2020, 2090))));
+    let (_gw, tls_addr) = https_gateway(
+        Gateway::in_process,
+        &be,
+        certs.path(),
+        r#", proxy_protocol: { from: ["127.0.0.1"] }"#,
+        "",
+    );
+    let (r, _) = https_get_after(
+        tls_addr,
+        &ca.root(),
+        "localhost",
+        "/x",
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 8443\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.7")
+    );
+    // From a trusted peer the header is required: a handshake without one gets no answer.
+    let mut sock = TcpStream::connect(tls_addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"\x16\x03\x01\x00\x05hello").unwrap();
+    let mut buf = Vec::new();
+    let _ = sock.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{buf:?}");
 }

@@ -39,6 +39,17 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
         }
     }
     let trusted = s.trusted_proxies.iter().map(|c| c.0).collect();
+    let proxy_protocol = s.proxy_protocol.as_ref().and_then(|p| {
+        if p.from.is_empty() {
+            at.at("proxy_protocol").at("from").error(
+                "name the load balancers' addresses (CIDRs): only they may send a PROXY header",
+            );
+            return None;
+        }
+        Some(std::sync::Arc::new(crate::proxy_protocol::Policy {
+            from: p.from.iter().map(|c| c.0).collect(),
+        }))
+    });
     let l = &s.limits;
     let limits = at.at("limits");
     if l.max_header_bytes.0 == 0 {
@@ -103,6 +114,7 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
         tls_files,
         threads: s.threads.map(NonZeroUsize::get),
         trusted_proxies: trusted,
+        proxy_protocol,
         max_header_bytes: l.max_header_bytes.0 as usize,
         max_headers: l.max_headers,
         max_uri_bytes: l.max_uri_bytes.0 as usize,

@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub threads: Option<NonZeroUsize>,
     /// CIDRs (or single IPs) whose `X-Forwarded-For` is believed. Everyone else's is replaced.
     pub trusted_proxies: Vec<Cidr>,
+    /// Read the client's address from a PROXY protocol header (v1 or v2) that a TCP load balancer
+    /// sends first on each connection to the public listeners.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
     pub access_log: AccessLogConfig,
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
@@ -100,6 +103,15 @@ pub struct ServerConfig {
     /// Bridge gRPC-Web (`application/grpc-web*`, from browsers) to gRPC upstreams: the request goes up
     /// as gRPC, the answer and its trailers come back as gRPC-Web.
     pub grpc_web: bool,
+}
+
+/// `server.proxy_protocol`: who may send a PROXY protocol header.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolConfig {
+    /// The load balancers' addresses (CIDRs or single IPs). A connection from one of them must start
+    /// with a header; from anyone else none is read (its client address is the connection's own).
+    pub from: Vec<Cidr>,
 }
 
 /// `server.tls`: where to terminate TLS, with which certificate (reloadable, like everything else).
@@ -132,6 +144,7 @@ impl Default for ServerConfig {
             listen: vec![Addr(SocketAddr::from(([0, 0, 0, 0], 8080)))],
             threads: None,
             trusted_proxies: Vec::new(),
+            proxy_protocol: None,
             access_log: AccessLogConfig::default(),
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
