@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, every config in config/, unit and integration
-# tests (real binaries, real sockets on 127.0.0.1). Installs what a fresh Debian 12 machine with only
-# the Rust toolchain lacks.
+# The whole test suite, as CI runs it: formatting, lints, every config in config/, the services' APIs
+# against their OpenAPI documents, unit and integration tests (real binaries, real sockets on
+# 127.0.0.1). Installs what a fresh Debian 12 machine with only the Rust toolchain lacks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -17,6 +17,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
 cargo build --workspace --all-targets --locked
+
+step "API conformance (scripts/api-check.sh)"
+./scripts/api-check.sh target/debug
 
 step "validate config/*.yaml"
 # Every config; the route test cases beside them are not configs, and are run instead.

@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use service_kit::db::{self, retry};
 use service_kit::error::{ErrorBody, JsonBody, PathParam, Query};
+use service_kit::openapi::BearerAuth;
 use service_kit::{ApiError, ApiResult, FieldError, Page, PageParams};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
@@ -56,14 +57,19 @@ pub struct AppState {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrderItem {
+    #[schema(minimum = 1)]
     pub product_id: i64,
+    #[schema(minimum = 1, maximum = 1000)]
     pub qty: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"user_id": 1, "items": [{"product_id": 1, "qty": 1}]}))]
 pub struct NewOrder {
+    #[schema(minimum = 1)]
     pub user_id: i64,
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<NewOrderItem>,
 }
 
@@ -80,6 +86,7 @@ pub struct Order {
     pub id: String,
     pub user_id: i64,
     /// `pending`, `confirmed`, `rejected`, `failed` or `cancelled`.
+    #[schema(value_type = OrderStatus)]
     pub status: String,
     pub total_cents: i64,
     pub items: Vec<OrderItem>,
@@ -101,16 +108,47 @@ struct OrderRow {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     pub user_id: Option<i64>,
-    pub status: Option<String>,
+    #[param(inline)]
+    pub status: Option<OrderStatus>,
+    /// Items per page, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    /// Items to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
+}
+
+/// The states of an order (the `status` column holds their names): a filter that names none of
+/// them is refused (`400`) rather than answered with an empty page.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Rejected,
+    Failed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// The name stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Rejected => "rejected",
+            OrderStatus::Failed => "failed",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "order-service", description = "Tollgate reference service: orders"),
     paths(create_order, get_order, list_orders, cancel_order),
-    components(schemas(NewOrder, NewOrderItem, Order, OrderItem, ErrorBody, Page<Order>))
+    components(schemas(NewOrder, NewOrderItem, Order, OrderItem, OrderStatus, ErrorBody, Page<Order>)),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
@@ -175,7 +213,10 @@ pub fn router(state: AppState) -> Router {
         .route("/orders", get(list_orders).post(create_order))
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/cancel", post(cancel_order))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(service_kit::openapi::document(ApiDoc::openapi())) }),
+        )
         .with_state(state)
         .merge(service_kit::health::routes(pool))
 }
@@ -299,11 +340,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Place an order.
-#[utoipa::path(post, path = "/orders", request_body = NewOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
-    responses((status = 201, body = Order), (status = 409, description = "insufficient stock, or the same key is in progress", body = ErrorBody),
+#[utoipa::path(post, path = "/orders", request_body = NewOrder, security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "repeat-safe key")),
+    responses((status = 201, body = Order, headers(("location" = String, description = "the order's URL")),
+        links(("GetOrder" = (operation_id = "get_order", parameters(("id" = "$response.body#/id")))),
+              ("CancelOrder" = (operation_id = "cancel_order", parameters(("id" = "$response.body#/id")))))),
+              (status = 400, description = "malformed JSON or Idempotency-Key, or a query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "an order for another user", body = ErrorBody),
+              (status = 409, description = "insufficient stock, or the same key is in progress", body = ErrorBody),
+              (status = 415, description = "the body is not `application/json`", body = ErrorBody),
               (status = 422, description = "invalid fields, unknown user or product, or a reused key", body = ErrorBody),
-              (status = 503, description = "users or products service unavailable", body = ErrorBody)))]
+              (status = 503, description = "users or products service unavailable, or the database busy", body = ErrorBody)))]
 async fn create_order(
     State(st): State<AppState>,
     caller: Caller,
@@ -675,7 +721,8 @@ pub async fn recover(st: &AppState) {
     }
 }
 
-#[utoipa::path(get, path = "/orders/{id}", responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/orders/{id}", params(("id" = String, Path, description = "order id")), security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 404, description = "no such order (or another user's)", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn get_order(
     State(st): State<AppState>,
     caller: Caller,
@@ -692,7 +739,8 @@ fn order_not_found(id: &str) -> ApiError {
     ApiError::not_found("order_not_found", format!("order {id} does not exist"))
 }
 
-#[utoipa::path(get, path = "/orders", params(ListParams), responses((status = 200, body = Page<Order>)))]
+#[utoipa::path(get, path = "/orders", params(ListParams), security(("bearer" = [])),
+    responses((status = 200, body = Page<Order>), (status = 400, description = "malformed JSON or Idempotency-Key, or a query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "another user's orders", body = ErrorBody), (status = 422, description = "limit or offset out of range", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn list_orders(
     State(st): State<AppState>,
     caller: Caller,
@@ -721,7 +769,7 @@ async fn list_orders(
              ORDER BY created_at, id LIMIT $3 OFFSET $4",
         )
         .bind(q.user_id)
-        .bind(q.status.clone())
+        .bind(q.status.map(OrderStatus::as_str))
         .bind(limit)
         .bind(offset)
         .fetch_all(&st.pool)
@@ -730,7 +778,7 @@ async fn list_orders(
     let (total,): (i64,) = retry(|| {
         sqlx::query_as("SELECT COUNT(*) FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR status = $2)")
             .bind(q.user_id)
-            .bind(q.status.clone())
+            .bind(q.status.map(OrderStatus::as_str))
             .fetch_one(&st.pool)
     })
     .await?;
@@ -744,7 +792,8 @@ async fn list_orders(
 }
 
 /// Cancel a confirmed order and give its stock back. Cancelling twice is fine.
-#[utoipa::path(post, path = "/orders/{id}/cancel", responses((status = 200, body = Order), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/orders/{id}/cancel", params(("id" = String, Path, description = "order id")), security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 404, description = "no such order (or another user's)", body = ErrorBody), (status = 409, description = "not in a state that can be cancelled", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn cancel_order(
     State(st): State<AppState>,
     caller: Caller,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use service_kit::auth::Caller;
 use service_kit::db::{self, retry};
 use service_kit::error::{ErrorBody, JsonBody, PathParam, Query};
+use service_kit::openapi::BearerAuth;
 use service_kit::{ApiError, ApiResult, FieldError, Page, PageParams};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, FromRow};
@@ -40,19 +41,28 @@ pub struct Product {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
+    /// 1 to 200 characters once trimmed.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price_cents: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price_cents: Option<i64>,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i64>,
 }
 
@@ -60,6 +70,7 @@ pub struct ProductPatch {
 #[serde(deny_unknown_fields)]
 pub struct ReservationItem {
     pub product_id: i64,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub qty: i64,
 }
 
@@ -67,7 +78,9 @@ pub struct ReservationItem {
 #[serde(deny_unknown_fields)]
 pub struct NewReservation {
     /// Chosen by the caller (e.g. the order id); reserving twice with the same id and items is a no-op.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub id: String,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<ReservationItem>,
 }
 
@@ -82,16 +95,26 @@ pub struct ReservedItem {
 pub struct Reservation {
     pub id: String,
     /// `active` or `released`.
+    #[schema(value_type = ReservationStatus)]
     pub status: String,
     pub items: Vec<ReservedItem>,
     pub total_cents: i64,
+}
+
+/// The values of [`Reservation::status`], for the schema (the column is text, checked by the database).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReservationStatus {
+    Active,
+    Released,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "product-service", description = "Tollgate reference service: products and stock reservations"),
     paths(create_product, get_product, list_products, update_product, delete_product, reserve, get_reservation, release),
-    components(schemas(Product, NewProduct, ProductPatch, ReservationItem, NewReservation, ReservedItem, Reservation, ErrorBody, Page<Product>))
+    components(schemas(Product, NewProduct, ProductPatch, ReservationItem, NewReservation, ReservedItem, Reservation, ReservationStatus, ErrorBody, Page<Product>)),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
@@ -114,7 +137,10 @@ pub fn router(pool: AnyPool) -> Router {
         )
         .route("/reservations", axum::routing::post(reserve))
         .route("/reservations/{id}", get(get_reservation).delete(release))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(service_kit::openapi::document(ApiDoc::openapi())) }),
+        )
         .with_state(pool.clone())
         .merge(service_kit::health::routes(pool))
 }
@@ -167,7 +193,12 @@ fn validate(
     }
 }
 
-#[utoipa::path(post, path = "/products", request_body = NewProduct, responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 201, body = Product), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/products", request_body = NewProduct, security(("bearer" = [])),
+    responses((status = 201, body = Product, headers(("location" = String, description = "the new product's URL")),
+        links(("GetProduct" = (operation_id = "get_product", parameters(("id" = "$response.body#/id")))),
+              ("UpdateProduct" = (operation_id = "update_product", parameters(("id" = "$response.body#/id")))),
+              ("DeleteProduct" = (operation_id = "delete_product", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not an administrator", body = ErrorBody), (status = 415, description = "the body is not `application/json`", body = ErrorBody), (status = 422, description = "invalid fields", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn create_product(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -203,7 +234,8 @@ async fn create_product(
     ))
 }
 
-#[utoipa::path(get, path = "/products/{id}", responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/products/{id}", params(("id" = i64, Path, minimum = 1, description = "product id")),
+    responses((status = 200, body = Product), (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 404, description = "no such product", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn get_product(
     State(pool): State<AnyPool>,
     PathParam(id): PathParam<i64>,
@@ -221,7 +253,8 @@ async fn get_product(
     p.map(Json).ok_or_else(|| product_not_found(id))
 }
 
-#[utoipa::path(get, path = "/products", params(PageParams), responses((status = 200, body = Page<Product>)))]
+#[utoipa::path(get, path = "/products", params(PageParams),
+    responses((status = 200, body = Page<Product>), (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 422, description = "limit or offset out of range", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn list_products(
     State(pool): State<AnyPool>,
     Query(page): Query<PageParams>,
@@ -243,8 +276,8 @@ async fn list_products(
     Ok(Json(Page::new(items, limit, offset, total)))
 }
 
-#[utoipa::path(patch, path = "/products/{id}", request_body = ProductPatch,
-    responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 200, body = Product), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(patch, path = "/products/{id}", request_body = ProductPatch, params(("id" = i64, Path, minimum = 1, description = "product id")), security(("bearer" = [])),
+    responses((status = 200, body = Product), (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not an administrator", body = ErrorBody), (status = 404, description = "no such product", body = ErrorBody), (status = 415, description = "the body is not `application/json`", body = ErrorBody), (status = 422, description = "invalid fields", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn update_product(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -278,7 +311,8 @@ async fn update_product(
     product.map(Json).ok_or_else(|| product_not_found(id))
 }
 
-#[utoipa::path(delete, path = "/products/{id}", responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 204), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/products/{id}", params(("id" = i64, Path, minimum = 1, description = "product id")), security(("bearer" = [])),
+    responses((status = 204, description = "deleted"), (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not an administrator", body = ErrorBody), (status = 404, description = "no such product", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn delete_product(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -356,9 +390,14 @@ fn valid_reservation_id(id: &str) -> bool {
 }
 
 /// Reserve stock for all items, or none.
-#[utoipa::path(post, path = "/reservations", request_body = NewReservation,
-    responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 201, body = Reservation), (status = 200, description = "replay of an existing reservation", body = Reservation),
-              (status = 404, body = ErrorBody), (status = 409, description = "insufficient stock, or the id was released before it was reserved", body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/reservations", request_body = NewReservation, security(("bearer" = [])),
+    responses((status = 201, body = Reservation,
+        links(("GetReservation" = (operation_id = "get_reservation", parameters(("id" = "$response.body#/id")))),
+              ("Release" = (operation_id = "release", parameters(("id" = "$response.body#/id")))))),
+              (status = 200, description = "replay of an existing reservation", body = Reservation),
+              (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not a service of this deployment", body = ErrorBody), (status = 404, description = "an item's product does not exist", body = ErrorBody),
+              (status = 409, description = "insufficient stock, or the id was released before it was reserved", body = ErrorBody),
+              (status = 415, description = "the body is not `application/json`", body = ErrorBody), (status = 422, description = "invalid fields, a total too large, or the id reused with other items", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn reserve(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -482,7 +521,8 @@ async fn reserve(
     }
 }
 
-#[utoipa::path(get, path = "/reservations/{id}", responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 200, body = Reservation), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/reservations/{id}", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "reservation id, chosen by the caller")), security(("bearer" = [])),
+    responses((status = 200, body = Reservation), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not a service of this deployment", body = ErrorBody), (status = 404, description = "no such reservation", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn get_reservation(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -505,7 +545,8 @@ async fn get_reservation(
 /// while its request was still on the way) is refused instead of holding stock nobody will give back.
 /// Reserve and release meet on the reservation's primary key, so whichever commits first wins and
 /// the other sees it: the stock is held exactly when an active reservation exists.
-#[utoipa::path(delete, path = "/reservations/{id}", responses((status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 204, description = "released, or marked released before any reservation with this id"), (status = 422, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/reservations/{id}", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "reservation id, chosen by the caller")), security(("bearer" = [])),
+    responses((status = 204, description = "released, or marked released before any reservation with this id"), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not a service of this deployment", body = ErrorBody), (status = 422, description = "not a valid reservation id", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn release(
     State(pool): State<AnyPool>,
     caller: Caller,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use service_kit::auth::{Auth, Caller};
 use service_kit::db::{self, retry};
 use service_kit::error::{ErrorBody, JsonBody, PathParam, Query};
+use service_kit::openapi::BearerAuth;
 use service_kit::{ApiError, ApiResult, FieldError, Page, PageParams};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, FromRow};
@@ -33,14 +34,20 @@ pub struct User {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    /// 1 to 100 characters once trimmed.
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
+    /// Stored lowercased; unique.
+    #[schema(format = Email, min_length = 3, max_length = 254)]
     pub email: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: Option<String>,
+    #[schema(format = Email, min_length = 3, max_length = 254)]
     pub email: Option<String>,
 }
 
@@ -48,7 +55,8 @@ pub struct UserPatch {
 #[openapi(
     info(title = "user-service", description = "Tollgate reference service: users"),
     paths(create_user, get_user, list_users, update_user, delete_user),
-    components(schemas(User, NewUser, UserPatch, ErrorBody, Page<User>))
+    components(schemas(User, NewUser, UserPatch, ErrorBody, Page<User>)),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
@@ -65,7 +73,10 @@ pub fn router(pool: AnyPool) -> Router {
             "/users/{id}",
             get(get_user).patch(update_user).delete(delete_user),
         )
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(service_kit::openapi::document(ApiDoc::openapi())) }),
+        )
         .with_state(pool.clone())
         .merge(service_kit::health::routes(pool))
 }
@@ -115,8 +126,12 @@ macro_rules! columns {
     };
 }
 
-#[utoipa::path(post, path = "/users", request_body = NewUser,
-    responses((status = 201, body = User), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/users", request_body = NewUser, security(("bearer" = [])),
+    responses((status = 201, body = User, headers(("location" = String, description = "the new user's URL")),
+        links(("GetUser" = (operation_id = "get_user", parameters(("id" = "$response.body#/id")))),
+              ("UpdateUser" = (operation_id = "update_user", parameters(("id" = "$response.body#/id")))),
+              ("DeleteUser" = (operation_id = "delete_user", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not an administrator, or another user's record", body = ErrorBody), (status = 409, description = "the email is taken", body = ErrorBody), (status = 415, description = "the body is not `application/json`", body = ErrorBody), (status = 422, description = "invalid fields", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn create_user(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -152,7 +167,8 @@ async fn create_user(
     ))
 }
 
-#[utoipa::path(get, path = "/users/{id}", responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/users/{id}", params(("id" = i64, Path, minimum = 1, description = "user id")), security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not an administrator, or another user's record", body = ErrorBody), (status = 404, description = "no such user", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn get_user(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -168,7 +184,8 @@ async fn get_user(
     user.map(Json).ok_or_else(|| user_not_found(id))
 }
 
-#[utoipa::path(get, path = "/users", params(PageParams), responses((status = 200, body = Page<User>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/users", params(PageParams), security(("bearer" = [])),
+    responses((status = 200, body = Page<User>), (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not an administrator, or another user's record", body = ErrorBody), (status = 422, description = "limit or offset out of range", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn list_users(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -192,8 +209,8 @@ async fn list_users(
     Ok(Json(Page::new(items, limit, offset, total)))
 }
 
-#[utoipa::path(patch, path = "/users/{id}", request_body = UserPatch,
-    responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(patch, path = "/users/{id}", request_body = UserPatch, params(("id" = i64, Path, minimum = 1, description = "user id")), security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not an administrator, or another user's record", body = ErrorBody), (status = 404, description = "no such user", body = ErrorBody), (status = 409, description = "the email is taken", body = ErrorBody), (status = 415, description = "the body is not `application/json`", body = ErrorBody), (status = 422, description = "invalid fields", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn update_user(
     State(pool): State<AnyPool>,
     caller: Caller,
@@ -230,7 +247,8 @@ async fn update_user(
     user.map(Json).ok_or_else(|| user_not_found(id))
 }
 
-#[utoipa::path(delete, path = "/users/{id}", responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/users/{id}", params(("id" = i64, Path, minimum = 1, description = "user id")), security(("bearer" = [])),
+    responses((status = 204, description = "deleted"), (status = 400, description = "malformed JSON, or a path or query value of the wrong type", body = ErrorBody), (status = 401, description = "no token, or one that does not verify", body = ErrorBody), (status = 403, description = "not an administrator, or another user's record", body = ErrorBody), (status = 404, description = "no such user", body = ErrorBody), (status = 503, description = "the database is busy", body = ErrorBody)))]
 async fn delete_user(
     State(pool): State<AnyPool>,
     caller: Caller,
