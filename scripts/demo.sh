@@ -174,6 +174,11 @@ Admin (its own port): curl -s http://127.0.0.1:9090/readyz ; curl -s http://127.
 Access log: $DEMO_DIR/logs/gateway.log. Edit $CONFIG and it reloads. Ctrl-C stops everything.
 EOF
 
-# Exit (and stop the rest) as soon as any process dies, or on Ctrl-C.
-wait -n "${PIDS[@]}" || true
+# Exit (and stop the rest) as soon as any process dies, or on Ctrl-C. With replicas, a products or
+# orders instance may die (kill -9 one to watch the other take over): only the gateway and users count.
+if [ "$REPLICAS" = 2 ]; then
+  wait -n "${PIDS[0]}" "${PIDS[-1]}" || true
+else
+  wait -n "${PIDS[@]}" || true
+fi
 echo "a process exited; see $DEMO_DIR/logs/" >&2

@@ -215,7 +215,7 @@ fn replica_killed_mid_load(victim: Victim) {
                         .send();
                     let (status, body) = match r {
                         Ok(r) => (r.status().as_u16(), r.json::<Value>().ok()),
-                        Err(_) => (0, None),
+                        Err(e) => (0, Some(json!({"transport": format!("{e:?}")}))),
                     };
                     if status == 201 {
                         acked.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +224,7 @@ fn replica_killed_mid_load(victim: Victim) {
                     // Reads through the products upstream too: they must survive its replica's death.
                     let (status, body) = match c.get(&product_url).send() {
                         Ok(r) => (r.status().as_u16(), r.json::<Value>().ok()),
-                        Err(_) => (0, None),
+                        Err(e) => (0, Some(json!({"transport": format!("{e:?}")}))),
                     };
                     answers.lock().unwrap().push(Answer {
                         key: String::new(),
