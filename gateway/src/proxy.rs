@@ -1135,6 +1135,13 @@ impl ProxyHttp for Gateway {
         };
         let code = err.status;
         if session.response_written().is_none() {
+            // The connection is not reused after this (`can_reuse_downstream: false`: Pingora's
+            // `handle_error` then drops it, pingora-proxy src/lib.rs), so the answer must say
+            // `Connection: close`: Pingora writes `keep-alive` unless keepalive is off
+            // (pingora-core src/protocols/http/v1/server.rs, the response header update), and a client
+            // that believed it sent its next request into a closed socket (seen with an upstream
+            // killed mid-request: the 502 arrived, the next request on the connection got no answer).
+            session.set_keepalive(None);
             if let Err(we) = self.respond(session, ctx, err).await {
                 log::debug!(
                     "request {}: could not send the error response: {we}",

@@ -40,6 +40,41 @@ pub async fn request_id(req: Request, next: Next) -> Response {
 /// Bind `listen`, print `listening on http://ADDR` on stdout (tests and scripts read it, so `:0` works),
 /// and serve until SIGTERM or Ctrl-C, letting in-flight requests finish.
 pub async fn serve(name: &str, listen: &str, app: Router) -> anyhow::Result<()> {
+    serve_with(name, listen, app, |_stop| async {}).await
+}
+
+/// What a background task of the server is told: the server is stopping. Cloned freely; every clone
+/// sees the same signal. Also fires when the server ends without a signal (an error), so a task never
+/// outlives it.
+#[derive(Clone)]
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// Wait until the server stops (at once if it already has).
+    pub async fn requested(&mut self) {
+        // An error means the sender is gone: the server is gone too, which is a stop as well.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Has the server begun to stop? For loops that check between steps.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+}
+
+/// [`serve`], with a long-lived task that belongs to the server (a recovery loop, say): started once
+/// the listener is bound, told to stop by the same signal that stops the listener, and awaited before
+/// this returns, so that it never runs detached past the server nor dies in the middle of a step.
+pub async fn serve_with<F, Fut>(
+    name: &str,
+    listen: &str,
+    app: Router,
+    background: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Stop) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(service = name, %addr, "listening");
@@ -48,13 +83,26 @@ pub async fn serve(name: &str, listen: &str, app: Router) -> anyhow::Result<()> 
     let app = app
         .layer(axum::middleware::from_fn(request_id))
         .layer(tower_http::trace::TraceLayer::new_for_http());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(background(Stop(stop)));
+    let signal = async move {
+        shutdown_signal().await;
+        // The background task stops with the listener, while in-flight requests finish.
+        let _ = stopping.send(true);
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await;
+    // On an error the sender is dropped with the signal future, which stops the task too.
+    if let Err(e) = task.await {
+        tracing::error!(service = name, error = %e, "background task panicked");
+    }
+    served?;
     tracing::info!(service = name, "stopped");
     Ok(())
 }
 
+/// SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -11,6 +11,11 @@
 //! in between, the recovery loop fails pending orders whose lease has run out and releases their stock;
 //! releasing is idempotent and retried until the products service confirms it.
 //!
+//! Several instances may share one database (replicas behind the gateway): every order carries a lease
+//! (`lease_owner`, `lease_until`) that the instance working on it renews; an instance confirms, fails or
+//! releases only an order it holds, and takes one over only once its lease has run out. Repeats are
+//! recognised by the database (the unique `idempotency_key`), never by a process's memory.
+//!
 //! `Idempotency-Key`: a repeat with the same key and body gets the stored response; the same key with a
 //! different body gets 422; a repeat while the first is still running gets 409.
 
@@ -40,7 +45,9 @@ static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub users_url: String,
-    pub products_url: String,
+    /// Base URLs of the products service's instances (one is enough behind a load balancer); a call
+    /// goes to the next one when an instance cannot be reached.
+    pub products_urls: Vec<String>,
     pub pending_timeout: Duration,
     pub call_timeout: Duration,
     /// The credential this service calls users and products with (`SERVICE_TOKEN`).
@@ -52,6 +59,11 @@ pub struct AppState {
     pool: AnyPool,
     http: reqwest::Client,
     settings: Arc<Settings>,
+    /// This process's name in `orders.lease_owner`: random per start, so that a restarted instance
+    /// takes over its own old orders like any other's, only once their lease has run out.
+    instance: Arc<str>,
+    /// Which of `products_urls` the next call to the products service starts with (round robin).
+    next_products: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -169,6 +181,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(n * mult))
 }
 
+/// The order service: its router, and the recovery loop the server runs beside it
+/// ([`Recovery::run`], with `service_kit::server::serve_with`).
+pub struct Service {
+    pub router: Router,
+    pub recovery: Recovery,
+}
+
+/// Settles the orders no request is working on any more (see [`recover`]): the loop belongs to the
+/// server, which starts it, stops it at shutdown and waits for it.
+pub struct Recovery {
+    state: AppState,
+}
+
+impl Recovery {
+    /// Every 500 ms, settle what has to be, until `stop`. The first round runs at once, so that what
+    /// a previous run left is settled soon after a start. A round in progress is finished, never cut.
+    pub async fn run(self, mut stop: service_kit::server::Stop) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.requested() => break,
+                _ = tick.tick() => recover(&self.state, &stop).await,
+            }
+        }
+        tracing::info!("recovery loop stopped");
+    }
+}
+
 /// Connect, migrate, build the router. Who may do what, checked here: a user places, reads, lists
 /// and cancels their own orders (the token's `sub`); an administrator or a service all of them;
 /// without a credential nothing. Calls to users and products carry the service token.
@@ -176,7 +217,10 @@ pub async fn app(
     database_url: &str,
     settings: Settings,
     auth: service_kit::auth::Auth,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<Service> {
+    if settings.products_urls.is_empty() {
+        anyhow::bail!("at least one products URL is needed");
+    }
     let (pool, _) = db::connect(database_url, &SQLITE, &POSTGRES).await?;
     let mut creds = reqwest::header::HeaderMap::new();
     let mut bearer =
@@ -193,18 +237,13 @@ pub async fn app(
         pool: pool.clone(),
         http,
         settings: Arc::new(settings),
+        instance: uuid::Uuid::new_v4().simple().to_string().into(),
+        next_products: Arc::default(),
     };
-    // Settle what a previous run left behind before taking new orders, then keep doing it.
-    recover(&state).await;
-    let bg = state.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            recover(&bg).await;
-        }
-    });
-    Ok(service_kit::auth::with_auth(router(state), auth))
+    Ok(Service {
+        router: service_kit::auth::with_auth(router(state.clone()), auth),
+        recovery: Recovery { state },
+    })
 }
 
 pub fn router(state: AppState) -> Router {
@@ -401,13 +440,14 @@ async fn create_order(
     let lease_until = lease(&st.settings);
     let inserted = retry(|| {
         sqlx::query(
-            "INSERT INTO orders (id, user_id, status, idempotency_key, request_hash, lease_until, created_at, updated_at) \
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)",
+            "INSERT INTO orders (id, user_id, status, idempotency_key, request_hash, lease_owner, lease_until, created_at, updated_at) \
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8)",
         )
         .bind(&id)
         .bind(order.user_id)
         .bind(key.clone())
         .bind(&h)
+        .bind(&*st.instance)
         .bind(&lease_until)
         .bind(&now)
         .bind(&now)
@@ -430,7 +470,7 @@ async fn create_order(
         Err(e) => return Err(e.into()),
     }
 
-    let outcome = place(&st, &id, &order).await;
+    let outcome = holding_lease(&st, &id, place(&st, &id, &order)).await;
     finish(&st, &id, &order, &now, outcome).await
 }
 
@@ -441,6 +481,36 @@ enum Outcome {
     Rejected(ApiError),
     /// A dependency failed: not stored for replay; the key may be retried.
     Failed(ApiError),
+}
+
+/// Run `work` on order `id` while renewing this instance's lease on it (every third of
+/// `pending_timeout`), so that another instance takes it over only if this one stops working on it
+/// (a crash, `kill -9`, a hang longer than the lease). A renewal that finds the lease gone changes
+/// nothing: the confirmation checks the lease holder and loses then.
+async fn holding_lease<T>(st: &AppState, id: &str, work: impl std::future::Future<Output = T>) -> T {
+    let every = (st.settings.pending_timeout / 3).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                let renewed = retry(|| {
+                    sqlx::query("UPDATE orders SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'pending'")
+                        .bind(lease(&st.settings))
+                        .bind(id)
+                        .bind(&*st.instance)
+                        .execute(&st.pool)
+                })
+                .await;
+                match renewed {
+                    Ok(r) if r.rows_affected() == 1 => {}
+                    Ok(_) => tracing::warn!(order = id, "lease lost while placing the order"),
+                    Err(e) => tracing::warn!(error = %e, order = id, "could not renew the lease"),
+                }
+            }
+        }
+    }
 }
 
 /// Steps 2–3: check the user, reserve the stock.
@@ -491,12 +561,10 @@ async fn place(st: &AppState, id: &str, order: &NewOrder) -> Outcome {
         message: String,
     }
     let body = serde_json::json!({ "id": id, "items": order.items });
-    match st
-        .http
-        .post(format!("{}/reservations", s.products_url))
-        .json(&body)
-        .send()
-        .await
+    match to_products(st, |base| {
+        st.http.post(format!("{base}/reservations")).json(&body)
+    })
+    .await
     {
         Ok(r) if r.status() == 201 || r.status() == 200 => match r.json::<Reserved>().await {
             Ok(res) => Outcome::Confirmed(res.items, res.total_cents),
@@ -571,18 +639,21 @@ async fn finish(
             // pending order (which recovery fails and releases) or a complete one a repeat can replay.
             let confirmed = retry(|| async {
                 let mut tx = pool.begin().await?;
+                // Only while this instance holds the lease: once another took the order over (to fail
+                // it), confirming would race its release of the stock.
                 let done = sqlx::query(
                     "UPDATE orders SET status = 'confirmed', total_cents = $1, response_status = 201, \
-                     response_body = $2, updated_at = $3 WHERE id = $4 AND status = 'pending'",
+                     response_body = $2, updated_at = $3 WHERE id = $4 AND status = 'pending' AND lease_owner = $5",
                 )
                 .bind(total)
                 .bind(&body)
                 .bind(&now)
                 .bind(id)
+                .bind(&*st.instance)
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {
-                    return Ok(false); // recovery failed it meanwhile
+                    return Ok(false); // another instance's recovery took it over meanwhile
                 }
                 for it in &order.items {
                     sqlx::query(
@@ -609,6 +680,8 @@ async fn finish(
                     Ok(resp)
                 }
                 Ok(false) => {
+                    // The instance that took it over fails it and releases; releasing here too is
+                    // harmless (idempotent) and gives the stock back sooner.
                     release(st, id).await;
                     Err(ApiError::unavailable(
                         "order_expired",
@@ -631,12 +704,13 @@ async fn finish(
             retry(|| {
                 sqlx::query(
                     "UPDATE orders SET status = 'rejected', stock_released = 1, response_status = $1, response_body = $2, updated_at = $3 \
-                     WHERE id = $4 AND status = 'pending'",
+                     WHERE id = $4 AND status = 'pending' AND lease_owner = $5",
                 )
                 .bind(i64::from(err.status.as_u16()))
                 .bind(&body)
                 .bind(&now)
                 .bind(id)
+                .bind(&*st.instance)
                 .execute(pool)
             })
             .await?;
@@ -649,13 +723,17 @@ async fn finish(
     }
 }
 
-/// Mark a pending order failed (freeing its idempotency key for a retry) and release its stock.
+/// Mark a pending order this instance holds failed (freeing its idempotency key for a retry) and
+/// release its stock. The lease is kept (renewed) for the release: another instance retries it only if
+/// this one does not get it done in time.
 async fn fail(st: &AppState, id: &str) {
     let now = db::now();
     let r = retry(|| {
-        sqlx::query("UPDATE orders SET status = 'failed', idempotency_key = NULL, updated_at = $1 WHERE id = $2 AND status = 'pending'")
+        sqlx::query("UPDATE orders SET status = 'failed', idempotency_key = NULL, updated_at = $1, lease_until = $2 WHERE id = $3 AND status = 'pending' AND lease_owner = $4")
             .bind(&now)
+            .bind(lease(&st.settings))
             .bind(id)
+            .bind(&*st.instance)
             .execute(&st.pool)
     })
     .await;
@@ -666,10 +744,36 @@ async fn fail(st: &AppState, id: &str) {
     release(st, id).await;
 }
 
+/// Send a request to the products service, to each of its instances in turn while the answer is a
+/// transport error (refused, reset, timed out). Safe for both calls made to it: a reservation is
+/// idempotent by the order's id (the same id and items again is a replay, `200`) and so is a release,
+/// so what an instance may have done before it failed is not done twice.
+async fn to_products(
+    st: &AppState,
+    request: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let urls = &st.settings.products_urls;
+    let first = st
+        .next_products
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tries = (0..urls.len()).map(|i| &urls[(first + i) % urls.len()]);
+    let mut result = match tries.next() {
+        Some(base) => request(base).send().await,
+        None => request("").send().await, // no URL: refused by `app`; this only reports it
+    };
+    for base in tries {
+        match &result {
+            Err(e) => tracing::warn!(error = %e, "products instance unreachable; trying the next"),
+            Ok(_) => break,
+        }
+        result = request(base).send().await;
+    }
+    result
+}
+
 /// Give back the stock of a failed or cancelled order; on success remember it. Idempotent.
 async fn release(st: &AppState, id: &str) -> bool {
-    let url = format!("{}/reservations/{id}", st.settings.products_url);
-    match st.http.delete(url).send().await {
+    match to_products(st, |base| st.http.delete(format!("{base}/reservations/{id}"))).await {
         Ok(r) if r.status() == 204 || r.status() == 404 => {
             let done = retry(|| {
                 sqlx::query("UPDATE orders SET stock_released = 1 WHERE id = $1")
@@ -690,33 +794,63 @@ async fn release(st: &AppState, id: &str) -> bool {
     }
 }
 
-/// Fail pending orders whose lease ran out, and release stock still held by failed or cancelled orders.
-pub async fn recover(st: &AppState) {
-    let now = db::now();
-    let expired: Result<Vec<(String,)>, _> = retry(|| {
-        sqlx::query_as("SELECT id FROM orders WHERE status = 'pending' AND lease_until < $1")
+/// Orders at most one round settles: a bound on how long a round (and so a shutdown) can take.
+const RECOVERY_BATCH: usize = 100;
+
+/// Settle the orders nobody works on any more, whichever instance left them: a `pending` order whose
+/// lease ran out (its instance died or hung before confirming) is failed and its stock released; a
+/// `failed` or `cancelled` one whose stock is not yet back is released again.
+///
+/// Nothing here assumes it is the only instance: each order is first taken over with one conditional
+/// `UPDATE ... WHERE lease_until < now ... RETURNING`, which exactly one instance wins (PostgreSQL
+/// rechecks the `WHERE` on the row it waited for, under READ COMMITTED; SQLite has one writer), and every
+/// later step is conditional on still holding it. One order at a time, so that a lease (taken for
+/// `pending_timeout`, longer than the one call a step makes) never runs out under its new holder.
+/// Timestamps are this host's clock: instances' clocks must agree to well within `pending_timeout`.
+pub async fn recover(st: &AppState, stop: &service_kit::server::Stop) {
+    for _ in 0..RECOVERY_BATCH {
+        if stop.is_requested() {
+            return;
+        }
+        let now = db::now();
+        let claimed: Result<Option<(String, String)>, _> = retry(|| {
+            sqlx::query_as(
+                "UPDATE orders SET lease_owner = $1, lease_until = $2 \
+                 WHERE lease_until < $3 AND (status = 'pending' OR (status IN ('failed', 'cancelled') AND stock_released = 0)) \
+                 AND id IN (SELECT id FROM orders WHERE lease_until < $3 \
+                            AND (status = 'pending' OR (status IN ('failed', 'cancelled') AND stock_released = 0)) \
+                            ORDER BY lease_until LIMIT 1) \
+                 RETURNING id, status",
+            )
+            .bind(&*st.instance)
+            .bind(lease(&st.settings))
             .bind(&now)
-            .fetch_all(&st.pool)
-    })
-    .await;
-    for (id,) in expired.unwrap_or_default() {
-        tracing::info!(order = %id, "failing an order left pending");
-        let _ = retry(|| {
-            sqlx::query("UPDATE orders SET status = 'failed', idempotency_key = NULL, updated_at = $1 WHERE id = $2 AND status = 'pending'")
-                .bind(&now)
-                .bind(&id)
-                .execute(&st.pool)
+            .fetch_optional(&st.pool)
         })
         .await;
-    }
-    let unreleased: Result<Vec<(String,)>, _> = retry(|| {
-        sqlx::query_as(
-            "SELECT id FROM orders WHERE status IN ('failed', 'cancelled') AND stock_released = 0",
-        )
-        .fetch_all(&st.pool)
-    })
-    .await;
-    for (id,) in unreleased.unwrap_or_default() {
+        let (id, status) = match claimed {
+            Ok(Some(c)) => c,
+            Ok(None) => return, // nothing to settle
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery could not claim an order");
+                return;
+            }
+        };
+        if status == "pending" {
+            tracing::info!(order = %id, "failing an order left pending");
+            let failed = retry(|| {
+                sqlx::query("UPDATE orders SET status = 'failed', idempotency_key = NULL, updated_at = $1 WHERE id = $2 AND status = 'pending' AND lease_owner = $3")
+                    .bind(&now)
+                    .bind(&id)
+                    .bind(&*st.instance)
+                    .execute(&st.pool)
+            })
+            .await;
+            if let Err(e) = failed {
+                tracing::warn!(error = %e, order = %id, "could not fail an order; the lease will run out again");
+                continue;
+            }
+        }
         release(st, &id).await;
     }
 }
@@ -807,8 +941,11 @@ async fn cancel_order(
     }
     let now = db::now();
     let done = retry(|| {
-        sqlx::query("UPDATE orders SET status = 'cancelled', stock_released = 0, updated_at = $1 WHERE id = $2 AND status = 'confirmed'")
+        // The lease is this instance's while it releases; another retries the release once it runs out.
+        sqlx::query("UPDATE orders SET status = 'cancelled', stock_released = 0, updated_at = $1, lease_owner = $2, lease_until = $3 WHERE id = $4 AND status = 'confirmed'")
             .bind(&now)
+            .bind(&*st.instance)
+            .bind(lease(&st.settings))
             .bind(&id)
             .execute(&st.pool)
     })

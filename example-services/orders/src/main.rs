@@ -19,11 +19,18 @@ struct Args {
     /// Base URL of the users service.
     #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8081")]
     users_url: String,
-    /// Base URL of the products service.
-    #[arg(long, env = "PRODUCTS_URL", default_value = "http://127.0.0.1:8082")]
-    products_url: String,
-    /// How long an order may stay pending before recovery fails it and releases its stock. Must be
-    /// longer than a request can take (two calls of at most `--call-timeout`).
+    /// Base URL of the products service; several, comma-separated, for instances without a load
+    /// balancer in front (a call goes to the next one when an instance cannot be reached).
+    #[arg(
+        long,
+        env = "PRODUCTS_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8082"
+    )]
+    products_url: Vec<String>,
+    /// How long an order's lease lasts: the instance placing it renews it every third of this, and
+    /// once it runs out (the instance died) any instance's recovery fails the order and releases its
+    /// stock.
     #[arg(long, env = "PENDING_TIMEOUT", default_value = "30s", value_parser = order_service::parse_duration)]
     pending_timeout: std::time::Duration,
     /// Timeout of each call to the users and products services.
@@ -45,11 +52,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let settings = Settings {
         users_url: a.users_url,
-        products_url: a.products_url,
+        products_urls: a.products_url,
         pending_timeout: a.pending_timeout,
         call_timeout: a.call_timeout,
         service_token,
     };
-    let app = order_service::app(&a.database_url, settings, auth).await?;
-    service_kit::server::serve("order-service", &a.listen, app).await
+    let service = order_service::app(&a.database_url, settings, auth).await?;
+    let recovery = service.recovery;
+    service_kit::server::serve_with("order-service", &a.listen, service.router, |stop| {
+        recovery.run(stop)
+    })
+    .await
 }
