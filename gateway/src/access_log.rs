@@ -202,12 +202,19 @@ pub struct Entry<'a> {
     pub scheme: &'a str,
     /// `HTTP/1.1`, `HTTP/2.0`...
     pub protocol: &'a str,
+    /// The host the request was for (absolute-form authority, `:authority` or `Host`, as validated).
+    pub host: Option<&'a str>,
     pub path: &'a str,
+    /// The raw query string, without the `?` (`None`: the target had none).
+    pub query: Option<&'a str>,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     #[serde(serialize_with = "socket_opt")]
     pub target: Option<std::net::SocketAddr>,
     pub status: u16,
+    /// The status the upstream answered with (`None`: no upstream answered), which differs from
+    /// `status` when a plugin replaced the answer or a retry followed it.
+    pub upstream_status: Option<u16>,
     pub duration_ms: f64,
     pub upstream_ms: Option<f64>,
     /// Tries made to the upstream (0: answered by the gateway; more than 1: retried).
@@ -219,7 +226,10 @@ pub struct Entry<'a> {
     pub bytes_out: usize,
     pub user_agent: Option<&'a str>,
     pub trace_id: &'a str,
-    /// Who the request was authenticated as (JWT `sub`, or API-key consumer).
+    /// The gateway's span of this request (16 hex digits; the `parent-id` it sent upstream).
+    pub span_id: &'a str,
+    /// Who the request was authenticated as (JWT `sub`, or API-key consumer), also on the 403 of a
+    /// valid token that lacked a scope or role.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,8 +266,12 @@ impl Entry<'_> {
         json_str(out, self.scheme);
         key(out, "protocol");
         json_str(out, self.protocol);
+        key(out, "host");
+        json_opt_str(out, self.host);
         key(out, "path");
         json_str(out, self.path);
+        key(out, "query");
+        json_opt_str(out, self.query);
         key(out, "route");
         json_opt_str(out, self.route);
         key(out, "upstream");
@@ -270,6 +284,11 @@ impl Entry<'_> {
         let mut n = itoa::Buffer::new();
         key(out, "status");
         out.extend_from_slice(n.format(self.status).as_bytes());
+        key(out, "upstream_status");
+        match self.upstream_status {
+            Some(v) => out.extend_from_slice(n.format(v).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
         key(out, "duration_ms");
         json_f64(out, self.duration_ms);
         key(out, "upstream_ms");
@@ -291,6 +310,8 @@ impl Entry<'_> {
         json_opt_str(out, self.user_agent);
         key(out, "trace_id");
         json_str(out, self.trace_id);
+        key(out, "span_id");
+        json_str(out, self.span_id);
         if let Some(p) = self.principal {
             key(out, "principal");
             json_str(out, p);
@@ -456,11 +477,14 @@ mod tests {
             method: "GET",
             scheme: "http",
             protocol: "HTTP/1.1",
+            host: None,
             path: "/",
+            query: None,
             route: None,
             upstream: None,
             target: None,
             status: 200,
+            upstream_status: None,
             duration_ms: 0.1,
             upstream_ms: None,
             tries: 0,
@@ -469,6 +493,7 @@ mod tests {
             bytes_out: 0,
             user_agent: None,
             trace_id: "",
+            span_id: "",
             principal: None,
             calls: None,
             error: None,
@@ -556,6 +581,10 @@ mod tests {
         e.principal = Some("user\n42\t\u{1}");
         e.error = Some("no_healthy_upstream");
         e.path = "/a/\u{8}b";
+        e.host = Some("api.example.com:8443");
+        e.query = Some("q=caf%C3%A9&x=\"y\"");
+        e.upstream_status = Some(200);
+        e.span_id = "00f067aa0ba902b7";
         cases.push(e);
         let mut e = entry("x");
         e.duration_ms = f64::NAN;
