@@ -8,6 +8,11 @@
 //! counted in `tollgate_access_log_dropped_total` rather than let the log slow requests or grow memory.
 //! The thread starts on first use, i.e. after Pingora has daemonized, never before a fork; on a graceful
 //! shutdown [`AccessLog::close`] has it write what is left and stop, and waits for that.
+//!
+//! [`AccessLog::reopen`] (SIGUSR1, logrotate's `postrotate`) has the writer write what it holds to the
+//! file it has open, then open the path again (`O_APPEND|O_CREAT`, mode 0644 less the umask, as at the
+//! start): every line lands in exactly one of the two files, none twice. If the path cannot be opened,
+//! the writer keeps the old file and says so.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -34,6 +39,8 @@ struct State {
     closing: bool,
     /// The writer has stopped; later lines are dropped.
     closed: bool,
+    /// [`AccessLog::reopen`] was called: the writer opens the file again after writing what it has.
+    reopen: bool,
 }
 
 struct Shared {
@@ -67,11 +74,7 @@ impl AccessLog {
             .get_or_init(|| {
                 let out: Box<dyn Write + Send> = match &self.path {
                     None => Box::new(std::io::stdout()),
-                    Some(p) => match std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                    {
+                    Some(p) => match open(p) {
                         Ok(f) => Box::new(f),
                         Err(e) => {
                             log::error!("access log: cannot open {p}: {e}; access logging is off");
@@ -90,7 +93,10 @@ impl AccessLog {
                 let for_writer = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("access-log".into())
-                    .spawn(move || writer(&for_writer, out));
+                    .spawn({
+                        let path = self.path.clone();
+                        move || writer(&for_writer, out, path.as_deref())
+                    });
                 match spawned {
                     Ok(_) => Some(shared),
                     Err(e) => {
@@ -130,6 +136,22 @@ impl AccessLog {
         });
     }
 
+    /// Have the writer write the lines it holds to the file it has open, then open the path again
+    /// (after logrotate renamed it). Returns at once; nothing to do for stdout or a log not started
+    /// yet (the first line opens the path as it is then).
+    pub fn reopen(&self) {
+        if self.path.is_none() {
+            return;
+        }
+        let Some(Some(shared)) = self.shared.get() else {
+            return;
+        };
+        if let Ok(mut s) = shared.state.lock() {
+            s.reopen = true;
+        }
+        shared.ready.notify_one();
+    }
+
     /// Write every line appended so far, stop the writer and wait (at most `timeout`) until it has.
     /// For a graceful shutdown: the process may exit once this returns `true`. Lines appended later
     /// are dropped (and counted).
@@ -150,27 +172,47 @@ impl AccessLog {
     }
 }
 
-fn writer(shared: &Shared, out: Box<dyn Write + Send>) {
+/// The log file, opened for appending (created 0644 less the umask if missing).
+fn open(path: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+fn writer(shared: &Shared, out: Box<dyn Write + Send>, path: Option<&str>) {
     let mut out = out;
     let mut spare: Vec<u8> = Vec::with_capacity(FLUSH_AT);
     loop {
-        let closing = {
+        let (closing, reopen) = {
             let Ok(guard) = shared.state.lock() else {
                 return;
             };
-            let Ok((mut guard, _)) = shared
-                .ready
-                .wait_timeout_while(guard, FLUSH_EVERY, |s| s.buf.len() < FLUSH_AT && !s.closing)
-            else {
+            let Ok((mut guard, _)) = shared.ready.wait_timeout_while(guard, FLUSH_EVERY, |s| {
+                s.buf.len() < FLUSH_AT && !s.closing && !s.reopen
+            }) else {
                 return;
             };
             std::mem::swap(&mut guard.buf, &mut spare);
-            guard.closing
+            (guard.closing, std::mem::take(&mut guard.reopen))
         };
         if !spare.is_empty() {
             let _ = out.write_all(&spare);
             let _ = out.flush();
             spare.clear();
+        }
+        // The lines taken above went to the old file; the ones appended since wait in the shared
+        // buffer for the new one.
+        if let (true, Some(p)) = (reopen, path) {
+            match open(p) {
+                Ok(f) => {
+                    out = Box::new(f);
+                    log::info!("access log: reopened {p}");
+                }
+                Err(e) => {
+                    log::error!("access log: cannot reopen {p}: {e}; writing to the old file")
+                }
+            }
         }
         if closing {
             // Everything appended before `closing` was set went out with this last swap; lines
@@ -538,6 +580,45 @@ mod tests {
             "a line after close is not written but counted"
         );
         assert!(!std::fs::read_to_string(&path).unwrap().contains("late"));
+    }
+
+    #[test]
+    fn reopen_puts_every_line_in_exactly_one_of_the_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let rotated = dir.path().join("access.log.1");
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        let log = AccessLog::new(Some(path.display().to_string()), dropped.clone());
+        let ids = |p: &std::path::Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string()
+                })
+                .collect()
+        };
+        for i in 0..100 {
+            log.write(&entry(&format!("old-{i}")));
+        }
+        // Lines still held by the writer when the file is renamed go to the renamed file.
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(std::time::Instant::now() < deadline, "never reopened");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for i in 0..100 {
+            log.write(&entry(&format!("new-{i}")));
+        }
+        assert!(log.close(Duration::from_secs(5)));
+        let (old, new) = (ids(&rotated), ids(&path));
+        assert_eq!(old.len(), 100, "{old:?}");
+        assert!(old.iter().all(|i| i.contains("old-")));
+        assert_eq!(new.len(), 100, "{new:?}");
+        assert!(new.iter().all(|i| i.contains("new-")));
+        assert_eq!(dropped.get(), 0);
     }
 
     #[test]

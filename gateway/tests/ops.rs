@@ -1485,3 +1485,68 @@ fn the_gateways_own_log_can_be_json_lines_and_rust_log_still_filters() {
         assert_ne!(v["level"], "INFO", "{text}");
     }
 }
+
+#[test]
+fn sigusr1_reopens_the_access_log_after_logrotate_renamed_it() {
+    let be = Backend::start("be", Mode::Echo);
+    let cfg = config(&be, "").replace(
+        "  shutdown: { timeout: 10s }\n",
+        "  shutdown: { timeout: 10s }\n  access_log: { path: \"{dir}/access.log\" }\n",
+    );
+    let mut g = Gateway::start(&cfg);
+    let path = g.dir.path().join("access.log");
+    let rotated = g.dir.path().join("access.log.1");
+    let ids = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["request_id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for i in 0..20 {
+        let id = format!("X-Request-Id: old-{i}");
+        assert_eq!(request(g.addr, "GET", "/open/x", &[&id], None).status, 200);
+    }
+    wait_for("the first lines written", &|| ids(&path).len() == 20);
+    // logrotate: rename, then `postrotate kill -USR1`.
+    std::fs::rename(&path, &rotated).unwrap();
+    g.signal("USR1");
+    wait_for("the log reopened", &|| path.exists());
+    for i in 0..20 {
+        let id = format!("X-Request-Id: new-{i}");
+        assert_eq!(request(g.addr, "GET", "/open/x", &[&id], None).status, 200);
+    }
+    g.signal("TERM");
+    assert_eq!(
+        g.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        g.stderr_text()
+    );
+    let old: Vec<String> = (0..20).map(|i| format!("old-{i}")).collect();
+    let new: Vec<String> = (0..20).map(|i| format!("new-{i}")).collect();
+    assert_eq!(
+        ids(&rotated),
+        old,
+        "the renamed file keeps the old lines, once"
+    );
+    assert_eq!(ids(&path), new, "the new file has the new lines, once");
+    // The reopened file is appended to like the first one (0644 less the umask, not executable).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o133, 0, "{mode:o}");
+    assert_eq!(
+        mode,
+        std::fs::metadata(&rotated).unwrap().permissions().mode() & 0o777
+    );
+}
