@@ -8,6 +8,11 @@
 //! counted in `tollgate_access_log_dropped_total` rather than let the log slow requests or grow memory.
 //! The thread starts on first use, i.e. after Pingora has daemonized, never before a fork; on a graceful
 //! shutdown [`AccessLog::close`] has it write what is left and stop, and waits for that.
+//!
+//! [`AccessLog::reopen`] (SIGUSR1, logrotate's `postrotate`) has the writer write what it holds to the
+//! file it has open, then open the path again (`O_APPEND|O_CREAT`, mode 0644 less the umask, as at the
+//! start): every line lands in exactly one of the two files, none twice. If the path cannot be opened,
+//! the writer keeps the old file and says so.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -34,6 +39,8 @@ struct State {
     closing: bool,
     /// The writer has stopped; later lines are dropped.
     closed: bool,
+    /// [`AccessLog::reopen`] was called: the writer opens the file again after writing what it has.
+    reopen: bool,
 }
 
 struct Shared {
@@ -67,11 +74,7 @@ impl AccessLog {
             .get_or_init(|| {
                 let out: Box<dyn Write + Send> = match &self.path {
                     None => Box::new(std::io::stdout()),
-                    Some(p) => match std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                    {
+                    Some(p) => match open(p) {
                         Ok(f) => Box::new(f),
                         Err(e) => {
                             log::error!("access log: cannot open {p}: {e}; access logging is off");
@@ -90,7 +93,10 @@ impl AccessLog {
                 let for_writer = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("access-log".into())
-                    .spawn(move || writer(&for_writer, out));
+                    .spawn({
+                        let path = self.path.clone();
+                        move || writer(&for_writer, out, path.as_deref())
+                    });
                 match spawned {
                     Ok(_) => Some(shared),
                     Err(e) => {
@@ -130,6 +136,22 @@ impl AccessLog {
         });
     }
 
+    /// Have the writer write the lines it holds to the file it has open, then open the path again
+    /// (after logrotate renamed it). Returns at once; nothing to do for stdout or a log not started
+    /// yet (the first line opens the path as it is then).
+    pub fn reopen(&self) {
+        if self.path.is_none() {
+            return;
+        }
+        let Some(Some(shared)) = self.shared.get() else {
+            return;
+        };
+        if let Ok(mut s) = shared.state.lock() {
+            s.reopen = true;
+        }
+        shared.ready.notify_one();
+    }
+
     /// Write every line appended so far, stop the writer and wait (at most `timeout`) until it has.
     /// For a graceful shutdown: the process may exit once this returns `true`. Lines appended later
     /// are dropped (and counted).
@@ -150,27 +172,47 @@ impl AccessLog {
     }
 }
 
-fn writer(shared: &Shared, out: Box<dyn Write + Send>) {
+/// The log file, opened for appending (created 0644 less the umask if missing).
+fn open(path: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+fn writer(shared: &Shared, out: Box<dyn Write + Send>, path: Option<&str>) {
     let mut out = out;
     let mut spare: Vec<u8> = Vec::with_capacity(FLUSH_AT);
     loop {
-        let closing = {
+        let (closing, reopen) = {
             let Ok(guard) = shared.state.lock() else {
                 return;
             };
-            let Ok((mut guard, _)) = shared
-                .ready
-                .wait_timeout_while(guard, FLUSH_EVERY, |s| s.buf.len() < FLUSH_AT && !s.closing)
-            else {
+            let Ok((mut guard, _)) = shared.ready.wait_timeout_while(guard, FLUSH_EVERY, |s| {
+                s.buf.len() < FLUSH_AT && !s.closing && !s.reopen
+            }) else {
                 return;
             };
             std::mem::swap(&mut guard.buf, &mut spare);
-            guard.closing
+            (guard.closing, std::mem::take(&mut guard.reopen))
         };
         if !spare.is_empty() {
             let _ = out.write_all(&spare);
             let _ = out.flush();
             spare.clear();
+        }
+        // The lines taken above went to the old file; the ones appended since wait in the shared
+        // buffer for the new one.
+        if let (true, Some(p)) = (reopen, path) {
+            match open(p) {
+                Ok(f) => {
+                    out = Box::new(f);
+                    log::info!("access log: reopened {p}");
+                }
+                Err(e) => {
+                    log::error!("access log: cannot reopen {p}: {e}; writing to the old file")
+                }
+            }
         }
         if closing {
             // Everything appended before `closing` was set went out with this last swap; lines
@@ -202,12 +244,19 @@ pub struct Entry<'a> {
     pub scheme: &'a str,
     /// `HTTP/1.1`, `HTTP/2.0`...
     pub protocol: &'a str,
+    /// The host the request was for (absolute-form authority, `:authority` or `Host`, as validated).
+    pub host: Option<&'a str>,
     pub path: &'a str,
+    /// The raw query string, without the `?` (`None`: the target had none).
+    pub query: Option<&'a str>,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     #[serde(serialize_with = "socket_opt")]
     pub target: Option<std::net::SocketAddr>,
     pub status: u16,
+    /// The status the upstream answered with (`None`: no upstream answered), which differs from
+    /// `status` when a plugin replaced the answer or a retry followed it.
+    pub upstream_status: Option<u16>,
     pub duration_ms: f64,
     pub upstream_ms: Option<f64>,
     /// Tries made to the upstream (0: answered by the gateway; more than 1: retried).
@@ -219,7 +268,10 @@ pub struct Entry<'a> {
     pub bytes_out: usize,
     pub user_agent: Option<&'a str>,
     pub trace_id: &'a str,
-    /// Who the request was authenticated as (JWT `sub`, or API-key consumer).
+    /// The gateway's span of this request (16 hex digits; the `parent-id` it sent upstream).
+    pub span_id: &'a str,
+    /// Who the request was authenticated as (JWT `sub`, or API-key consumer), also on the 403 of a
+    /// valid token that lacked a scope or role.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,8 +308,12 @@ impl Entry<'_> {
         json_str(out, self.scheme);
         key(out, "protocol");
         json_str(out, self.protocol);
+        key(out, "host");
+        json_opt_str(out, self.host);
         key(out, "path");
         json_str(out, self.path);
+        key(out, "query");
+        json_opt_str(out, self.query);
         key(out, "route");
         json_opt_str(out, self.route);
         key(out, "upstream");
@@ -270,6 +326,11 @@ impl Entry<'_> {
         let mut n = itoa::Buffer::new();
         key(out, "status");
         out.extend_from_slice(n.format(self.status).as_bytes());
+        key(out, "upstream_status");
+        match self.upstream_status {
+            Some(v) => out.extend_from_slice(n.format(v).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
         key(out, "duration_ms");
         json_f64(out, self.duration_ms);
         key(out, "upstream_ms");
@@ -291,6 +352,8 @@ impl Entry<'_> {
         json_opt_str(out, self.user_agent);
         key(out, "trace_id");
         json_str(out, self.trace_id);
+        key(out, "span_id");
+        json_str(out, self.span_id);
         if let Some(p) = self.principal {
             key(out, "principal");
             json_str(out, p);
@@ -456,11 +519,14 @@ mod tests {
             method: "GET",
             scheme: "http",
             protocol: "HTTP/1.1",
+            host: None,
             path: "/",
+            query: None,
             route: None,
             upstream: None,
             target: None,
             status: 200,
+            upstream_status: None,
             duration_ms: 0.1,
             upstream_ms: None,
             tries: 0,
@@ -469,6 +535,7 @@ mod tests {
             bytes_out: 0,
             user_agent: None,
             trace_id: "",
+            span_id: "",
             principal: None,
             calls: None,
             error: None,
@@ -516,6 +583,45 @@ mod tests {
     }
 
     #[test]
+    fn reopen_puts_every_line_in_exactly_one_of_the_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let rotated = dir.path().join("access.log.1");
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        let log = AccessLog::new(Some(path.display().to_string()), dropped.clone());
+        let ids = |p: &std::path::Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string()
+                })
+                .collect()
+        };
+        for i in 0..100 {
+            log.write(&entry(&format!("old-{i}")));
+        }
+        // Lines still held by the writer when the file is renamed go to the renamed file.
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(std::time::Instant::now() < deadline, "never reopened");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for i in 0..100 {
+            log.write(&entry(&format!("new-{i}")));
+        }
+        assert!(log.close(Duration::from_secs(5)));
+        let (old, new) = (ids(&rotated), ids(&path));
+        assert_eq!(old.len(), 100, "{old:?}");
+        assert!(old.iter().all(|i| i.contains("old-")));
+        assert_eq!(new.len(), 100, "{new:?}");
+        assert!(new.iter().all(|i| i.contains("new-")));
+        assert_eq!(dropped.get(), 0);
+    }
+
+    #[test]
     fn time_format() {
         let t = super::Rfc3339(std::time::SystemTime::now()).to_string();
         assert_eq!(t.len(), 24, "{t}");
@@ -556,6 +662,10 @@ mod tests {
         e.principal = Some("user\n42\t\u{1}");
         e.error = Some("no_healthy_upstream");
         e.path = "/a/\u{8}b";
+        e.host = Some("api.example.com:8443");
+        e.query = Some("q=caf%C3%A9&x=\"y\"");
+        e.upstream_status = Some(200);
+        e.span_id = "00f067aa0ba902b7";
         cases.push(e);
         let mut e = entry("x");
         e.duration_ms = f64::NAN;

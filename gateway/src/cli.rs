@@ -25,6 +25,13 @@ struct Cli {
     command: Command,
 }
 
+/// How the gateway's own log is written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
@@ -36,6 +43,11 @@ enum Command {
         /// new binary with this flag, then send SIGQUIT to the old process.
         #[arg(long)]
         upgrade: bool,
+        /// The gateway's own log: `text` (env_logger's lines) or `json` (one object per line with
+        /// `ts`, `level`, `target`, `message`). Default: `TOLLGATE_LOG_FORMAT`, else text. `RUST_LOG`
+        /// filters either.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Check config files without starting anything. Prints one line per problem.
     Validate {
@@ -130,7 +142,11 @@ pub struct TokenRequest {
 /// compiled (by `run`, `validate`, `routes` and reloads) with exactly these plugins.
 pub fn main_with(registry: Registry) -> ExitCode {
     match Cli::parse().command {
-        Command::Run { config, upgrade } => run(config, upgrade, registry),
+        Command::Run {
+            config,
+            upgrade,
+            log_format,
+        } => run(config, upgrade, log_format, registry),
         Command::Validate { files, resolve } => validate(&files, resolve, &registry),
         Command::Routes { file } => routes(&file, &registry),
         Command::Explain {
@@ -164,8 +180,45 @@ pub fn main_with(registry: Registry) -> ExitCode {
     }
 }
 
-fn run(config: String, upgrade: bool, registry: Registry) -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+/// `--log-format`, else `TOLLGATE_LOG_FORMAT` (`json` or `text`; anything else is text, with a
+/// warning once the logger is up).
+fn init_logging(format: Option<LogFormat>) {
+    let from_env = std::env::var("TOLLGATE_LOG_FORMAT").ok();
+    let (format, unknown) = match (format, from_env.as_deref()) {
+        (Some(f), _) => (f, None),
+        (None, Some(v)) if v.eq_ignore_ascii_case("json") => (LogFormat::Json, None),
+        (None, Some(v)) if v.is_empty() || v.eq_ignore_ascii_case("text") => {
+            (LogFormat::Text, None)
+        }
+        (None, Some(v)) => (LogFormat::Text, Some(v)),
+        (None, None) => (LogFormat::Text, None),
+    };
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": crate::access_log::Rfc3339(std::time::SystemTime::now()).to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "message": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
+    if let Some(v) = unknown {
+        log::warn!("TOLLGATE_LOG_FORMAT={v:?} is neither `text` nor `json`; logging text");
+    }
+}
+
+fn run(
+    config: String,
+    upgrade: bool,
+    log_format: Option<LogFormat>,
+    registry: Registry,
+) -> ExitCode {
+    init_logging(log_format);
     let snap = match Snapshot::from_file_with(&config, &registry) {
         Ok((snap, warnings)) => {
             for w in warnings.0 {

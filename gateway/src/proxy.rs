@@ -137,11 +137,14 @@ impl crate::conn::RefusedRequests for Refused {
             method: "-",
             scheme: if tls { "https" } else { "http" },
             protocol: "HTTP/1.1",
+            host: None,
             path: "-",
+            query: None,
             route: None,
             upstream: None,
             target: None,
             status: 400,
+            upstream_status: None,
             duration_ms: 0.0,
             upstream_ms: None,
             tries: 0,
@@ -150,6 +153,7 @@ impl crate::conn::RefusedRequests for Refused {
             bytes_out: 0,
             user_agent: None,
             trace_id: "",
+            span_id: "",
             principal: None,
             error: Some("bad_request"),
             calls: None,
@@ -181,6 +185,10 @@ pub struct Ctx {
     target: Option<SocketAddr>,
     upstream_start: Option<Instant>,
     upstream_ms: Option<f64>,
+    /// The status of the upstream's (last) answer, before any plugin replaced it.
+    upstream_status: Option<u16>,
+    /// The host the request was for, as validated (for the access log and the HTTPS redirect).
+    host: Option<String>,
     /// Tries started to the upstream.
     tries: u32,
     /// Targets whose tries failed (a retry goes elsewhere when it can).
@@ -405,6 +413,7 @@ impl Gateway {
         if target.form == Form::Absolute {
             ctx.authority = host.map(str::to_string);
         }
+        ctx.host = host.map(str::to_string);
         let norm = path::normalize(target.path)
             .map_err(|e| GatewayError::new(400, "invalid_path", e.message()))?;
         let found = s.router.find(host, &req.method, &norm, &req.headers);
@@ -651,6 +660,8 @@ impl ProxyHttp for Gateway {
             target: None,
             upstream_start: None,
             upstream_ms: None,
+            upstream_status: None,
+            host: None,
             tries: 0,
             tried: Vec::new(),
             deadline: None,
@@ -1037,6 +1048,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let took = ctx.upstream_start.map(|start| start.elapsed());
+        if took.is_some() {
+            ctx.upstream_status = Some(resp.status.as_u16());
+        }
         if let Some(took) = took {
             ctx.upstream_ms = Some(took.as_secs_f64() * 1000.0);
             if let Some(up) = ctx.route.as_ref().and_then(|r| r.upstream()) {
@@ -1643,11 +1657,14 @@ impl Gateway {
             method: req.method.as_str(),
             scheme: if ctx.tls { "https" } else { "http" },
             protocol: protocol_label(req.version),
+            host: ctx.host.as_deref(),
             path,
+            query: req.uri.query(),
             route: route.map(|r| r.name.as_str()),
             upstream: route.and_then(|r| r.upstream()).map(|u| u.name.as_str()),
             target: ctx.target,
             status,
+            upstream_status: ctx.upstream_status,
             duration_ms: round3(elapsed.as_secs_f64() * 1000.0),
             upstream_ms: ctx.upstream_ms.map(round3),
             tries: ctx.tries,
@@ -1656,6 +1673,7 @@ impl Gateway {
             bytes_out: session.body_bytes_sent(),
             user_agent: user_agent.as_deref(),
             trace_id: ctx.trace.as_ref().map_or("", |t| t.trace_id_hex()),
+            span_id: ctx.trace.as_ref().map_or("", |t| t.span_id_hex()),
             principal: ctx.plugins.identity.subject.as_deref().or(ctx
                 .plugins
                 .identity

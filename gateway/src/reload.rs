@@ -125,6 +125,14 @@ pub fn bind_series(snap: &Snapshot, m: &Metrics) {
     for p in snap.providers.rate_limits.values() {
         p.series.bind(m, &p.name);
     }
+    // Every (plugin, reason) pair the config's chains can count, at 0 until it happens. Series of a
+    // plugin that a reload removed stay (a counter must not go back), as the route series do.
+    let chains = std::iter::once(&snap.global).chain(snap.routes.iter().map(|r| &r.chain));
+    for p in chains.flat_map(|c| c.plugins()) {
+        for reason in p.auth_failure_reasons() {
+            m.auth_failures.with_label_values(&[p.name(), reason]);
+        }
+    }
 }
 
 impl Reloader {

@@ -195,6 +195,34 @@ impl BackgroundService for ConfigWatch {
     }
 }
 
+/// Reopens the access-log file on SIGUSR1, after logrotate moved it (`postrotate kill -USR1`). Only for
+/// a gateway that is the process (a signal is the process's), and only with `access_log.path`.
+pub struct LogReopen {
+    pub access_log: Arc<AccessLog>,
+}
+
+#[async_trait]
+impl BackgroundService for LogReopen {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Pingora listens for SIGTERM, SIGINT and SIGQUIT only (pingora-core 0.9.1
+        // `server/mod.rs`, `UnixShutdownSignalWatch`); SIGUSR1's default action would end the process.
+        let mut usr1 =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGUSR1 (access-log reopen): {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = usr1.recv() => self.access_log.reopen(),
+            }
+        }
+    }
+}
+
 /// Ends the process as soon as a graceful shutdown (SIGTERM) or upgrade (SIGQUIT, after the sockets
 /// were handed over) has no request left in flight, instead of always waiting out Pingora's grace period;
 /// at the latest when `shutdown.timeout` has passed. Before it exits it sends the last spans and has the
@@ -276,7 +304,7 @@ pub struct RunOptions {
 ///
 /// Signals: SIGTERM stops accepting and exits once no request is in flight (at most `shutdown.timeout`);
 /// SIGQUIT hands the listening sockets to a new process started with `--upgrade`, then does the same;
-/// SIGINT stops at once; SIGHUP reloads.
+/// SIGINT stops at once; SIGHUP reloads; SIGUSR1 reopens the access-log file.
 pub fn run(snapshot: Snapshot, opts: RunOptions) -> ! {
     let settings = snapshot.settings.clone();
     // The upgrade socket hands the listening sockets to whoever listens on it: its directory must be
@@ -494,6 +522,16 @@ fn assemble(
             sighup: !in_process,
         },
     ));
+    // SIGUSR1 reopens the access log; listened for from the start, so a signal sent before the first
+    // request reopens nothing (the log opens its path then) rather than killing the process.
+    if !in_process {
+        if let Some(log) = access_log.clone() {
+            server.add_service(background_service(
+                "access-log reopen",
+                LogReopen { access_log: log },
+            ));
+        }
+    }
     // The drain ends the process: only for a gateway that is the process.
     if !in_process {
         server.add_service(background_service(

@@ -91,6 +91,12 @@ impl TraceContext {
         std::str::from_utf8(&self.text[3..35]).unwrap_or_default()
     }
 
+    /// The gateway's span id as 16 lower-case hex digits (for the access log).
+    pub fn span_id_hex(&self) -> &str {
+        // Only ASCII hex was written there.
+        std::str::from_utf8(&self.text[36..52]).unwrap_or_default()
+    }
+
     /// The `traceparent` value for the upstream request.
     pub fn header(&self) -> HeaderValue {
         // Built from the array `new` filled: visible ASCII, so this cannot fail.

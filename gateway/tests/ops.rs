@@ -1260,3 +1260,293 @@ fn a_user_agent_that_is_not_ascii_is_logged_as_sent() {
     let line = g.wait_log(|l| l["request_id"] == "ua-1");
     assert_eq!(line["user_agent"], "café \\xff");
 }
+
+#[test]
+fn counters_known_from_the_config_are_exported_at_zero_from_the_start_and_after_a_reload() {
+    let be = Backend::start("be", Mode::Echo);
+    let g = Gateway::in_process(&config(&be, ""));
+    let m = metrics_text(&g);
+    let zero = |m: &str, name, labels: &[(&str, &str)]| {
+        assert_eq!(sample(m, name, labels), Some(0.0), "{name} {labels:?}\n{m}");
+    };
+    zero(
+        &m,
+        "tollgate_ratelimit_rejections_total",
+        &[("policy", "one")],
+    );
+    zero(
+        &m,
+        "tollgate_ratelimit_store_errors_total",
+        &[("policy", "one")],
+    );
+    for reason in ["unauthenticated", "invalid_token", "insufficient_scope"] {
+        zero(
+            &m,
+            "tollgate_auth_failures_total",
+            &[("plugin", "jwt"), ("reason", reason)],
+        );
+    }
+    // Not in the config: no series.
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_ratelimit_rejections_total",
+            &[("policy", "two")]
+        ),
+        None
+    );
+    assert!(!m.contains("plugin=\"ip_filter\""), "{m}");
+    // A reload adds a policy and a plugin: their series are there before any request.
+    g.reload(|c| {
+        c.replace(
+            "rate_limits:\n",
+            "rate_limits:\n  two: { requests: 5, per: 1m }\n",
+        )
+        .replace(
+            "routes:\n",
+            "routes:\n  - name: two\n    match: { path_prefix: /two }\n    upstream: be\n    plugins: [{ rate_limit: two }, { ip_filter: { deny: [\"10.0.0.0/8\"] } }]\n",
+        )
+    });
+    let m = metrics_text(&g);
+    zero(
+        &m,
+        "tollgate_ratelimit_rejections_total",
+        &[("policy", "two")],
+    );
+    zero(
+        &m,
+        "tollgate_ratelimit_store_errors_total",
+        &[("policy", "two")],
+    );
+    zero(
+        &m,
+        "tollgate_auth_failures_total",
+        &[("plugin", "ip_filter"), ("reason", "ip_forbidden")],
+    );
+    // And a real failure counts on the same series.
+    assert_eq!(g.get("/secure/x").status, 401);
+    assert_eq!(
+        sample(
+            &metrics_text(&g),
+            "tollgate_auth_failures_total",
+            &[("plugin", "jwt"), ("reason", "unauthenticated")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn the_access_log_has_host_query_span_upstream_status_and_the_principal_of_a_403() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let be = Backend::start("be", Mode::Echo);
+    let teapot = StaticServer::start(418, "{}");
+    let extra = format!(
+        "  - name: scoped
+    match: {{ path_prefix: /scoped }}
+    upstream: be
+    plugins: [{{ jwt: {{ provider: hs, scopes: [admin] }} }}]
+  - name: teapot
+    match: {{ path_prefix: /teapot }}
+    upstream: tea
+"
+    );
+    let cfg = config(&be, &extra).replace(
+        "upstreams:\n",
+        &format!(
+            "upstreams:\n  tea: {{ targets: [{{ addr: \"{}\" }}] }}\n",
+            teapot.addr
+        ),
+    );
+    let g = Gateway::in_process(&cfg);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = g.send(&format!(
+        "GET /open/x?a=1&b=%C3%A9 HTTP/1.1\r\nHost: API.example.com:8080\r\nX-Request-Id: log-1\r\ntraceparent: {tp}\r\nConnection: close\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200);
+    // The span id the gateway sent upstream is the one logged.
+    let sent = r.upstream_header("traceparent").unwrap();
+    let l = g.wait_log(|l| l["request_id"] == "log-1");
+    assert_eq!(l["host"], "API.example.com:8080");
+    assert_eq!(l["query"], "a=1&b=%C3%A9");
+    assert_eq!(l["path"], "/open/x");
+    assert_eq!(l["upstream_status"], 200);
+    assert_eq!(l["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let span = l["span_id"].as_str().unwrap();
+    assert_eq!(span.len(), 16);
+    assert_ne!(
+        span, "00f067aa0ba902b7",
+        "the gateway's own span, not the caller's"
+    );
+    assert_eq!(sent.split('-').nth(2), Some(span), "{sent}");
+
+    // No query: null; the gateway's own answer: no upstream status.
+    assert_eq!(
+        request(g.addr, "GET", "/nowhere", &["X-Request-Id: log-2"], None).status,
+        404
+    );
+    let l = g.wait_log(|l| l["request_id"] == "log-2");
+    assert!(
+        l["query"].is_null() && l["upstream_status"].is_null(),
+        "{l}"
+    );
+    assert_eq!(l["host"], "test.local");
+
+    // The upstream's own status.
+    assert_eq!(
+        request(g.addr, "GET", "/teapot", &["X-Request-Id: log-3"], None).status,
+        418
+    );
+    let l = g.wait_log(|l| l["request_id"] == "log-3");
+    assert_eq!(
+        (l["status"].clone(), l["upstream_status"].clone()),
+        (418.into(), 418.into())
+    );
+
+    // A valid token without the scope: 403, and who it was is logged.
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({ "sub": "alice", "scope": "read", "exp": jsonwebtoken::get_current_timestamp() + 300 }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let auth = format!("Authorization: Bearer {token}");
+    let r = request(
+        g.addr,
+        "GET",
+        "/scoped",
+        &[&auth, "X-Request-Id: log-4"],
+        None,
+    );
+    assert_eq!(r.status, 403);
+    let l = g.wait_log(|l| l["request_id"] == "log-4");
+    assert_eq!(l["principal"], "alice", "{l}");
+    assert!(l["upstream_status"].is_null());
+    // A bad token: no principal.
+    let r = request(
+        g.addr,
+        "GET",
+        "/scoped",
+        &["Authorization: Bearer junk", "X-Request-Id: log-5"],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    let l = g.wait_log(|l| l["request_id"] == "log-5");
+    assert!(l.get("principal").is_none(), "{l}");
+}
+
+#[test]
+fn the_gateways_own_log_can_be_json_lines_and_rust_log_still_filters() {
+    let be = Backend::start("be", Mode::Echo);
+    for (env, args) in [
+        (
+            vec![("TOLLGATE_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
+            vec!["run", "-c"],
+        ),
+        (
+            vec![("RUST_LOG", "info")],
+            vec!["run", "--log-format", "json", "-c"],
+        ),
+    ] {
+        let mut g =
+            Gateway::start_program_env(std::path::Path::new(bin()), &args, &config(&be, ""), &env);
+        g.signal("TERM");
+        assert_eq!(g.wait_exit(Duration::from_secs(15)), Some(0));
+        let text = g.stderr_text();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{text}")))
+            .collect();
+        assert!(lines.len() >= 2, "{text}");
+        for l in &lines {
+            for k in ["ts", "level", "target", "message"] {
+                assert!(l[k].is_string(), "{k} in {l}");
+            }
+            assert!(l["ts"].as_str().unwrap().ends_with('Z'));
+        }
+        assert!(
+            lines.iter().any(|l| l["level"] == "INFO"
+                && l["target"].as_str().unwrap().starts_with("tollgate")
+                && l["message"].as_str().unwrap().contains("listening on")),
+            "{text}"
+        );
+    }
+    // RUST_LOG=warn: no info line at all.
+    let mut g = Gateway::start_program_env(
+        std::path::Path::new(bin()),
+        &["run", "-c"],
+        &config(&be, ""),
+        &[("TOLLGATE_LOG_FORMAT", "json"), ("RUST_LOG", "warn")],
+    );
+    g.signal("TERM");
+    assert_eq!(g.wait_exit(Duration::from_secs(15)), Some(0));
+    let text = g.stderr_text();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_ne!(v["level"], "INFO", "{text}");
+    }
+}
+
+#[test]
+fn sigusr1_reopens_the_access_log_after_logrotate_renamed_it() {
+    let be = Backend::start("be", Mode::Echo);
+    let cfg = config(&be, "").replace(
+        "  shutdown: { timeout: 10s }\n",
+        "  shutdown: { timeout: 10s }\n  access_log: { path: \"{dir}/access.log\" }\n",
+    );
+    let mut g = Gateway::start(&cfg);
+    let path = g.dir.path().join("access.log");
+    let rotated = g.dir.path().join("access.log.1");
+    let ids = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["request_id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for i in 0..20 {
+        let id = format!("X-Request-Id: old-{i}");
+        assert_eq!(request(g.addr, "GET", "/open/x", &[&id], None).status, 200);
+    }
+    wait_for("the first lines written", &|| ids(&path).len() == 20);
+    // logrotate: rename, then `postrotate kill -USR1`.
+    std::fs::rename(&path, &rotated).unwrap();
+    g.signal("USR1");
+    wait_for("the log reopened", &|| path.exists());
+    for i in 0..20 {
+        let id = format!("X-Request-Id: new-{i}");
+        assert_eq!(request(g.addr, "GET", "/open/x", &[&id], None).status, 200);
+    }
+    g.signal("TERM");
+    assert_eq!(
+        g.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        g.stderr_text()
+    );
+    let old: Vec<String> = (0..20).map(|i| format!("old-{i}")).collect();
+    let new: Vec<String> = (0..20).map(|i| format!("new-{i}")).collect();
+    assert_eq!(
+        ids(&rotated),
+        old,
+        "the renamed file keeps the old lines, once"
+    );
+    assert_eq!(ids(&path), new, "the new file has the new lines, once");
+    // The reopened file is appended to like the first one (0644 less the umask, not executable).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o133, 0, "{mode:o}");
+    assert_eq!(
+        mode,
+        std::fs::metadata(&rotated).unwrap().permissions().mode() & 0o777
+    );
+}

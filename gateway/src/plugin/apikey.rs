@@ -196,6 +196,10 @@ impl Plugin for ApiKeyAuth {
         "api_key"
     }
 
+    fn auth_failure_reasons(&self) -> &'static [&'static str] {
+        &["unauthenticated", "invalid_api_key"]
+    }
+
     fn phases(&self) -> Phases {
         Phases::REQUEST
     }

@@ -229,6 +229,10 @@ impl Plugin for Cors {
         "cors"
     }
 
+    fn auth_failure_reasons(&self) -> &'static [&'static str] {
+        &["cors_origin_not_allowed", "cors_request_not_allowed"]
+    }
+
     fn phases(&self) -> Phases {
         Phases::EARLY | Phases::RESPONSE
     }

@@ -71,6 +71,10 @@ impl Plugin for IpFilter {
     fn name(&self) -> &'static str {
         "ip_filter"
     }
+
+    fn auth_failure_reasons(&self) -> &'static [&'static str] {
+        &["ip_forbidden"]
+    }
     fn phases(&self) -> Phases {
         Phases::EARLY | Phases::REQUEST
     }

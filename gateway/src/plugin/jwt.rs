@@ -1086,6 +1086,10 @@ impl Plugin for JwtAuth {
         "jwt"
     }
 
+    fn auth_failure_reasons(&self) -> &'static [&'static str] {
+        &["unauthenticated", "invalid_token", "insufficient_scope"]
+    }
+
     fn phases(&self) -> Phases {
         Phases::REQUEST
     }
@@ -1190,6 +1194,9 @@ impl Plugin for JwtAuth {
             Err(r) => return Decision::Deny(r.to_error()),
         };
         if let Err(e) = self.authorize(&claims) {
+            // The token is valid, only not enough: who it was stays known, for the access log's
+            // `principal` of the 403 (no claims, no headers: nothing goes upstream).
+            state.identity.subject = claims.get("sub").and_then(Json::as_str).map(str::to_string);
             return Decision::Deny(e);
         }
         for (claim, header, optional) in &self.forward {

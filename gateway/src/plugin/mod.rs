@@ -493,6 +493,13 @@ pub trait Plugin: Send + Sync + 'static {
     fn explain(&self, _req: &ExplainRequest<'_>) -> Option<Verdict> {
         None
     }
+
+    /// The error codes of the 401 and 403 answers this plugin can give: the `reason` labels of its
+    /// `tollgate_auth_failures_total` series, which start at 0 when a snapshot using it is installed
+    /// (a dashboard's `rate()` needs the series before the first failure). Default: none.
+    fn auth_failure_reasons(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// The request as [`Plugin::explain`] sees it: what the proxy's request phase would hand over, plus

@@ -325,7 +325,9 @@ impl Gateway {
         Self::start_program_env(program, args, config, &[])
     }
 
-    fn start_program_env(
+    /// Start `program` with `args` followed by the config file's path, with these extra environment
+    /// variables.
+    pub fn start_program_env(
         program: &std::path::Path,
         args: &[&str],
         config: &str,
