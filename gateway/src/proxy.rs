@@ -230,6 +230,8 @@ pub struct Ctx {
     _in_flight: Option<InFlight>,
     /// The client connection is TLS (an HTTPS listener).
     tls: bool,
+    /// The client spoke HTTPS: `tls`, or a trusted proxy's `X-Forwarded-Proto` says so (see `https`).
+    secure: bool,
     /// A composition route's calls, for the log, the metrics and the spans.
     calls: Option<Box<[compose::CallRecord]>>,
 }
@@ -309,6 +311,7 @@ impl Gateway {
         if let Some(chain) = ctx.chain() {
             chain.response(&mut resp, session.req_header(), &ctx.plugins);
         }
+        Self::hsts(&mut resp, ctx)?;
         let end = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), end).await?;
         if !end {
@@ -681,6 +684,7 @@ impl ProxyHttp for Gateway {
             trace: None,
             _in_flight: None,
             tls: false,
+            secure: false,
             calls: None,
         }
     }
@@ -691,6 +695,7 @@ impl ProxyHttp for Gateway {
         modules.add_module(
             pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
         );
+        modules.add_module(Box::new(crate::compression::BrotliBuilder));
         if self.grpc_web {
             modules.add_module(Box::new(pingora_core::modules::http::grpc_web::GrpcWeb));
         }
@@ -724,6 +729,9 @@ impl ProxyHttp for Gateway {
         } else {
             peer
         };
+        ctx.secure = ctx.tls
+            || (ctx.peer_trusted
+                && crate::https::forwarded_https(req.headers.get(&X_FORWARDED_PROTO_NAME)));
         // Our idle timeout, unless keep-alive is already off: the client asked to close, or Pingora
         // turned it off because the process is shutting down.
         if session.get_keepalive().is_some() {
@@ -747,6 +755,18 @@ impl ProxyHttp for Gateway {
         let snap = ctx.snapshot.clone().expect("set in early_request_filter");
         if let Some(err) = Self::check_limits(&snap, session.req_header()) {
             return self.respond(session, ctx, err).await;
+        }
+        if let Some(r) = snap
+            .settings
+            .https_redirect
+            .as_ref()
+            .filter(|_| !ctx.secure)
+        {
+            match Self::https_redirect(r, session.req_header()) {
+                Ok(None) => {}
+                Ok(Some(reply)) => return self.reply(session, ctx, reply).await,
+                Err(err) => return self.respond(session, ctx, err).await,
+            }
         }
         let routed = Self::route(&snap, session.req_header(), ctx);
         if let Some(offer) = ctx.offer.take() {
@@ -1088,6 +1108,8 @@ impl ProxyHttp for Gateway {
         if let Some(chain) = ctx.chain() {
             chain.response(resp, session.req_header(), &ctx.plugins);
         }
+        Self::hsts(resp, ctx)?;
+        Self::compress(session, resp, ctx);
         Ok(())
     }
 
@@ -1216,6 +1238,131 @@ impl ProxyHttp for Gateway {
 
 /// Tries made again on Pingora's word per request, at most (see `Gateway::retry_after_error`).
 const MAX_FREE_RETRIES: u32 = 2;
+
+impl Gateway {
+    /// `server.https_redirect` for a plain-HTTP request: `Ok(Some)`, the redirect to answer with;
+    /// `Ok(None)`, the request is served (an ACME challenge, `OPTIONS *`); `Err`, the request is
+    /// malformed (the same 400 routing would give) or names no host to redirect to.
+    fn https_redirect(
+        r: &crate::https::Redirect,
+        req: &RequestHeader,
+    ) -> std::result::Result<Option<Reply>, GatewayError> {
+        let target = request::parse_target(req.raw_path(), &req.method)?;
+        let host = request::host(
+            &target,
+            req.uri.authority().map(|a| a.as_str()),
+            &req.headers,
+            req.version,
+        )?
+        .ok_or_else(|| {
+            GatewayError::new(
+                400,
+                "missing_host",
+                "a Host header is required: plain HTTP is redirected to HTTPS on the same host",
+            )
+        })?;
+        let mut pq =
+            String::with_capacity(target.path.len() + 1 + target.query.map_or(0, str::len));
+        pq.push_str(target.path);
+        if let Some(q) = target.query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let Some(location) = r.location(host, &pq) else {
+            return Ok(None);
+        };
+        // Built of validated visible ASCII (host and target), so always a valid value.
+        let location = HeaderValue::from_str(&location)
+            .map_err(|_| GatewayError::new(400, "invalid_target", "not a valid target"))?;
+        Ok(Some(Reply {
+            status: r.status,
+            headers: vec![
+                (http::header::LOCATION, location),
+                (
+                    http::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                ),
+            ],
+            body: bytes::Bytes::new(),
+        }))
+    }
+
+    /// `Strict-Transport-Security` on an answer over HTTPS (the gateway's policy replaces an
+    /// upstream's, so one header says what the host does).
+    fn hsts(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+        if !ctx.secure {
+            return Ok(());
+        }
+        if let Some(v) = ctx.snapshot.as_ref().and_then(|s| s.settings.hsts.as_ref()) {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Response compression (see `compression` for what Pingora's module does and what is decided
+    /// here): the route's policy, the request's `Accept-Encoding` and the answer decide; Pingora's
+    /// module, which runs on the head after this phase (pingora-proxy 0.9.1 `lib.rs`
+    /// `downstream_response_task_filter`, after `response_filter` in `proxy_h1.rs`), is then turned on
+    /// for the chosen coding alone. A HEAD answer gets the headers a GET would, and no body to encode.
+    fn compress(session: &mut Session, resp: &mut ResponseHeader, ctx: &Ctx) {
+        use pingora_core::modules::http::compression::ResponseCompression;
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.as_deref()) else {
+            return;
+        };
+        // Upgraded and gRPC answers are streams of their own framing; only an upstream's answer
+        // (`upstream_start` set) is compressed here.
+        if ctx.upgraded || ctx.grpc || ctx.upstream_start.is_none() {
+            return;
+        }
+        let req = session.req_header();
+        let Some(choice) =
+            crate::compression::decide(policy, &req.headers, resp.status.as_u16(), &resp.headers)
+        else {
+            return;
+        };
+        // The answer depends on Accept-Encoding whether or not this client gets it compressed.
+        crate::compression::add_vary(resp);
+        let Some(algorithm) = choice else { return };
+        if req.method == http::Method::HEAD {
+            crate::compression::head_headers(resp, algorithm);
+            return;
+        }
+        if algorithm == crate::compression::Algorithm::Brotli {
+            // Ours, not Pingora's (see `compression`): the same headers, then the module encodes.
+            if let Some(m) = session
+                .downstream_modules_ctx
+                .get_mut::<crate::compression::BrotliModule>()
+            {
+                crate::compression::head_headers(resp, algorithm);
+                m.start(policy.level);
+            }
+            return;
+        }
+        let Some(module) = session
+            .downstream_modules_ctx
+            .get_mut::<ResponseCompression>()
+        else {
+            return;
+        };
+        if !module.is_header_phase() {
+            return;
+        }
+        module.adjust_algorithm_level(algorithm.pingora(), policy.level);
+        // The module compresses with the first coding of the Accept-Encoding it was given (its
+        // `decide_action`); it was given none at the request (it was off then: `request_filter`
+        // returns early when no level is set), so this one, of the chosen coding alone, is the list.
+        let mut ask = match RequestHeader::build("GET", b"/", None) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if ask
+            .insert_header(http::header::ACCEPT_ENCODING, algorithm.token())
+            .is_ok()
+        {
+            module.request_filter(&ask);
+        }
+    }
+}
 
 /// Resilience in the proxy phases: the circuit breaker before the first try, the wait before a
 /// retry, and whether a failed try is tried again (see `resilience` for the rules).

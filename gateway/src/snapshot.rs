@@ -47,6 +47,10 @@ pub struct Settings {
     pub h2c: bool,
     /// gRPC-Web requests are bridged to gRPC.
     pub grpc_web: bool,
+    /// Plain-HTTP requests are answered with a redirect to HTTPS (`server.https_redirect`).
+    pub https_redirect: Option<crate::https::Redirect>,
+    /// `Strict-Transport-Security` for answers over HTTPS (`server.hsts`).
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// One piece of a rewrite template.
@@ -74,6 +78,8 @@ pub struct Route {
     pub retry: Arc<crate::resilience::RetryPolicy>,
     /// Global plugins, then the route's own.
     pub chain: Chain,
+    /// How its answers are compressed (`server.compression` or its own); `None`: they are not.
+    pub compression: Option<Arc<crate::compression::Policy>>,
     /// Its metric series, resolved when the snapshot is installed (compiling registers none).
     pub series: crate::metrics::RouteSeries,
     /// Human description for `tollgate routes`: (host, methods, path).

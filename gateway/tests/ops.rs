@@ -1340,17 +1340,15 @@ fn the_access_log_has_host_query_span_upstream_status_and_the_principal_of_a_403
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     let be = Backend::start("be", Mode::Echo);
     let teapot = StaticServer::start(418, "{}");
-    let extra = format!(
-        "  - name: scoped
-    match: {{ path_prefix: /scoped }}
+    let extra = "  - name: scoped
+    match: { path_prefix: /scoped }
     upstream: be
-    plugins: [{{ jwt: {{ provider: hs, scopes: [admin] }} }}]
+    plugins: [{ jwt: { provider: hs, scopes: [admin] } }]
   - name: teapot
-    match: {{ path_prefix: /teapot }}
+    match: { path_prefix: /teapot }
     upstream: tea
-"
-    );
-    let cfg = config(&be, &extra).replace(
+";
+    let cfg = config(&be, extra).replace(
         "upstreams:\n",
         &format!(
             "upstreams:\n  tea: {{ targets: [{{ addr: \"{}\" }}] }}\n",

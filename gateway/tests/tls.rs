@@ -454,3 +454,111 @@ fn a_proxy_protocol_header_before_the_tls_handshake_gives_the_client_address() {
     let _ = sock.read_to_end(&mut buf);
     assert!(buf.is_empty(), "{buf:?}");
 }
+
+#[test]
+fn plain_http_is_redirected_to_https_which_sends_hsts() {
+    let be = Backend::start("be", Mode::Echo);
+    let ca = Ca::new();
+    let certs = tempfile::tempdir().unwrap();
+    write_pair(certs.path(), "gw", &ca.leaf(Some((2020, 2090))));
+    let (gw, tls_addr) = https_gateway(
+        Gateway::in_process,
+        &be,
+        certs.path(),
+        r#", https_redirect: {}, hsts: { max_age: 365d, include_subdomains: true },
+    trusted_proxies: ["127.0.0.1/32"]"#,
+        "",
+    );
+    let port = tls_addr.port();
+    let hsts = "max-age=31536000; includeSubDomains";
+
+    // Plain: a redirect to the same host, path and query on the HTTPS port; nothing forwarded.
+    let before = be.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let r = send(
+        gw.addr,
+        b"GET /a/b?x=1&y HTTP/1.1\r\nHost: localhost:8080\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 308, "{:?}", r.headers);
+    let want = format!("https://localhost:{port}/a/b?x=1&y");
+    assert_eq!(r.header("location"), Some(want.as_str()));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        None,
+        "never over HTTP"
+    );
+    let r = request(gw.addr, "POST", "/orders", &[], Some("{}"));
+    assert_eq!(r.status, 308, "the method and body are kept by a 308");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://test.local:{port}/orders").as_str())
+    );
+    assert_eq!(
+        be.hits.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "redirected requests are not forwarded"
+    );
+    // HTTP/1.0 without a Host has nowhere to be sent.
+    let r = send(gw.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "missing_host");
+    // ACME HTTP-01 challenges are served over plain HTTP.
+    let r = request(gw.addr, "GET", "/.well-known/acme-challenge/tok", &[], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("strict-transport-security"), None);
+    // A trusted balancer that ended TLS says so: served, with HSTS (the client saw HTTPS).
+    let r = request(gw.addr, "GET", "/x", &["X-Forwarded-Proto: https"], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("strict-transport-security"), Some(hsts));
+
+    // HTTPS: served, with the policy.
+    let (r, _) = https_get(tls_addr, &ca.root(), "/x");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("strict-transport-security"), Some(hsts));
+}
+
+#[test]
+fn an_untrusted_forwarded_proto_is_redirected_and_bad_sections_are_placed() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::in_process(&format!(
+        r#"
+server:
+  listen: ["{{listen}}"]
+  https_redirect: {{ port: 443, status: 301 }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}] }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}
+"#,
+        be.addr
+    ));
+    let r = request(gw.addr, "GET", "/p", &["X-Forwarded-Proto: https"], None);
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://test.local/p"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.yaml");
+    std::fs::write(
+        &path,
+        r#"server:
+  listen: ["127.0.0.1:0"]
+  https_redirect: { status: 303 }
+  hsts: { max_age: 30d, preload: true }
+upstreams:
+  be: { targets: [{ addr: "127.0.0.1:9" }] }
+routes:
+  - { name: all, match: { path_prefix: / }, upstream: be }
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = tollgate(&["validate", path.to_str().unwrap()]);
+    let text = format!("{out}{err}");
+    assert_ne!(code, 0, "{text}");
+    for field in [
+        "server.https_redirect.status",
+        "server.https_redirect.port",
+        "server.hsts.preload",
+        "server.hsts.max_age",
+    ] {
+        assert!(text.contains(field), "{field}: {text}");
+    }
+}

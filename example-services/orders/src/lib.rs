@@ -487,7 +487,11 @@ enum Outcome {
 /// `pending_timeout`), so that another instance takes it over only if this one stops working on it
 /// (a crash, `kill -9`, a hang longer than the lease). A renewal that finds the lease gone changes
 /// nothing: the confirmation checks the lease holder and loses then.
-async fn holding_lease<T>(st: &AppState, id: &str, work: impl std::future::Future<Output = T>) -> T {
+async fn holding_lease<T>(
+    st: &AppState,
+    id: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
     let every = (st.settings.pending_timeout / 3).max(Duration::from_millis(50));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tokio::pin!(work);
@@ -773,7 +777,11 @@ async fn to_products(
 
 /// Give back the stock of a failed or cancelled order; on success remember it. Idempotent.
 async fn release(st: &AppState, id: &str) -> bool {
-    match to_products(st, |base| st.http.delete(format!("{base}/reservations/{id}"))).await {
+    match to_products(st, |base| {
+        st.http.delete(format!("{base}/reservations/{id}"))
+    })
+    .await
+    {
         Ok(r) if r.status() == 204 || r.status() == 404 => {
             let done = retry(|| {
                 sqlx::query("UPDATE orders SET stock_released = 1 WHERE id = $1")

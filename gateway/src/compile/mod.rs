@@ -109,7 +109,19 @@ pub fn compile(
     let global = plugins::chain(&cfg.plugins, &root.at("plugins"), registry, &providers);
     let upstreams = upstreams::compile(&cfg.upstreams, &root.at("upstreams"), previous);
     let routes_at = root.at("routes");
-    let compiled = routes::compile(cfg, &routes_at, &upstreams, &global, registry, &providers);
+    let compression = settings::compression(
+        cfg.server.compression.as_ref(),
+        &root.at("server").at("compression"),
+    );
+    let compiled = routes::compile(
+        cfg,
+        &routes_at,
+        &upstreams,
+        &global,
+        registry,
+        &providers,
+        compression.as_ref(),
+    );
     lint::shadowed(&compiled.matchers, cfg, &routes_at);
     lint::no_routes(cfg, &routes_at);
     if sink.has_errors() {

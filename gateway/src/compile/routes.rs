@@ -31,6 +31,7 @@ pub(super) fn compile(
     global: &[Arc<dyn Plugin>],
     registry: &Registry,
     providers: &Providers,
+    server_compression: Option<&Arc<crate::compression::Policy>>,
 ) -> Compiled {
     let mut out = Compiled {
         routes: Vec::with_capacity(cfg.routes.len()),
@@ -140,6 +141,11 @@ pub(super) fn compile(
                 (Action::Proxy(up), None) => up.retry.clone(),
                 (Action::Compose(_), _) => Arc::new(RetryPolicy::NONE),
             };
+            // A route's own section replaces the server's as a whole.
+            let compression = match &r.compression {
+                Some(c) => super::settings::compression(Some(c), &here.at("compression")),
+                None => server_compression.cloned(),
+            };
             out.routes.push(Arc::new(Route {
                 name: r.name.clone(),
                 index: r.index,
@@ -149,6 +155,7 @@ pub(super) fn compile(
                 preserve_host,
                 retry,
                 chain: Chain::new(chain),
+                compression,
                 series: Default::default(),
                 describe,
             }));

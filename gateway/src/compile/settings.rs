@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use super::{config_relative, nonzero};
 use crate::config::raw::ServerConfig;
@@ -94,6 +95,51 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
         at.at("upgrade_sock")
             .error("must be a path (or left out for the default)");
     }
+    let https_redirect = s.https_redirect.as_ref().and_then(|r| {
+        let here = at.at("https_redirect");
+        if !matches!(r.status, 301 | 302 | 307 | 308) {
+            here.at("status").error(format!(
+                "`{}`: a redirect is 308 (keeps the method and body), 301, 302 or 307",
+                r.status
+            ));
+        }
+        if listen.is_empty() {
+            here.error("there is no plain listener (server.listen) to redirect from");
+        }
+        let port = match (r.port, tls_listen.first()) {
+            (Some(0), _) => {
+                here.at("port").error("must be a port, 1 to 65535");
+                None
+            }
+            (Some(p), _) => Some(p),
+            (None, Some(a)) => Some(a.port()),
+            (None, None) => {
+                here.at("port").error(
+                    "name the port clients reach HTTPS on: there is no server.tls.listen to take it from",
+                );
+                None
+            }
+        };
+        Some(crate::https::Redirect {
+            port: port?,
+            status: r.status,
+        })
+    });
+    let hsts = s.hsts.as_ref().map(|h| {
+        let here = at.at("hsts");
+        let secs = h.max_age.0.as_secs();
+        if h.preload && !h.include_subdomains {
+            here.at("preload")
+                .error("the preload list takes only policies with `include_subdomains: true`");
+        }
+        if h.preload && secs < crate::https::PRELOAD_MIN_SECS {
+            here.at("max_age").error(format!(
+                "`{}`: the preload list takes a max_age of at least a year (`365d`)",
+                h.max_age
+            ));
+        }
+        crate::https::hsts_value(secs, h.include_subdomains, h.preload)
+    });
     if at.error_count() > before {
         return None;
     }
@@ -134,5 +180,51 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
         }),
         h2c: s.h2c,
         grpc_web: s.grpc_web,
+        https_redirect,
+        hsts,
     })
+}
+
+/// A `compression:` section (the server's or a route's, at `at`) → its policy; `None`: off (absent,
+/// `enabled: false`, or with errors, which are reported).
+pub(super) fn compression(
+    c: Option<&crate::config::raw::CompressionConfig>,
+    at: &Scope,
+) -> Option<Arc<crate::compression::Policy>> {
+    use crate::compression::Algorithm;
+    use crate::config::raw::CompressionAlgorithm as Raw;
+    let c = c?;
+    let before = at.error_count();
+    if !(1..=9).contains(&c.level) {
+        at.at("level").error(format!(
+            "`{}`: a level is 1 (fastest) to 9 (smallest), the range every algorithm has",
+            c.level
+        ));
+    }
+    if c.algorithms.is_empty() {
+        at.at("algorithms")
+            .error("at least one of gzip, br, zstd (or `enabled: false`)");
+    }
+    let mut algorithms = Vec::new();
+    for (i, a) in c.algorithms.iter().enumerate() {
+        let a = match a {
+            Raw::Gzip => Algorithm::Gzip,
+            Raw::Br => Algorithm::Brotli,
+            Raw::Zstd => Algorithm::Zstd,
+        };
+        if algorithms.contains(&a) {
+            at.at("algorithms")
+                .idx(i)
+                .error(format!("`{}` is listed twice", a.token()));
+        }
+        algorithms.push(a);
+    }
+    if !c.enabled || at.error_count() > before {
+        return None;
+    }
+    Some(Arc::new(crate::compression::Policy {
+        algorithms,
+        level: c.level,
+        min_size: c.min_size.0,
+    }))
 }

@@ -103,6 +103,94 @@ pub struct ServerConfig {
     /// Bridge gRPC-Web (`application/grpc-web*`, from browsers) to gRPC upstreams: the request goes up
     /// as gRPC, the answer and its trailers come back as gRPC-Web.
     pub grpc_web: bool,
+    /// Compress upstream answers for clients that accept it (every route that has no `compression`
+    /// of its own). Default: off.
+    pub compression: Option<CompressionConfig>,
+    /// Answer every request on the plain listeners with a redirect to the same URL over HTTPS
+    /// (requests a trusted proxy says came over HTTPS, by `X-Forwarded-Proto`, are served).
+    pub https_redirect: Option<HttpsRedirectConfig>,
+    /// `Strict-Transport-Security` on every answer sent over HTTPS (never over plain HTTP, RFC 6797
+    /// §7.2).
+    pub hsts: Option<HstsConfig>,
+}
+
+/// `server.https_redirect`: where plain-HTTP requests are sent.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsRedirectConfig {
+    /// The port clients reach HTTPS on (left out of the URL when 443). Default: the port of the first
+    /// `server.tls.listen` address; required without one (TLS ended by a balancer in front).
+    pub port: Option<u16>,
+    /// 308 (default: the method and body are kept, RFC 9110 §15.4.9) or 301.
+    pub status: u16,
+}
+
+impl Default for HttpsRedirectConfig {
+    fn default() -> Self {
+        HttpsRedirectConfig {
+            port: None,
+            status: 308,
+        }
+    }
+}
+
+/// `server.hsts`: the `Strict-Transport-Security` policy (RFC 6797).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    /// How long browsers keep to HTTPS for this host (e.g. `365d`).
+    pub max_age: HumanDuration,
+    /// The policy covers the host's subdomains too.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Ask to be put on browsers' preload list (needs `include_subdomains` and at least a year).
+    #[serde(default)]
+    pub preload: bool,
+}
+
+/// `compression:` (under `server`, or a route's, which replaces the server's as a whole): gzip, brotli
+/// and zstd by the client's `Accept-Encoding`, for answers of compressible types, not already encoded.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// `false` turns compression off (e.g. for one route under a server-wide section).
+    pub enabled: bool,
+    /// The codings offered, in the gateway's order of preference when the client weighs several the
+    /// same.
+    pub algorithms: Vec<CompressionAlgorithm>,
+    /// 1 (fastest) to 9 (smallest), for every algorithm.
+    pub level: u32,
+    /// Answers whose `Content-Length` is below this are sent as they are (a few hundred bytes gain
+    /// nothing); an answer of unknown length is compressed.
+    pub min_size: ByteSize,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enabled: true,
+            algorithms: vec![
+                CompressionAlgorithm::Zstd,
+                CompressionAlgorithm::Br,
+                CompressionAlgorithm::Gzip,
+            ],
+            level: 6,
+            min_size: ByteSize(1024),
+        }
+    }
+}
+
+/// A content coding the gateway can compress with.
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionAlgorithm {
+    Gzip,
+    /// Brotli.
+    #[serde(alias = "brotli")]
+    Br,
+    Zstd,
 }
 
 /// `server.proxy_protocol`: who may send a PROXY protocol header.
@@ -154,6 +242,9 @@ impl Default for ServerConfig {
             tls: None,
             h2c: false,
             grpc_web: false,
+            compression: None,
+            https_redirect: None,
+            hsts: None,
         }
     }
 }
@@ -678,6 +769,9 @@ pub struct RouteConfig {
     /// Overrides the upstream's `retry`, field by field (e.g. `non_idempotent: true` for one route).
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    /// This route's response compression, in place of `server.compression`.
+    #[serde(default)]
+    pub compression: Option<CompressionConfig>,
     /// This route's plugins, run after the global ones.
     #[serde(default)]
     #[schemars(schema_with = "plugin_entries")]

@@ -33,12 +33,13 @@ impl fmt::Display for HumanDuration {
     }
 }
 
-/// Parse `250ms`, `5s`, `1.5s`, `2m`, `1h`. A bare number is rejected: the unit is never guessed.
+/// Parse `250ms`, `5s`, `1.5s`, `2m`, `1h`, `365d`. A bare number is rejected: the unit is never
+/// guessed.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration `{s}` needs a unit: ms, s, m or h (e.g. `5s`)"))?;
+        .ok_or_else(|| format!("duration `{s}` needs a unit: ms, s, m, h or d (e.g. `5s`)"))?;
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
         return Err(format!(
@@ -53,9 +54,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{s}` (use ms, s, m or h)"
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)"
             ))
         }
     };
