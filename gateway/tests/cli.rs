@@ -49,7 +49,7 @@ routes:
         format!("{f}:13:15: error: routes[0].upstream: unknown upstream `userz` (defined: orders, users)"),
         format!("{f}:14:11: error: routes[1].name: duplicate route name `users` (first used at {f}:11:11)"),
         format!("{f}:15:26: error: routes[1].match.path_regex: invalid regex: error: unclosed group"),
-        format!("{f}:20:5: error: routes[2].retries: unknown field `retries`, expected one of `name`, `match`, `upstream`, `compose`, `strip_prefix`, `rewrite`, `preserve_host`, `retry`, `plugins`"),
+        format!("{f}:20:5: error: routes[2].retries: unknown field `retries`, expected one of `name`, `match`, `upstream`, `compose`, `strip_prefix`, `rewrite`, `preserve_host`, `retry`, `compression`, `plugins`"),
     ];
     let lines: Vec<&str> = out.lines().collect();
     for w in &want {
