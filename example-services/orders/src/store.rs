@@ -37,6 +37,7 @@ struct OrderRow {
     updated_at: String,
 }
 
+/// Order `id` with its items (not retried: callers wrap it in `retry`).
 pub async fn load_order(pool: &AnyPool, id: &str) -> Result<Option<Order>, sqlx::Error> {
     let row: Option<OrderRow> = sqlx::query_as(
         "SELECT id, user_id, status, total_cents, created_at, updated_at FROM orders WHERE id = $1",
@@ -68,6 +69,7 @@ pub enum Earlier {
     InProgress,
 }
 
+/// What is stored under idempotency `key`, compared with this request's `hash` (not retried).
 pub async fn earlier(pool: &AnyPool, key: &str, hash: &str) -> Result<Earlier, sqlx::Error> {
     let row: Option<(String, Option<i64>, Option<String>)> =
         sqlx::query_as("SELECT request_hash, response_status, response_body FROM orders WHERE idempotency_key = $1")

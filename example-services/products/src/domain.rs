@@ -54,6 +54,7 @@ pub fn check_product(
 /// What a valid reservation id is, as the `422` says it.
 pub const RESERVATION_ID_RULE: &str = "must be 1 to 64 characters of letters, digits, '-' or '_'";
 
+/// [`RESERVATION_ID_RULE`]: the caller picks the id (the order's), so it is checked like input.
 pub fn valid_reservation_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64

@@ -71,10 +71,12 @@ pub async fn insert(
     .await?)
 }
 
+/// Product `id`, or its `404`.
 pub async fn get(pool: &AnyPool, id: i64) -> ApiResult<Product> {
     crud::get(pool, &PRODUCTS, id).await
 }
 
+/// A page of products in `id` order (`422` for a `limit` or `offset` out of range).
 pub async fn list(pool: &AnyPool, page: PageParams) -> ApiResult<Page<Product>> {
     crud::list(pool, &PRODUCTS, page).await
 }
@@ -107,6 +109,7 @@ pub async fn update(pool: &AnyPool, id: i64, c: Changes, now: &str) -> ApiResult
     product.ok_or_else(|| product_not_found(id))
 }
 
+/// Delete product `id`; its `404` if there is none.
 pub async fn delete(pool: &AnyPool, id: i64) -> ApiResult<()> {
     crud::delete(pool, &PRODUCTS, id).await
 }

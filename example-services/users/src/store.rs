@@ -63,10 +63,12 @@ pub async fn insert(pool: &AnyPool, name: &str, email: &str, now: &str) -> ApiRe
     .map_err(email_taken)
 }
 
+/// User `id`, or its `404`.
 pub async fn get(pool: &AnyPool, id: i64) -> ApiResult<User> {
     crud::get(pool, &USERS, id).await
 }
 
+/// A page of users in `id` order (`422` for a `limit` or `offset` out of range).
 pub async fn list(pool: &AnyPool, page: PageParams) -> ApiResult<Page<User>> {
     crud::list(pool, &USERS, page).await
 }
@@ -95,6 +97,7 @@ pub async fn update(
     user.ok_or_else(|| not_found(id))
 }
 
+/// Delete user `id`; its `404` if there is none.
 pub async fn delete(pool: &AnyPool, id: i64) -> ApiResult<()> {
     crud::delete(pool, &USERS, id).await
 }
