@@ -54,17 +54,42 @@ fn rows(url: &str, sql: &str) -> Vec<(String, i64)> {
 /// The shipped `config/tollgate.yaml` with two targets for products and orders, and rate limits
 /// raised so that the load is not refused (they are per client IP and per user; the test is one of
 /// each). Each replacement must apply: a test that silently ran one target would prove nothing.
-fn replica_config(dir: &std::path::Path, products: [SocketAddr; 2], orders: [SocketAddr; 2]) -> String {
+fn replica_config(
+    dir: &std::path::Path,
+    products: [SocketAddr; 2],
+    orders: [SocketAddr; 2],
+) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut text = std::fs::read_to_string(root.join("config/tollgate.yaml")).unwrap();
-    let two = |a: [SocketAddr; 2]| format!("targets: [{{ addr: \"{}\" }}, {{ addr: \"{}\" }}]", a[0], a[1]);
+    let two = |a: [SocketAddr; 2]| {
+        format!(
+            "targets: [{{ addr: \"{}\" }}, {{ addr: \"{}\" }}]",
+            a[0], a[1]
+        )
+    };
     for (from, to) in [
-        (r#"targets: [{ addr: "${PRODUCTS_ADDR:-127.0.0.1:8082}" }]"#.to_string(), two(products)),
-        (r#"targets: [{ addr: "${ORDERS_ADDR:-127.0.0.1:8083}" }]"#.to_string(), two(orders)),
-        ("{ requests: 600, per: 1m, burst: 100 }".into(), "{ requests: 100000, per: 1m, burst: 10000 }".into()),
-        ("{ requests: 30, per: 1m, key:".into(), "{ requests: 100000, per: 1m, key:".into()),
+        (
+            r#"targets: [{ addr: "${PRODUCTS_ADDR:-127.0.0.1:8082}" }]"#.to_string(),
+            two(products),
+        ),
+        (
+            r#"targets: [{ addr: "${ORDERS_ADDR:-127.0.0.1:8083}" }]"#.to_string(),
+            two(orders),
+        ),
+        (
+            "{ requests: 600, per: 1m, burst: 100 }".into(),
+            "{ requests: 100000, per: 1m, burst: 10000 }".into(),
+        ),
+        (
+            "{ requests: 30, per: 1m, key:".into(),
+            "{ requests: 100000, per: 1m, key:".into(),
+        ),
     ] {
-        assert_eq!(text.matches(&from).count(), 1, "config/tollgate.yaml no longer has `{from}`");
+        assert_eq!(
+            text.matches(&from).count(),
+            1,
+            "config/tollgate.yaml no longer has `{from}`"
+        );
         text = text.replace(&from, &to);
     }
     let path = dir.join("tollgate.yaml");
@@ -99,7 +124,10 @@ fn gateway(config: &str, users: SocketAddr) -> Gateway {
     let deadline = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect(addr).is_err() {
         assert!(child.try_wait().unwrap().is_none(), "tollgate exited");
-        assert!(Instant::now() < deadline, "tollgate did not listen on {addr}");
+        assert!(
+            Instant::now() < deadline,
+            "tollgate did not listen on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
     Gateway { child, addr }
@@ -134,7 +162,12 @@ fn replica_killed_mid_load(victim: Victim) {
         .map(|_| {
             Proc::spawn(
                 "product-service",
-                &["--listen", "127.0.0.1:0", "--database-url", products_db.url()],
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--database-url",
+                    products_db.url(),
+                ],
             )
         })
         .collect();
@@ -220,7 +253,13 @@ fn replica_killed_mid_load(victim: Victim) {
                     if status == 201 {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
-                    answers.lock().unwrap().push(Answer { key, qty, status, body, after_kill });
+                    answers.lock().unwrap().push(Answer {
+                        key,
+                        qty,
+                        status,
+                        body,
+                        after_kill,
+                    });
                     // Reads through the products upstream too: they must survive its replica's death.
                     let (status, body) = match c.get(&product_url).send() {
                         Ok(r) => (r.status().as_u16(), r.json::<Value>().ok()),
@@ -260,7 +299,10 @@ fn replica_killed_mid_load(victim: Victim) {
             }
             (Some(b), s) if s >= 400 => {
                 let code = b["error"]["code"].as_str();
-                assert!(code.is_some(), "an error that is not the JSON envelope: {a:?}");
+                assert!(
+                    code.is_some(),
+                    "an error that is not the JSON envelope: {a:?}"
+                );
                 format!("{s} {}", code.unwrap_or_default())
             }
             _ => panic!("neither a 2xx nor a JSON error: {a:?}"),
@@ -271,17 +313,32 @@ fn replica_killed_mid_load(victim: Victim) {
     let acked: BTreeMap<&str, (&str, i64)> = orders_answered
         .iter()
         .filter(|a| a.status == 201)
-        .map(|a| (a.key.as_str(), (a.body.as_ref().unwrap()["id"].as_str().unwrap(), a.qty)))
+        .map(|a| {
+            (
+                a.key.as_str(),
+                (a.body.as_ref().unwrap()["id"].as_str().unwrap(), a.qty),
+            )
+        })
         .collect();
-    let acked_after = orders_answered.iter().filter(|a| a.status == 201 && a.after_kill).count();
+    let acked_after = orders_answered
+        .iter()
+        .filter(|a| a.status == 201 && a.after_kill)
+        .count();
     eprintln!(
         "{} answers ({} orders, {} acknowledged, {acked_after} of them sent after the kill): {by_status:?}",
         answers.len(),
         orders_answered.len(),
         acked.len()
     );
-    assert!(acked.len() >= BEFORE_KILL, "only {} orders acknowledged", acked.len());
-    assert!(acked_after >= 20, "the survivor acknowledged only {acked_after} orders after the kill");
+    assert!(
+        acked.len() >= BEFORE_KILL,
+        "only {} orders acknowledged",
+        acked.len()
+    );
+    assert!(
+        acked_after >= 20,
+        "the survivor acknowledged only {acked_after} orders after the kill"
+    );
 
     // The dead instance's leftovers are settled by the survivors, through leases.
     let settle = Instant::now() + Duration::from_secs(30);
@@ -312,9 +369,16 @@ fn replica_killed_mid_load(victim: Victim) {
             (id.to_string(), key.to_string(), q)
         })
         .collect();
-    let by_id: BTreeMap<&str, i64> = confirmed.iter().map(|(id, _, q)| (id.as_str(), *q)).collect();
+    let by_id: BTreeMap<&str, i64> = confirmed
+        .iter()
+        .map(|(id, _, q)| (id.as_str(), *q))
+        .collect();
     for (key, (id, qty)) in &acked {
-        assert_eq!(by_id.get(id), Some(qty), "acknowledged order {id} ({key}) not confirmed");
+        assert_eq!(
+            by_id.get(id),
+            Some(qty),
+            "acknowledged order {id} ({key}) not confirmed"
+        );
     }
     let sent_keys: BTreeMap<String, i64> = orders_answered
         .iter()
@@ -322,7 +386,11 @@ fn replica_killed_mid_load(victim: Victim) {
         .collect();
     let mut keys = BTreeSet::new();
     for (id, key, qty) in &confirmed {
-        assert_eq!(sent_keys.get(key), Some(qty), "confirmed order {id} has key `{key}`");
+        assert_eq!(
+            sent_keys.get(key),
+            Some(qty),
+            "confirmed order {id} has key `{key}`"
+        );
         assert!(keys.insert(key.clone()), "key {key} confirmed twice");
     }
     let confirmed_qty: i64 = confirmed.iter().map(|(_, _, q)| q).sum();
@@ -336,7 +404,10 @@ fn replica_killed_mid_load(victim: Victim) {
          WHERE r.status = 'active'",
     );
     let held: BTreeMap<&str, i64> = held.iter().map(|(id, q)| (id.as_str(), *q)).collect();
-    assert_eq!(held, by_id, "active reservations are not the confirmed orders");
+    assert_eq!(
+        held, by_id,
+        "active reservations are not the confirmed orders"
+    );
     eprintln!(
         "{} confirmed ({} more than acknowledged), stock {} = {STOCK} - {confirmed_qty}",
         confirmed.len(),
