@@ -1,9 +1,11 @@
 //! What every Tollgate reference service shares: the JSON error envelope (the gateway's shape),
-//! pagination, `/healthz` and `/readyz`, database setup with migrations and busy retries, settings,
+//! pagination and the list/get/delete of rows keyed by id (`crud`), `/healthz` and `/readyz`, database
+//! setup with migrations and busy retries, the flags every service takes (`server::CommonArgs`),
 //! tracing, graceful shutdown, and (feature `testing`, for their tests only) the harness that runs them
 //! as real processes.
 
 pub mod auth;
+pub mod crud;
 pub mod db;
 pub mod error;
 pub mod health;

@@ -1,4 +1,5 @@
-//! Serving: tracing, the request-id layer, and graceful shutdown on SIGTERM or Ctrl-C.
+//! Serving: the flags every service takes, tracing, the request-id layer, and graceful shutdown on
+//! SIGTERM or Ctrl-C.
 
 use std::io::Write;
 
@@ -8,7 +9,55 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 
+use crate::auth::AuthArgs;
 use crate::error::REQUEST_ID;
+
+/// `--listen` (`LISTEN`), `--database-url` (`DATABASE_URL`) and the [`AuthArgs`] flags: what every service takes, flattened into its own `Args` (`#[command(flatten)]`) beside its own flags.
+// One paragraph only: clap makes a flattened struct's longer doc the service's `--help` text.
+//
+// `listen` and `database_url` have no default here: each service has its own port and database file,
+// given to `parse_args`, so that `--help` shows the service's defaults. Parsed without them
+// (`Args::parse()`), both are required.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN")]
+    pub listen: String,
+    /// `sqlite://FILE` (default) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// A service's defaults for the [`CommonArgs`] that have none of their own.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    /// `--listen`, e.g. `127.0.0.1:8081`.
+    pub listen: &'static str,
+    /// `--database-url`, e.g. `sqlite://data/users.db`.
+    pub database_url: &'static str,
+}
+
+/// The command line of `A` (a service's `Args`, which flattens [`CommonArgs`]) with `defaults` set.
+pub fn command<A: clap::CommandFactory>(defaults: Defaults) -> clap::Command {
+    // Not required once defaulted, so that the usage line does not list them.
+    A::command()
+        .mut_arg("listen", |a| {
+            a.default_value(defaults.listen).required(false)
+        })
+        .mut_arg("database_url", |a| {
+            a.default_value(defaults.database_url).required(false)
+        })
+}
+
+/// Parse the process's arguments (and environment) into `A` with the service's `defaults`; like
+/// `A::parse()`, print the error or help and exit when they do not parse.
+pub fn parse_args<A: clap::Parser>(defaults: Defaults) -> A {
+    let mut cmd = command::<A>(defaults);
+    let matches = cmd.get_matches_mut();
+    A::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+}
 
 /// Log to stderr; `RUST_LOG` overrides the default `info`.
 pub fn init_tracing() {
@@ -121,5 +170,72 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::FromArgMatches;
+
+    use super::{CommonArgs, Defaults};
+
+    #[derive(clap::Parser, Debug)]
+    #[command(name = "svc", about = "a service")]
+    struct Args {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value = "x")]
+        own: String,
+    }
+
+    const DEFAULTS: Defaults = Defaults {
+        listen: "127.0.0.1:9999",
+        database_url: "sqlite://data/test.db",
+    };
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        let m = super::command::<Args>(DEFAULTS).try_get_matches_from(argv)?;
+        Args::from_arg_matches(&m)
+    }
+
+    /// Environment-free: `LISTEN`/`DATABASE_URL` set in the test's environment would change them.
+    #[test]
+    fn the_service_supplies_the_defaults_and_flags_override_them() {
+        if std::env::var_os("LISTEN").is_some() || std::env::var_os("DATABASE_URL").is_some() {
+            return;
+        }
+        let a = parse(&["svc", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(a.common.listen, "127.0.0.1:9999");
+        assert_eq!(a.common.database_url, "sqlite://data/test.db");
+        assert_eq!(a.common.auth.jwt_issuer, "tollgate-demo");
+        assert_eq!(a.own, "x");
+        let a = parse(&[
+            "svc",
+            "--jwt-secret",
+            "s",
+            "--listen",
+            "0.0.0.0:1",
+            "--database-url",
+            "postgres://db/x",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.common.listen.as_str(), a.common.database_url.as_str()),
+            ("0.0.0.0:1", "postgres://db/x")
+        );
+    }
+
+    #[test]
+    fn help_shows_the_service_defaults() {
+        let help = super::command::<Args>(DEFAULTS)
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: 127.0.0.1:9999]"), "{help}");
+        assert!(help.contains("[default: sqlite://data/test.db]"), "{help}");
+        // Neither is listed as required, and the kit's doc comments are not the service's help.
+        let usage = super::command::<Args>(DEFAULTS).render_usage().to_string();
+        assert!(!usage.contains("--listen"), "{usage}");
+        assert!(!help.contains("flattened"), "{help}");
     }
 }

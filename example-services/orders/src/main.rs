@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use order_service::Settings;
+use service_kit::server::{CommonArgs, Defaults};
 
 #[derive(Parser)]
 #[command(
@@ -10,12 +11,8 @@ use order_service::Settings;
     about = "Tollgate reference service: orders"
 )]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8083")]
-    listen: String,
-    /// `sqlite://FILE` (default) or `postgres://...`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/orders.db")]
-    database_url: String,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Base URL of the users service.
     #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8081")]
     users_url: String,
@@ -36,16 +33,21 @@ struct Args {
     /// Timeout of each call to the users and products services.
     #[arg(long, env = "CALL_TIMEOUT", default_value = "5s", value_parser = order_service::parse_duration)]
     call_timeout: std::time::Duration,
-    #[command(flatten)]
-    auth: service_kit::auth::AuthArgs,
 }
+
+/// This service's port and database file (the demo's and deploy/'s, which name them too).
+const DEFAULTS: Defaults = Defaults {
+    listen: "127.0.0.1:8083",
+    database_url: "sqlite://data/orders.db",
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::server::init_tracing();
-    let a = Args::parse();
-    let auth = service_kit::auth::Auth::new(&a.auth)?;
-    let Some(service_token) = a.auth.service_token.clone() else {
+    let a: Args = service_kit::server::parse_args(DEFAULTS);
+    let c = a.common;
+    let auth = service_kit::auth::Auth::new(&c.auth)?;
+    let Some(service_token) = c.auth.service_token.clone() else {
         anyhow::bail!(
             "SERVICE_TOKEN is required: the orders service calls users and products with it"
         );
@@ -57,9 +59,9 @@ async fn main() -> anyhow::Result<()> {
         call_timeout: a.call_timeout,
         service_token,
     };
-    let service = order_service::app(&a.database_url, settings, auth).await?;
+    let service = order_service::app(&c.database_url, settings, auth).await?;
     let recovery = service.recovery;
-    service_kit::server::serve_with("order-service", &a.listen, service.router, |stop| {
+    service_kit::server::serve_with("order-service", &c.listen, service.router, |stop| {
         recovery.run(stop)
     })
     .await
