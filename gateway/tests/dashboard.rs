@@ -294,3 +294,47 @@ fn the_dashboard_shows_live_figures_and_upstream_health_in_a_browser() {
     std::fs::write(&out, &png).unwrap();
     eprintln!("screenshot: {}", out.display());
 }
+
+#[test]
+fn without_an_admin_token_the_dashboard_is_off_like_the_rest_of_admin() {
+    let a = Backend::start("a", Mode::Echo);
+    let cfg = config(&a, &a).replace(&format!(", token: \"{TOKEN}\""), "");
+    let gw = Gateway::start(&cfg);
+    for path in [
+        "/admin/dashboard",
+        "/admin/dashboard/app.js",
+        "/admin/dashboard/data",
+    ] {
+        let r = request(gw.admin, "GET", path, &[], None);
+        assert_eq!(r.status, 403, "{path}");
+        assert_eq!(r.error_code(), "admin_disabled", "{path}");
+    }
+}
+
+#[test]
+fn the_dashboard_endpoints_take_only_their_methods() {
+    let a = Backend::start("a", Mode::Echo);
+    let gw = Gateway::start(&config(&a, &a));
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    for path in ["/admin/dashboard", "/admin/dashboard/data"] {
+        let r = request(gw.admin, "POST", path, &[&auth], Some("{}"));
+        assert_eq!(r.status, 405, "{path}");
+    }
+    // Nothing else under the page's prefix is served (no file lookup behind it).
+    let r = request(
+        gw.admin,
+        "GET",
+        "/admin/dashboard/../config",
+        &[&auth],
+        None,
+    );
+    assert_ne!(r.status, 200);
+    let r = request(
+        gw.admin,
+        "GET",
+        "/admin/dashboard/index.html",
+        &[&auth],
+        None,
+    );
+    assert_eq!(r.status, 404);
+}
