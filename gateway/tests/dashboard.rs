@@ -2,8 +2,9 @@
 //! loaded in headless Chromium (see `browser/`), its numbers read from what the page shows.
 //!
 //! Checks that without the token the page shows nothing (and the data endpoint answers 401), that the
-//! figures move between refreshes, that a reload appears in the history, and that an upstream target
-//! whose health checks fail shows as unhealthy while the other stays healthy. Saves a screenshot
+//! figures move between refreshes, that a reload appears in the history, that an upstream target
+//! whose health checks fail shows as unhealthy while the other stays healthy, and that a route name
+//! made of markup is shown as text. Saves a screenshot
 //! (`dashboard.png` in Cargo's test temp folder, e.g. `target/tmp/`) as the test's artifact; the
 //! README's picture is a copy of it.
 #![allow(clippy::unwrap_used)]
@@ -20,6 +21,9 @@ use common::{request, Backend, Gateway, Mode};
 use serde_json::Value;
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
+/// The longest wait for something the page should show (it refreshes every second; the bound is for
+/// a machine busy with the rest of the suite).
+const WAIT: Duration = Duration::from_secs(30);
 
 fn config(a: &Backend, b: &Backend) -> String {
     format!(
@@ -118,9 +122,7 @@ fn number(v: &Value) -> Option<f64> {
 /// Wait for the page's next refresh after the current one.
 fn next_refresh(b: &mut Browser) {
     let n = refreshes(b);
-    b.wait_for("a refresh", Duration::from_secs(10), |b| {
-        (refreshes(b) > n).then_some(())
-    });
+    b.wait_for("a refresh", WAIT, |b| (refreshes(b) > n).then_some(()));
 }
 
 #[test]
@@ -184,7 +186,7 @@ fn the_dashboard_shows_live_figures_and_upstream_health_in_a_browser() {
 
     step("page loaded");
     // No token yet: the page asks for it and shows no figures; its own fetch without one gets 401.
-    b.wait_for("the token form", Duration::from_secs(10), |b| {
+    b.wait_for("the token form", WAIT, |b| {
         (b.eval("!document.getElementById('login').hidden") == true).then_some(())
     });
     assert_eq!(b.eval("document.getElementById('board').hidden"), true);
@@ -203,7 +205,7 @@ fn the_dashboard_shows_live_figures_and_upstream_health_in_a_browser() {
         ));
     };
     login(&mut b, "wrong-token-wrong-token");
-    b.wait_for("the refusal", Duration::from_secs(10), |b| {
+    b.wait_for("the refusal", WAIT, |b| {
         let msg = b.eval("document.getElementById('login-error').textContent");
         msg.as_str()
             .is_some_and(|m| m.contains("refused"))
@@ -215,7 +217,7 @@ fn the_dashboard_shows_live_figures_and_upstream_health_in_a_browser() {
     step("wrong token refused");
     // The token: the board shows, and its figures move from one refresh to the next.
     login(&mut b, TOKEN);
-    let first = b.wait_for("request rates", Duration::from_secs(15), |b| {
+    let first = b.wait_for("request rates", WAIT, |b| {
         route_row(b, "api").filter(|r| number(&r["cell_rps"]).is_some_and(|v| v > 0.0))
     });
     assert!(number(&first["cell_p50"]).is_some(), "{first}");
@@ -233,13 +235,13 @@ fn the_dashboard_shows_live_figures_and_upstream_health_in_a_browser() {
         "the total did not move: {first} then {second}"
     );
     // 4xx: the rate-limited route's 429s, and the requests that matched no route.
-    b.wait_for("4xx on the limited route", Duration::from_secs(10), |b| {
+    b.wait_for("4xx on the limited route", WAIT, |b| {
         route_row(b, "limited").filter(|r| number(&r["cell_rps4xx"]).is_some_and(|v| v > 0.0))
     });
-    b.wait_for("the unrouted row", Duration::from_secs(10), |b| {
+    b.wait_for("the unrouted row", WAIT, |b| {
         route_row(b, "").filter(|r| number(&r["cell_total"]).is_some_and(|v| v > 0.0))
     });
-    let limits = b.wait_for("rate-limit rejections", Duration::from_secs(10), |b| {
+    let limits = b.wait_for("rate-limit rejections", WAIT, |b| {
         rows(b, "limits").into_iter().find(|r| {
             r["policy"] == "tight" && number(&r["cell_rejections"]).is_some_and(|v| v > 0.0)
         })
@@ -255,11 +257,9 @@ fn the_dashboard_shows_live_figures_and_upstream_health_in_a_browser() {
         "{targets:?}"
     );
     gw.reload(|t| t.replace("requests: 2,", "requests: 3,"));
-    let v2 = b.wait_for(
-        "version 2 in the reload history",
-        Duration::from_secs(10),
-        |b| rows(b, "reloads").into_iter().find(|r| r["version"] == "2"),
-    );
+    let v2 = b.wait_for("version 2 in the reload history", WAIT, |b| {
+        rows(b, "reloads").into_iter().find(|r| r["version"] == "2")
+    });
     let shown = v2.to_string();
     assert!(
         shown.contains("applied") && shown.contains("~ rate limit tight"),
@@ -270,7 +270,7 @@ fn the_dashboard_shows_live_figures_and_upstream_health_in_a_browser() {
     // Target b's health checks fail: the page shows it unhealthy, a still healthy.
     bad.healthy.store(false, Ordering::Relaxed);
     let b_addr = bad.addr.to_string();
-    let row = b.wait_for("target b unhealthy", Duration::from_secs(10), |b| {
+    let row = b.wait_for("target b unhealthy", WAIT, |b| {
         rows(b, "targets")
             .into_iter()
             .find(|t| t["target"] == b_addr.as_str() && t["state"] == "unhealthy")
@@ -293,6 +293,18 @@ fn the_dashboard_shows_live_figures_and_upstream_health_in_a_browser() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&out, &png).unwrap();
     eprintln!("screenshot: {}", out.display());
+
+    // A name from the config is shown as text, never run as markup.
+    const HOSTILE: &str = "<img src=x onerror=document.title=1>";
+    gw.reload(|t| {
+        format!(
+            "{t}  - name: '{HOSTILE}'\n    match: {{ path_prefix: /hostile }}\n    upstream: api\n"
+        )
+    });
+    let row = b.wait_for("the hostile route's row", WAIT, |b| route_row(b, HOSTILE));
+    assert_eq!(row["cell_name"], HOSTILE);
+    assert_eq!(b.eval("document.querySelectorAll('img').length"), 0);
+    assert_eq!(b.eval("document.title"), "Tollgate dashboard");
 }
 
 #[test]
