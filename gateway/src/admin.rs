@@ -11,8 +11,10 @@
 //!   its data at `GET /admin/dashboard/data`.
 //!
 //! `/admin/*` needs `Authorization: Bearer <server.admin.token>`, compared in constant time; without a
-//! configured token those endpoints are off (403). Health and metrics stay open so that probes and
-//! scrapers need no secret; keep the admin address private.
+//! configured token those endpoints are off (403). The one exception is the dashboard's page and its
+//! script and style, which hold no data: a browser's navigation cannot send a bearer token, so they
+//! are served once a token is configured, and the page sends the token on each data request. Health
+//! and metrics stay open so that probes and scrapers need no secret; keep the admin address private.
 
 use std::sync::Arc;
 
@@ -56,6 +58,7 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The admin app of `reloader`'s gateway, with an empty dashboard history.
     pub fn new(reloader: Arc<Reloader>) -> Admin {
         Admin {
             reloader,
