@@ -81,6 +81,7 @@ pub struct RouteCounts {
 /// The gateway's counters at one moment.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// When it was read (rates divide by the time between two samples).
     pub at: Instant,
     /// By route name (`""` for requests that matched no route).
     pub routes: BTreeMap<String, RouteCounts>,
@@ -507,6 +508,36 @@ mod tests {
         assert_eq!(base.at, at(2000));
         // After a long pause, nothing is old enough to keep: no window.
         assert!(h.observe(sample(at(60_000), 60)).is_none());
+    }
+
+    #[test]
+    fn a_sample_reads_the_gateways_series() {
+        let m = Metrics::new().unwrap();
+        let count = |route, status, n| {
+            m.requests
+                .with_label_values(&[route, "GET", status])
+                .inc_by(n)
+        };
+        count("api", "200", 5);
+        count("api", "404", 2);
+        count("api", "503", 1);
+        m.requests.with_label_values(&["api", "POST", "200"]).inc();
+        count("", "404", 4);
+        for s in [0.0002, 0.002, 0.002, 0.3] {
+            m.request_duration.with_label_values(&["api"]).observe(s);
+        }
+        m.ratelimit_rejections
+            .with_label_values(&["tight"])
+            .inc_by(7);
+        let s = Sample::read(&m, Instant::now());
+        let api = &s.routes["api"];
+        assert_eq!((api.requests, api.status_4xx, api.status_5xx), (9, 2, 1));
+        assert_eq!(api.observed, 4);
+        assert_eq!(api.bounds.len(), api.cumulative.len());
+        // 0.5 ms, 1 ms, 2.5 ms buckets: 1, 1, 3 so far.
+        assert_eq!(&api.cumulative[..3], &[1, 1, 3]);
+        assert_eq!(s.routes[""].requests, 4);
+        assert_eq!(s.rejections["tight"], 7);
     }
 
     #[test]
