@@ -171,6 +171,7 @@ Product reads are public; everything else needs a token (mint more with ./target
 
 Admin (its own port): curl -s http://127.0.0.1:9090/readyz ; curl -s http://127.0.0.1:9090/metrics
   curl -s -H "authorization: Bearer tollgate-demo-admin-token" http://127.0.0.1:9090/admin/routes
+  Dashboard: http://127.0.0.1:9090/admin/dashboard (token: tollgate-demo-admin-token)
 Access log: $DEMO_DIR/logs/gateway.log. Edit $CONFIG and it reloads. Ctrl-C stops everything.
 EOF
 

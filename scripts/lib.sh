@@ -52,6 +52,16 @@ ensure_redis() {
   fi
 }
 
+# Debian's chromium for the dashboard test (gateway/tests/dashboard.rs), which drives it headless over
+# the DevTools protocol on 127.0.0.1. Installs it with apt when absent; CHROMIUM names another browser.
+ensure_chromium() {
+  if [ -n "${CHROMIUM:-}" ]; then return 0; fi
+  if ! have chromium; then
+    step "installing chromium"
+    apt_install chromium
+  fi
+}
+
 # A throwaway PostgreSQL server for the tests: its own cluster in a temp dir, on 127.0.0.1:$PG_PORT,
 # trust auth, user `tollgate`. Installs the server with apt when absent. Exports TEST_POSTGRES_URL.
 # A TEST_POSTGRES_URL already set is used as is. Call stop_postgres (e.g. from a trap) to stop it.

@@ -36,6 +36,7 @@ step "deploy/ (Kubernetes, systemd, Containerfile)"
 ./scripts/deploy-check.sh target/debug/tollgate
 
 ensure_redis
+ensure_chromium
 start_postgres
 trap stop_postgres EXIT
 

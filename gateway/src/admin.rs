@@ -6,11 +6,15 @@
 //! - `GET /admin/routes`, `GET /admin/upstreams`, `GET /admin/config` (secrets redacted),
 //!   `GET /admin/reload` (the last reload's outcome), `POST /admin/reload`,
 //!   `GET /admin/config/versions` (the last configs applied or refused, with what each changed),
-//!   `POST /admin/config/rollback` (`{"version": N}`: serve an applied version again).
+//!   `POST /admin/config/rollback` (`{"version": N}`: serve an applied version again);
+//! - `GET /admin/dashboard`: a live page of routes, targets, limits and reloads ([`crate::dashboard`]),
+//!   its data at `GET /admin/dashboard/data`.
 //!
 //! `/admin/*` needs `Authorization: Bearer <server.admin.token>`, compared in constant time; without a
-//! configured token those endpoints are off (403). Health and metrics stay open so that probes and
-//! scrapers need no secret; keep the admin address private.
+//! configured token those endpoints are off (403). The one exception is the dashboard's page and its
+//! script and style, which hold no data: a browser's navigation cannot send a bearer token, so they
+//! are served once a token is configured, and the page sends the token on each data request. Health
+//! and metrics stay open so that probes and scrapers need no secret; keep the admin address private.
 
 use std::sync::Arc;
 
@@ -21,6 +25,7 @@ use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::dashboard::{self, History};
 use crate::metrics::TargetHealth;
 use crate::reload::{Reloader, RollbackError};
 
@@ -48,6 +53,48 @@ use crate::snapshot::{Action, Snapshot};
 /// The admin app. The token is read from the current snapshot, so a reload can rotate it.
 pub struct Admin {
     pub reloader: Arc<Reloader>,
+    /// The dashboard's earlier samples, shared by every open page.
+    pub dashboard: History,
+}
+
+impl Admin {
+    /// The admin app of `reloader`'s gateway, with an empty dashboard history.
+    pub fn new(reloader: Arc<Reloader>) -> Admin {
+        Admin {
+            reloader,
+            dashboard: History::default(),
+        }
+    }
+}
+
+/// The headers of every dashboard answer: its assets and data are for this listener's own page only
+/// (the CSP, no framing), never sniffed into another type, and never cached (the data changes every
+/// second and is behind the token).
+fn dashboard_headers(mut r: Response<Vec<u8>>) -> Response<Vec<u8>> {
+    use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY};
+    use http::header::{X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(dashboard::CSP),
+    );
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// An embedded page asset.
+fn static_asset(content_type: &'static str, body: &'static str) -> Response<Vec<u8>> {
+    let body = body.as_bytes().to_vec();
+    let r = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default();
+    dashboard_headers(r)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -269,6 +316,18 @@ impl Admin {
                 "set server.admin.token to use /admin/*",
             );
         };
+        // The page and its assets hold no data: a browser's navigation cannot send the token, so
+        // they are served to anyone here, and the page sends the token on its data requests.
+        if let Some((content_type, body)) = dashboard::asset(path) {
+            if !matches!(method.as_str(), "GET" | "HEAD") {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "wrong method for this endpoint",
+                );
+            }
+            return static_asset(content_type, body);
+        }
         if !authorized(token, auth) {
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -278,6 +337,15 @@ impl Admin {
         }
         match (method.as_str(), path) {
             ("GET", "/admin/routes") => json_response(StatusCode::OK, &routes(&snap)),
+            ("GET", "/admin/dashboard/data") => {
+                let data = dashboard::data(
+                    &snap,
+                    &self.reloader,
+                    &self.dashboard,
+                    std::time::Instant::now(),
+                );
+                dashboard_headers(json_response(StatusCode::OK, &data))
+            }
             ("GET", "/admin/upstreams") => json_response(StatusCode::OK, &upstreams(&snap)),
             ("GET", "/admin/config") => {
                 // The config being served, which after a refused reload or a rollback is not what
@@ -345,7 +413,8 @@ impl Admin {
                 | "/admin/config"
                 | "/admin/reload"
                 | "/admin/config/versions"
-                | "/admin/config/rollback",
+                | "/admin/config/rollback"
+                | "/admin/dashboard/data",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",

@@ -13,6 +13,7 @@ pub mod compose;
 pub mod compression;
 pub mod config;
 pub mod conn;
+pub mod dashboard;
 pub mod diff;
 pub mod error;
 pub mod explain;

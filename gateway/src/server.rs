@@ -464,9 +464,7 @@ fn assemble(
         tls.enable_h2();
         Ok::<_, String>(tls)
     };
-    let admin_app = Admin {
-        reloader: reloader.clone(),
-    };
+    let admin_app = Admin::new(reloader.clone());
     let mut serving = (None, None);
     match sockets {
         Sockets::Bind { .. } => {
