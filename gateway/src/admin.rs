@@ -121,13 +121,17 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
     r
 }
 
-/// Does the request carry the admin token? Constant time in the token's content.
+/// Does the request carry the admin token? Constant time in the token's content and its length:
+/// SHA-256 digests of both are compared (`ct_eq` on slices of different lengths returns at once,
+/// which would tell the token's length).
 pub fn authorized(expected: &str, header: Option<&[u8]>) -> bool {
+    use sha2::{Digest, Sha256};
     let Some(h) = header else { return false };
     let Some(token) = h.strip_prefix(b"Bearer ") else {
         return false;
     };
-    bool::from(token.ct_eq(expected.as_bytes()))
+    let (got, want) = (Sha256::digest(token), Sha256::digest(expected.as_bytes()));
+    bool::from(got.as_slice().ct_eq(want.as_slice()))
 }
 
 /// `/metrics`: the gateway's metrics, with the health gauges taken from `snap`'s targets now.
@@ -449,8 +453,16 @@ impl ServeHttp for Admin {
                 body.extend_from_slice(&chunk);
             }
         }
-        self.handle(&method, &path, query.as_deref(), auth.as_deref(), &body)
-            .await
+        let mut r = self
+            .handle(&method, &path, query.as_deref(), auth.as_deref(), &body)
+            .await;
+        // Route and upstream names from the config (team files too) are in these answers: never
+        // sniffed into another type.
+        r.headers_mut().insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            http::HeaderValue::from_static("nosniff"),
+        );
+        r
     }
 }
 

@@ -274,6 +274,38 @@ pub fn add_vary(resp: &mut ResponseHeader) {
     }
 }
 
+/// Counts the answers being compressed, gateway-wide (`limits.max_compressing`).
+#[derive(Debug, Default)]
+pub struct Gate(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+/// One answer's place under the [`Gate`], given back when dropped (however the request ends).
+#[derive(Debug)]
+pub struct Slot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Gate {
+    /// A place for one more answer, if fewer than `max` hold one.
+    pub fn enter(&self, max: usize) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.0.clone()))
+    }
+
+    /// Answers being compressed now.
+    pub fn held(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Brotli's window (log2 bytes): 512 KiB per response being encoded, as Pingora chose.
 const BROTLI_LGWIN: u32 = 19;
 
@@ -471,6 +503,20 @@ mod tests {
             ("cache-control", "public, No-Transform"),
         ]);
         assert!(!eligible(&p, 200, &nt));
+    }
+
+    #[test]
+    fn the_gate_holds_at_most_max_and_gives_places_back() {
+        let g = Gate::default();
+        let a = g.enter(2).unwrap();
+        let b = g.enter(2).unwrap();
+        assert!(g.enter(2).is_none());
+        drop(a);
+        let _c = g.enter(2).unwrap();
+        assert_eq!(g.held(), 2);
+        drop(b);
+        assert_eq!(g.held(), 1);
+        assert!(g.enter(0).is_none());
     }
 
     #[test]

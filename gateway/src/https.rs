@@ -26,21 +26,32 @@ pub struct Redirect {
 /// The path prefix of ACME HTTP-01 challenges, which are never redirected.
 const ACME: &str = "/.well-known/acme-challenge/";
 
-/// Is a request with this `X-Forwarded-Proto` (from a trusted proxy) an HTTPS one? The value the
-/// nearest proxy appended (the last of a list) decides.
-pub fn forwarded_https(x_forwarded_proto: Option<&HeaderValue>) -> bool {
-    x_forwarded_proto
+/// Is a request with these `X-Forwarded-Proto` field lines (from a trusted proxy) an HTTPS one? The
+/// value the nearest proxy added decides: the last item of the last line (a balancer that appends a
+/// line of its own, as HAProxy's `add-header` does, must not be overruled by the client's line).
+pub fn forwarded_https<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+    lines
+        .into_iter()
+        .last()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
 }
 
+/// Is this request for an ACME HTTP-01 challenge, which is served over plain HTTP? Decided on the
+/// **normalized** path, the one routing uses: on the path as sent,
+/// `/.well-known/acme-challenge/../../api/users` would pass as a challenge and be routed as
+/// `/api/users` over plain HTTP.
+pub fn acme_challenge(normalized_path: &str) -> bool {
+    normalized_path.starts_with(ACME)
+}
+
 impl Redirect {
     /// The `Location` for a plain request to `host` (`name[:port]`, already validated) with origin-form
-    /// `path_and_query`; `None` when the request is not redirected (an ACME challenge, or not in
-    /// origin form: `OPTIONS *`).
+    /// `path_and_query` (as sent); `None` when not in origin form (`OPTIONS *`). ACME challenges are
+    /// the caller's to exempt ([`acme_challenge`], on the normalized path).
     pub fn location(&self, host: &str, path_and_query: &str) -> Option<String> {
-        if !path_and_query.starts_with('/') || path_and_query.starts_with(ACME) {
+        if !path_and_query.starts_with('/') {
             return None;
         }
         let name = strip_port(host);
@@ -114,23 +125,28 @@ mod tests {
             Some("https://[2001:db8::1]:8443/")
         );
         assert_eq!(r.location("h", "*"), None, "OPTIONS *");
-        assert_eq!(
-            r.location("h", "/.well-known/acme-challenge/tok"),
-            None,
-            "ACME HTTP-01 stays on HTTP"
-        );
-        assert!(r.location("h", "/.well-known/other").is_some());
+        assert!(acme_challenge("/.well-known/acme-challenge/tok"));
+        assert!(!acme_challenge("/.well-known/other"));
+        assert!(!acme_challenge("/.well-known/acme-challenge"));
     }
 
     #[test]
     fn forwarded_proto() {
-        let v = |s: &'static str| Some(HeaderValue::from_static(s));
-        assert!(forwarded_https(v("https").as_ref()));
-        assert!(forwarded_https(v("HTTPS").as_ref()));
-        assert!(forwarded_https(v("http, https").as_ref()));
-        assert!(!forwarded_https(v("https, http").as_ref()));
-        assert!(!forwarded_https(v("http").as_ref()));
-        assert!(!forwarded_https(None));
+        let v = |s: &'static str| vec![HeaderValue::from_static(s)];
+        assert!(forwarded_https(&v("https")));
+        assert!(forwarded_https(&v("HTTPS")));
+        assert!(forwarded_https(&v("http, https")));
+        assert!(!forwarded_https(&v("https, http")));
+        assert!(!forwarded_https(&v("http")));
+        assert!(!forwarded_https(&[]));
+        let two = [
+            HeaderValue::from_static("https"),
+            HeaderValue::from_static("http"),
+        ];
+        assert!(
+            !forwarded_https(&two),
+            "the client's line first, the balancer's last"
+        );
     }
 
     #[test]

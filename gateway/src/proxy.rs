@@ -75,6 +75,8 @@ pub struct Gateway {
     /// `server.grpc_web` at start: the bridge module is set up only then (it costs an allocation and
     /// four filter calls per request), so turning it on takes a restart or an upgrade.
     grpc_web: bool,
+    /// Answers being compressed now (bounded by `limits.max_compressing`).
+    compressing: crate::compression::Gate,
 }
 
 impl Gateway {
@@ -98,6 +100,7 @@ impl Gateway {
             unrouted: RouteSeries::default(),
             connector: Arc::new(Connector::new(None)),
             grpc_web: s.settings.grpc_web,
+            compressing: crate::compression::Gate::default(),
         }
     }
 
@@ -232,6 +235,8 @@ pub struct Ctx {
     tls: bool,
     /// The client spoke HTTPS: `tls`, or a trusted proxy's `X-Forwarded-Proto` says so (see `https`).
     secure: bool,
+    /// This answer's place under the compression gate, while it is being compressed.
+    _compressing: Option<crate::compression::Slot>,
     /// A composition route's calls, for the log, the metrics and the spans.
     calls: Option<Box<[compose::CallRecord]>>,
 }
@@ -685,6 +690,7 @@ impl ProxyHttp for Gateway {
             _in_flight: None,
             tls: false,
             secure: false,
+            _compressing: None,
             calls: None,
         }
     }
@@ -731,7 +737,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.secure = ctx.tls
             || (ctx.peer_trusted
-                && crate::https::forwarded_https(req.headers.get(&X_FORWARDED_PROTO_NAME)));
+                && crate::https::forwarded_https(req.headers.get_all(&X_FORWARDED_PROTO_NAME)));
         // Our idle timeout, unless keep-alive is already off: the client asked to close, or Pingora
         // turned it off because the process is shutting down.
         if session.get_keepalive().is_some() {
@@ -1109,7 +1115,7 @@ impl ProxyHttp for Gateway {
             chain.response(resp, session.req_header(), &ctx.plugins);
         }
         Self::hsts(resp, ctx)?;
-        Self::compress(session, resp, ctx);
+        self.compress(session, resp, ctx);
         Ok(())
     }
 
@@ -1248,6 +1254,9 @@ impl Gateway {
         req: &RequestHeader,
     ) -> std::result::Result<Option<Reply>, GatewayError> {
         let target = request::parse_target(req.raw_path(), &req.method)?;
+        if target.form == Form::Asterisk {
+            return Ok(None);
+        }
         let host = request::host(
             &target,
             req.uri.authority().map(|a| a.as_str()),
@@ -1267,6 +1276,11 @@ impl Gateway {
         if let Some(q) = target.query {
             pq.push('?');
             pq.push_str(q);
+        }
+        let norm = path::normalize(target.path)
+            .map_err(|e| GatewayError::new(400, "invalid_path", e.message()))?;
+        if crate::https::acme_challenge(&norm) {
+            return Ok(None);
         }
         let Some(location) = r.location(host, &pq) else {
             return Ok(None);
@@ -1304,9 +1318,9 @@ impl Gateway {
     /// module, which runs on the head after this phase (pingora-proxy 0.9.1 `lib.rs`
     /// `downstream_response_task_filter`, after `response_filter` in `proxy_h1.rs`), is then turned on
     /// for the chosen coding alone. A HEAD answer gets the headers a GET would, and no body to encode.
-    fn compress(session: &mut Session, resp: &mut ResponseHeader, ctx: &Ctx) {
+    fn compress(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
         use pingora_core::modules::http::compression::ResponseCompression;
-        let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.as_deref()) else {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.clone()) else {
             return;
         };
         // Upgraded and gRPC answers are streams of their own framing; only an upstream's answer
@@ -1316,7 +1330,7 @@ impl Gateway {
         }
         let req = session.req_header();
         let Some(choice) =
-            crate::compression::decide(policy, &req.headers, resp.status.as_u16(), &resp.headers)
+            crate::compression::decide(&policy, &req.headers, resp.status.as_u16(), &resp.headers)
         else {
             return;
         };
@@ -1327,6 +1341,15 @@ impl Gateway {
             crate::compression::head_headers(resp, algorithm);
             return;
         }
+        let max = ctx
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.settings.max_compressing);
+        let Some(slot) = self.compressing.enter(max) else {
+            // As many encoders as allowed are busy: this answer goes out as it is (still `Vary`).
+            return;
+        };
+        ctx._compressing = Some(slot);
         if algorithm == crate::compression::Algorithm::Brotli {
             // Ours, not Pingora's (see `compression`): the same headers, then the module encodes.
             if let Some(m) = session
@@ -1334,6 +1357,13 @@ impl Gateway {
                 .get_mut::<crate::compression::BrotliModule>()
             {
                 crate::compression::head_headers(resp, algorithm);
+                // Streamed: chunked on HTTP/1.1, as Pingora's module sets it (its HTTP/2 writer
+                // drops the header, pingora-core `protocols/http/v2/server.rs`); without it the body
+                // would be close-delimited and the connection lost.
+                let _ = resp.insert_header(
+                    http::header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
                 m.start(policy.level);
             }
             return;

@@ -33,6 +33,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
+    /// Answers compressed at once, at most (`limits.max_compressing`).
+    pub max_compressing: usize,
     pub access_log: bool,
     pub access_log_path: Option<String>,
     pub shutdown_timeout: Duration,

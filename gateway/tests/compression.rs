@@ -86,12 +86,17 @@ fn upstream() -> SocketAddr {
 
 /// Server-wide compression (the defaults), one route with it off, one with gzip alone.
 fn gateway() -> Gateway {
+    gateway_with("")
+}
+
+/// The same with `server_extra` in the `server` section.
+fn gateway_with(server_extra: &str) -> Gateway {
     let up = upstream();
     Gateway::in_process(&format!(
         r#"
 server:
   listen: ["{{listen}}"]
-  compression: {{}}
+  compression: {{}}{server_extra}
 upstreams:
   up: {{ targets: [{{ addr: "{up}" }}] }}
 routes:
@@ -164,6 +169,11 @@ fn each_coding_is_chosen_by_the_client_and_decodes_to_the_upstream_bytes() {
         assert!(
             r.header("content-length").is_none(),
             "the upstream's length is not the body's"
+        );
+        assert_eq!(
+            r.header("transfer-encoding"),
+            Some("chunked"),
+            "{accept}: streamed chunked, not close-delimited"
         );
         assert!(
             r.body.len() < original.len() / 2,
@@ -260,4 +270,16 @@ routes:
     );
     assert!(text.contains("server.compression.algorithms[1]"), "{text}");
     assert!(text.contains("routes[0].compression.algorithms"), "{text}");
+}
+
+#[test]
+fn past_max_compressing_answers_go_out_as_they_are() {
+    let g = gateway_with("\n  limits: { max_compressing: 0 }");
+    for accept in ["gzip", "br", "zstd"] {
+        let r = get(&g, "GET", "/big", Some(accept));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), None, "{accept}");
+        assert!(varies(&r));
+        assert_eq!(r.body, big_json().into_bytes());
+    }
 }

@@ -29,6 +29,7 @@ include:
   - {dir}/conf.d
   - files: {dir}/teams/orders-*.yaml
     paths: [/api/orders]
+    upstreams: [users]       # the users team's, by name: the orders team may route to it
 ",
         dir = teams.display()
     )
@@ -281,6 +282,10 @@ server:
         format!("{b}:11:1: error: server: an included file defines only `routes` and `upstreams`; `server` belongs in the main file"),
         format!("{o}:6:27: error: routes[1].match.path_prefix: `/api/users/admin` is outside what the files of include[1] may route (`/api/orders`)"),
         format!("{o}:9:26: error: routes[2].match.path_regex: the files of include[1] may route only under `/api/orders`"),
+        // `users` is another team's upstream (conf.d/a.yaml's): not for this entry's routes.
+        format!("{o}:4:15: error: routes[0].upstream: `users` is not an upstream of the files of include[1]"),
+        format!("{o}:7:15: error: routes[1].upstream: `users` is not an upstream of the files of include[1]"),
+        format!("{o}:10:15: error: routes[2].upstream: `users` is not an upstream of the files of include[1]"),
     ];
     for w in &want {
         assert!(
@@ -299,7 +304,11 @@ server:
         &dir.join("teams/orders.yaml"),
         "routes:\n  - name: orders\n    match: { path_prefix: /api/orders }\n    upstream: users\n",
     );
-    let main = main.replace("  - conf.d/missing.yaml\n", "");
+    // ... once the entry may use it by name.
+    let main = main.replace("  - conf.d/missing.yaml\n", "").replace(
+        "    paths: [/api/orders]\n",
+        "    paths: [/api/orders]\n    upstreams: [users]\n",
+    );
     let (code, err) = validate(dir, &main);
     assert_eq!(code, 0, "{err}");
     let path = dir.join("tollgate.yaml");

@@ -505,6 +505,25 @@ fn plain_http_is_redirected_to_https_which_sends_hsts() {
     let r = request(gw.addr, "GET", "/.well-known/acme-challenge/tok", &[], None);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("strict-transport-security"), None);
+    // ... on the path routing would use: a challenge prefix with dot-segments is not one.
+    for sneaky in [
+        "/.well-known/acme-challenge/../../x",
+        "/.well-known/acme-challenge/%2e%2e/%2E%2E/x",
+    ] {
+        let r = request(gw.addr, "GET", sneaky, &[], None);
+        assert_eq!(r.status, 308, "{sneaky}");
+    }
+    assert_eq!(
+        be.hits.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "only the real challenge was forwarded"
+    );
+    // A balancer that appends its own line: its (last) word counts, not the client's.
+    let r = send(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: test.local\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Proto: http\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 308);
     // A trusted balancer that ended TLS says so: served, with HSTS (the client saw HTTPS).
     let r = request(gw.addr, "GET", "/x", &["X-Forwarded-Proto: https"], None);
     assert_eq!(r.status, 200);

@@ -83,6 +83,8 @@ pub async fn place(st: &AppState, id: &str, order: &NewOrder) -> Outcome {
     }
     #[derive(Deserialize)]
     struct RemoteError {
+        #[serde(default)]
+        code: String,
         message: String,
     }
     let body = serde_json::json!({ "id": id, "items": order.items });
@@ -102,11 +104,19 @@ pub async fn place(st: &AppState, id: &str, order: &NewOrder) -> Outcome {
             }
         },
         Ok(r) if r.status() == 409 => {
-            let msg = r
+            let (code, msg) = r
                 .json::<Remote>()
                 .await
-                .map(|e| e.error.message)
-                .unwrap_or_else(|_| "insufficient stock".into());
+                .map(|e| (e.error.code, e.error.message))
+                .unwrap_or_else(|_| (String::new(), "insufficient stock".into()));
+            if code == "reservation_released" {
+                // This order's reservation arrived after the order gave up on it and released it:
+                // the order has failed (no stock was taken), not been refused for lack of stock.
+                return Outcome::Failed(ApiError::unavailable(
+                    "products_too_slow",
+                    "the products service answered after the order gave up; try again",
+                ));
+            }
             Outcome::Rejected(ApiError::conflict("insufficient_stock", msg))
         }
         Ok(r) if r.status() == 404 => {

@@ -167,6 +167,7 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
         header_read_timeout: l.header_read_timeout.0,
         keepalive_timeout: l.keepalive_timeout.0,
         tunnel_idle_timeout: l.tunnel_idle_timeout.0,
+        max_compressing: l.max_compressing,
         access_log: s.access_log.enabled,
         access_log_path: s.access_log.path.clone(),
         shutdown_timeout: s.shutdown.timeout.0,

@@ -41,6 +41,19 @@ pub struct IncludeRule {
     /// When set, every route of these files must name one of these hosts in `match.host`.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Upstreams defined elsewhere (the main file's, say) that these files' routes may use. An entry
+    /// with `paths`, `hosts` or this list lets its routes (and their composition calls) use only the
+    /// upstreams its own files define and these: a team cannot point a route of its own, without the
+    /// owner's plugins, at another team's service.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+}
+
+impl IncludeRule {
+    /// Does this entry restrict what its files may do?
+    fn restricted(&self) -> bool {
+        !(self.paths.is_empty() && self.hosts.is_empty() && self.upstreams.is_empty())
+    }
 }
 
 /// The schema of `include:`: a list of file names or [`IncludeRule`]s.
@@ -295,6 +308,18 @@ pub(crate) struct Owned {
     pub(crate) rule: Arc<IncludeRule>,
     /// `include[i]`, for messages.
     pub(crate) entry: usize,
+    /// The upstreams the entry's files define.
+    pub(crate) upstreams: std::collections::BTreeSet<String>,
+}
+
+fn upstream_names(root: &Mapping) -> std::collections::BTreeSet<String> {
+    match root.get("upstreams") {
+        Some(Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        _ => Default::default(),
+    }
 }
 
 /// Take `include:` out of the main file's top-level `root` and merge the files it names into it.
@@ -335,6 +360,7 @@ pub(crate) fn merge(
             ));
         }
         let start = route_count(root);
+        let upstreams_before = upstream_names(root);
         for path in paths {
             let t = tidy(Path::new(&path));
             if t == main_tidy {
@@ -365,10 +391,15 @@ pub(crate) fn merge(
             };
             merge_file(root, &path, &text, locations, early);
         }
+        let upstreams = upstream_names(root)
+            .difference(&upstreams_before)
+            .cloned()
+            .collect();
         owned.push(Owned {
             routes: start..route_count(root),
             rule: Arc::new(rule),
             entry: i,
+            upstreams,
         });
     }
     owned
@@ -402,6 +433,7 @@ fn entries(
                 files,
                 paths: Vec::new(),
                 hosts: Vec::new(),
+                upstreams: Vec::new(),
             }),
             Value::Mapping(_) => super::load::section::<IncludeRule>(item, &here),
             _ => {
@@ -585,6 +617,31 @@ pub(crate) fn check_owned(routes: &[RouteConfig], owned: &[Owned], at: &Scope) {
                 (None, None, None) => here.error(format!(
                     "the files of include[{entry}] may route only under `{allowed}`: this route matches every path"
                 )),
+            }
+        }
+        if o.rule.restricted() {
+            let may_use =
+                |u: &str| o.upstreams.contains(u) || o.rule.upstreams.iter().any(|a| a == u);
+            let refuse = |field: Scope, u: &str| {
+                let own: Vec<&str> = o.upstreams.iter().map(String::as_str).collect();
+                field.error(format!(
+                    "`{u}` is not an upstream of the files of include[{}] (theirs: `{}`); list it in include[{}].upstreams to let them use it",
+                    o.entry,
+                    own.join("`, `"),
+                    o.entry
+                ));
+            };
+            let route = at.idx(r.index);
+            if let Some(u) = r.upstream.as_deref().filter(|u| !may_use(u)) {
+                refuse(route.at("upstream"), u);
+            }
+            for (name, call) in r.compose.iter().flat_map(|c| c.calls.iter()) {
+                if !may_use(&call.upstream) {
+                    refuse(
+                        route.at("compose").at("calls").at(name).at("upstream"),
+                        &call.upstream,
+                    );
+                }
             }
         }
         if !o.rule.hosts.is_empty() {

@@ -331,6 +331,10 @@ pub struct LimitsConfig {
     /// before both sides are closed. No head deadline, body limit or upstream read timeout applies to
     /// a tunnel.
     pub tunnel_idle_timeout: HumanDuration,
+    /// Answers being compressed at once, gateway-wide; past it answers go out as they are. Each
+    /// encoder holds a few MiB (brotli's and zstd's windows and tables) for as long as its answer
+    /// streams, so this bounds what slow readers can make the gateway hold.
+    pub max_compressing: usize,
 }
 
 impl Default for LimitsConfig {
@@ -342,6 +346,7 @@ impl Default for LimitsConfig {
             header_read_timeout: HumanDuration::secs(10),
             keepalive_timeout: HumanDuration::secs(60),
             tunnel_idle_timeout: HumanDuration::secs(3600),
+            max_compressing: 256,
         }
     }
 }
