@@ -8,14 +8,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use service_kit::testing::{bin_path, client, client_as, user_token, Proc, TestDb};
+use service_kit::testing::{
+    bin_path, block_on, client, client_as, free_addr, user_token, Listening, Proc, TestDb,
+};
 use sqlx::{Connection, PgConnection};
 
 const STOCK: i64 = 100_000;
@@ -24,21 +26,6 @@ const MAX_REQUESTS: usize = 600;
 const LOAD_TIME: Duration = Duration::from_secs(60);
 /// Orders acknowledged before the kill, and after it (the survivor serves the rest).
 const BEFORE_KILL: usize = 60;
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 /// Rows of `sql` (every column text or bigint, read as JSON) from the database at `url`.
 fn rows(url: &str, sql: &str) -> Vec<(String, i64)> {
@@ -97,40 +84,17 @@ fn replica_config(
     path.display().to_string()
 }
 
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn gateway(config: &str, users: SocketAddr) -> Gateway {
+fn gateway(config: &str, users: SocketAddr) -> Listening {
     let addr = free_addr();
-    let mut child = Command::new(bin_path("tollgate"))
-        .args(["run", "-c", config])
-        .env("TOLLGATE_LISTEN", addr.to_string())
-        .env("TOLLGATE_ADMIN_LISTEN", free_addr().to_string())
-        .env("USERS_ADDR", users.to_string())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(addr).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "tollgate exited");
-        assert!(
-            Instant::now() < deadline,
-            "tollgate did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Gateway { child, addr }
+    Listening::spawn(
+        Command::new(bin_path("tollgate"))
+            .args(["run", "-c", config])
+            .env("TOLLGATE_LISTEN", addr.to_string())
+            .env("TOLLGATE_ADMIN_LISTEN", free_addr().to_string())
+            .env("USERS_ADDR", users.to_string())
+            .env("RUST_LOG", "warn"),
+        addr,
+    )
 }
 
 /// One client request and what came of it.

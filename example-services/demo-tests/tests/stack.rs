@@ -4,14 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use service_kit::testing::{bin_path, client, client_as, DbKind, Stack};
+use service_kit::testing::{bin_path, client, client_as, free_addr, DbKind, Listening, Stack};
 
 /// 50 concurrent orders for a product with stock 10: exactly 10 succeed, stock ends at 0, no 5xx.
 fn fifty_orders_for_ten_in_stock(kind: DbKind) {
@@ -176,28 +175,8 @@ fn orders_survive_kill_9() {
     }
 }
 
-/// A free loopback port (the gateway binds by address).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `tollgate run` with the shipped demo config, pointed at `s` through the config's variables.
-fn gateway(s: &Stack) -> Gateway {
+fn gateway(s: &Stack) -> Listening {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let addr = free_addr();
     let vars: BTreeMap<&str, String> = BTreeMap::from([
@@ -207,25 +186,14 @@ fn gateway(s: &Stack) -> Gateway {
         ("PRODUCTS_ADDR", s.products.addr.to_string()),
         ("ORDERS_ADDR", s.orders.addr.to_string()),
     ]);
-    let mut child = Command::new(bin_path("tollgate"))
-        .args(["run", "-c", "config/tollgate.yaml"])
-        .current_dir(&root)
-        .envs(&vars)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(addr).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "tollgate exited");
-        assert!(
-            Instant::now() < deadline,
-            "tollgate did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Gateway { child, addr }
+    Listening::spawn(
+        Command::new(bin_path("tollgate"))
+            .args(["run", "-c", "config/tollgate.yaml"])
+            .current_dir(&root)
+            .envs(&vars)
+            .env("RUST_LOG", "warn"),
+        addr,
+    )
 }
 
 /// `tollgate token` with the demo config, as the README tells a user to mint one.

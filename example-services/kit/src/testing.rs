@@ -143,7 +143,8 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://tollgate:tollgate@127.0.0.1:5432/postgres".into())
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// Run `f` to completion on a runtime of its own (for a blocking test).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -294,8 +295,17 @@ impl Stack {
     }
 
     fn spawn_orders(users: &Proc, products: &Proc, db: &TestDb, extra: &[String]) -> Proc {
+        Self::spawn_orders_at(users, &format!("http://{}", products.addr), db, extra)
+    }
+
+    /// Another `order-service` on `db`, with this stack's users service and the products service at
+    /// `products_url` (a [`fault_server`], say).
+    pub fn orders_with_products(&self, db: &TestDb, products_url: &str) -> Proc {
+        Self::spawn_orders_at(&self.users, products_url, db, &[])
+    }
+
+    fn spawn_orders_at(users: &Proc, products_url: &str, db: &TestDb, extra: &[String]) -> Proc {
         let users_url = format!("http://{}", users.addr);
-        let products_url = format!("http://{}", products.addr);
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -304,7 +314,7 @@ impl Stack {
             "--users-url",
             &users_url,
             "--products-url",
-            &products_url,
+            products_url,
         ];
         args.extend(extra.iter().map(String::as_str));
         Proc::spawn("order-service", &args)
@@ -358,4 +368,83 @@ impl Stack {
             .as_i64()
             .unwrap()
     }
+}
+
+/// A free loopback address, for programs that bind the address they are given (the gateway).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A `tollgate` process (or any program that listens on a known address), killed and reaped when
+/// dropped.
+pub struct Listening {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Listening {
+    /// Spawn `cmd` and wait (up to 15 s) until `addr` accepts connections; panics if it exits first.
+    pub fn spawn(cmd: &mut Command, addr: SocketAddr) -> Listening {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "{cmd:?} exited");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{cmd:?} did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Listening { child, addr }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stand-in HTTP/1.1 service for a fault the real one cannot be made to show on purpose: `answer`
+/// gets each request's line (`POST /reservations HTTP/1.1`) and returns the whole response. Its
+/// thread serves until the test process ends.
+pub fn fault_server(answer: impl Fn(&str) -> String + Send + 'static) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let Ok(read_half) = conn.try_clone() else {
+                continue;
+            };
+            let mut reader = BufReader::new(read_half);
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = conn.write_all(answer(first.trim_end()).as_bytes());
+        }
+    });
+    addr
 }

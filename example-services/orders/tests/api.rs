@@ -261,56 +261,18 @@ fn unavailable_dependencies_are_503_and_leak_nothing() {
 /// purpose with the real one.
 #[test]
 fn a_reservation_released_before_it_arrived_is_a_failure_not_insufficient_stock() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let fault = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut first = String::new();
-            let _ = reader.read_line(&mut first);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let answer = if first.starts_with("POST /reservations") {
-                let b = r#"{"error":{"status":409,"code":"reservation_released","message":"this reservation id was released before it was reserved"}}"#;
-                format!("HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len())
-            } else {
-                "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_string()
-            };
-            let _ = conn.write_all(answer.as_bytes());
+    let fault = service_kit::testing::fault_server(|line| {
+        if line.starts_with("POST /reservations") {
+            let b = r#"{"error":{"status":409,"code":"reservation_released","message":"this reservation id was released before it was reserved"}}"#;
+            format!("HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len())
+        } else {
+            "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_string()
         }
     });
     let s = Stack::start(DbKind::Sqlite, &[]);
     let ada = s.user("Ada", "ada@example.com");
     let db = DbKind::Sqlite.db("orders-fault");
-    let users_url = format!("http://{}", s.users.addr);
-    let products_url = format!("http://{fault}");
-    let orders = service_kit::testing::Proc::spawn(
-        "order-service",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            db.url(),
-            "--users-url",
-            &users_url,
-            "--products-url",
-            &products_url,
-        ],
-    );
+    let orders = s.orders_with_products(&db, &format!("http://{fault}"));
     let r = client()
         .post(orders.url("/orders"))
         .header("idempotency-key", "late")
