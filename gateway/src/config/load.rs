@@ -408,17 +408,22 @@ pub struct Loaded {
     /// The texts it was made of (the main file's and its includes'), for the version history, the
     /// watcher and rollbacks.
     pub source: std::sync::Arc<Source>,
+    /// `(variable, value)` of every `${VAR}` expanded: never quoted in a diagnostic (see
+    /// [`Sink::redact`]).
+    expanded: Vec<(String, String)>,
 }
 
 impl Loaded {
     /// A sink that goes on from what loading found (its diagnostics, and the values it reported as
     /// unusable, whose later complaints are dropped): what the compiler reports into.
     pub fn sink(&self) -> Sink<'_> {
-        Sink::resume(
+        let sink = Sink::resume(
             &self.locations,
             self.diagnostics.clone(),
             self.tainted.clone(),
-        )
+        );
+        sink.redact(&self.expanded);
+        sink
     }
 }
 
@@ -586,9 +591,19 @@ fn load_from(
 
     let sink = Sink::resume(&locations, Diagnostics(early), Vec::new());
     // Only a file with a `$` can have a `${VAR}` to expand.
+    let seen = std::cell::RefCell::new(Vec::new());
     if text.contains('$') || locations.file_count() > 1 {
-        interpolate(&mut root, &sink.root(), &mut String::new(), env);
+        let recording = |name: &str| {
+            let v = env(name);
+            if let Some(v) = &v {
+                seen.borrow_mut().push((name.to_string(), v.clone()));
+            }
+            v
+        };
+        interpolate(&mut root, &sink.root(), &mut String::new(), &recording);
     }
+    let expanded = seen.into_inner();
+    sink.redact(&expanded);
     let config = typed(root, &sink.root());
     include::check_owned(&config.routes, &owned, &sink.root().at("routes"));
     let (diagnostics, tainted) = sink.into_parts();
@@ -598,6 +613,7 @@ fn load_from(
         diagnostics,
         tainted,
         source: Default::default(),
+        expanded,
     })
 }
 
@@ -901,6 +917,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.config.upstreams["u"].targets[0].weight, 8081);
+    }
+
+    #[test]
+    fn values_from_the_environment_are_never_quoted() {
+        // A secret put where a duration goes: the message names the variable, not the value, and the
+        // compiler's messages (through `Loaded::sink`) do the same.
+        let text = "server:\n  listen: [\"127.0.0.1:1\"]\n  limits: { header_read_timeout: \"${SECRET}\" }\nupstreams:\n  u: { targets: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { name: r, match: { path_prefix: \"/${SECRET}\" }, upstream: u, rewrite: \"/x/{nope}\" }\n";
+        let loaded = load_str("f.yaml", text, &env).unwrap();
+        let shown = loaded.diagnostics.to_string();
+        assert!(shown.contains("${SECRET}"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let sink = loaded.sink();
+        sink.root()
+            .at("routes")
+            .error("a message quoting /s3cr3t and s3cr3t again");
+        let all = sink.finish().to_string();
+        assert!(!all.contains("s3cr3t"), "{all}");
+        assert!(all.contains("/${SECRET} and ${SECRET} again"), "{all}");
     }
 
     #[test]

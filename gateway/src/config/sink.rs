@@ -18,6 +18,10 @@ use super::load::{join_key, parent_path, sub_path, Locations};
 pub struct Sink<'a> {
     locs: &'a Locations,
     found: RefCell<Found>,
+    /// Values that came from the environment (`${VAR}`), by variable: a message that quotes one
+    /// names the variable instead, so a secret put in the wrong place (a password in a URL that does
+    /// not parse) is not printed to the log, the admin API or the dashboard.
+    expanded: RefCell<Vec<(String, String)>>,
 }
 
 #[derive(Default)]
@@ -40,7 +44,23 @@ impl<'a> Sink<'a> {
                 diags: diags.0,
                 tainted,
             }),
+            expanded: RefCell::new(Vec::new()),
         }
+    }
+
+    /// From now on, messages quoting one of these `(variable, value)` pairs' values say `${VARIABLE}`
+    /// instead (values shorter than 4 bytes are left: they would match inside other words).
+    pub fn redact(&self, expanded: &[(String, String)]) {
+        let mut e = self.expanded.borrow_mut();
+        e.extend(expanded.iter().filter(|(_, v)| v.len() >= 4).cloned());
+        // Longest first, so a value that contains another is replaced whole.
+        e.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        e.dedup();
+    }
+
+    /// The pairs given to [`Sink::redact`].
+    pub fn expanded(&self) -> Vec<(String, String)> {
+        self.expanded.borrow().clone()
     }
 
     /// The whole file.
@@ -83,10 +103,15 @@ impl<'a> Sink<'a> {
         (d, f.tainted)
     }
 
-    fn push(&self, path: &str, message: String, severity: Severity, at_key: bool) {
+    fn push(&self, path: &str, mut message: String, severity: Severity, at_key: bool) {
         let mut f = self.found.borrow_mut();
         if f.tainted.iter().any(|t| repeats(t, path)) {
             return;
+        }
+        for (name, value) in self.expanded.borrow().iter() {
+            if message.contains(value.as_str()) {
+                message = message.replace(value.as_str(), &format!("${{{name}}}"));
+            }
         }
         f.diags
             .push(self.locs.diag(path, message, severity, at_key));
