@@ -6,6 +6,42 @@ use crate::config::raw::RawConfig;
 use crate::config::sink::Scope;
 use crate::router::{template_param, PathMatch, RouteMatcher};
 
+/// An upstream target that is one of this gateway's own listeners: the admin listener would be
+/// published on the public ones (a team's file could do that to reach `/metrics` or the dashboard's
+/// assets), a public one would send requests round in a loop. Only literal addresses are checked (a
+/// name is resolved when the gateway runs).
+pub(super) fn own_listeners(
+    cfg: &RawConfig,
+    settings: &crate::snapshot::Settings,
+    upstreams: &Scope,
+) {
+    let same = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
+        a.port() == b.port() && (a.ip() == b.ip() || b.ip().is_unspecified())
+    };
+    for (name, up) in &cfg.upstreams {
+        for (i, t) in up.targets.iter().enumerate() {
+            let Ok(addr) = t.addr.parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            let at = upstreams.at(name).at("targets").idx(i).at("addr");
+            if settings.admin_listen.is_some_and(|a| same(addr, a)) {
+                at.error(format!(
+                    "`{addr}` is this gateway's admin listener: proxying to it would publish the admin API on the public listeners"
+                ));
+            } else if settings
+                .listen
+                .iter()
+                .chain(&settings.tls_listen)
+                .any(|l| same(addr, *l))
+            {
+                at.error(format!(
+                    "`{addr}` is one of this gateway's own listeners: its requests would come back in a loop"
+                ));
+            }
+        }
+    }
+}
+
 /// A file without routes answers every request with 404.
 pub(super) fn no_routes(cfg: &RawConfig, routes: &Scope) {
     if cfg.routes.is_empty() {

@@ -123,6 +123,9 @@ pub fn compile(
         compression.as_ref(),
     );
     lint::shadowed(&compiled.matchers, cfg, &routes_at);
+    if let Some(s) = &settings {
+        lint::own_listeners(cfg, s, &root.at("upstreams"));
+    }
     lint::no_routes(cfg, &routes_at);
     if sink.has_errors() {
         return None;
@@ -216,6 +219,27 @@ mod tests {
             s.contains("upstreams.u.targets[0].weight: weight must be at least 1, got 0"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn an_upstream_on_the_gateways_own_listeners_is_refused() {
+        let text = "server:\n  listen: [\"0.0.0.0:8080\"]\n  admin: { listen: \"127.0.0.1:9090\" }\nupstreams:\n  a: { targets: [{ addr: \"127.0.0.1:9090\" }] }\n  b: { targets: [{ addr: \"127.0.0.1:8080\" }, { addr: \"127.0.0.1:8081\" }] }\n";
+        let l = load_str("t.yaml", text, &|_| None).unwrap();
+        let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            s.contains(
+                "upstreams.a.targets[0].addr: `127.0.0.1:9090` is this gateway's admin listener"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("upstreams.b.targets[0].addr: `127.0.0.1:8080` is one of this gateway's own listeners"),
+            "{s}"
+        );
+        assert!(!s.contains("targets[1]"), "{s}");
     }
 
     #[test]
