@@ -1827,6 +1827,18 @@ impl Gateway {
             Ok(s) => std::borrow::Cow::Borrowed(s),
             Err(_) => std::borrow::Cow::Owned(escape_bytes(v.as_bytes())),
         });
+        // Credentials the chain reads from the query (`api_key.query`, `jwt.query`) are not written
+        // to the log either: the query is logged as it went upstream, without them.
+        let query = req.uri.query().and_then(|q| {
+            let chain = route.map_or(&[][..], |r| r.chain.query_params_removed());
+            let per_request = ctx.plugins.query_params_removed();
+            if chain.is_empty() && per_request.is_empty() {
+                Some(std::borrow::Cow::Borrowed(q))
+            } else {
+                crate::plugin::strip_query(q, &[chain, per_request].concat())
+                    .map(std::borrow::Cow::Owned)
+            }
+        });
         let entry = access_log::Entry {
             time: now,
             request_id: ctx.request_id.as_str(),
@@ -1836,7 +1848,7 @@ impl Gateway {
             protocol: protocol_label(req.version),
             host: ctx.host.as_deref(),
             path,
-            query: req.uri.query(),
+            query: query.as_deref(),
             route: route.map(|r| r.name.as_str()),
             upstream: route.and_then(|r| r.upstream()).map(|u| u.name.as_str()),
             target: ctx.target,

@@ -415,7 +415,7 @@ fn validate_checks_how_targets_are_written_and_resolves_only_with_resolve() {
         &dir,
         "names.yaml",
         r#"upstreams:
-  here: { targets: [{ addr: "localhost:8080" }, { addr: "127.0.0.1:8081" }] }
+  here: { targets: [{ addr: "localhost:8082" }, { addr: "127.0.0.1:8081" }] }
   gone: { targets: [{ addr: "no-such-host.invalid:8080" }] }
 routes:
   - { name: a, match: { path_prefix: /a }, upstream: here }

@@ -30,6 +30,7 @@ include:
   - files: {dir}/teams/orders-*.yaml
     paths: [/api/orders]
     upstreams: [users]       # the users team's, by name: the orders team may route to it
+    targets: [127.0.0.1]     # where the orders team's own upstreams may connect
 ",
         dir = teams.display()
     )
@@ -331,6 +332,39 @@ server:
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("orders"), "{out}");
+}
+
+#[test]
+fn a_team_file_cannot_read_the_environment_through_a_merge_key() {
+    // Routes brought in by a YAML merge key (`<<`) have no place of their own in the team's file:
+    // the check is made on the tree, not on where a value was written.
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    write(
+        &dir.join("conf.d/leak.yaml"),
+        "upstreams:
+  cee: { targets: [{ addr: \"127.0.0.1:9\" }] }
+<<:
+  routes:
+    - name: leak
+      match: { path_prefix: /leak }
+      upstream: cee
+      rewrite: \"/x/${HOME}\"
+",
+    );
+    let main = "server:\n  listen: [\"127.0.0.1:0\"]\nroutes: []\ninclude:\n  - files: conf.d\n    paths: [/leak]\n";
+    let (code, err) = validate(dir, main);
+    assert_eq!(code, 1, "{err}");
+    let leak = dir.join("conf.d/leak.yaml").display().to_string();
+    assert!(
+        err.lines().any(|l| l.starts_with(&leak)
+            && l.contains(
+                "error: routes[0].rewrite: `${VAR}` is expanded in the main config file only"
+            )),
+        "{err}"
+    );
+    let home = std::env::var("HOME").unwrap();
+    assert!(!err.contains(&format!("/x/{home}")), "{err}");
 }
 
 #[test]

@@ -1347,14 +1347,23 @@ fn the_access_log_has_host_query_span_upstream_status_and_the_principal_of_a_403
   - name: teapot
     match: { path_prefix: /teapot }
     upstream: tea
+  - name: tokened
+    match: { path_prefix: /tokened }
+    upstream: be
+    plugins: [{ jwt: { provider: hq } }]
 ";
-    let cfg = config(&be, extra).replace(
-        "upstreams:\n",
-        &format!(
-            "upstreams:\n  tea: {{ targets: [{{ addr: \"{}\" }}] }}\n",
-            teapot.addr
-        ),
-    );
+    let cfg = config(&be, extra)
+        .replace(
+            "upstreams:\n",
+            &format!(
+                "upstreams:\n  tea: {{ targets: [{{ addr: \"{}\" }}] }}\n",
+                teapot.addr
+            ),
+        )
+        .replace(
+            "  jwt:\n",
+            &format!("  jwt:\n    hq: {{ algorithms: [HS256], secret: \"{SECRET}\", query: access_token }}\n"),
+        );
     let g = Gateway::in_process(&cfg);
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = g.send(&format!(
@@ -1430,6 +1439,34 @@ fn the_access_log_has_host_query_span_upstream_status_and_the_principal_of_a_403
     assert_eq!(r.status, 401);
     let l = g.wait_log(|l| l["request_id"] == "log-5");
     assert!(l.get("principal").is_none(), "{l}");
+
+    // A token in the query is not written to the log: the query is logged as it went upstream.
+    let r = request(
+        g.addr,
+        "GET",
+        &format!("/tokened/x?a=1&access_token={token}&b=2"),
+        &["X-Request-Id: log-6"],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let l = g.wait_log(|l| l["request_id"] == "log-6");
+    assert_eq!(l["query"], "a=1&b=2", "{l}");
+    // Refused too (a bad token), and a query of nothing but the token: none logged.
+    let r = request(
+        g.addr,
+        "GET",
+        "/tokened/x?access_token=not-a-token-secret",
+        &["X-Request-Id: log-7"],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    let l = g.wait_log(|l| l["request_id"] == "log-7");
+    assert!(l["query"].is_null(), "{l}");
+    let log: String = g.access_log().iter().map(|l| l.to_string()).collect();
+    assert!(
+        !log.contains(&token) && !log.contains("not-a-token-secret"),
+        "a token reached the access log"
+    );
 }
 
 #[test]

@@ -8,20 +8,41 @@ use crate::router::{template_param, PathMatch, RouteMatcher};
 
 /// An upstream target that is one of this gateway's own listeners: the admin listener would be
 /// published on the public ones (a team's file could do that to reach `/metrics` or the dashboard's
-/// assets), a public one would send requests round in a loop. Only literal addresses are checked (a
-/// name is resolved when the gateway runs).
+/// assets), a public one would send requests round in a loop. Literal addresses are checked, with
+/// the other spellings of this host (`localhost`, any loopback address, `0.0.0.0`, `::`, an
+/// IPv4-mapped IPv6 address); any other name is resolved only when the gateway runs.
 pub(super) fn own_listeners(
     cfg: &RawConfig,
     settings: &crate::snapshot::Settings,
     upstreams: &Scope,
 ) {
-    let same = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
-        a.port() == b.port() && (a.ip() == b.ip() || b.ip().is_unspecified())
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    // Connecting to `0.0.0.0` or `::` reaches this host (Linux), as a loopback address does.
+    let this_host = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+    let same = |a: SocketAddr, b: SocketAddr| {
+        let (ai, bi) = (canonical(a.ip()), canonical(b.ip()));
+        a.port() == b.port()
+            && (ai == bi || bi.is_unspecified() || (this_host(ai) && this_host(bi)))
     };
     for (name, up) in &cfg.upstreams {
         for (i, t) in up.targets.iter().enumerate() {
-            let Ok(addr) = t.addr.parse::<std::net::SocketAddr>() else {
-                continue;
+            let addr = match t.addr.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => match t.addr.rsplit_once(':') {
+                    Some((host, port))
+                        if host.trim_end_matches('.').eq_ignore_ascii_case("localhost") =>
+                    {
+                        match port.parse::<u16>() {
+                            Ok(p) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p),
+                            Err(_) => continue,
+                        }
+                    }
+                    _ => continue,
+                },
             };
             let at = upstreams.at(name).at("targets").idx(i).at("addr");
             if settings.admin_listen.is_some_and(|a| same(addr, a)) {

@@ -240,6 +240,30 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("targets[1]"), "{s}");
+
+        // The other spellings of this host's admin listener are refused too.
+        for alias in [
+            "localhost:9090",
+            "0.0.0.0:9090",
+            "[::ffff:127.0.0.1]:9090",
+            "127.0.0.2:9090",
+            "[::1]:9090",
+        ] {
+            let text = format!("server:\n  listen: [\"0.0.0.0:8080\"]\n  admin: {{ listen: \"127.0.0.1:9090\" }}\nupstreams:\n  a: {{ targets: [{{ addr: \"{alias}\" }}] }}\n");
+            let l = load_str("t.yaml", &text, &|_| None).unwrap();
+            let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                s.contains("is this gateway's admin listener"),
+                "{alias}: {s}"
+            );
+        }
+        // Another host's address on the same port is not this gateway.
+        let text = "server:\n  listen: [\"127.0.0.1:8080\"]\n  admin: { listen: \"127.0.0.1:9090\" }\nupstreams:\n  a: { targets: [{ addr: \"10.0.0.5:9090\" }, { addr: \"localhost:9091\" }] }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: a }\n";
+        let l = load_str("t.yaml", text, &|_| None).unwrap();
+        assert!(Snapshot::from_loaded(&l, &Registry::builtin(), None).is_ok());
     }
 
     #[test]

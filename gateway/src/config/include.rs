@@ -47,12 +47,105 @@ pub struct IncludeRule {
     /// owner's plugins, at another team's service.
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// Where the upstreams these files define may connect: an IP (`10.1.2.3`, any port), an
+    /// `ip:port`, a CIDR (`10.1.0.0/16`), or a host name with or without a port (`orders.internal`,
+    /// `orders.internal:8083`, `*.orders.internal` for its subdomains). Required for an entry with
+    /// `paths`, `hosts`, `upstreams` or `targets` whose files define upstreams: otherwise a team's
+    /// upstream could point at any address the gateway reaches (another team's service without its
+    /// plugins, the admin listener, a cloud metadata address).
+    #[serde(default)]
+    pub targets: Vec<String>,
 }
 
 impl IncludeRule {
     /// Does this entry restrict what its files may do?
     fn restricted(&self) -> bool {
-        !(self.paths.is_empty() && self.hosts.is_empty() && self.upstreams.is_empty())
+        !(self.paths.is_empty()
+            && self.hosts.is_empty()
+            && self.upstreams.is_empty()
+            && self.targets.is_empty())
+    }
+}
+
+/// Is the target `addr` (`ip:port` or `host:port`) one that `pattern` (see [`IncludeRule::targets`])
+/// allows?
+fn target_allowed(addr: &str, pattern: &str) -> bool {
+    use std::net::{IpAddr, SocketAddr};
+    let pattern = pattern.trim();
+    let sock = addr.parse::<SocketAddr>().ok();
+    if let Ok(net) = pattern.parse::<ipnet::IpNet>() {
+        return sock.is_some_and(|a| net.contains(&canonical(a.ip())));
+    }
+    if let Ok(p) = pattern.parse::<SocketAddr>() {
+        return sock
+            .is_some_and(|a| canonical(a.ip()) == canonical(p.ip()) && a.port() == p.port());
+    }
+    if let Ok(ip) = pattern.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return sock.is_some_and(|a| canonical(a.ip()) == canonical(ip));
+    }
+    if sock.is_some() {
+        // An address is never allowed by a host name's pattern.
+        return false;
+    }
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()),
+        None => (addr, None),
+    };
+    let (want_host, want_port) = match pattern.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) => (h, Some(p)),
+            Err(_) => return false,
+        },
+        None => (pattern, None),
+    };
+    let host_ok = match want_host.strip_prefix("*.") {
+        Some(parent) => {
+            host.len() > parent.len() + 1
+                && host[host.len() - parent.len()..].eq_ignore_ascii_case(parent)
+                && host.as_bytes()[host.len() - parent.len() - 1] == b'.'
+        }
+        None => host.eq_ignore_ascii_case(want_host),
+    };
+    host_ok && want_port.is_none_or(|p| port == Some(p))
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 one it is.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Check that the upstreams each restricted entry's files define connect only where its `targets`
+/// allow.
+pub(crate) fn check_targets(
+    upstreams: &std::collections::BTreeMap<String, crate::config::raw::UpstreamConfig>,
+    owned: &[Owned],
+    at: &Scope,
+) {
+    for o in owned.iter().filter(|o| o.rule.restricted()) {
+        for name in &o.upstreams {
+            let Some(up) = upstreams.get(name) else {
+                continue;
+            };
+            for (i, t) in up.targets.iter().enumerate() {
+                let here = at.at(name).at("targets").idx(i).at("addr");
+                if o.rule.targets.is_empty() {
+                    here.error(format!(
+                        "the files of include[{e}] are restricted, but not where their upstreams connect: list the addresses they may use in include[{e}].targets",
+                        e = o.entry
+                    ));
+                } else if !o.rule.targets.iter().any(|p| target_allowed(&t.addr, p)) {
+                    here.error(format!(
+                        "`{}` is not an address the files of include[{}] may connect to (`{}`)",
+                        t.addr,
+                        o.entry,
+                        o.rule.targets.join("`, `")
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -60,7 +153,7 @@ impl IncludeRule {
 pub fn include_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let rule = g.subschema_for::<IncludeRule>();
     schemars::json_schema!({
-        "description": "Files whose `routes` and `upstreams` are merged into this config (a config per team): a file, a folder (its *.yaml files), or a pattern with `*` in its last part, relative to this file's folder; or `{files, paths, hosts}` to restrict what those files may route.",
+        "description": "Files whose `routes` and `upstreams` are merged into this config (a config per team): a file, a folder (its *.yaml files), or a pattern with `*` in its last part, relative to this file's folder; or `{files, paths, hosts, upstreams, targets}` to restrict what those files may route and where their upstreams connect.",
         "type": ["array", "null"],
         "items": { "anyOf": [ { "type": "string" }, rule ] },
     })
@@ -331,6 +424,7 @@ pub(crate) fn merge(
     locations: &mut Locations,
     files: &dyn Files,
     early: &mut Vec<Diagnostic>,
+    tainted: &mut Vec<String>,
 ) -> Vec<Owned> {
     let Some(list) = root.remove("include") else {
         return Vec::new();
@@ -389,7 +483,7 @@ pub(crate) fn merge(
                     continue;
                 }
             };
-            merge_file(root, &path, &text, locations, early);
+            merge_file(root, &path, &text, locations, early, tainted);
         }
         let upstreams = upstream_names(root)
             .difference(&upstreams_before)
@@ -434,6 +528,7 @@ fn entries(
                 paths: Vec::new(),
                 hosts: Vec::new(),
                 upstreams: Vec::new(),
+                targets: Vec::new(),
             }),
             Value::Mapping(_) => super::load::section::<IncludeRule>(item, &here),
             _ => {
@@ -473,6 +568,7 @@ fn merge_file(
     text: &str,
     locations: &mut Locations,
     early: &mut Vec<Diagnostic>,
+    tainted: &mut Vec<String>,
 ) {
     let file_error = |line: usize, col: usize, message: String| Diagnostic {
         file: path.to_string(),
@@ -515,13 +611,29 @@ fn merge_file(
         early.push(local.error("", format!("YAML merge key error: {e}")));
         return;
     }
-    let Value::Mapping(map) = value else {
+    let Value::Mapping(mut map) = value else {
         early.push(local.error(
             "",
             "an included file is a mapping with `routes` and/or `upstreams`",
         ));
         return;
     };
+    // A team's file is trusted less than the main one: it must not copy the gateway's environment
+    // (its secrets) into headers or paths sent to its own service. Decided on the tree itself, after
+    // YAML merge keys (`<<`) are applied, so no place of the file can bring a `${VAR}` in.
+    for (k, v) in map.iter_mut() {
+        let mut path = k.as_str().unwrap_or_default().to_string();
+        let routes = path == "routes";
+        match v {
+            Value::Sequence(items) if routes => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    let mut p = format!("routes[{}]", offset + i);
+                    refuse_env(item, &mut p, &local, early, tainted);
+                }
+            }
+            v => refuse_env(v, &mut path, &local, early, tainted),
+        }
+    }
     for (k, v) in map {
         let key = k.as_str().unwrap_or_default().to_string();
         match (key.as_str(), v) {
@@ -589,6 +701,49 @@ fn merge_file(
         }
     }
     locations.merge(local);
+}
+
+/// Report every string of an included file's `v` that holds `${` (`${VAR}` is read from the
+/// environment in the main file only), blank it so that nothing expands it later, and mark its place
+/// `tainted` (what would be said about the blank value would only repeat this).
+fn refuse_env(
+    v: &mut Value,
+    path: &mut String,
+    local: &Locations,
+    early: &mut Vec<Diagnostic>,
+    tainted: &mut Vec<String>,
+) {
+    match v {
+        Value::String(s) if s.contains("${") => {
+            early.push(local.error(
+                path,
+                "`${VAR}` is expanded in the main config file only: an included file cannot read the gateway's environment",
+            ));
+            s.clear();
+            tainted.push(path.clone());
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                refuse_env(item, path, local, early, tainted);
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k.as_str().unwrap_or("?"));
+                refuse_env(item, path, local, early, tainted);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(t) => refuse_env(&mut t.value, path, local, early, tainted),
+        _ => {}
+    }
 }
 
 /// Check that the routes each entry brought stay within its `paths` and `hosts`.
@@ -687,6 +842,35 @@ mod tests {
         assert!(wildcard(b"*a*b*", b"xxaxxbxx"));
         assert!(!wildcard(b"*a*b", b"xxaxxbxx"));
         assert!(wildcard(b"*", b""));
+    }
+
+    #[test]
+    fn target_patterns() {
+        assert!(target_allowed("10.1.2.3:8080", "10.1.0.0/16"));
+        assert!(!target_allowed("10.2.0.1:8080", "10.1.0.0/16"));
+        assert!(target_allowed("[::ffff:10.1.2.3]:80", "10.1.0.0/16"));
+        assert!(target_allowed("127.0.0.1:8083", "127.0.0.1:8083"));
+        assert!(!target_allowed("127.0.0.1:9090", "127.0.0.1:8083"));
+        assert!(target_allowed("127.0.0.1:9090", "127.0.0.1"));
+        assert!(target_allowed("[::1]:80", "::1"));
+        assert!(target_allowed("orders.internal:8083", "orders.internal"));
+        assert!(target_allowed(
+            "Orders.Internal:8083",
+            "orders.internal:8083"
+        ));
+        assert!(!target_allowed(
+            "orders.internal:9090",
+            "orders.internal:8083"
+        ));
+        assert!(target_allowed("a.orders.internal:1", "*.orders.internal"));
+        assert!(!target_allowed("orders.internal:1", "*.orders.internal"));
+        assert!(!target_allowed(
+            "evilorders.internal:1",
+            "*.orders.internal"
+        ));
+        assert!(!target_allowed("localhost:9090", "127.0.0.1"));
+        assert!(!target_allowed("127.0.0.1:9090", "localhost"));
+        assert!(!target_allowed("orders.internal:80", "orders.internal:x"));
     }
 
     #[test]

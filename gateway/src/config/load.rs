@@ -584,12 +584,15 @@ fn load_from(
     // `include:` is merged before anything else looks at the tree: from here on it is one config,
     // whose paths the merged `locations` place in the right file.
     let mut early = Vec::new();
+    let mut tainted = Vec::new();
     let owned = match &mut root {
-        Value::Mapping(m) => include::merge(m, file, &mut locations, files, &mut early),
+        Value::Mapping(m) => {
+            include::merge(m, file, &mut locations, files, &mut early, &mut tainted)
+        }
         _ => Vec::new(),
     };
 
-    let sink = Sink::resume(&locations, Diagnostics(early), Vec::new());
+    let sink = Sink::resume(&locations, Diagnostics(early), tainted);
     // Only a file with a `$` can have a `${VAR}` to expand.
     let seen = std::cell::RefCell::new(Vec::new());
     if text.contains('$') || locations.file_count() > 1 {
@@ -606,6 +609,7 @@ fn load_from(
     sink.redact(&expanded);
     let config = typed(root, &sink.root());
     include::check_owned(&config.routes, &owned, &sink.root().at("routes"));
+    include::check_targets(&config.upstreams, &owned, &sink.root().at("upstreams"));
     let (diagnostics, tainted) = sink.into_parts();
     Ok(Loaded {
         config,
