@@ -441,21 +441,26 @@ impl ServeHttp for Admin {
             .map(|v| v.as_bytes().to_vec());
         // Only a rollback takes a body, and a small one.
         let mut body = Vec::new();
+        let mut too_large = false;
         if method == http::Method::POST {
             while let Ok(Some(chunk)) = session.read_request_body().await {
                 if body.len() + chunk.len() > MAX_BODY {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "admin request bodies are at most 4 KiB",
-                    );
+                    too_large = true;
+                    break;
                 }
                 body.extend_from_slice(&chunk);
             }
         }
-        let mut r = self
-            .handle(&method, &path, query.as_deref(), auth.as_deref(), &body)
-            .await;
+        let mut r = if too_large {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "admin request bodies are at most 4 KiB",
+            )
+        } else {
+            self.handle(&method, &path, query.as_deref(), auth.as_deref(), &body)
+                .await
+        };
         // Route and upstream names from the config (team files too) are in these answers: never
         // sniffed into another type.
         r.headers_mut().insert(

@@ -401,13 +401,14 @@ impl DeadlineStream {
     /// for the end of a head, but their bytes count and the clock keeps running.
     ///
     /// The bytes are read where they are, in the parser's buffer (nothing is copied or allocated), line
-    /// by line: find the next LF, then look only at whether the line has a byte other than CR (its
-    /// first byte, for any real header line).
+    /// by line: find the next LF (`memchr`, a word at a time: a byte-at-a-time search was a
+    /// thousand instructions for a hundred-byte head), then look only at whether the line has a byte
+    /// other than CR (its first byte, for any real header line).
     fn scan_head(&mut self, bytes: &[u8]) {
         self.head_bytes += bytes.len();
         let mut rest = bytes;
         loop {
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 self.line_has_content |= rest.iter().any(|&b| b != b'\r');
                 return;
             };
