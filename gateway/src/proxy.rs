@@ -738,10 +738,13 @@ impl ProxyHttp for Gateway {
         ctx.secure = ctx.tls
             || (ctx.peer_trusted
                 && crate::https::forwarded_https(req.headers.get_all(&X_FORWARDED_PROTO_NAME)));
-        // Our idle timeout, unless keep-alive is already off: the client asked to close, or Pingora
-        // turned it off because the process is shutting down.
+        // Keep-alive stays on unless it is already off (the client asked to close, or Pingora turned
+        // it off because the process is shutting down), with no timeout of Pingora's (`Some(0)`):
+        // the connection wrapper closes HTTP/1 connections idle past `limits.keepalive_timeout`
+        // (`conn`, set up in `server`) with one timer per connection instead of Pingora's timer per
+        // request; HTTP/2 connections have `h2_idle_timeout`.
         if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(snap.settings.keepalive_timeout.as_secs()));
+            session.set_keepalive(Some(0));
         }
         if snap.settings.grpc_web {
             // Runs before routing (Pingora calls the modules' request filter right after this

@@ -312,6 +312,8 @@ fn without_an_admin_token_the_dashboard_is_off_like_the_rest_of_admin() {
     let a = Backend::start("a", Mode::Echo);
     let cfg = config(&a, &a).replace(&format!(", token: \"{TOKEN}\""), "");
     let gw = Gateway::start(&cfg);
+    // `start` waits for the public listener; this waits for the admin one too.
+    assert_eq!(gw.admin_request("GET", "/healthz", &[]).status, 200);
     for path in [
         "/admin/dashboard",
         "/admin/dashboard/app.js",
@@ -328,6 +330,7 @@ fn the_dashboard_endpoints_take_only_their_methods() {
     let a = Backend::start("a", Mode::Echo);
     let gw = Gateway::start(&config(&a, &a));
     let auth = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(gw.admin_request("GET", "/healthz", &[]).status, 200);
     for path in ["/admin/dashboard", "/admin/dashboard/data"] {
         let r = request(gw.admin, "POST", path, &[&auth], Some("{}"));
         assert_eq!(r.status, 405, "{path}");

@@ -667,3 +667,38 @@ fn slow_request_heads_are_cut_off_but_idle_keepalive_is_not() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["path"], "/two");
 }
+
+#[test]
+fn an_idle_keepalive_connection_is_closed_after_the_keepalive_timeout() {
+    use std::io::{Read, Write};
+    let be = Backend::start("be", Mode::Echo);
+    // Under a second, which Pingora's own keep-alive (whole seconds) could not say.
+    let cfg = one_backend_config(&be, "").replace(
+        "threads: 1",
+        "threads: 1, limits: { keepalive_timeout: 600ms }",
+    );
+    let gw = Gateway::in_process(&cfg);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    // Requests closer together than the timeout keep the connection, for longer than the timeout.
+    for i in 0..4 {
+        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "request {i}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Then idle: closed by the gateway, without a byte, soon after the timeout.
+    let idle = Instant::now();
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let took = idle.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
