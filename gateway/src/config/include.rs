@@ -713,37 +713,18 @@ fn refuse_env(
     early: &mut Vec<Diagnostic>,
     tainted: &mut Vec<String>,
 ) {
-    match v {
-        Value::String(s) if s.contains("${") => {
-            early.push(local.error(
-                path,
-                "`${VAR}` is expanded in the main config file only: an included file cannot read the gateway's environment",
-            ));
-            s.clear();
-            tainted.push(path.clone());
-        }
-        Value::Sequence(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                refuse_env(item, path, local, early, tainted);
-                path.truncate(len);
+    super::load::walk_leaves(v, path, &mut |v, path| {
+        if let Value::String(s) = v {
+            if s.contains("${") {
+                early.push(local.error(
+                    path,
+                    "`${VAR}` is expanded in the main config file only: an included file cannot read the gateway's environment",
+                ));
+                s.clear();
+                tainted.push(path.to_string());
             }
         }
-        Value::Mapping(m) => {
-            for (k, item) in m.iter_mut() {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k.as_str().unwrap_or("?"));
-                refuse_env(item, path, local, early, tainted);
-                path.truncate(len);
-            }
-        }
-        Value::Tagged(t) => refuse_env(&mut t.value, path, local, early, tainted),
-        _ => {}
-    }
+    });
 }
 
 /// Check that the routes each entry brought stay within its `paths` and `hosts`.

@@ -726,6 +726,40 @@ pub fn sub_path(base: &str, rel: &str) -> String {
     }
 }
 
+/// Call `f` with every leaf of `v` (each value that is not a list or a mapping) and its path
+/// (`routes[3].match.path`). The path is one buffer, grown and cut back around each child: a string
+/// per node would be most of the work for a file of many routes.
+pub(crate) fn walk_leaves(v: &mut Value, path: &mut String, f: &mut dyn FnMut(&mut Value, &str)) {
+    match v {
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push('[');
+                path.push_str(itoa::Buffer::new().format(i));
+                path.push(']');
+                walk_leaves(item, path, f);
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                match k.as_str() {
+                    Some(k) => path.push_str(k),
+                    None => path.push_str(&yaml_key(k)),
+                }
+                walk_leaves(item, path, f);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(t) => walk_leaves(&mut t.value, path, f),
+        leaf => f(leaf, path),
+    }
+}
+
 /// Replace `${VAR}` and `${VAR:-default}` in every string value. `$${` is a literal `${`.
 /// A value that is exactly one `${VAR}` is re-read as YAML, so `port: ${PORT}` becomes a number.
 fn interpolate(
@@ -734,7 +768,7 @@ fn interpolate(
     path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,
 ) {
-    match v {
+    walk_leaves(v, path, &mut |v, path| match v {
         // A team's file is trusted less than the main one: it must not copy the gateway's
         // environment (its secrets) into headers or paths sent to its own service.
         Value::String(s) if s.contains("${") && !in_main_file(root, path) => {
@@ -760,35 +794,8 @@ fn interpolate(
                 at.taint();
             }
         },
-        // The path is one buffer, grown and cut back around each child: a string per node would be
-        // most of the work for a file of many routes.
-        Value::Sequence(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = path.len();
-                path.push('[');
-                path.push_str(itoa::Buffer::new().format(i));
-                path.push(']');
-                interpolate(item, root, path, env);
-                path.truncate(len);
-            }
-        }
-        Value::Mapping(m) => {
-            for (k, item) in m.iter_mut() {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                match k.as_str() {
-                    Some(k) => path.push_str(k),
-                    None => path.push_str(&yaml_key(k)),
-                }
-                interpolate(item, root, path, env);
-                path.truncate(len);
-            }
-        }
-        Value::Tagged(t) => interpolate(&mut t.value, root, path, env),
         _ => {}
-    }
+    });
 }
 
 fn in_main_file(root: &Scope, path: &str) -> bool {
