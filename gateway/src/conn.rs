@@ -13,12 +13,6 @@
 //!   response (`100 Continue`, `103`) keeps the connection here: a slow upload after `Expect:
 //!   100-continue` is still a request.
 //! - **Responded**: the final response head was written; the client's next byte starts a new head.
-//!   Until it comes the connection is idle, for at most the keep-alive timeout
-//!   (`limits.keepalive_timeout`, as the running config has it): then it reads as closed, and the
-//!   parser ends the connection quietly. This is the keep-alive timer, kept here rather than
-//!   Pingora's (which registers a new timer, an allocation and a lock, for every request: one of
-//!   the per-request costs above the floor in benches/README.md); Pingora's keep-alive is set to
-//!   "no timeout" for the connections this module watches.
 //! - **Tunnel**: the gateway wrote `101 Switching Protocols`. From now on the bytes belong to the
 //!   upgraded protocol (a WebSocket): no head deadline, and no byte of the gateway's is ever written
 //!   into it. The tunnel closes after `tunnel_idle_timeout` with no byte in either direction.
@@ -110,18 +104,12 @@ impl Drop for Count {
 /// HTTP/2's connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The keep-alive timeout as the running config has it (a reload changes it).
-pub type Keepalive = Arc<dyn Fn() -> Duration + Send + Sync>;
-
-/// Wraps a Pingora app so that every connection it serves has a request-head deadline and a
-/// keep-alive idle timeout, and so that shutdown waits for connections that have not sent their first
-/// request yet.
+/// Wraps a Pingora app so that every connection it serves has a request-head deadline, and so that
+/// shutdown waits for connections that have not sent their first request yet.
 pub struct HeaderDeadline<A> {
     pub inner: Arc<A>,
     pub timeout: Duration,
     pub tunnel_idle: Duration,
-    /// How long a connection may be idle between requests; `None`: Pingora's keep-alive decides.
-    pub keepalive: Option<Keepalive>,
     pub tracker: Arc<ConnectionTracker>,
     pub refused: Option<Arc<dyn RefusedRequests>>,
     /// Plain connections may be HTTP/2 with prior knowledge (`server.h2c`).
@@ -137,18 +125,11 @@ impl<A> HeaderDeadline<A> {
             inner,
             timeout,
             tunnel_idle,
-            keepalive: None,
             tracker: Arc::default(),
             refused: None,
             h2c: false,
             proxy_protocol: None,
         }
-    }
-
-    /// Close connections idle between requests for longer than `keepalive()` (see the module docs).
-    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
-        self.keepalive = Some(keepalive);
-        self
     }
 
     /// Read a PROXY protocol header first on plain connections from the peers `current` names.
@@ -225,7 +206,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         }
         let mut wrapped = DeadlineStream::new(stream, self.timeout, self.tunnel_idle);
         wrapped.known_h1 = known_h1;
-        wrapped.keepalive = self.keepalive.clone();
         wrapped.refused = self.refused.clone();
         wrapped.fresh = Some(Count::new(&self.tracker, |t| &t.fresh));
         self.inner.process_new(Box::new(wrapped), shutdown).await
@@ -271,12 +251,10 @@ pub struct DeadlineStream {
     known_h1: bool,
     timeout: Duration,
     tunnel_idle: Duration,
-    keepalive: Option<Keepalive>,
-    /// One timer per connection, reset rather than reallocated: the head deadline in `Head`, the
-    /// keep-alive idle timeout in `Responded`, the idle timeout in `Tunnel`.
+    /// One timer per connection, reset rather than reallocated: the head deadline in `Head`, the idle
+    /// timeout in `Tunnel`.
     timer: Pin<Box<Sleep>>,
-    /// The timer is running (`Head` with a start, `Responded` with a keep-alive timeout, or
-    /// `Tunnel`).
+    /// The timer is running (`Head` with a start, or `Tunnel`).
     armed: bool,
     state: State,
     /// Bytes of the current head seen (0: none yet), leading empty lines included.
@@ -311,7 +289,6 @@ impl DeadlineStream {
             known_h1: false,
             timeout,
             tunnel_idle,
-            keepalive: None,
             timer: Box::pin(sleep(timeout)),
             armed: true,
             state: State::Head,
@@ -477,10 +454,6 @@ impl DeadlineStream {
                         [b'1', _, _] => {}
                         _ => {
                             self.state = State::Responded;
-                            if let Some(k) = &self.keepalive {
-                                let idle = k();
-                                self.arm(idle);
-                            }
                             return;
                         }
                     }
@@ -520,11 +493,6 @@ impl AsyncRead for DeadlineStream {
                     return Poll::Pending;
                 }
                 this.armed = false;
-                if this.state == State::Responded {
-                    // Idle past the keep-alive timeout: the connection reads as closed, which ends
-                    // it quietly (no request had started).
-                    return Poll::Ready(Ok(()));
-                }
                 if this.state == State::Tunnel {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -735,55 +703,6 @@ mod tests {
             .unwrap();
         assert!(s.read(&mut buf).await.unwrap() > 0);
         tokio::time::sleep(Duration::from_secs(20)).await;
-        client.write_all(b"hello").await.unwrap();
-        assert_eq!(s.read(&mut buf).await.unwrap(), 5);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_keepalive_connection_reads_as_closed_after_the_keepalive_timeout() {
-        let (mut s, mut client) = pair(Duration::from_secs(10));
-        let idle = Arc::new(std::sync::Mutex::new(Duration::from_secs(5)));
-        let current = idle.clone();
-        s.keepalive = Some(Arc::new(move || *current.lock().unwrap()));
-        let mut buf = [0u8; 64];
-        for i in 0..3 {
-            client
-                .write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            assert!(s.read(&mut buf).await.unwrap() > 0);
-            // The keep-alive clock runs from the answer, not from the request.
-            tokio::time::sleep(Duration::from_secs(20)).await;
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                .await
-                .unwrap();
-            // Idle for less than the timeout: the next request is served.
-            tokio::time::sleep(Duration::from_secs(4)).await;
-        }
-        // The running config's value at the time of the answer (a reload changed it).
-        *idle.lock().unwrap() = Duration::from_secs(2);
-        client.write_all(b"GET /x HTTP/1.1\r\n\r\n").await.unwrap();
-        assert!(s.read(&mut buf).await.unwrap() > 0);
-        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-            .await
-            .unwrap();
-        let start = tokio::time::Instant::now();
-        assert_eq!(s.read(&mut buf).await.unwrap(), 0, "reads as closed");
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_secs(2) && took < Duration::from_millis(2100),
-            "{took:?}"
-        );
-        // An informational answer is not the end of the request: no keep-alive clock yet.
-        let (mut s, mut client) = pair(Duration::from_secs(10));
-        s.keepalive = Some(Arc::new(|| Duration::from_secs(1)));
-        client
-            .write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(s.read(&mut buf).await.unwrap() > 0);
-        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
         client.write_all(b"hello").await.unwrap();
         assert_eq!(s.read(&mut buf).await.unwrap(), 5);
     }

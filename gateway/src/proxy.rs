@@ -278,6 +278,22 @@ impl Drop for InFlight {
     }
 }
 
+/// The request's query as the logs show it: as it went upstream, without the credentials the chain
+/// reads from it (`api_key.query`, `jwt.query`), which are not written to a log.
+fn logged_query<'a>(req: &'a RequestHeader, ctx: &Ctx) -> Option<std::borrow::Cow<'a, str>> {
+    let q = req.uri.query()?;
+    let chain = ctx
+        .route
+        .as_deref()
+        .map_or(&[][..], |r| r.chain.query_params_removed());
+    let per_request = ctx.plugins.query_params_removed();
+    if chain.is_empty() && per_request.is_empty() {
+        Some(std::borrow::Cow::Borrowed(q))
+    } else {
+        crate::plugin::strip_query(q, &[chain, per_request].concat()).map(std::borrow::Cow::Owned)
+    }
+}
+
 impl Gateway {
     /// Write a gateway error as JSON. Returns `Ok(true)`: the response is sent, stop processing.
     async fn respond(
@@ -738,13 +754,15 @@ impl ProxyHttp for Gateway {
         ctx.secure = ctx.tls
             || (ctx.peer_trusted
                 && crate::https::forwarded_https(req.headers.get_all(&X_FORWARDED_PROTO_NAME)));
-        // Keep-alive stays on unless it is already off (the client asked to close, or Pingora turned
-        // it off because the process is shutting down), with no timeout of Pingora's (`Some(0)`):
-        // the connection wrapper closes HTTP/1 connections idle past `limits.keepalive_timeout`
-        // (`conn`, set up in `server`) with one timer per connection instead of Pingora's timer per
-        // request; HTTP/2 connections have `h2_idle_timeout`.
+        // Our idle timeout, unless keep-alive is already off: the client asked to close, or Pingora
+        // turned it off because the process is shutting down. Pingora counts whole seconds, and 0 is
+        // "no timeout" to it: a part of a second is rounded up (the config refuses 0).
+        // The timer stays Pingora's, started when it reads for the next request: a timer of the
+        // connection wrapper's, started at the answer's head, would also run while the body is still
+        // being sent (Pingora reads the client then too, to see it go away) and cut long answers.
         if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(0));
+            let idle = snap.settings.keepalive_timeout;
+            session.set_keepalive(Some(idle.as_secs() + u64::from(idle.subsec_nanos() > 0)));
         }
         if snap.settings.grpc_web {
             // Runs before routing (Pingora calls the modules' request filter right after this
@@ -758,6 +776,21 @@ impl ProxyHttp for Gateway {
         }
         ctx.snapshot = Some(snap);
         Ok(())
+    }
+
+    /// How Pingora's own error and warning lines name the request: as its default does, with the
+    /// query as the access log has it (no credentials).
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let host = ctx
+            .host
+            .as_deref()
+            .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+            .unwrap_or("-");
+        match logged_query(req, ctx) {
+            Some(q) => format!("{} {}?{q}, Host: {host}", req.method, req.uri.path()),
+            None => format!("{} {}, Host: {host}", req.method, req.uri.path()),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -1830,18 +1863,7 @@ impl Gateway {
             Ok(s) => std::borrow::Cow::Borrowed(s),
             Err(_) => std::borrow::Cow::Owned(escape_bytes(v.as_bytes())),
         });
-        // Credentials the chain reads from the query (`api_key.query`, `jwt.query`) are not written
-        // to the log either: the query is logged as it went upstream, without them.
-        let query = req.uri.query().and_then(|q| {
-            let chain = route.map_or(&[][..], |r| r.chain.query_params_removed());
-            let per_request = ctx.plugins.query_params_removed();
-            if chain.is_empty() && per_request.is_empty() {
-                Some(std::borrow::Cow::Borrowed(q))
-            } else {
-                crate::plugin::strip_query(q, &[chain, per_request].concat())
-                    .map(std::borrow::Cow::Owned)
-            }
-        });
+        let query = logged_query(req, ctx);
         let entry = access_log::Entry {
             time: now,
             request_id: ctx.request_id.as_str(),

@@ -440,13 +440,6 @@ fn assemble(
     )
     .with_refused(refused)
     .with_h2c(settings.h2c);
-    // The keep-alive idle timeout of HTTP/1 connections is the wrapper's (one timer per connection,
-    // reset per request), as the running snapshot has it; the proxy sets Pingora's own to "none" for
-    // them (`early_request_filter`).
-    let ka_snapshot = shared.clone();
-    let app = app.with_keepalive(Arc::new(move || {
-        ka_snapshot.load().settings.keepalive_timeout
-    }));
     // `server.proxy_protocol` as the running snapshot has it (a reload changes who is trusted), with
     // the head deadline the header must arrive within.
     let pp_snapshot = shared.clone();

@@ -179,6 +179,17 @@ fn name_problem(host: &str) -> Option<String> {
     {
         return Some(format!("`{host}` is not a valid IPv4 address"));
     }
+    // The C library reads `0x7f000001` or `0x7f.0x1` as an address (inet_aton's forms): written
+    // so, an address would pass for a name, past the checks made on addresses.
+    let numeric = |l: &str| match l.strip_prefix("0x").or_else(|| l.strip_prefix("0X")) {
+        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => l.bytes().all(|b| b.is_ascii_digit()),
+    };
+    if name.split('.').count() <= 4 && name.split('.').all(numeric) {
+        return Some(format!(
+            "`{host}` is an IPv4 address in a form other than dotted decimal: write it as a.b.c.d"
+        ));
+    }
     None
 }
 
@@ -1120,6 +1131,8 @@ mod tests {
             "svc-1.ns.svc.cluster.local:443",
             "search.example.com.:443",
             "10.0.0.1:65535",
+            "deadbeef.example.com:80",
+            "0xcafe.example:80",
         ] {
             assert!(parse(ok, 1).is_ok(), "{ok}: {:?}", parse(ok, 1));
         }
@@ -1139,6 +1152,9 @@ mod tests {
             ("a..b:80", "empty label"),
             ("-users:80", "starts or ends with `-`"),
             ("999.1.1.1:80", "not a valid IPv4 address"),
+            ("0x7f000001:9090", "form other than dotted decimal"),
+            ("0x7f.0x1:9090", "form other than dotted decimal"),
+            ("0X7F.0.0.1:80", "IPv4 address"),
         ] {
             let e = parse(bad, 1).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

@@ -731,6 +731,36 @@ routes:
 }
 
 #[test]
+fn a_key_in_the_query_never_reaches_the_gateways_own_log() {
+    // Pingora's error line for a failed proxy names the request: with the query as the access log
+    // has it, without the credential.
+    let acme = tollgate::plugin::apikey::hash_key("acme-secret-key");
+    let g = Gateway::start(&format!(
+        "server: {{ listen: [\"{{listen}}\"] }}
+auth:
+  api_keys:
+    partners: {{ query: api_key, keys: [{{ id: acme, sha256: \"{acme}\" }}] }}
+upstreams:
+  gone: {{ targets: [{{ addr: \"127.0.0.1:1\" }}] }}
+routes:
+  - name: r
+    match: {{ path_prefix: /partners }}
+    upstream: gone
+    plugins: [{{ api_key: {{ provider: partners }} }}]
+"
+    ));
+    let r = get(&g, "/partners/x?q=1&api_key=acme-secret-key", &[]);
+    assert_eq!(r.status, 502);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !g.stderr_text().contains("Fail to proxy") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = g.stderr_text();
+    assert!(log.contains("GET /partners/x?q=1, Host:"), "{log}");
+    assert!(!log.contains("acme-secret-key"), "{log}");
+}
+
+#[test]
 fn api_keys() {
     let be = Backend::start("be", Mode::Echo);
     let acme = tollgate::plugin::apikey::hash_key("acme-secret-key");

@@ -365,6 +365,25 @@ fn a_team_file_cannot_read_the_environment_through_a_merge_key() {
     );
     let home = std::env::var("HOME").unwrap();
     assert!(!err.contains(&format!("/x/{home}")), "{err}");
+
+    // An upstream named by a number or a tagged key would escape the checks made by name.
+    write(
+        &dir.join("conf.d/leak.yaml"),
+        "upstreams:
+  123: { targets: [{ addr: \"169.254.169.254:80\" }] }
+  !t x: { targets: [{ addr: \"169.254.169.254:80\" }] }
+",
+    );
+    let main = "server:\n  listen: [\"127.0.0.1:0\"]\nroutes: []\ninclude:\n  - files: conf.d\n    paths: [/leak]\n    targets: [10.0.0.0/8]\n";
+    let (code, err) = validate(dir, main);
+    assert_eq!(code, 1, "{err}");
+    for name in ["`123`", "`!t x`"] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&leak)
+                && l.contains(&format!("an upstream's name is a plain string, not {name}"))),
+            "{name}: {err}"
+        );
+    }
 }
 
 #[test]

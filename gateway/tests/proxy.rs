@@ -669,10 +669,61 @@ fn slow_request_heads_are_cut_off_but_idle_keepalive_is_not() {
 }
 
 #[test]
+fn an_answer_streamed_for_longer_than_the_keepalive_timeout_is_not_cut() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // An upstream that sends its body a chunk every 400 ms for 2.4 s: the keep-alive timeout (1 s)
+    // is for idle connections, not for an answer still on its way.
+    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = up.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((s, _)) = up.accept() else { return };
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+            line.clear();
+        }
+        let mut s = s;
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        for i in 0..6 {
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = s.write_all(format!("2\r\n{i}\n\r\n").as_bytes());
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+    });
+    let cfg = format!(
+        "server: {{ listen: [\"{{listen}}\"], threads: 1, limits: {{ keepalive_timeout: 1s }} }}
+upstreams:
+  slow: {{ targets: [{{ addr: \"{up_addr}\" }}] }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: slow }}
+"
+    );
+    let gw = Gateway::in_process(&cfg);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for i in 0..6 {
+        assert!(
+            text.contains(&format!("{i}\n")),
+            "chunk {i} missing: {text}"
+        );
+    }
+    assert!(text.ends_with("0\r\n\r\n"), "the answer was cut: {text}");
+}
+
+#[test]
 fn an_idle_keepalive_connection_is_closed_after_the_keepalive_timeout() {
     use std::io::{Read, Write};
     let be = Backend::start("be", Mode::Echo);
-    // Not whole seconds, which Pingora's own keep-alive could not say (1.9s was 1s, 600ms none).
+    // Pingora's keep-alive counts whole seconds: 1.9s is rounded up to 2s (it was cut to 1s, and
+    // 600ms meant no timeout at all).
     let cfg = one_backend_config(&be, "").replace(
         "threads: 1",
         "threads: 1, limits: { keepalive_timeout: 1900ms }",

@@ -67,6 +67,7 @@ pub(super) fn compile(s: &ServerConfig, at: &Scope) -> Option<Settings> {
             .error("must be greater than zero");
     }
     nonzero(&limits.at("header_read_timeout"), l.header_read_timeout.0);
+    nonzero(&limits.at("keepalive_timeout"), l.keepalive_timeout.0);
     nonzero(&limits.at("tunnel_idle_timeout"), l.tunnel_idle_timeout.0);
     let mut admin_listen = None;
     if s.admin.enabled {

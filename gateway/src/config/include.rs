@@ -98,13 +98,15 @@ fn target_allowed(addr: &str, pattern: &str) -> bool {
         },
         None => (pattern, None),
     };
-    let host_ok = match want_host.strip_prefix("*.") {
+    // Compared as bytes: a team's name may hold any character, and a cut inside one would panic.
+    let (host, want) = (host.as_bytes(), want_host.as_bytes());
+    let host_ok = match want.strip_prefix(b"*.") {
         Some(parent) => {
             host.len() > parent.len() + 1
                 && host[host.len() - parent.len()..].eq_ignore_ascii_case(parent)
-                && host.as_bytes()[host.len() - parent.len() - 1] == b'.'
+                && host[host.len() - parent.len() - 1] == b'.'
         }
-        None => host.eq_ignore_ascii_case(want_host),
+        None => host.eq_ignore_ascii_case(want),
     };
     host_ok && want_port.is_none_or(|p| port == Some(p))
 }
@@ -661,7 +663,19 @@ fn merge_file(
                 }
                 let Value::Mapping(all) = all else { continue };
                 for (name, up) in ups {
-                    let n = name.as_str().unwrap_or_default().to_string();
+                    // A number or a tagged key would name the upstream one way here and another
+                    // where the config is typed, out of reach of the checks made by name.
+                    let Value::String(n) = &name else {
+                        early.push(local.error(
+                            "upstreams",
+                            format!(
+                                "an upstream's name is a plain string, not `{}`",
+                                super::load::yaml_key(&name).trim()
+                            ),
+                        ));
+                        continue;
+                    };
+                    let n = n.clone();
                     let here = format!("upstreams.{n}");
                     if all.contains_key(&name) {
                         early.push(local.diag(
@@ -852,6 +866,9 @@ mod tests {
         assert!(!target_allowed("localhost:9090", "127.0.0.1"));
         assert!(!target_allowed("127.0.0.1:9090", "localhost"));
         assert!(!target_allowed("orders.internal:80", "orders.internal:x"));
+        // Not a panic on a name with a character cut by the parent's length.
+        assert!(!target_allowed("aérders.internal:80", "*.orders.internal"));
+        assert!(!target_allowed("é:80", "*.é"));
     }
 
     #[test]

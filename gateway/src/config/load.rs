@@ -689,7 +689,7 @@ fn typed(root: Value, at: &Scope) -> RawConfig {
     cfg
 }
 
-fn yaml_key(v: &Value) -> String {
+pub(crate) fn yaml_key(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => serde_yaml_ng::to_string(other)

@@ -325,7 +325,8 @@ pub struct LimitsConfig {
     pub max_uri_bytes: ByteSize,
     /// Total time a client has to send its request line and headers (per request).
     pub header_read_timeout: HumanDuration,
-    /// How long an idle keep-alive client connection is kept open.
+    /// How long an idle keep-alive client connection is kept open (whole seconds for HTTP/1: a part
+    /// of a second is rounded up). Must be greater than zero.
     pub keepalive_timeout: HumanDuration,
     /// How long an upgraded connection (a WebSocket after `101`) may pass no byte in either direction
     /// before both sides are closed. No head deadline, body limit or upstream read timeout applies to
