@@ -21,12 +21,14 @@ pub(super) fn own_listeners(
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    // Connecting to `0.0.0.0` or `::` reaches this host (Linux), as a loopback address does.
+    // Connecting to `0.0.0.0` or `::` reaches this host (Linux), as a loopback address does. A
+    // listener on all addresses is also on this host's other addresses, which are not known without
+    // asking the system: another host's address on the same port (a service on 8080 behind a gateway
+    // on 0.0.0.0:8080) is not this gateway.
     let this_host = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
     let same = |a: SocketAddr, b: SocketAddr| {
         let (ai, bi) = (canonical(a.ip()), canonical(b.ip()));
-        a.port() == b.port()
-            && (ai == bi || bi.is_unspecified() || (this_host(ai) && this_host(bi)))
+        a.port() == b.port() && (ai == bi || (this_host(ai) && this_host(bi)))
     };
     for (name, up) in &cfg.upstreams {
         for (i, t) in up.targets.iter().enumerate() {

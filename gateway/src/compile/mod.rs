@@ -260,7 +260,10 @@ mod tests {
                 "{alias}: {s}"
             );
         }
-        // Another host's address on the same port is not this gateway.
+        // Another host's address on the same port is not this gateway, whatever the listener.
+        let text = "server:\n  listen: [\"0.0.0.0:8080\"]\n  admin: { listen: \"0.0.0.0:9090\" }\nupstreams:\n  a: { targets: [{ addr: \"10.0.0.5:8080\" }, { addr: \"10.0.0.6:9090\" }] }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: a }\n";
+        let l = load_str("t.yaml", text, &|_| None).unwrap();
+        assert!(Snapshot::from_loaded(&l, &Registry::builtin(), None).is_ok());
         let text = "server:\n  listen: [\"127.0.0.1:8080\"]\n  admin: { listen: \"127.0.0.1:9090\" }\nupstreams:\n  a: { targets: [{ addr: \"10.0.0.5:9090\" }, { addr: \"localhost:9091\" }] }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: a }\n";
         let l = load_str("t.yaml", text, &|_| None).unwrap();
         assert!(Snapshot::from_loaded(&l, &Registry::builtin(), None).is_ok());
