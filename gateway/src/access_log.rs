@@ -371,8 +371,7 @@ impl Entry<'_> {
     }
 }
 
-/// `,"name":` (every field but the first).
-/// `,"name":`, one copy of a constant made at compile time.
+/// `,"name":` (every field but the first), one constant made at compile time.
 macro_rules! key {
     ($out:expr, $name:literal) => {
         $out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())

@@ -9,16 +9,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    let ip = canonical(ip);
+    let ip = ip.to_canonical();
     trusted.iter().any(|n| n.contains(&ip))
-}
-
-/// `::ffff:10.0.0.1` is `10.0.0.1`.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 /// Parse one `X-Forwarded-For` element: an IP, optionally `v4:port` or `[v6]:port`.
@@ -39,7 +31,7 @@ pub fn client_ip<'a>(
     xff: impl Iterator<Item = &'a str>,
     trusted: &[IpNet],
 ) -> IpAddr {
-    let peer = canonical(peer);
+    let peer = peer.to_canonical();
     if trusted.is_empty() || !is_trusted(peer, trusted) {
         return peer;
     }
@@ -49,7 +41,7 @@ pub fn client_ip<'a>(
     for hop in hops.iter().rev() {
         match parse_hop(hop) {
             Some(ip) => {
-                let ip = canonical(ip);
+                let ip = ip.to_canonical();
                 client = ip;
                 if !is_trusted(ip, trusted) {
                     break;

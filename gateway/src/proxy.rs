@@ -278,19 +278,30 @@ impl Drop for InFlight {
     }
 }
 
-/// The request's query as the logs show it: as it went upstream, without the credentials the chain
-/// reads from it (`api_key.query`, `jwt.query`), which are not written to a log.
-fn logged_query<'a>(req: &'a RequestHeader, ctx: &Ctx) -> Option<std::borrow::Cow<'a, str>> {
-    let q = req.uri.query()?;
+/// The query parameters not sent upstream: those the route's chain always removes (computed when
+/// it was built) and any this request's plugins added. Borrowed unless both have some.
+fn removed_query_params<'a>(ctx: &'a Ctx) -> std::borrow::Cow<'a, [String]> {
     let chain = ctx
         .route
         .as_deref()
         .map_or(&[][..], |r| r.chain.query_params_removed());
     let per_request = ctx.plugins.query_params_removed();
-    if chain.is_empty() && per_request.is_empty() {
+    match (chain.is_empty(), per_request.is_empty()) {
+        (_, true) => std::borrow::Cow::Borrowed(chain),
+        (true, false) => std::borrow::Cow::Borrowed(per_request),
+        (false, false) => std::borrow::Cow::Owned([chain, per_request].concat()),
+    }
+}
+
+/// The request's query as the logs show it: as it went upstream, without the credentials the chain
+/// reads from it (`api_key.query`, `jwt.query`), which are not written to a log.
+fn logged_query<'a>(req: &'a RequestHeader, ctx: &Ctx) -> Option<std::borrow::Cow<'a, str>> {
+    let q = req.uri.query()?;
+    let removed = removed_query_params(ctx);
+    if removed.is_empty() {
         Some(std::borrow::Cow::Borrowed(q))
     } else {
-        crate::plugin::strip_query(q, &[chain, per_request].concat()).map(std::borrow::Cow::Owned)
+        crate::plugin::strip_query(q, &removed).map(std::borrow::Cow::Owned)
     }
 }
 
@@ -1008,15 +1019,7 @@ impl ProxyHttp for Gateway {
             Some(params) => route.upstream_path(&ctx.path, params),
             None => std::borrow::Cow::Borrowed(ctx.path.as_str()),
         };
-        // Query parameters the chain always removes (computed when it was built), and any this request's
-        // plugins added.
-        let per_request = ctx.plugins.query_params_removed();
-        let remove = if per_request.is_empty() {
-            std::borrow::Cow::Borrowed(route.chain.query_params_removed())
-        } else {
-            std::borrow::Cow::Owned([route.chain.query_params_removed(), per_request].concat())
-        };
-        let target = request::upstream_target(&up_path, query, &remove);
+        let target = request::upstream_target(&up_path, query, &removed_query_params(ctx));
         let uri = http::Uri::try_from(target)
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "upstream uri"))?;
         up.set_uri(uri);

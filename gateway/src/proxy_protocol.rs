@@ -42,10 +42,7 @@ pub struct Policy {
 
 impl Policy {
     fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-            v4 => v4,
-        };
+        let peer = peer.to_canonical();
         self.from.iter().any(|n| n.contains(&peer))
     }
 }

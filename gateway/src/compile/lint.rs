@@ -16,35 +16,20 @@ pub(super) fn own_listeners(
     settings: &crate::snapshot::Settings,
     upstreams: &Scope,
 ) {
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-    let canonical = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    use std::net::{IpAddr, SocketAddr};
     // Connecting to `0.0.0.0` or `::` reaches this host (Linux), as a loopback address does. A
     // listener on all addresses is also on this host's other addresses, which are not known without
     // asking the system: another host's address on the same port (a service on 8080 behind a gateway
     // on 0.0.0.0:8080) is not this gateway.
     let this_host = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
     let same = |a: SocketAddr, b: SocketAddr| {
-        let (ai, bi) = (canonical(a.ip()), canonical(b.ip()));
+        let (ai, bi) = (a.ip().to_canonical(), b.ip().to_canonical());
         a.port() == b.port() && (ai == bi || (this_host(ai) && this_host(bi)))
     };
     for (name, up) in &cfg.upstreams {
         for (i, t) in up.targets.iter().enumerate() {
-            let addr = match t.addr.parse::<SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => match t.addr.rsplit_once(':') {
-                    Some((host, port))
-                        if host.trim_end_matches('.').eq_ignore_ascii_case("localhost") =>
-                    {
-                        match port.parse::<u16>() {
-                            Ok(p) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p),
-                            Err(_) => continue,
-                        }
-                    }
-                    _ => continue,
-                },
+            let Some(addr) = literal_addr(&t.addr) else {
+                continue;
             };
             let at = upstreams.at(name).at("targets").idx(i).at("addr");
             if settings.admin_listen.is_some_and(|a| same(addr, a)) {
@@ -63,6 +48,20 @@ pub(super) fn own_listeners(
             }
         }
     }
+}
+
+/// `addr` as an address, when it is written as one or as `localhost:PORT` (the one name whose address
+/// is known without a lookup).
+fn literal_addr(addr: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(a) = addr.parse() {
+        return Some(a);
+    }
+    let (host, port) = addr.rsplit_once(':')?;
+    host.trim_end_matches('.')
+        .eq_ignore_ascii_case("localhost")
+        .then(|| port.parse().ok())
+        .flatten()
+        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
 }
 
 /// A file without routes answers every request with 404.

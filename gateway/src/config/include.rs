@@ -74,14 +74,15 @@ fn target_allowed(addr: &str, pattern: &str) -> bool {
     let pattern = pattern.trim();
     let sock = addr.parse::<SocketAddr>().ok();
     if let Ok(net) = pattern.parse::<ipnet::IpNet>() {
-        return sock.is_some_and(|a| net.contains(&canonical(a.ip())));
+        return sock.is_some_and(|a| net.contains(&a.ip().to_canonical()));
     }
     if let Ok(p) = pattern.parse::<SocketAddr>() {
-        return sock
-            .is_some_and(|a| canonical(a.ip()) == canonical(p.ip()) && a.port() == p.port());
+        return sock.is_some_and(|a| {
+            a.ip().to_canonical() == p.ip().to_canonical() && a.port() == p.port()
+        });
     }
     if let Ok(ip) = pattern.trim_matches(['[', ']']).parse::<IpAddr>() {
-        return sock.is_some_and(|a| canonical(a.ip()) == canonical(ip));
+        return sock.is_some_and(|a| a.ip().to_canonical() == ip.to_canonical());
     }
     if sock.is_some() {
         // An address is never allowed by a host name's pattern.
@@ -109,14 +110,6 @@ fn target_allowed(addr: &str, pattern: &str) -> bool {
         None => host.eq_ignore_ascii_case(want),
     };
     host_ok && want_port.is_none_or(|p| port == Some(p))
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 one it is.
-fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Check that the upstreams each restricted entry's files define connect only where its `targets`
@@ -624,16 +617,21 @@ fn merge_file(
     // (its secrets) into headers or paths sent to its own service. Decided on the tree itself, after
     // YAML merge keys (`<<`) are applied, so no place of the file can bring a `${VAR}` in.
     for (k, v) in map.iter_mut() {
-        let mut path = k.as_str().unwrap_or_default().to_string();
-        let routes = path == "routes";
-        match v {
-            Value::Sequence(items) if routes => {
+        match (k.as_str(), v) {
+            // Routes are numbered as in the merged list, after the main file's and earlier files'.
+            (Some("routes"), Value::Sequence(items)) => {
                 for (i, item) in items.iter_mut().enumerate() {
                     let mut p = format!("routes[{}]", offset + i);
                     refuse_env(item, &mut p, &local, early, tainted);
                 }
             }
-            v => refuse_env(v, &mut path, &local, early, tainted),
+            (k, v) => refuse_env(
+                v,
+                &mut k.unwrap_or_default().to_string(),
+                &local,
+                early,
+                tainted,
+            ),
         }
     }
     for (k, v) in map {

@@ -43,10 +43,7 @@ impl IpFilter {
 
     pub fn admits(&self, ip: std::net::IpAddr) -> bool {
         // An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is judged as the IPv4 address it is.
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         if self.deny.iter().any(|n| n.contains(&ip)) {
             return false;
         }
