@@ -60,7 +60,7 @@ stop_all() {
 trap stop_all EXIT
 trap 'stop_all; exit 0' INT TERM
 
-bin=./target/release
+bin=${CARGO_TARGET_DIR:-./target}/release   # where cargo put it (a shared CARGO_TARGET_DIR too)
 start() { # name, log file, command...
   local name=$1 log=$2; shift 2
   "$@" >>"$DEMO_DIR/logs/$log" 2>&1 &
@@ -154,7 +154,7 @@ cat <<EOF
 
 Tollgate is up on http://$GATEWAY  (services: $SERVICES)
 
-Product reads are public; everything else needs a token (mint more with ./target/release/tollgate token):
+Product reads are public; everything else needs a token (mint more with $bin/tollgate token):
 
   USER=$USER_TOKEN
   ADMIN=$ADMIN_TOKEN

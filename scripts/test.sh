@@ -17,9 +17,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
 cargo build --workspace --all-targets --locked
+# Where cargo put it: a shared CARGO_TARGET_DIR is honoured.
+bin=${CARGO_TARGET_DIR:-target}/debug
 
 step "API conformance (scripts/api-check.sh)"
-./scripts/api-check.sh target/debug
+./scripts/api-check.sh "$bin"
 
 step "validate config/*.yaml"
 # Every config; the route test cases beside them are not configs, and are run instead.
@@ -27,13 +29,13 @@ configs=()
 for f in config/*.yaml; do
   [[ $f == *.cases.yaml ]] || configs+=("$f")
 done
-./target/debug/tollgate validate "${configs[@]}"
+"$bin/tollgate" validate "${configs[@]}"
 
 step "tollgate test config/tollgate.cases.yaml"
-./target/debug/tollgate test config/tollgate.cases.yaml -c config/tollgate.yaml
+"$bin/tollgate" test config/tollgate.cases.yaml -c config/tollgate.yaml
 
 step "deploy/ (Kubernetes, systemd, Containerfile)"
-./scripts/deploy-check.sh target/debug/tollgate
+./scripts/deploy-check.sh "$bin/tollgate"
 
 ensure_redis
 ensure_chromium
