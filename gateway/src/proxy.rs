@@ -47,9 +47,9 @@ use crate::trace::TraceContext;
 use crate::upstream::Upstream;
 use crate::upstream::{ip_key, HashOn};
 
-// Header names as `&'static str` for Pingora's `insert_header` (which takes the bytes as they are for
-// the case-preserving map, `pingora-http-0.9.1/src/case_header_name.rs`), and as parsed `HeaderName`s
-// for lookups, which then skip parsing the name on every request.
+// Header names as `&'static str` for Pingora's `insert_header` (gateway-made answers), and as parsed
+// `HeaderName`s for lookups and for the edits of `headers::edit_request`/`edit_response`, which then
+// skip parsing the name on every request.
 const X_REQUEST_ID: &str = "x-request-id";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -60,6 +60,12 @@ const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR
 const X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
 const X_FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_HOST);
 const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// A header value the gateway built that `http` refused (cannot happen for the values above).
+fn header_error() -> Box<Error> {
+    Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value")
+}
 
 /// The proxy. Holds the current config snapshot; each request pins the one it started with. Counts in
 /// the metrics and sends spans to the exporter it is given (the server's), never through a global.
@@ -1022,84 +1028,87 @@ impl ProxyHttp for Gateway {
         let target = request::upstream_target(&up_path, query, &removed_query_params(ctx));
         let uri = http::Uri::try_from(target)
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "upstream uri"))?;
-        up.set_uri(uri);
-        for name in headers::hop_by_hop_present(&up.headers) {
-            up.remove_header(&name);
-        }
-        let plugins = &ctx.plugins;
-        let protected = |n: &str| {
-            plugins.upstream_edits().any(|e| match e {
-                HeaderEdit::Remove(h) | HeaderEdit::Set(h, _) => h.as_str() == n,
-                HeaderEdit::Append(..) => false,
-            })
-        };
-        for name in headers::spoofable_present(&up.headers, ctx.peer_trusted, protected) {
-            up.remove_header(&name);
-        }
         let peer = ctx.peer;
         let original_host = match &ctx.authority {
             Some(a) => HeaderValue::from_str(a).ok(),
             None => session.req_header().headers.get(HOST).cloned(),
         };
-        // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
-        if ctx.peer_trusted {
-            let prior: Vec<&str> = up
-                .headers
-                .get_all(&X_FORWARDED_FOR_NAME)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
-            let xff = if prior.is_empty() {
-                peer_s
-            } else {
-                format!("{}, {peer_s}", prior.join(", "))
+        // The gateway's own edits on the `http` parts: one insert by parsed name each, into a map
+        // reserved once (see `headers::edit_request` for why and what it costs).
+        headers::edit_request(up, |up| -> Result<()> {
+            up.uri = uri;
+            let h = &mut up.headers;
+            for name in headers::hop_by_hop_present(h) {
+                h.remove(&name);
+            }
+            let plugins = &ctx.plugins;
+            let protected = |n: &str| {
+                plugins.upstream_edits().any(|e| match e {
+                    HeaderEdit::Remove(h) | HeaderEdit::Set(h, _) => h.as_str() == n,
+                    HeaderEdit::Append(..) => false,
+                })
             };
-            up.insert_header(X_FORWARDED_FOR, xff)?;
-        } else {
-            // The common case: the peer's address alone, written without a `String`.
+            for name in headers::spoofable_present(h, ctx.peer_trusted, protected) {
+                h.remove(&name);
+            }
+            // X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, Host, grpc-timeout.
+            h.reserve(7);
+            // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
             let mut buf = headers::AddrBuf::new();
-            up.insert_header(X_FORWARDED_FOR, peer.map_or(&[][..], |p| buf.ip(p)))?;
-        }
-        if !(ctx.peer_trusted && up.headers.contains_key(&X_FORWARDED_PROTO_NAME)) {
-            let proto = if ctx.tls { "https" } else { "http" };
-            up.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
-        }
-        if !(ctx.peer_trusted && up.headers.contains_key(&X_FORWARDED_HOST_NAME)) {
-            match &original_host {
-                Some(h) => up.insert_header(X_FORWARDED_HOST, h.clone())?,
-                None => {
-                    up.remove_header(X_FORWARDED_HOST);
-                }
-            }
-        }
-        up.insert_header(X_REQUEST_ID, ctx.request_id.header())?;
-        if let (true, Some(d)) = (ctx.grpc, ctx.deadline) {
-            // The time left, so that the server stops when the client will have given up.
-            let left = d.saturating_duration_since(Instant::now());
-            up.insert_header("grpc-timeout", crate::grpc::format_timeout(left))?;
-        }
-        if let Some(t) = &ctx.trace {
-            up.insert_header(TRACEPARENT, t.header())?;
-        }
-        if !route.preserve_host {
-            if let Some(t) = ctx.target {
-                let host = match upstream_of(&route)?.host_for(t) {
-                    Some(name) => Some(name),
-                    None => {
-                        let mut buf = headers::AddrBuf::new();
-                        up.insert_header(HOST, buf.socket(t))?;
-                        None
+            let peer_ip = peer.map_or(&[][..], |p| buf.ip(p));
+            let xff = if ctx.peer_trusted && h.contains_key(&X_FORWARDED_FOR_NAME) {
+                let mut chain = Vec::with_capacity(64);
+                for v in h.get_all(&X_FORWARDED_FOR_NAME) {
+                    if v.to_str().is_ok() {
+                        chain.extend_from_slice(v.as_bytes());
+                        chain.extend_from_slice(b", ");
                     }
-                };
-                if let Some(host) = host {
-                    up.insert_header(HOST, host)?;
+                }
+                chain.extend_from_slice(peer_ip);
+                HeaderValue::from_bytes(&chain)
+            } else {
+                // The common case: the peer's address alone, written without a `String`.
+                HeaderValue::from_bytes(peer_ip)
+            };
+            h.insert(X_FORWARDED_FOR_NAME, xff.map_err(|_| header_error())?);
+            if !(ctx.peer_trusted && h.contains_key(&X_FORWARDED_PROTO_NAME)) {
+                let proto = if ctx.tls { "https" } else { "http" };
+                h.insert(X_FORWARDED_PROTO_NAME, HeaderValue::from_static(proto));
+            }
+            if !(ctx.peer_trusted && h.contains_key(&X_FORWARDED_HOST_NAME)) {
+                match &original_host {
+                    Some(v) => {
+                        h.insert(X_FORWARDED_HOST_NAME, v.clone());
+                    }
+                    None => {
+                        h.remove(&X_FORWARDED_HOST_NAME);
+                    }
                 }
             }
-        } else if let Some(h) = &original_host {
-            // An absolute-form target's authority replaces `Host` (RFC 9112 §3.2.2).
-            up.insert_header(HOST, h.clone())?;
-        }
+            h.insert(X_REQUEST_ID_NAME, ctx.request_id.header());
+            if let (true, Some(d)) = (ctx.grpc, ctx.deadline) {
+                // The time left, so that the server stops when the client will have given up.
+                let left = d.saturating_duration_since(Instant::now());
+                let v = HeaderValue::from_str(&crate::grpc::format_timeout(left));
+                h.insert(GRPC_TIMEOUT, v.map_err(|_| header_error())?);
+            }
+            if let Some(t) = &ctx.trace {
+                h.insert(TRACEPARENT_NAME, t.header());
+            }
+            if !route.preserve_host {
+                if let Some(t) = ctx.target {
+                    let host = match upstream_of(&route)?.host_for(t) {
+                        Some(name) => Ok(name),
+                        None => HeaderValue::from_bytes(buf.socket(t)),
+                    };
+                    h.insert(HOST, host.map_err(|_| header_error())?);
+                }
+            } else if let Some(v) = &original_host {
+                // An absolute-form target's authority replaces `Host` (RFC 9112 §3.2.2).
+                h.insert(HOST, v.clone());
+            }
+            Ok(())
+        })?;
         let p = &ctx.plugins;
         p.apply_upstream_headers(up);
         route.chain.upstream_request(up, p);
@@ -1137,12 +1146,19 @@ impl ProxyHttp for Gateway {
             // connection's tunnel idle timer governs instead.
             ctx.upgraded = true;
             session.set_read_timeout(None);
-        } else {
-            for name in headers::hop_by_hop_present(&resp.headers) {
-                resp.remove_header(&name);
-            }
         }
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.header())?;
+        let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        headers::edit_response(resp, |resp| {
+            let h = &mut resp.headers;
+            if !upgraded {
+                for name in headers::hop_by_hop_present(h) {
+                    h.remove(&name);
+                }
+            }
+            // `X-Request-Id` and room for what the chain, HSTS and compression add.
+            h.reserve(4);
+            h.insert(X_REQUEST_ID_NAME, ctx.request_id.header());
+        });
         if ctx.grpc {
             // A Trailers-Only answer has its status in the head.
             if let Some(s) = resp.headers.get("grpc-status") {
