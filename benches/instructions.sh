@@ -2,6 +2,8 @@
 # User-space instructions per request of the floor and of Tollgate's plain and full routes, counted by
 # valgrind (callgrind) under the backend and configs of load.sh: a figure that does not move with the
 # neighbours on a shared machine, for an A/B of two builds where CPU time per request is too noisy.
+# floor-timeouts is the floor with Tollgate's default timeouts (`floor-proxy --timeouts`): the part of
+# the difference that is Pingora's own cost of timeouts.
 # Per target: the proxy starts under callgrind, 500 requests warm it up (oha -c 8), the counters are
 # zeroed, N requests are sent, the counters dumped; Ir total / N is the figure (kernel time is not in it).
 #
@@ -31,9 +33,10 @@ wait_port 9001
 tollgate_configs
 
 declare -A IR
-for name in floor tollgate-plain tollgate-full; do
+for name in floor floor-timeouts tollgate-plain tollgate-full; do
   case $name in
     floor) cmd=("$FLOOR" 127.0.0.1:8004 127.0.0.1:9001); port=8004 ;;
+    floor-timeouts) cmd=("$FLOOR" --timeouts 127.0.0.1:8005 127.0.0.1:9001); port=8005 ;;
     tollgate-plain) cmd=("$BIN" run -c "$RUN/plain.yaml"); port=8002 ;;
     tollgate-full) cmd=("$BIN" run -c "$RUN/full.yaml"); port=8003 ;;
   esac
@@ -60,5 +63,6 @@ for name in floor tollgate-plain tollgate-full; do
 done
 echo
 for name in tollgate-plain tollgate-full; do
-  awk -v a="${IR[$name]}" -v b="${IR[floor]}" -v n="$name" 'BEGIN {printf "%s / floor (instructions): %.2f×\n", n, a / b}'
+  awk -v a="${IR[$name]}" -v b="${IR[floor]}" -v t="${IR[floor-timeouts]}" -v n="$name" \
+    'BEGIN {printf "%s / floor (instructions): %.2f× (/ floor-timeouts: %.2f×)\n", n, a / b, a / t}'
 done

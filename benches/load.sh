@@ -9,7 +9,8 @@
 # - the proxy's CPU time per request comes from /proc (utime + stime of its processes, before and after,
 #   divided by the requests wrk completed), the figure that holds on a noisy machine;
 # - each round prints Tollgate plain ÷ floor and full ÷ floor (CPU per request, that round's pair), the
-#   summary the medians of those per-round ratios;
+#   summary the medians of those per-round ratios; also ÷ floor-timeouts, the floor with Tollgate's
+#   default timeouts (`floor-proxy --timeouts`), which tells Pingora's cost of timeouts apart;
 # - peak RSS is VmHWM of the proxy's processes; Tollgate's idle RSS is read before any load;
 # - then, per proxy, an open-loop run at half of its median peak rate (oha -q) for p50/p99 at half load.
 #
@@ -39,6 +40,8 @@ taskset -c 1 nginx -c "$RUN/nginx.conf" -p "$RUN" & PIDS+=($!); NGINX_MASTER=$!
 wait_port 8001
 taskset -c 1 "$FLOOR" 127.0.0.1:8004 127.0.0.1:9001 2>"$RUN/logs/floor.err" & PIDS+=($!); FLOOR_PID=$!
 wait_port 8004
+taskset -c 1 "$FLOOR" --timeouts 127.0.0.1:8005 127.0.0.1:9001 2>"$RUN/logs/floor-timeouts.err" & PIDS+=($!); FLOOR_T_PID=$!
+wait_port 8005
 
 tollgate_configs   # $RUN/plain.yaml (127.0.0.1:8002) and $RUN/full.yaml (127.0.0.1:8003), see bench-lib.sh
 RUST_LOG=warn taskset -c 1 "$BIN" run -c "$RUN/plain.yaml" 2>"$RUN/logs/plain.err" & PIDS+=($!); PLAIN=$!
@@ -51,11 +54,13 @@ IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$PLAIN/status)
 
 # name -> "url pid [header]"
 declare -A URL=([direct]="http://127.0.0.1:9001/" [floor]="http://127.0.0.1:8004/" \
+                [floor-timeouts]="http://127.0.0.1:8005/" \
                 [tollgate-plain]="http://127.0.0.1:8002/" [tollgate-full]="http://127.0.0.1:8003/" \
                 [nginx]="http://127.0.0.1:8001/")
-declare -A PID=([direct]=0 [floor]=$FLOOR_PID [tollgate-plain]=$PLAIN [tollgate-full]=$FULL \
+declare -A PID=([direct]=0 [floor]=$FLOOR_PID [floor-timeouts]=$FLOOR_T_PID \
+                [tollgate-plain]=$PLAIN [tollgate-full]=$FULL \
                 [nginx]=$NGINX_MASTER)
-ORDER=(direct floor tollgate-plain tollgate-full nginx)
+ORDER=(direct floor floor-timeouts tollgate-plain tollgate-full nginx)
 PROXIES=(floor tollgate-plain tollgate-full nginx)
 RESULTS="$RUN/results.tsv"
 RATIOS="$RUN/ratios.tsv"
@@ -90,9 +95,11 @@ for round in $(seq 1 "$ROUNDS"); do
   done
   # This round's pair: the floor and Tollgate measured in the same minutes of the machine.
   f=$(round_cpu floor "$round"); p=$(round_cpu tollgate-plain "$round"); u=$(round_cpu tollgate-full "$round")
-  read -r pf uf <<< "$(awk -v f="$f" -v p="$p" -v u="$u" 'BEGIN {printf "%.3f %.3f", p / f, u / f}')"
-  printf '%s\t%s\n' "$pf" "$uf" >> "$RATIOS"
-  printf '  round %s vs floor (CPU): tollgate-plain %s×, tollgate-full %s×\n' "$round" "$pf" "$uf"
+  t=$(round_cpu floor-timeouts "$round")
+  read -r pf uf pt ut <<< "$(awk -v f="$f" -v p="$p" -v u="$u" -v t="$t" 'BEGIN {printf "%.3f %.3f %.3f %.3f", p / f, u / f, p / t, u / t}')"
+  printf '%s\t%s\t%s\t%s\n' "$pf" "$uf" "$pt" "$ut" >> "$RATIOS"
+  printf '  round %s vs floor (CPU): tollgate-plain %s×, tollgate-full %s×; vs floor-timeouts: %s×, %s×\n' \
+    "$round" "$pf" "$uf" "$pt" "$ut"
 done
 
 col() { awk -F'\t' -v n="$1" -v c="$2" '$1==n {print $c}' "$RESULTS" | median; }
@@ -148,6 +155,7 @@ echo
 PLAIN_FLOOR=$(cut -f1 "$RATIOS" | median); FULL_FLOOR=$(cut -f2 "$RATIOS" | median)
 echo "tollgate plain / floor CPU (median of the per-round ratios): ${PLAIN_FLOOR}× (target ≤ 1.05×)"
 echo "tollgate full / floor CPU (median of the per-round ratios): ${FULL_FLOOR}× (target ≤ 1.15×)"
+echo "tollgate plain, full / floor-timeouts CPU (medians): $(cut -f3 "$RATIOS" | median)×, $(cut -f4 "$RATIOS" | median)×"
 PLAIN_CPU=$(col tollgate-plain 6); FULL_CPU=$(col tollgate-full 6)
 awk -v f="$FULL_CPU" -v p="$PLAIN_CPU" 'BEGIN {printf "full route / plain route CPU: %.2f×\n", f / p}'
 echo "tollgate idle RSS (plain, before load): $((IDLE_RSS / 1024)) MiB"

@@ -55,15 +55,52 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Names listed in `Connection` headers (lower-case), minus `close`/`keep-alive`/`upgrade` tokens that
-/// name no header of their own.
-fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
-    h.get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// `name` is one of [`HOP_BY_HOP`], compared as parsed names (a standard name is a one-byte compare,
+/// where the list's strings were compared byte by byte for every header of every message).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER};
+    [
+        CONNECTION,
+        TE,
+        TRAILER,
+        UPGRADE,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ]
+    .iter()
+    .any(|n| n == name)
+}
+
+/// Header names to remove: on the stack for the few a message has (no allocation per request).
+pub type Names = smallvec::SmallVec<[HeaderName; 4]>;
+
+/// The headers of `h` that its `Connection` headers list (RFC 9110 §7.6.1), skipping tokens that are
+/// hop-by-hop anyway (`keep-alive`, `upgrade`). A token is matched against the names present rather
+/// than parsed into a name: `Connection: keep-alive` or `close` on nearly every message then costs a
+/// few byte compares and no allocation.
+fn connection_listed(h: &HeaderMap, out: &mut Names) {
+    for v in h.get_all(CONNECTION) {
+        // Most messages: a token that names no other header.
+        if v.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        let Ok(v) = v.to_str() else { continue };
+        for t in v.split(',').map(str::trim) {
+            if HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(t)) {
+                continue;
+            }
+            if let Some(name) = h.keys().find(|n| n.as_str().eq_ignore_ascii_case(t)) {
+                if !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Is this a protocol upgrade (WebSocket) request? Those keep `Connection: upgrade` and `Upgrade`.
@@ -82,12 +119,12 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
 /// `Upgrade` so that WebSockets work. One pass over the names the message has (a handful), rather than
 /// a hashed lookup per name this function knows: it runs twice per request (request and response), and
 /// returns nothing, without allocating, in the common case.
-pub fn hop_by_hop_present(h: &HeaderMap) -> Vec<HeaderName> {
-    let mut out = Vec::new();
+pub fn hop_by_hop_present(h: &HeaderMap) -> Names {
+    let mut out = Names::new();
     let mut connection = false;
     for name in h.keys() {
         connection |= *name == CONNECTION;
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        if is_hop_by_hop(name) {
             out.push(name.clone());
         }
     }
@@ -99,19 +136,19 @@ pub fn hop_by_hop_present(h: &HeaderMap) -> Vec<HeaderName> {
         out.retain(|n| *n != CONNECTION && *n != UPGRADE);
     }
     if connection {
-        for t in connection_tokens(h) {
-            if upgrade && t == UPGRADE {
-                continue;
-            }
-            // Never let `Connection: host` or similar take away what the proxy itself needs.
-            if t == http::header::HOST
-                || t == http::header::CONTENT_LENGTH
-                || t == http::header::TRANSFER_ENCODING
+        let before = out.len();
+        connection_listed(h, &mut out);
+        // Never let `Connection: host` or similar take away what the proxy itself needs.
+        let mut i = before;
+        while i < out.len() {
+            let t = &out[i];
+            if *t == http::header::HOST
+                || *t == http::header::CONTENT_LENGTH
+                || *t == http::header::TRANSFER_ENCODING
             {
-                continue;
-            }
-            if !out.contains(&t) {
-                out.push(t);
+                out.remove(i);
+            } else {
+                i += 1;
             }
         }
     }
@@ -150,12 +187,8 @@ pub const GATEWAY_SET: &[&str] = &[
 /// CGI, WSGI, Rack and PHP map both spellings to the same variable, so the backend could read the
 /// client's copy. `protected` says whether a name (lower case, with `-`) is one the chain sets or
 /// strips (identity headers). Allocates nothing in the common case.
-pub fn spoofable_present(
-    h: &HeaderMap,
-    trusted: bool,
-    protected: impl Fn(&str) -> bool,
-) -> Vec<HeaderName> {
-    let mut out = Vec::new();
+pub fn spoofable_present(h: &HeaderMap, trusted: bool, protected: impl Fn(&str) -> bool) -> Names {
+    let mut out = Names::new();
     // One pass over the names present (see `hop_by_hop_present`).
     for name in h.keys() {
         let n = name.as_str();
@@ -334,6 +367,38 @@ mod tests {
             assert!(names.iter().any(|x| x == n), "{n} missing in {names:?}");
         }
         assert!(!names.iter().any(|x| x == "x-fine"));
+    }
+
+    #[test]
+    fn the_parsed_hop_by_hop_names_are_the_list() {
+        for n in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+        }
+        for n in ["host", "x-secret", "keep-alive-x", "tes", "content-length"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+        }
+        assert_eq!(
+            HOP_BY_HOP.len(),
+            8,
+            "a name added to HOP_BY_HOP goes into is_hop_by_hop too"
+        );
+    }
+
+    #[test]
+    fn connection_lists_only_present_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Gone, x-Here,close"),
+        );
+        h.insert("x-here", HeaderValue::from_static("1"));
+        h.insert("close", HeaderValue::from_static("1"));
+        h.insert("x-stays", HeaderValue::from_static("1"));
+        let names: Vec<String> = hop_by_hop_present(&h)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["connection", "x-here", "close"]);
     }
 
     #[test]

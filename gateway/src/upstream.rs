@@ -296,6 +296,23 @@ fn target_names(targets: &[Target]) -> HashMap<SocketAddr, TargetName> {
         .collect()
 }
 
+/// The `Host` values of the literal address targets (`10.0.0.9:80`, `[::1]:8080`), unless there
+/// are too many to search per request.
+fn address_hosts(targets: &[Target]) -> Box<[(SocketAddr, http::HeaderValue)]> {
+    let literal = || {
+        targets
+            .iter()
+            .filter(|t| !t.named)
+            .flat_map(|t| t.addrs.iter())
+    };
+    if literal().count() > ADDRESS_HOSTS_MAX {
+        return Box::default();
+    }
+    literal()
+        .filter_map(|a| Some((*a, http::HeaderValue::try_from(a.to_string()).ok()?)))
+        .collect()
+}
+
 /// How long one lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -439,7 +456,12 @@ pub struct Upstream {
     names: ArcSwap<HashMap<SocketAddr, TargetName>>,
     dns_refresh: Duration,
     has_names: bool,
+    /// `Host` for the literal address targets, formatted once (a handful: searched in order).
+    address_hosts: Box<[(SocketAddr, http::HeaderValue)]>,
 }
+
+/// Upstreams with more literal targets than this format `Host` per request instead.
+const ADDRESS_HOSTS_MAX: usize = 16;
 
 impl Upstream {
     /// Build from a validated config. `targets` are as [`Target::parse`] made them. `previous` is the
@@ -589,6 +611,7 @@ impl Upstream {
             health_registry,
             names: ArcSwap::from_pointee(target_names(&targets)),
             has_names: targets.iter().any(|t| t.named),
+            address_hosts: address_hosts(&targets),
             targets: Mutex::new(targets),
             dns_refresh: cfg.dns_refresh.0,
         };
@@ -776,12 +799,17 @@ impl Upstream {
     }
 
     /// The `Host` to send to `addr` when the route does not preserve the client's: a named target's
-    /// name, else nothing (the caller uses the address).
+    /// name, a literal target's address; nothing for others (the caller formats the address).
     pub fn host_for(&self, addr: SocketAddr) -> Option<http::HeaderValue> {
-        if !self.has_names {
-            return None;
+        if self.has_names {
+            if let Some(n) = self.names.load().get(&addr) {
+                return Some(n.host.clone());
+            }
         }
-        self.names.load().get(&addr).map(|n| n.host.clone())
+        self.address_hosts
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, h)| h.clone())
     }
 
     /// The background DNS refresh of this upstream's named targets, for as long as its snapshot is
@@ -1074,10 +1102,11 @@ mod tests {
         let host = |a: &str| u.host_for(a.parse().unwrap());
         assert_eq!(host("10.0.0.1:8080").unwrap(), "svc.test:8080");
         assert_eq!(
-            host("10.0.0.9:80"),
-            None,
+            host("10.0.0.9:80").unwrap(),
+            "10.0.0.9:80",
             "a literal address is its own Host"
         );
+        assert_eq!(host("10.0.0.8:80"), None, "not a target");
 
         // Scaled out to two addresses: both serve, with the target's weight, under its name.
         let two = || async {

@@ -271,18 +271,21 @@ impl PluginState {
         v
     }
 
-    /// Apply the chain's header edits to the upstream request.
-    pub fn apply_upstream_headers(&self, up: &mut RequestHeader) {
+    /// Apply the chain's header edits to the upstream request's headers (the map itself, see
+    /// `headers::edit_request`: no name parsed again).
+    pub fn apply_upstream_headers(&self, h: &mut http::HeaderMap) {
         for e in self.upstream_edits() {
-            // Names and values were checked when they were made; insertion cannot fail.
-            let _ = match e {
+            match e {
                 HeaderEdit::Remove(n) => {
-                    up.remove_header(n);
-                    Ok(())
+                    h.remove(n);
                 }
-                HeaderEdit::Set(n, v) => up.insert_header(n.clone(), v.clone()),
-                HeaderEdit::Append(n, v) => up.append_header(n.clone(), v.clone()).map(|_| ()),
-            };
+                HeaderEdit::Set(n, v) => {
+                    h.insert(n.clone(), v.clone());
+                }
+                HeaderEdit::Append(n, v) => {
+                    h.append(n.clone(), v.clone());
+                }
+            }
         }
     }
 

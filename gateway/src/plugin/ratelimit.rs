@@ -851,48 +851,52 @@ impl Plugin for RateLimit {
             .iter()
             .filter(|q| self.policies.iter().any(|p| Arc::ptr_eq(p, &q.policy)))
             .collect();
-        if let Some(v) = &self.policy_value {
-            let _ = resp.append_header(RATELIMIT_POLICY, v.clone());
-        }
-        // On a refusal there is no quota state: the policies, with nothing remaining.
-        let status = if mine.is_empty() {
-            self.refused_value.clone()
-        } else {
-            // One buffer for the whole value (per response on the common path).
-            let mut v = String::with_capacity(mine.len() * 32);
-            let mut n = itoa::Buffer::new();
-            for (i, q) in mine.iter().enumerate() {
-                if i > 0 {
-                    v.push_str(", ");
-                }
-                v.push('"');
-                v.push_str(&q.policy.name);
-                v.push_str("\";r=");
-                v.push_str(n.format(q.remaining));
-                if let Kind::Window { .. } = q.policy.kind {
-                    v.push_str(";t=");
-                    v.push_str(n.format(q.reset_secs));
-                }
+        // Straight into the head's map by parsed name (see `headers::edit_response`).
+        crate::headers::edit_response(resp, |resp| {
+            let h = &mut resp.headers;
+            if let Some(v) = &self.policy_value {
+                h.append(RATELIMIT_POLICY, v.clone());
             }
-            HeaderValue::try_from(v).ok()
-        };
-        if let Some(v) = status {
-            let _ = resp.append_header(RATELIMIT, v);
-        }
-        if self.legacy {
-            let tightest = mine.iter().min_by_key(|q| q.remaining);
-            let (limit, remaining, reset) = match tightest {
-                Some(q) => (limit_of(&q.policy), q.remaining, q.reset_secs),
-                None => (
-                    self.policies.first().map(|p| limit_of(p)).unwrap_or(0),
-                    0,
-                    0,
-                ),
+            // On a refusal there is no quota state: the policies, with nothing remaining.
+            let status = if mine.is_empty() {
+                self.refused_value.clone()
+            } else {
+                // One buffer for the whole value (per response on the common path).
+                let mut v = String::with_capacity(mine.len() * 32);
+                let mut n = itoa::Buffer::new();
+                for (i, q) in mine.iter().enumerate() {
+                    if i > 0 {
+                        v.push_str(", ");
+                    }
+                    v.push('"');
+                    v.push_str(&q.policy.name);
+                    v.push_str("\";r=");
+                    v.push_str(n.format(q.remaining));
+                    if let Kind::Window { .. } = q.policy.kind {
+                        v.push_str(";t=");
+                        v.push_str(n.format(q.reset_secs));
+                    }
+                }
+                HeaderValue::try_from(v).ok()
             };
-            let _ = resp.insert_header(X_RATELIMIT_LIMIT, limit);
-            let _ = resp.insert_header(X_RATELIMIT_REMAINING, remaining);
-            let _ = resp.insert_header(X_RATELIMIT_RESET, reset);
-        }
+            if let Some(v) = status {
+                h.append(RATELIMIT, v);
+            }
+            if self.legacy {
+                let tightest = mine.iter().min_by_key(|q| q.remaining);
+                let (limit, remaining, reset) = match tightest {
+                    Some(q) => (limit_of(&q.policy), q.remaining, q.reset_secs),
+                    None => (
+                        self.policies.first().map(|p| limit_of(p)).unwrap_or(0),
+                        0,
+                        0,
+                    ),
+                };
+                h.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+                h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
+                h.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+            }
+        });
     }
 }
 
