@@ -1044,19 +1044,7 @@ impl ProxyHttp for Gateway {
         headers::edit_request(up, |up| -> Result<()> {
             up.uri = uri;
             let h = &mut up.headers;
-            for name in headers::hop_by_hop_present(h) {
-                h.remove(&name);
-            }
-            let plugins = &ctx.plugins;
-            let protected = |n: &str| {
-                plugins.upstream_edits().any(|e| match e {
-                    HeaderEdit::Remove(h) | HeaderEdit::Set(h, _) => h.as_str() == n,
-                    HeaderEdit::Append(..) => false,
-                })
-            };
-            for name in headers::spoofable_present(h, ctx.peer_trusted, protected) {
-                h.remove(&name);
-            }
+            strip_for_upstream(h, ctx);
             // X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, Host, grpc-timeout.
             h.reserve(7);
             // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
@@ -1113,7 +1101,7 @@ impl ProxyHttp for Gateway {
                 // An absolute-form target's authority replaces `Host` (RFC 9112 §3.2.2).
                 h.insert(HOST, v.clone());
             }
-            plugins.apply_upstream_headers(h);
+            ctx.plugins.apply_upstream_headers(h);
             Ok(())
         })?;
         route.chain.upstream_request(up, &ctx.plugins);
@@ -1935,7 +1923,16 @@ impl Gateway {
 /// reads, so a template sees the chain's `X-User-Id`, never the client's forged one.
 fn headers_as_forwarded(req: &RequestHeader, ctx: &Ctx) -> http::HeaderMap {
     let mut h = req.headers.clone();
-    for name in headers::hop_by_hop_present(&h) {
+    strip_for_upstream(&mut h, ctx);
+    ctx.plugins.apply_upstream_headers(&mut h);
+    h
+}
+
+/// Out of a request's headers before they go upstream: hop-by-hop ones, and the spoofable ones (those
+/// only a trusted proxy may send, and `_` spellings of what the gateway sets), except where the chain
+/// itself sets or removes the name.
+fn strip_for_upstream(h: &mut http::HeaderMap, ctx: &Ctx) {
+    for name in headers::hop_by_hop_present(h) {
         h.remove(&name);
     }
     let plugins = &ctx.plugins;
@@ -1945,23 +1942,9 @@ fn headers_as_forwarded(req: &RequestHeader, ctx: &Ctx) -> http::HeaderMap {
             HeaderEdit::Append(..) => false,
         })
     };
-    for name in headers::spoofable_present(&h, ctx.peer_trusted, protected) {
+    for name in headers::spoofable_present(h, ctx.peer_trusted, protected) {
         h.remove(&name);
     }
-    for e in plugins.upstream_edits() {
-        match e {
-            HeaderEdit::Remove(n) => {
-                h.remove(n);
-            }
-            HeaderEdit::Set(n, v) => {
-                h.insert(n.clone(), v.clone());
-            }
-            HeaderEdit::Append(n, v) => {
-                h.append(n.clone(), v.clone());
-            }
-        }
-    }
-    h
 }
 
 /// `b` as text: its UTF-8 as it is, every byte that is not UTF-8 as `\xNN`.
