@@ -14,8 +14,10 @@ use pingora_http::{RequestHeader, ResponseHeader};
 /// Title-Case, `Content-Type`; the others lower case, `x-custom`), as Envoy sends them. Header names
 /// are case-insensitive (RFC 9110 §5.1), and HTTP/2 has only lower case.
 ///
-/// What Pingora keeps outside the parts is carried over: the request target is the URI (the gateway
-/// sets it from its own model before), and an HTTP/2 head's "no END_STREAM on HEADERS" (gRPC-Web).
+/// What Pingora keeps outside the parts is carried over: an HTTP/2 head's "no END_STREAM on HEADERS"
+/// (gRPC-Web). The request target afterwards is the URI: the caller sets it from its own model (the
+/// proxy) or the head's target is origin-form already (composition calls, checked when compiling), so
+/// no raw target bytes are lost.
 pub fn edit_request<R>(h: &mut RequestHeader, f: impl FnOnce(&mut http::request::Parts) -> R) -> R {
     let end_stream = h.send_end_stream();
     // `Request::new` makes no allocation: an empty map, the static `/` URI.
@@ -399,6 +401,46 @@ mod tests {
             .map(|n| n.to_string())
             .collect();
         assert_eq!(names, ["connection", "x-here", "close"]);
+    }
+
+    #[test]
+    fn editing_the_parts_keeps_what_pingora_holds_outside_them() {
+        let mut h = RequestHeader::build("POST", b"/a?b=1", None).unwrap();
+        h.set_version(http::Version::HTTP_2);
+        h.set_send_end_stream(false);
+        h.insert_header("x-kept", "1").unwrap();
+        edit_request(&mut h, |p| {
+            p.headers.insert("x-added", HeaderValue::from_static("2"));
+        });
+        assert_eq!(h.send_end_stream(), Some(false), "gRPC-Web's flag");
+        assert_eq!(h.version, http::Version::HTTP_2);
+        assert_eq!(h.method, http::Method::POST);
+        assert_eq!(h.raw_path(), b"/a?b=1");
+        assert_eq!(h.headers["x-kept"], "1");
+        assert_eq!(h.headers["x-added"], "2");
+
+        let mut r = ResponseHeader::build(201, None).unwrap();
+        r.insert_header("x-kept", "1").unwrap();
+        edit_response(&mut r, |p| {
+            p.headers.remove("x-kept");
+        });
+        assert_eq!(r.status, 201);
+        assert!(r.headers.is_empty());
+    }
+
+    #[test]
+    fn connection_never_takes_away_framing_or_host() {
+        let mut h = HeaderMap::new();
+        let v = "close, Host, Content-Length, Transfer-Encoding, X-A";
+        h.insert("connection", HeaderValue::from_static(v));
+        for n in ["host", "content-length", "transfer-encoding", "x-a"] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        let names: Vec<String> = hop_by_hop_present(&h)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["connection", "x-a"]);
     }
 
     #[test]

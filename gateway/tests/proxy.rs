@@ -492,6 +492,41 @@ fn forwarded_headers_trust_only_configured_proxies() {
         trusted.wait_log(|l| l["request_id"] == "xff-1")["client_ip"],
         "6.6.6.6"
     );
+    // A chain over several lines is kept in order, the peer last.
+    let r = trusted.send("GET /x HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7, 8.8.8.8\r\nX-Request-Id: xff-2\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("6.6.6.6, 7.7.7.7, 8.8.8.8, 127.0.0.1")
+    );
+    assert_eq!(
+        trusted.wait_log(|l| l["request_id"] == "xff-2")["client_ip"],
+        "8.8.8.8"
+    );
+}
+
+#[test]
+fn connection_cannot_take_away_framing_or_host() {
+    // `Connection` may name any header for removal (RFC 9110 §7.6.1), never those the proxy needs.
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::in_process(&one_backend_config(&be, ""));
+    let r = gw.send("POST /x HTTP/1.1\r\nHost: shop.test\r\nConnection: close, Transfer-Encoding, X-A\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["body"], "hello");
+    assert_eq!(r.upstream_header("content-length").as_deref(), Some("5"));
+    assert_eq!(r.upstream_header("x-a"), None, "named by Connection");
+    assert_eq!(r.upstream_header("connection"), None);
+    assert_eq!(r.upstream_header("x-b").as_deref(), Some("2"));
+    // Naming `Host` (or `X-Forwarded-*`) is refused outright, by Pingora's own check
+    // (pingora-proxy 0.9.1 `proxy_common.rs`, `ConnectionNominations`), and never forwarded.
+    let hits = be.hits.load(std::sync::atomic::Ordering::Relaxed);
+    for c in ["close, Host", "X-Forwarded-For"] {
+        let r = gw.send(&format!(
+            "GET /x HTTP/1.1\r\nHost: shop.test\r\nConnection: {c}\r\n\r\n"
+        ));
+        assert_eq!(r.status, 400, "{c}");
+        assert_eq!(r.error_code(), "bad_request", "{c}");
+    }
+    assert_eq!(be.hits.load(std::sync::atomic::Ordering::Relaxed), hits);
 }
 
 #[test]
