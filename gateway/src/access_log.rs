@@ -291,17 +291,14 @@ impl Entry<'_> {
         let mut time = [0u8; 24];
         out.extend_from_slice(b"{\"time\":");
         match Rfc3339(self.time).write_to(&mut time) {
-            Some(t) => json_str(out, t),
+            Some(t) => json_ascii(out, t.as_bytes()),
             None => json_str(out, &Rfc3339(self.time).to_string()),
         }
         key!(out, "request_id");
         json_str(out, self.request_id);
         key!(out, "client_ip");
         let mut addr = crate::headers::AddrBuf::new();
-        json_str(
-            out,
-            std::str::from_utf8(addr.ip(self.client_ip)).unwrap_or_default(),
-        );
+        json_ascii(out, addr.ip(self.client_ip));
         key!(out, "method");
         json_str(out, self.method);
         key!(out, "scheme");
@@ -320,7 +317,7 @@ impl Entry<'_> {
         json_opt_str(out, self.upstream);
         key!(out, "target");
         match self.target {
-            Some(a) => json_str(out, std::str::from_utf8(addr.socket(a)).unwrap_or_default()),
+            Some(a) => json_ascii(out, addr.socket(a)),
             None => out.extend_from_slice(b"null"),
         }
         let mut n = itoa::Buffer::new();
@@ -410,6 +407,15 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
         // Writing into a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     }
+}
+
+/// Text the gateway formatted itself (addresses, the time: digits, hex, `.:[]%-TZ`), which never
+/// needs an escape: copied between quotes without the UTF-8 and escape checks.
+fn json_ascii(out: &mut Vec<u8>, b: &[u8]) {
+    debug_assert!(b.is_ascii() && !needs_escape(b), "{b:?}");
+    out.push(b'"');
+    out.extend_from_slice(b);
+    out.push(b'"');
 }
 
 fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {

@@ -838,8 +838,17 @@ impl Plugin for RateLimit {
         // Everything passed: keep what was counted.
         taken.local.clear();
         let kept = state.slot_or_insert_with(Taken::default);
-        kept.held.extend(guards);
-        kept.quotas.extend(quotas);
+        // Moved in when the slot is new (one chain's rate limits: the usual case), not copied.
+        if kept.held.is_empty() {
+            kept.held = guards;
+        } else {
+            kept.held.extend(guards);
+        }
+        if kept.quotas.is_empty() {
+            kept.quotas = quotas;
+        } else {
+            kept.quotas.extend(quotas);
+        }
         Decision::Continue
     }
 
