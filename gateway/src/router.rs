@@ -291,7 +291,9 @@ impl Router {
         headers: &HeaderMap,
     ) -> Found {
         let mut allow: Vec<Method> = Vec::new();
-        let host = host.map(normalize_host);
+        // No route names a host (one site behind the gateway): the host is not looked at.
+        let by_host = !(self.exact_hosts.is_empty() && self.wildcard_hosts.is_empty());
+        let host = host.filter(|_| by_host).map(normalize_host);
         let host = host.as_deref();
         if let Some(h) = host {
             if let Some(t) = self.exact_hosts.get(h) {
