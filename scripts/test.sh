@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
+# A whole-suite run is one build: incremental state would only add ~2 GiB to the target dir (CI's disk
+# is not ours to size). A caller's own setting wins.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 ensure_build_deps
 ensure_rust_components
 

@@ -4,7 +4,7 @@
 //! header transforms.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;

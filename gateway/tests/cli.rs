@@ -1,7 +1,7 @@
 //! The command line: `validate`, `routes`, `run` with a broken file, `--version`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{bin, tollgate};
 

@@ -4,7 +4,7 @@
 //! alone (byte for byte); HEAD answered with the headers of the GET; a route's own section.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -9,8 +9,8 @@
 //! README's picture is a copy of it.
 #![allow(clippy::unwrap_used)]
 
-mod browser;
-mod common;
+use crate::browser;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

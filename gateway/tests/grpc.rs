@@ -4,7 +4,7 @@
 //! own refusals as gRPC statuses, the deadline, and HTTP/2 multiplexing towards the upstream.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! never replaced by a bad one, and rolled back from the texts the gateway kept.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! and the threads.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;

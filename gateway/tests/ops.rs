@@ -3,7 +3,7 @@
 //! process the rest (metrics, the admin API and its auth, trace context, span export).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

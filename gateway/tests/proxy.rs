@@ -1,7 +1,7 @@
 //! The gateway (in process, on listeners bound before start) in front of real upstreams on loopback.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

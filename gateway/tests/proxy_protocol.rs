@@ -3,7 +3,7 @@
 //! an untrusted peer's header is just a malformed request. (HTTPS: `tls.rs`.)
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! several policies on a route, Redis dying and coming back, and attempts to dodge a limit.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! that nothing reached it, not only the status the client got.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! asserts what the upstreams saw, not only what the client got.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};

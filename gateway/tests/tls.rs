@@ -3,7 +3,7 @@
 //! refused with their place, the rest on gateways in process.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -7,7 +7,7 @@
     clippy::collapsible_match
 )]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
