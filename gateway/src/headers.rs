@@ -239,13 +239,8 @@ impl RequestId {
     /// A new random id: 128 bits as 32 lower-case hex characters, in one allocation shared by every
     /// header that carries it.
     pub fn generate() -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut v = fastrand::u128(..);
         let mut hex = [0u8; 32];
-        for b in hex.iter_mut().rev() {
-            *b = HEX[(v & 15) as usize];
-            v >>= 4;
-        }
+        crate::trace::put_hex(&mut hex, fastrand::u128(..));
         // Hex digits are a valid header value; the fallback is never taken.
         HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
             .map_or_else(|_| RequestId::default(), RequestId)

@@ -185,6 +185,9 @@ pub struct Ctx {
     params: Option<Params>,
     /// Normalized request path (what was routed, what the log shows).
     path: String,
+    /// Where the query (after `?`) starts in the request target, as routing parsed it: the upstream
+    /// target and composition read the query from there instead of classifying the target again.
+    query_at: Option<usize>,
     /// The authority of an absolute-form target, which stands for `Host` (RFC 9112 §3.2.2).
     authority: Option<String>,
     /// The request matched no route and ran the global chain: its response phase applies.
@@ -301,6 +304,13 @@ fn removed_query_params<'a>(ctx: &'a Ctx) -> std::borrow::Cow<'a, [String]> {
 
 /// The request's query as the logs show it: as it went upstream, without the credentials the chain
 /// reads from it (`api_key.query`, `jwt.query`), which are not written to a log.
+/// The client's query (without `?`) where routing found it: [`request::parse_target`] checked the
+/// target's bytes (visible ASCII), so this is a slice, not a second parse.
+fn client_query<'a>(req: &'a RequestHeader, ctx: &Ctx) -> Option<&'a str> {
+    let q = req.raw_path().get(ctx.query_at?..)?;
+    std::str::from_utf8(q).ok()
+}
+
 fn logged_query<'a>(req: &'a RequestHeader, ctx: &Ctx) -> Option<std::borrow::Cow<'a, str>> {
     let q = req.uri.query()?;
     let removed = removed_query_params(ctx);
@@ -440,7 +450,8 @@ impl Gateway {
         req: &RequestHeader,
         ctx: &mut Ctx,
     ) -> std::result::Result<Form, GatewayError> {
-        let target = request::parse_target(req.raw_path(), &req.method)?;
+        let raw = req.raw_path();
+        let target = request::parse_target(raw, &req.method)?;
         let host = request::host(
             &target,
             req.uri.authority().map(|a| a.as_str()),
@@ -451,6 +462,8 @@ impl Gateway {
         if target.form == Form::Asterisk {
             return Ok(Form::Asterisk);
         }
+        // The query runs to the end of the target.
+        ctx.query_at = target.query.map(|q| raw.len() - q.len());
         if target.form == Form::Absolute {
             ctx.authority = host.map(str::to_string);
         }
@@ -697,6 +710,7 @@ impl ProxyHttp for Gateway {
             route: None,
             params: None,
             path: String::new(),
+            query_at: None,
             authority: None,
             global_chain: false,
             upgraded: false,
@@ -1024,9 +1038,7 @@ impl ProxyHttp for Gateway {
         let route = ctx.route.clone().expect("routed");
         // The upstream target is built from the model (normalized path, route, the chain's query
         // edits), never copied from the bytes the client sent.
-        let query = request::parse_target(session.req_header().raw_path(), &up.method)
-            .ok()
-            .and_then(|t| t.query);
+        let query = client_query(session.req_header(), ctx);
         let up_path = match &ctx.params {
             Some(params) => route.upstream_path(&ctx.path, params),
             None => std::borrow::Cow::Borrowed(ctx.path.as_str()),
@@ -1635,20 +1647,17 @@ impl Gateway {
                 Some(p) => p.pairs(&ctx.path),
                 None => Vec::new(),
             },
-            query: request::parse_target(req.raw_path(), &req.method)
-                .ok()
-                .and_then(|t| t.query)
-                .map(|q| {
-                    let removed = [
-                        route.chain.query_params_removed(),
-                        ctx.plugins.query_params_removed(),
-                    ]
-                    .concat();
-                    // The client's query as a proxied request would send it (credentials the chain
-                    // consumed taken out), without its leading `?`.
-                    let kept = request::upstream_target("", Some(q), &removed);
-                    kept.trim_start_matches('?').to_string()
-                }),
+            query: client_query(req, ctx).map(|q| {
+                let removed = [
+                    route.chain.query_params_removed(),
+                    ctx.plugins.query_params_removed(),
+                ]
+                .concat();
+                // The client's query as a proxied request would send it (credentials the chain
+                // consumed taken out), without its leading `?`.
+                let kept = request::upstream_target("", Some(q), &removed);
+                kept.trim_start_matches('?').to_string()
+            }),
             headers: headers_as_forwarded(req, ctx),
             claims: ctx.plugins.identity.claims.clone(),
             hash_key: ip_key(ctx.client_ip, &mut ipbuf).to_vec(),

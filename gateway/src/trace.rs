@@ -29,14 +29,14 @@ pub struct TraceContext {
     text: [u8; TRACEPARENT_LEN],
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Write `v` as `out.len()` lower-case hex digits (the low `4 * out.len()` bits, most significant first).
-fn put_hex(out: &mut [u8], mut v: u128) {
-    for b in out.iter_mut().rev() {
-        *b = HEX[(v & 15) as usize];
-        v >>= 4;
-    }
+/// Write the low `out.len() / 2` bytes of `v` as `out.len()` lower-case hex digits, most significant
+/// first (`out.len()` is even: 32, 16 or 2 here). A byte at a time through `hex`'s table, not a digit
+/// at a time with 128-bit shifts.
+pub(crate) fn put_hex(out: &mut [u8], v: u128) {
+    let bytes = v.to_be_bytes();
+    let n = (out.len() / 2).min(bytes.len());
+    // The lengths match by construction (`2 * n` digits for `n` bytes); nothing to report otherwise.
+    let _ = hex::encode_to_slice(&bytes[bytes.len() - n..], out);
 }
 
 /// The value of lower-case hex `s` of exactly `len` digits (at most 32).
@@ -171,6 +171,34 @@ mod tests {
             let h = t.header();
             let h = h.to_str().unwrap();
             assert!(is_lower_hex(&h[3..35], 32) && is_lower_hex(&h[36..52], 16));
+        }
+    }
+
+    #[test]
+    fn put_hex_is_the_low_bytes_as_lower_case_hex() {
+        for v in [
+            0,
+            1,
+            0xab,
+            u128::from(u64::MAX),
+            u128::MAX,
+            fastrand::u128(..),
+        ] {
+            let mut out = [0u8; 32];
+            put_hex(&mut out, v);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:032x}"));
+            let mut out = [0u8; 16];
+            put_hex(&mut out, v);
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                format!("{:016x}", v as u64)
+            );
+            let mut out = [0u8; 2];
+            put_hex(&mut out, v);
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                format!("{:02x}", v as u8)
+            );
         }
     }
 
