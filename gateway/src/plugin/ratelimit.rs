@@ -155,7 +155,15 @@ fn client_value(kind: &str, raw: &[u8]) -> String {
 /// IPv4-mapped IPv6 address (a dual-stack listener) is the IPv4 client it stands for.
 fn ip_value(ip: std::net::IpAddr, ipv6_prefix: u8) -> String {
     match ip.to_canonical() {
-        std::net::IpAddr::V4(a) => format!("ip:{a}"),
+        // The default key, on every request: written digit by digit (`AddrBuf`), not through `Display`.
+        v4 @ std::net::IpAddr::V4(_) => {
+            let mut buf = crate::headers::AddrBuf::new();
+            let text = std::str::from_utf8(buf.ip(v4)).unwrap_or_default();
+            let mut key = String::with_capacity(3 + text.len());
+            key.push_str("ip:");
+            key.push_str(text);
+            key
+        }
         std::net::IpAddr::V6(a) => match ipnet::Ipv6Net::new(a, ipv6_prefix) {
             Ok(net) if ipv6_prefix < 128 => format!("ip:{}", net.trunc()),
             _ => format!("ip:{a}"),
@@ -680,7 +688,8 @@ impl RateLimit {
 
 /// Local window counts taken so far, to give back if a later policy refuses.
 struct GiveBack<'a> {
-    local: Vec<(&'a Rate, String)>,
+    /// On the stack for the usual one or two policies: it lives only for the request phase.
+    local: smallvec::SmallVec<[(&'a Rate, String); 2]>,
 }
 
 impl Drop for GiveBack<'_> {
@@ -739,7 +748,9 @@ impl Plugin for RateLimit {
     }
 
     async fn request(&self, req: &RequestView<'_>, state: &mut PluginState) -> Decision {
-        let mut taken = GiveBack { local: Vec::new() };
+        let mut taken = GiveBack {
+            local: smallvec::SmallVec::new(),
+        };
         let mut guards = Vec::new();
         let mut quotas = Vec::with_capacity(self.policies.len());
         // Redis window policies: (policy, key, window, limit), checked together in one call below.
@@ -927,6 +938,23 @@ const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset
 mod tests {
     use super::super::tests::view;
     use super::*;
+
+    #[test]
+    fn client_addresses_are_keyed_as_their_text() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(ip_value(ip("192.0.2.1"), 64), "ip:192.0.2.1");
+        assert_eq!(ip_value(ip("10.200.0.255"), 64), "ip:10.200.0.255");
+        // An IPv4-mapped IPv6 client is the IPv4 one.
+        assert_eq!(ip_value(ip("::ffff:192.0.2.1"), 64), "ip:192.0.2.1");
+        assert_eq!(
+            ip_value(ip("2001:db8:1:2:3:4:5:6"), 64),
+            "ip:2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            ip_value(ip("2001:db8:1:2:3:4:5:6"), 128),
+            "ip:2001:db8:1:2:3:4:5:6"
+        );
+    }
 
     #[test]
     fn window_arithmetic() {
