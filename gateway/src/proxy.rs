@@ -185,9 +185,9 @@ pub struct Ctx {
     params: Option<Params>,
     /// Normalized request path (what was routed, what the log shows).
     path: String,
-    /// Where the query (after `?`) starts in the request target, as routing parsed it: the upstream
-    /// target and composition read the query from there instead of classifying the target again.
-    query_at: Option<usize>,
+    /// Where routing found the query in the request target: the upstream target and composition
+    /// read it from there instead of classifying the target again.
+    query: request::QuerySpan,
     /// The authority of an absolute-form target, which stands for `Host` (RFC 9112 §3.2.2).
     authority: Option<String>,
     /// The request matched no route and ran the global chain: its response phase applies.
@@ -302,15 +302,13 @@ fn removed_query_params<'a>(ctx: &'a Ctx) -> std::borrow::Cow<'a, [String]> {
     }
 }
 
-/// The request's query as the logs show it: as it went upstream, without the credentials the chain
-/// reads from it (`api_key.query`, `jwt.query`), which are not written to a log.
-/// The client's query (without `?`) where routing found it: [`request::parse_target`] checked the
-/// target's bytes (visible ASCII), so this is a slice, not a second parse.
+/// The client's query (without `?`), where routing found it.
 fn client_query<'a>(req: &'a RequestHeader, ctx: &Ctx) -> Option<&'a str> {
-    let q = req.raw_path().get(ctx.query_at?..)?;
-    std::str::from_utf8(q).ok()
+    ctx.query.query(req.raw_path(), &req.method)
 }
 
+/// The request's query as the logs show it: as it went upstream, without the credentials the chain
+/// reads from it (`api_key.query`, `jwt.query`), which are not written to a log.
 fn logged_query<'a>(req: &'a RequestHeader, ctx: &Ctx) -> Option<std::borrow::Cow<'a, str>> {
     let q = req.uri.query()?;
     let removed = removed_query_params(ctx);
@@ -462,8 +460,7 @@ impl Gateway {
         if target.form == Form::Asterisk {
             return Ok(Form::Asterisk);
         }
-        // The query runs to the end of the target.
-        ctx.query_at = target.query.map(|q| raw.len() - q.len());
+        ctx.query = request::QuerySpan::of(raw, &target);
         if target.form == Form::Absolute {
             ctx.authority = host.map(str::to_string);
         }
@@ -710,7 +707,7 @@ impl ProxyHttp for Gateway {
             route: None,
             params: None,
             path: String::new(),
-            query_at: None,
+            query: request::QuerySpan::default(),
             authority: None,
             global_chain: false,
             upgraded: false,

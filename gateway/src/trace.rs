@@ -33,9 +33,15 @@ pub struct TraceContext {
 /// first (`out.len()` is even: 32, 16 or 2 here). A byte at a time through `hex`'s table, not a digit
 /// at a time with 128-bit shifts.
 pub(crate) fn put_hex(out: &mut [u8], v: u128) {
+    debug_assert!(
+        out.len().is_multiple_of(2) && out.len() <= 32,
+        "{} digits",
+        out.len()
+    );
     let bytes = v.to_be_bytes();
     let n = (out.len() / 2).min(bytes.len());
-    // The lengths match by construction (`2 * n` digits for `n` bytes); nothing to report otherwise.
+    // Every caller passes an even length of at most 32 (the assertion holds it to that in tests);
+    // `hex` writes nothing when the lengths do not match, leaving the caller's template.
     let _ = hex::encode_to_slice(&bytes[bytes.len() - n..], out);
 }
 

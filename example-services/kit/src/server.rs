@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::Router;
 
 use crate::auth::AuthArgs;
-use crate::error::REQUEST_ID;
+use crate::error::{ApiError, REQUEST_ID};
 
 /// `--listen` (`LISTEN`), `--database-url` (`DATABASE_URL`) and the [`AuthArgs`] flags: what every service takes, flattened into its own `Args` (`#[command(flatten)]`) beside its own flags.
 // One paragraph only: clap makes a flattened struct's longer doc the service's `--help` text.
@@ -86,6 +86,41 @@ pub async fn request_id(req: Request, next: Next) -> Response {
     resp
 }
 
+/// The largest request body a service reads: axum's own default for its `Json` extractor (2 MiB).
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Read the request's body to its end before the handler runs: 413 above [`BODY_LIMIT`], 400 when it
+/// cannot be read.
+///
+/// Why: a handler may answer without reading the body (a caller refused from the head, a `GET` that
+/// came with one). hyper then drains it after the answer, and when the rest of the body is not in its
+/// buffer yet it closes the connection, after an answer that did not say `Connection: close`. A
+/// gateway pools its connections to the service, so its next request on that one finds it gone: a
+/// 502 for a `PATCH` or `POST`, which it may not send again (`an_answer_given_before_the_body_arrives_
+/// keeps_the_connection` in the users' tests shows the close). The handlers read their JSON bodies
+/// whole anyway; this reads them first.
+pub async fn read_body_first(req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    match http_body_util::Limited::new(body, BODY_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(body) => {
+            let body = axum::body::Body::from(body.to_bytes());
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {BODY_LIMIT} bytes"),
+        )
+        .into_response(),
+        Err(_) => ApiError::bad_request("the request body could not be read").into_response(),
+    }
+}
+
 /// Bind `listen`, print `listening on http://ADDR` on stdout (tests and scripts read it, so `:0` works),
 /// and serve until SIGTERM or Ctrl-C, letting in-flight requests finish.
 pub async fn serve(name: &str, listen: &str, app: Router) -> anyhow::Result<()> {
@@ -130,6 +165,7 @@ where
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
     let app = app
+        .layer(axum::middleware::from_fn(read_body_first))
         .layer(axum::middleware::from_fn(request_id))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     let (stopping, stop) = tokio::sync::watch::channel(false);

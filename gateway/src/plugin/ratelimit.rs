@@ -688,7 +688,7 @@ impl RateLimit {
 
 /// Local window counts taken so far, to give back if a later policy refuses.
 struct GiveBack<'a> {
-    /// On the stack for the usual one or two policies: it lives only for the request phase.
+    /// Inline (no allocation) for the usual one or two policies: it lives only for the request phase.
     local: smallvec::SmallVec<[(&'a Rate, String); 2]>,
 }
 
@@ -944,6 +944,14 @@ mod tests {
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         assert_eq!(ip_value(ip("192.0.2.1"), 64), "ip:192.0.2.1");
         assert_eq!(ip_value(ip("10.200.0.255"), 64), "ip:10.200.0.255");
+        // The same text as `Display`, so keys (and Redis keys) are what they were.
+        for a in ["0.0.0.0", "255.255.255.255", "10.0.0.10", "100.1.20.3"]
+            .map(|a| a.parse::<std::net::Ipv4Addr>().unwrap())
+            .into_iter()
+            .chain((0..100).map(|_| std::net::Ipv4Addr::from(fastrand::u32(..))))
+        {
+            assert_eq!(ip_value(a.into(), 64), format!("ip:{a}"));
+        }
         // An IPv4-mapped IPv6 client is the IPv4 one.
         assert_eq!(ip_value(ip("::ffff:192.0.2.1"), 64), "ip:192.0.2.1");
         assert_eq!(
