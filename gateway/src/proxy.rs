@@ -185,9 +185,6 @@ pub struct Ctx {
     params: Option<Params>,
     /// Normalized request path (what was routed, what the log shows).
     path: String,
-    /// Where routing found the query in the request target: the upstream target and composition
-    /// read it from there instead of classifying the target again.
-    query: request::QuerySpan,
     /// The authority of an absolute-form target, which stands for `Host` (RFC 9112 §3.2.2).
     authority: Option<String>,
     /// The request matched no route and ran the global chain: its response phase applies.
@@ -300,11 +297,6 @@ fn removed_query_params<'a>(ctx: &'a Ctx) -> std::borrow::Cow<'a, [String]> {
         (true, false) => std::borrow::Cow::Borrowed(per_request),
         (false, false) => std::borrow::Cow::Owned([chain, per_request].concat()),
     }
-}
-
-/// The client's query (without `?`), where routing found it.
-fn client_query<'a>(req: &'a RequestHeader, ctx: &Ctx) -> Option<&'a str> {
-    ctx.query.query(req.raw_path(), &req.method)
 }
 
 /// The request's query as the logs show it: as it went upstream, without the credentials the chain
@@ -448,8 +440,7 @@ impl Gateway {
         req: &RequestHeader,
         ctx: &mut Ctx,
     ) -> std::result::Result<Form, GatewayError> {
-        let raw = req.raw_path();
-        let target = request::parse_target(raw, &req.method)?;
+        let target = request::parse_target(req.raw_path(), &req.method)?;
         let host = request::host(
             &target,
             req.uri.authority().map(|a| a.as_str()),
@@ -460,7 +451,6 @@ impl Gateway {
         if target.form == Form::Asterisk {
             return Ok(Form::Asterisk);
         }
-        ctx.query = request::QuerySpan::of(raw, &target);
         if target.form == Form::Absolute {
             ctx.authority = host.map(str::to_string);
         }
@@ -707,7 +697,6 @@ impl ProxyHttp for Gateway {
             route: None,
             params: None,
             path: String::new(),
-            query: request::QuerySpan::default(),
             authority: None,
             global_chain: false,
             upgraded: false,
@@ -1035,7 +1024,7 @@ impl ProxyHttp for Gateway {
         let route = ctx.route.clone().expect("routed");
         // The upstream target is built from the model (normalized path, route, the chain's query
         // edits), never copied from the bytes the client sent.
-        let query = client_query(session.req_header(), ctx);
+        let query = request::query_of(session.req_header().raw_path());
         let up_path = match &ctx.params {
             Some(params) => route.upstream_path(&ctx.path, params),
             None => std::borrow::Cow::Borrowed(ctx.path.as_str()),
@@ -1644,7 +1633,7 @@ impl Gateway {
                 Some(p) => p.pairs(&ctx.path),
                 None => Vec::new(),
             },
-            query: client_query(req, ctx).map(|q| {
+            query: request::query_of(req.raw_path()).map(|q| {
                 let removed = [
                     route.chain.query_params_removed(),
                     ctx.plugins.query_params_removed(),

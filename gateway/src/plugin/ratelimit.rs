@@ -158,11 +158,7 @@ fn ip_value(ip: std::net::IpAddr, ipv6_prefix: u8) -> String {
         // The default key, on every request: written digit by digit (`AddrBuf`), not through `Display`.
         v4 @ std::net::IpAddr::V4(_) => {
             let mut buf = crate::headers::AddrBuf::new();
-            let text = std::str::from_utf8(buf.ip(v4)).unwrap_or_default();
-            let mut key = String::with_capacity(3 + text.len());
-            key.push_str("ip:");
-            key.push_str(text);
-            key
+            ["ip:", std::str::from_utf8(buf.ip(v4)).unwrap_or_default()].concat()
         }
         std::net::IpAddr::V6(a) => match ipnet::Ipv6Net::new(a, ipv6_prefix) {
             Ok(net) if ipv6_prefix < 128 => format!("ip:{}", net.trunc()),
