@@ -817,6 +817,12 @@ impl ProxyHttp for Gateway {
         if let Some(err) = Self::check_limits(&snap, session.req_header()) {
             return self.respond(session, ctx, err).await;
         }
+        // The target as the client sent it: the parsed URI has already dropped a fragment.
+        if let Some(h1) = session.as_downstream().as_http1() {
+            if let Err(err) = request::check_sent_target(&h1.get_headers_raw_bytes()) {
+                return self.respond(session, ctx, err).await;
+            }
+        }
         if let Some(r) = snap
             .settings
             .https_redirect

@@ -46,6 +46,19 @@ pub fn query_of(target: &[u8]) -> Option<&str> {
     split_query(std::str::from_utf8(target).ok()?).1
 }
 
+/// Check the request line of an HTTP/1 head as the client sent it (`head`, Pingora's raw header
+/// bytes) for what the parsed target no longer shows: a fragment. `http::Uri` drops `#...` from an
+/// origin-form target, so [`parse_target`] never sees it; a request-target has no fragment (RFC 9112
+/// §3.2), and a backend might read one differently, so it is refused here, like every other byte
+/// `parse_target` refuses.
+pub fn check_sent_target(head: &[u8]) -> Result<(), GatewayError> {
+    let line = memchr::memchr(b'\n', head).map_or(head, |lf| &head[..lf]);
+    if memchr::memchr(b'#', line).is_some() {
+        return Err(invalid_target("the request target has a fragment (`#`)"));
+    }
+    Ok(())
+}
+
 fn invalid_target(message: &'static str) -> GatewayError {
     GatewayError::new(400, "invalid_target", message)
 }
@@ -350,6 +363,21 @@ pub fn upstream_target(path: &str, query: Option<&str>, remove: &[String]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fragment_in_the_sent_request_line_is_refused() {
+        assert!(check_sent_target(b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n").is_ok());
+        // A `#` in a header value is not the target's.
+        assert!(check_sent_target(b"GET /a HTTP/1.1\r\nX-Tag: #1\r\n\r\n").is_ok());
+        for head in [
+            &b"GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"GET /a?b=1#x HTTP/1.1\r\n\r\n",
+            b"GET http://h/a# HTTP/1.1\n\n",
+        ] {
+            let e = check_sent_target(head).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "invalid_target"));
+        }
+    }
 
     #[test]
     fn the_query_after_routing_is_the_one_parse_target_found() {

@@ -62,6 +62,30 @@ fn get(gw: &Gateway, target: &str, extra: &str) -> common::Response {
     )
 }
 
+/// A fragment is not part of a request-target: refused with the target as sent, although the parsed
+/// URI has already dropped it (so the route and the upstream would never have seen it).
+#[test]
+fn a_fragment_in_the_request_target_is_refused_never_dropped_and_forwarded() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::in_process(&config(&be, ""));
+    for target in [
+        "/open/x#frag",
+        "/open/x?a=1#frag",
+        "/open/x#",
+        "http://test.local/open/x?a#b",
+    ] {
+        let r = get(&gw, target, "");
+        assert_eq!(r.status, 400, "{target}");
+        assert_eq!(r.error_code(), "invalid_target", "{target}");
+        assert!(r.header("x-request-id").is_some());
+    }
+    assert_eq!(be.hits.load(Ordering::Relaxed), 0, "nothing was forwarded");
+    // A `#` elsewhere in the head is not the target's; an escaped one in the query is data.
+    let r = get(&gw, "/open/x?tag=%23a", "X-Tag: #1\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/open/x?tag=%23a");
+}
+
 #[test]
 fn request_targets_other_than_origin_absolute_and_asterisk_are_refused() {
     let be = Backend::start("be", Mode::Echo);
