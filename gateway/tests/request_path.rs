@@ -86,6 +86,93 @@ fn a_fragment_in_the_request_target_is_refused_never_dropped_and_forwarded() {
     assert_eq!(r.json()["path"], "/open/x?tag=%23a");
 }
 
+/// A request line with a space or a control byte in its target is one Pingora's parser would
+/// percent-encode and parse again (`/a b` routed and forwarded as `/a%20b`): RFC 9112 §3.2 says not
+/// to autocorrect one, so it is refused before the parser sees it, answered, logged and counted like
+/// every other head the parser refuses.
+#[test]
+fn a_request_line_the_parser_would_rewrite_is_refused_never_corrected_and_forwarded() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::in_process(&config(&be, ""));
+    let heads = [
+        "GET /open/a b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open?q=a b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/x HTTP/1.1 HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/a\tb HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/a\x01b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open?q=\x7f HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/a\rb HTTP/1.1\r\nHost: test.local\r\n\r\n",
+    ];
+    for head in heads {
+        let r = raw(&gw, head);
+        assert_eq!(r.status, 400, "{head:?}");
+        assert_eq!(r.error_code(), "bad_request", "{head:?}");
+        let id = r.header("x-request-id").unwrap().to_string();
+        assert_eq!(r.json()["error"]["request_id"], id.as_str());
+        let line = gw.wait_log(|l| l["request_id"] == id.as_str());
+        assert_eq!(line["status"], 400);
+    }
+    // The same on a kept-alive connection, after a request that was served.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /open/ok HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    // Read exactly the first answer (its head, then `Content-Length` bytes).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |got: &[u8]| {
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("content-length: "))?
+            .parse()
+            .ok()?;
+        (got.len() >= end + len).then_some(end + len)
+    };
+    while complete(&got).is_none() {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the first answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(complete(&got), Some(got.len()), "one answer only");
+    s.write_all(b"GET /open/a b HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
+    assert!(rest.contains("bad_request"), "{rest}");
+    assert_eq!(
+        be.hits.load(Ordering::Relaxed),
+        1,
+        "only the first was forwarded"
+    );
+    let m = gw.admin_request("GET", "/metrics", &[]);
+    let text = String::from_utf8_lossy(&m.body);
+    let want = format!(
+        "tollgate_requests_total{{method=\"OTHER\",route=\"\",status=\"400\"}} {}",
+        heads.len() + 1
+    );
+    assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+
+    // A head sent behind another before its answer (pipelined) is never parsed at all: Pingora's
+    // pipelining is off, so the connection closes after the first answer. This is what lets the
+    // check see every head the parser reads.
+    let r = raw(
+        &gw,
+        "GET /open/first HTTP/1.1\r\nHost: test.local\r\n\r\nGET /open/a b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/open/first");
+    assert_eq!(
+        be.hits.load(Ordering::Relaxed),
+        2,
+        "the pipelined head was not forwarded"
+    );
+}
+
 #[test]
 fn request_targets_other_than_origin_absolute_and_asterisk_are_refused() {
     let be = Backend::start("be", Mode::Echo);
