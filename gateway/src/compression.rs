@@ -1,8 +1,9 @@
 //! Response compression: which answers are compressed, and with what.
 //!
-//! The encoding itself is Pingora's: its `ResponseCompression` HTTP module (pingora-core 0.9.1
-//! `modules/http/compression.rs`) is installed for every request at level 0 (off), and the proxy turns
-//! it on for one algorithm when [`decide`] says so. What the module does and what this file adds:
+//! The encoding itself is Pingora's: the context of its `ResponseCompression` HTTP module (pingora-core
+//! 0.9.1 `modules/http/compression.rs`), held in this file's one module ([`Encoders`]) for every request
+//! at level 0 (off), and the proxy turns it on for one algorithm when [`decide`] says so. What the
+//! module does and what this file adds:
 //!
 //! - Pingora (pingora-core 0.9.1 `protocols/http/compression/mod.rs`): the gzip, brotli and zstd
 //!   encoders, streaming; per-algorithm levels (`adjust_algorithm_level`); once it compresses, it drops
@@ -24,9 +25,10 @@
 //! - Brotli is not Pingora's: its `brotli::Compressor` ends the stream with `flush()` instead of
 //!   finishing it (pingora-core 0.9.1 `protocols/http/compression/brotli.rs`; cloudflare/pingora#1013,
 //!   open), so every `br` body lacks brotli's last meta-block and strict decoders (Node's `fetch`, the
-//!   `brotli` tool) reject it. [`BrotliModule`], an HTTP module beside Pingora's, encodes brotli with
-//!   the same crate and finishes the stream at the end of the body (or at `Done`).
+//!   `brotli` tool) reject it. [`BrotliModule`], beside Pingora's context in [`Encoders`], encodes
+//!   brotli with the same crate and finishes the stream at the end of the body (or at `Done`).
 
+use pingora_core::protocols::http::compression::ResponseCompressionCtx;
 use pingora_http::ResponseHeader;
 
 use http::header::{
@@ -309,22 +311,24 @@ impl Drop for Slot {
 /// Brotli's window (log2 bytes): 512 KiB per response being encoded, as Pingora chose.
 const BROTLI_LGWIN: u32 = 19;
 
-/// The brotli encoder of one response, as an HTTP module (see the module docs for why not Pingora's).
+/// The brotli encoder of one response (see the module docs for why not Pingora's), in [`Encoders`].
 /// Idle unless [`BrotliModule::start`] is called in the response header phase.
 #[derive(Default)]
 pub struct BrotliModule {
-    encoder: Option<brotli::CompressorWriter<Vec<u8>>>,
+    /// Boxed: the encoder's state is kilobytes, and every request's module context would be built
+    /// and moved with it inline (a `memcpy` per move, for every request, compressed or not).
+    encoder: Option<Box<brotli::CompressorWriter<Vec<u8>>>>,
 }
 
 impl BrotliModule {
     /// Encode this response's body at `level` (1 to 9).
     pub fn start(&mut self, level: u32) {
-        self.encoder = Some(brotli::CompressorWriter::new(
+        self.encoder = Some(Box::new(brotli::CompressorWriter::new(
             Vec::new(),
             4096,
             level,
             BROTLI_LGWIN,
-        ));
+        )));
     }
 
     /// `input` through the encoder: what it has output so far; with `end`, the rest and the end of
@@ -341,7 +345,7 @@ impl BrotliModule {
             let out = self
                 .encoder
                 .take()
-                .map(|e| e.into_inner())
+                .map(|e| (*e).into_inner())
                 .unwrap_or_default();
             return Some(Ok(out.into()));
         }
@@ -357,8 +361,20 @@ fn brotli_error(e: std::io::Error) -> Box<pingora_core::Error> {
     )
 }
 
+/// The response encoders of one request, as one HTTP module: Pingora's gzip/zstd context and the
+/// brotli encoder, both idle unless the response phase ([`crate::proxy`]'s `compress`) turns one on.
+/// One module rather than Pingora's `ResponseCompression` and a second for brotli: Pingora builds
+/// every module's context and awaits each module's filters (boxed futures) for every request,
+/// compressed or not, about 550 instructions a module per request.
+pub struct Encoders {
+    /// Pingora's gzip and zstd encoders (`ResponseCompression`'s context), off (level 0) until the
+    /// response phase asks for one.
+    pub pingora: ResponseCompressionCtx,
+    pub brotli: BrotliModule,
+}
+
 #[async_trait::async_trait]
-impl pingora_core::modules::http::HttpModule for BrotliModule {
+impl pingora_core::modules::http::HttpModule for Encoders {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -366,16 +382,39 @@ impl pingora_core::modules::http::HttpModule for BrotliModule {
         self
     }
 
+    // No request header filter: Pingora's module reads `Accept-Encoding` there, but only once a
+    // level is set (`ResponseCompressionCtx::request_filter` returns early at 0); the response phase
+    // gives it the coding it chose instead.
+
+    async fn response_header_filter(
+        &mut self,
+        resp: &mut ResponseHeader,
+        end_of_stream: bool,
+    ) -> pingora_core::Result<()> {
+        // As Pingora's `ResponseCompression` (pingora-core 0.9.1 `modules/http/compression.rs`).
+        self.pingora.response_header_filter(resp, end_of_stream);
+        Ok(())
+    }
+
     fn response_body_filter(
         &mut self,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
     ) -> pingora_core::Result<()> {
-        if self.encoder.is_none() {
+        if self.pingora.is_enabled() {
+            if let Some(out) = self
+                .pingora
+                .response_body_filter(body.as_ref(), end_of_stream)
+            {
+                *body = Some(out);
+            }
+            return Ok(());
+        }
+        if self.brotli.encoder.is_none() {
             return Ok(());
         }
         let input = body.take().unwrap_or_default();
-        match self.encode(&input, end_of_stream) {
+        match self.brotli.encode(&input, end_of_stream) {
             None => {}
             Some(Ok(out)) => *body = Some(out).filter(|b| !b.is_empty()),
             Some(Err(e)) => return Err(brotli_error(e)),
@@ -384,8 +423,11 @@ impl pingora_core::modules::http::HttpModule for BrotliModule {
     }
 
     fn response_done_filter(&mut self) -> pingora_core::Result<Option<bytes::Bytes>> {
-        // The end of a response that did not come with a last body chunk.
-        match self.encode(&[], true) {
+        // The end of a response that did not come with a last body chunk: flush what is left.
+        if self.pingora.is_enabled() {
+            return Ok(self.pingora.response_body_filter(None, true));
+        }
+        match self.brotli.encode(&[], true) {
             None => Ok(None),
             Some(Ok(out)) => Ok(Some(out)),
             Some(Err(e)) => Err(brotli_error(e)),
@@ -393,12 +435,15 @@ impl pingora_core::modules::http::HttpModule for BrotliModule {
     }
 }
 
-/// Builds [`BrotliModule`] for each request; late in the response filters, like Pingora's.
-pub struct BrotliBuilder;
+/// Builds [`Encoders`] for each request; late in the response filters, as Pingora's compression.
+pub struct EncodersBuilder;
 
-impl pingora_core::modules::http::HttpModuleBuilder for BrotliBuilder {
+impl pingora_core::modules::http::HttpModuleBuilder for EncodersBuilder {
     fn init(&self) -> pingora_core::modules::http::Module {
-        Box::new(BrotliModule::default())
+        Box::new(Encoders {
+            pingora: ResponseCompressionCtx::new(0, false, false),
+            brotli: BrotliModule::default(),
+        })
     }
 
     fn order(&self) -> i16 {

@@ -731,12 +731,10 @@ impl ProxyHttp for Gateway {
     }
 
     fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
-        // Pingora's default (response compression, off), and the gRPC-Web bridge, which acts only on
+        // The response encoders (Pingora's gzip/zstd and brotli, off until `compress` turns one on), in
+        // place of Pingora's default compression module, and the gRPC-Web bridge, which acts only on
         // requests it is initialized for (`server.grpc_web`, in `early_request_filter`).
-        modules.add_module(
-            pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
-        );
-        modules.add_module(Box::new(crate::compression::BrotliBuilder));
+        modules.add_module(Box::new(crate::compression::EncodersBuilder));
         if self.grpc_web {
             modules.add_module(Box::new(pingora_core::modules::http::grpc_web::GrpcWeb));
         }
@@ -1375,7 +1373,6 @@ impl Gateway {
     /// `downstream_response_task_filter`, after `response_filter` in `proxy_h1.rs`), is then turned on
     /// for the chosen coding alone. A HEAD answer gets the headers a GET would, and no body to encode.
     fn compress(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
-        use pingora_core::modules::http::compression::ResponseCompression;
         let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.clone()) else {
             return;
         };
@@ -1406,11 +1403,14 @@ impl Gateway {
             return;
         };
         ctx._compressing = Some(slot);
+        let Some(encoders) = session
+            .downstream_modules_ctx
+            .get_mut::<crate::compression::Encoders>()
+        else {
+            return;
+        };
         if algorithm == crate::compression::Algorithm::Brotli {
             // Ours, not Pingora's (see `compression`): the same headers, then the module encodes.
-            if let Some(m) = session
-                .downstream_modules_ctx
-                .get_mut::<crate::compression::BrotliModule>()
             {
                 crate::compression::head_headers(resp, algorithm);
                 // Streamed: chunked on HTTP/1.1, as Pingora's module sets it (its HTTP/2 writer
@@ -1420,16 +1420,11 @@ impl Gateway {
                     http::header::TRANSFER_ENCODING,
                     HeaderValue::from_static("chunked"),
                 );
-                m.start(policy.level);
+                encoders.brotli.start(policy.level);
             }
             return;
         }
-        let Some(module) = session
-            .downstream_modules_ctx
-            .get_mut::<ResponseCompression>()
-        else {
-            return;
-        };
+        let module = &mut encoders.pingora;
         if !module.is_header_phase() {
             return;
         }
