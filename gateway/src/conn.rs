@@ -234,51 +234,6 @@ pub enum State {
     Tunnel,
 }
 
-/// Why a request line [`LineCheck`] refused is answered `400`.
-const LINE_REFUSAL: &str =
-    "the request line has a control byte or a space in its target (percent-encode them: %20)";
-
-/// The request line of a head, checked as it arrives (it may take several reads) for what Pingora's
-/// parser would otherwise *correct*: httparse refuses a control byte or a third space in a request
-/// line, and Pingora then percent-encodes the target and parses it again
-/// (`escape_illegal_request_line`, pingora-core 0.9.1 `protocols/http/v1/server.rs`), so `GET /a b
-/// HTTP/1.1` would be routed and forwarded as `/a%20b`. RFC 9112 §3.2 says a server should not
-/// autocorrect an invalid request line and process it, "since the invalid request-line might be
-/// deliberately crafted to bypass security filters along the request chain": such a line is refused
-/// here, before the parser sees it. The other bytes a target cannot hold (`"`, `<`, `>`, non-ASCII)
-/// httparse accepts and the request model refuses. Every head the parser reads passes through this
-/// check: Pingora's pipelining is off (its default), so bytes read past a request are never parsed
-/// as the next one.
-#[derive(Debug, Default, Clone, Copy)]
-struct LineCheck {
-    spaces: usize,
-    /// The last byte seen was a CR: only the LF may follow it.
-    cr: bool,
-}
-
-impl LineCheck {
-    /// Take the next bytes of the request line (without its LF). `false` once the line has a control
-    /// byte (a CR only just before the LF), or a third space.
-    fn feed(&mut self, part: &[u8]) -> bool {
-        let Some((&last, before_last)) = part.split_last() else {
-            return true;
-        };
-        if self.cr {
-            return false;
-        }
-        self.cr = last == b'\r';
-        let body = if self.cr { before_last } else { part };
-        // Counted without an early exit, so the loop is vectorised.
-        let (mut controls, mut spaces) = (0usize, 0usize);
-        for &b in body {
-            controls += usize::from(b < 0x20 || b == 0x7f);
-            spaces += usize::from(b == b' ');
-        }
-        self.spaces += spaces;
-        controls == 0 && self.spaces <= 2
-    }
-}
-
 /// What the gateway's writes have shown of the response head being written (in state `Request`).
 #[derive(Debug, Default)]
 struct StatusScan {
@@ -309,11 +264,6 @@ pub struct DeadlineStream {
     /// A non-empty line of this head was seen (so an empty line now ends it).
     request_line_seen: bool,
     status: StatusScan,
-    /// The request line of the current head, as far as it has come.
-    line: LineCheck,
-    /// The request line is one Pingora's parser would rewrite (see [`LineCheck`]): the connection
-    /// answers `400` itself and ends, and the parser never sees the line.
-    line_refused: bool,
     /// Counts this connection as waiting for its first request head, until that head is complete.
     fresh: Option<Count>,
     refused: Option<Arc<dyn RefusedRequests>>,
@@ -346,8 +296,6 @@ impl DeadlineStream {
             line_has_content: false,
             request_line_seen: false,
             status: StatusScan::default(),
-            line: LineCheck::default(),
-            line_refused: false,
             fresh: None,
             refused: None,
             replacement: None,
@@ -373,9 +321,8 @@ impl DeadlineStream {
         has(b"server: pingora") && !has(b"x-request-id")
     }
 
-    /// Start answering with the gateway's own JSON 400 (`message` says why) instead of Pingora's,
-    /// and report it.
-    fn replace_refusal(&mut self, message: &'static str) {
+    /// Start answering with the gateway's own JSON 400 instead of Pingora's, and report it.
+    fn replace_refusal(&mut self) {
         let id = crate::headers::RequestId::generate();
         let id = id.as_str();
         let client = self
@@ -386,7 +333,12 @@ impl DeadlineStream {
         if let Some(sink) = &self.refused {
             sink.refused(client, id, tls);
         }
-        let body = crate::error::GatewayError::new(400, "bad_request", message).body(id);
+        let body = crate::error::GatewayError::new(
+            400,
+            "bad_request",
+            "the request head could not be parsed",
+        )
+        .body(id);
         let mut out = format!(
             "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
             body.len()
@@ -412,17 +364,6 @@ impl DeadlineStream {
             self.swallow = true;
         }
         Poll::Ready(Ok(()))
-    }
-
-    /// Write the answer to a refused request line, then end the read with an error: the parser
-    /// closes the connection.
-    fn poll_line_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        std::task::ready!(self.poll_replacement(cx))?;
-        std::task::ready!(Pin::new(&mut *self.inner).poll_flush(cx))?;
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            LINE_REFUSAL,
-        )))
     }
 
     /// The connection's state (for tests and logs).
@@ -463,24 +404,15 @@ impl DeadlineStream {
     /// by line: find the next LF (`memchr`, a word at a time: a byte-at-a-time search was a
     /// thousand instructions for a hundred-byte head), then look only at whether the line has a byte
     /// other than CR (its first byte, for any real header line).
-    ///
-    /// The request line (the first line with content) is also checked as it comes ([`LineCheck`]):
-    /// one Pingora's parser would rewrite sets `line_refused` and ends the scan.
     fn scan_head(&mut self, bytes: &[u8]) {
         self.head_bytes += bytes.len();
         let mut rest = bytes;
         loop {
-            let lf = memchr::memchr(b'\n', rest);
-            let part = &rest[..lf.unwrap_or(rest.len())];
-            let has_content = self.line_has_content || part.iter().any(|&b| b != b'\r');
-            if !self.request_line_seen && has_content && !self.line.feed(part) {
-                self.line_refused = true;
-                return;
-            }
-            let Some(lf) = lf else {
-                self.line_has_content = has_content;
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
+                self.line_has_content |= rest.iter().any(|&b| b != b'\r');
                 return;
             };
+            let has_content = self.line_has_content || rest[..lf].iter().any(|&b| b != b'\r');
             if !has_content && self.request_line_seen {
                 self.fresh = None;
                 self.state = State::Request;
@@ -489,9 +421,6 @@ impl DeadlineStream {
                 self.line_has_content = false;
                 self.status = StatusScan::default();
                 return;
-            }
-            if !self.request_line_seen && has_content {
-                self.line = LineCheck::default();
             }
             self.request_line_seen |= has_content;
             self.line_has_content = false;
@@ -552,19 +481,10 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.line_refused {
-            return this.poll_line_refusal(cx);
-        }
         let before = buf.filled().len();
         match Pin::new(&mut *this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.on_read(&buf.filled()[before..]);
-                if this.line_refused {
-                    // The parser never sees the line: nothing of it is routed or forwarded.
-                    buf.set_filled(before);
-                    this.replace_refusal(LINE_REFUSAL);
-                    return this.poll_line_refusal(cx);
-                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -601,7 +521,7 @@ impl AsyncWrite for DeadlineStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.replacement.is_none() && !this.swallow && this.is_parser_refusal(buf) {
-            this.replace_refusal("the request head could not be parsed");
+            this.replace_refusal();
         }
         if this.replacement.is_some() {
             match this.poll_replacement(cx) {
@@ -857,98 +777,6 @@ mod tests {
             assert_eq!(s.state(), State::Request, "split at {split}");
             assert!(!done_early || split == head.len(), "ended early at {split}");
             assert_eq!(s.head_bytes, head.len());
-        }
-    }
-
-    #[test]
-    fn request_lines_pingora_would_rewrite_are_refused_in_any_split() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let _guard = rt.enter();
-        let refused = |head: &[u8], split: usize| {
-            let (mut s, _client) = pair(Duration::from_secs(10));
-            s.on_read(&head[..split]);
-            if !s.line_refused {
-                s.on_read(&head[split..]);
-            }
-            s.line_refused
-        };
-        for head in [
-            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-            b"GET /a?b=%20&c=<\"> HTTP/1.1\nHost: x\n\n",
-            b"\r\nGET http://x/a HTTP/1.0\r\n\r\n",
-            // Header lines are not the request line: a space, a tab and a CR in them are the parser's.
-            b"GET / HTTP/1.1\r\nA: b c\td\r\r\n\r\n",
-        ] {
-            for split in 0..=head.len() {
-                assert!(
-                    !refused(head, split),
-                    "{:?} at {split}",
-                    head.escape_ascii()
-                );
-            }
-        }
-        for head in [
-            &b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-            b"GET / HTTP/1.1 HTTP/1.1\r\n\r\n",
-            b"GET /a\x01b HTTP/1.1\r\n\r\n",
-            b"GET /a\tb HTTP/1.1\r\n\r\n",
-            b"GET /a\x7f HTTP/1.1\r\n\r\n",
-            b"GET /a\rb HTTP/1.1\r\n\r\n",
-            b"GET /a\x00 HTTP/1.1\n\n",
-        ] {
-            for split in 0..=head.len() {
-                assert!(refused(head, split), "{:?} at {split}", head.escape_ascii());
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_refused_request_line_is_answered_and_never_reaches_the_parser() {
-        // The bad byte in the first read, and in a later one.
-        for parts in [
-            &[&b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"[..]][..],
-            &[b"GET /a", b"\x01 HTTP/1.1\r\n\r\n"],
-        ] {
-            let (mut s, mut client) = pair(Duration::from_secs(10));
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 64];
-            let mut err = None;
-            for part in parts {
-                client.write_all(part).await.unwrap();
-                match s.read(&mut buf).await {
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    Err(e) => err = Some(e),
-                }
-            }
-            let err = err.expect("the read that brought the bad byte fails");
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-            assert_eq!(
-                seen,
-                parts[..parts.len() - 1].concat(),
-                "nothing of the bad read"
-            );
-            assert_eq!(
-                s.read(&mut buf).await.unwrap_err().kind(),
-                io::ErrorKind::InvalidData
-            );
-            // Whatever Pingora writes next is dropped: the client gets the gateway's answer only.
-            s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-                .await
-                .unwrap();
-            drop(s);
-            let mut answer = Vec::new();
-            client.read_to_end(&mut answer).await.unwrap();
-            let answer = String::from_utf8(answer).unwrap();
-            assert!(
-                answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-                "{answer}"
-            );
-            assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
-            assert!(answer.contains("\"code\":\"bad_request\""), "{answer}");
-            assert!(answer.contains(LINE_REFUSAL), "{answer}");
         }
     }
 
