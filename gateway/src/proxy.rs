@@ -1411,17 +1411,15 @@ impl Gateway {
         };
         if algorithm == crate::compression::Algorithm::Brotli {
             // Ours, not Pingora's (see `compression`): the same headers, then the module encodes.
-            {
-                crate::compression::head_headers(resp, algorithm);
-                // Streamed: chunked on HTTP/1.1, as Pingora's module sets it (its HTTP/2 writer
-                // drops the header, pingora-core `protocols/http/v2/server.rs`); without it the body
-                // would be close-delimited and the connection lost.
-                let _ = resp.insert_header(
-                    http::header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-                encoders.brotli.start(policy.level);
-            }
+            crate::compression::head_headers(resp, algorithm);
+            // Streamed: chunked on HTTP/1.1, as Pingora's module sets it (its HTTP/2 writer drops
+            // the header, pingora-core `protocols/http/v2/server.rs`); without it the body would be
+            // close-delimited and the connection lost.
+            let _ = resp.insert_header(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            encoders.brotli.start(policy.level);
             return;
         }
         let module = &mut encoders.pingora;
