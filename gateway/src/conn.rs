@@ -12,10 +12,22 @@
 //! - **Request**: the head is in; body reads are not under the head deadline. An informational
 //!   response (`100 Continue`, `103`) keeps the connection here: a slow upload after `Expect:
 //!   100-continue` is still a request.
-//! - **Responded**: the final response head was written; the client's next byte starts a new head.
+//! - **Responded**: the final response head was written and said `Connection: keep-alive`; the
+//!   client's next byte starts a new head.
+//! - **Closing**: the final response head said `Connection: close`, so Pingora serves no other
+//!   request on this connection. What the client still sends is the rest of a body Pingora may go on
+//!   reading after an early answer (a `401` during an upload is written before the body is in: Pingora
+//!   then always writes `close`, pingora-core 0.9.1 `protocols/http/v1/server.rs`
+//!   `prepare_response_header`). Those bytes are never taken for a head: no head deadline, no
+//!   request-line check. Pingora writes that header on every HTTP/1 answer, and only as
+//!   `Connection: close` or `Connection: keep-alive` (its `insert_header` replaces any other), so the
+//!   exact line is what is looked for, in the head only.
 //! - **Tunnel**: the gateway wrote `101 Switching Protocols`. From now on the bytes belong to the
 //!   upgraded protocol (a WebSocket): no head deadline, and no byte of the gateway's is ever written
 //!   into it. The tunnel closes after `tunnel_idle_timeout` with no byte in either direction.
+//!
+//! Each request line is checked as it arrives, before the parser sees it ([`LineCheck`]): one with a
+//! control byte or a third space, which Pingora's parser would percent-encode and accept, is refused.
 //!
 //! The wrapper also makes shutdown lossless for new connections. On SIGTERM/SIGQUIT Pingora stops
 //! accepting and then (in `cleanup`) drops every connection whose request head it has not read yet,
@@ -231,8 +243,75 @@ pub enum State {
     Head,
     Request,
     Responded,
+    Closing,
     Tunnel,
 }
+
+/// Why a request line [`LineCheck`] refused is answered `400`.
+const LINE_REFUSAL: &str =
+    "the request line has a control byte or a space in its target (percent-encode them: %20)";
+
+/// What the parser gets instead of a read that brought a refused request-line byte: a NUL, which
+/// httparse refuses in any part of a request line. Pingora then tries to percent-encode the target
+/// and parse again (`escape_illegal_request_line`, for httparse's `Token` and `Version` errors), but
+/// its pattern needs ` HTTP/d` *after* the target, and nothing follows the NUL: the rewrite changes
+/// nothing (or only escapes a `"`, `<` or `>` before it, and fails again the same way), so the head is
+/// refused with `InvalidHTTPHeader` and answered through the same path as every head the parser refuses
+/// (swapped for the gateway's JSON 400, logged and counted), never routed.
+const REFUSED_READ: u8 = 0;
+
+/// The request line of a head, checked as it arrives (it may take several reads) for what Pingora's
+/// parser would otherwise *correct*: httparse refuses a control byte or a third space in a request
+/// line, and Pingora then percent-encodes the target and parses it again
+/// (`escape_illegal_request_line`, pingora-core 0.9.1 `protocols/http/v1/server.rs`), so `GET /a b
+/// HTTP/1.1` would be routed and forwarded as `/a%20b`. RFC 9112 §3.2 says a server should not
+/// autocorrect an invalid request line and process it, "since the invalid request-line might be
+/// deliberately crafted to bypass security filters along the request chain". The other bytes a target
+/// cannot hold (`"`, `<`, `>`, non-ASCII) httparse accepts and the request model refuses.
+///
+/// Every head the parser reads passes through this check: a head starts only in `Head` (the first)
+/// or after a `keep-alive` answer (`Responded`); Pingora's pipelining is off (its default), so bytes
+/// read past a request are never parsed as the next one; and after a `close` answer no head follows.
+#[derive(Debug, Default, Clone, Copy)]
+struct LineCheck {
+    spaces: usize,
+    /// The last byte seen was a CR: only the LF may follow it.
+    cr: bool,
+}
+
+impl LineCheck {
+    /// Take the next bytes of the request line (without its LF). `false` once the line has a control
+    /// byte (a CR only just before the LF), or a third space.
+    fn feed(&mut self, part: &[u8]) -> bool {
+        let Some((&last, before_last)) = part.split_last() else {
+            return true;
+        };
+        if self.cr {
+            return false;
+        }
+        self.cr = last == b'\r';
+        let body = if self.cr { before_last } else { part };
+        // Counted without an early exit, so the loop is vectorised.
+        let (mut controls, mut spaces) = (0usize, 0usize);
+        for &b in body {
+            controls += usize::from(b < 0x20 || b == 0x7f);
+            spaces += usize::from(b == b' ');
+        }
+        self.spaces += spaces;
+        controls == 0 && self.spaces <= 2
+    }
+}
+
+/// The end of a response head.
+static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+/// The header line Pingora writes in every HTTP/1 answer after which it serves no other request (see
+/// [`State::Closing`]). Header values cannot hold a CR or LF, so this is a whole line.
+static CONNECTION_CLOSE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\nConnection: close\r\n"));
+/// A response head longer than this without its end is given up on (as `Closing`: no byte after it is
+/// taken for a head). Far beyond any head Pingora writes.
+const MAX_RESPONSE_HEAD: usize = 1 << 20;
 
 /// What the gateway's writes have shown of the response head being written (in state `Request`).
 #[derive(Debug, Default)]
@@ -242,6 +321,11 @@ struct StatusScan {
     len: u8,
     /// How much of `\r\n\r\n` the last bytes matched (to find the end of an informational head).
     terminator: u8,
+    /// The status is final (not `1xx`): the rest of the head is looked at for its `Connection` line.
+    final_head: bool,
+    /// The final head so far, from its status, when it takes more than one write (rare: Pingora writes
+    /// a head in one buffer, which a socket takes whole unless its send buffer is full).
+    head: Vec<u8>,
 }
 
 /// A client connection in one of the [`State`]s.
@@ -264,6 +348,11 @@ pub struct DeadlineStream {
     /// A non-empty line of this head was seen (so an empty line now ends it).
     request_line_seen: bool,
     status: StatusScan,
+    /// The request line of the current head, as far as it has come.
+    line: LineCheck,
+    /// The request line is one Pingora's parser would rewrite (see [`LineCheck`]): the parser got
+    /// [`REFUSED_READ`] instead, and its `400` is answered with [`LINE_REFUSAL`].
+    line_refused: bool,
     /// Counts this connection as waiting for its first request head, until that head is complete.
     fresh: Option<Count>,
     refused: Option<Arc<dyn RefusedRequests>>,
@@ -296,6 +385,8 @@ impl DeadlineStream {
             line_has_content: false,
             request_line_seen: false,
             status: StatusScan::default(),
+            line: LineCheck::default(),
+            line_refused: false,
             fresh: None,
             refused: None,
             replacement: None,
@@ -323,6 +414,11 @@ impl DeadlineStream {
 
     /// Start answering with the gateway's own JSON 400 instead of Pingora's, and report it.
     fn replace_refusal(&mut self) {
+        let message = if self.line_refused {
+            LINE_REFUSAL
+        } else {
+            "the request head could not be parsed"
+        };
         let id = crate::headers::RequestId::generate();
         let id = id.as_str();
         let client = self
@@ -333,12 +429,7 @@ impl DeadlineStream {
         if let Some(sink) = &self.refused {
             sink.refused(client, id, tls);
         }
-        let body = crate::error::GatewayError::new(
-            400,
-            "bad_request",
-            "the request head could not be parsed",
-        )
-        .body(id);
+        let body = crate::error::GatewayError::new(400, "bad_request", message).body(id);
         let mut out = format!(
             "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n",
             body.len()
@@ -404,21 +495,31 @@ impl DeadlineStream {
     /// by line: find the next LF (`memchr`, a word at a time: a byte-at-a-time search was a
     /// thousand instructions for a hundred-byte head), then look only at whether the line has a byte
     /// other than CR (its first byte, for any real header line).
+    ///
+    /// The request line (the first line with content) is also checked as it comes ([`LineCheck`]):
+    /// one Pingora's parser would rewrite sets `line_refused` and ends the scan.
     fn scan_head(&mut self, bytes: &[u8]) {
         self.head_bytes += bytes.len();
         let mut rest = bytes;
         loop {
-            let Some(lf) = memchr::memchr(b'\n', rest) else {
-                self.line_has_content |= rest.iter().any(|&b| b != b'\r');
+            let lf = memchr::memchr(b'\n', rest);
+            let part = &rest[..lf.unwrap_or(rest.len())];
+            let has_content = self.line_has_content || part.iter().any(|&b| b != b'\r');
+            if !self.request_line_seen && has_content && !self.line.feed(part) {
+                self.line_refused = true;
+                return;
+            }
+            let Some(lf) = lf else {
+                self.line_has_content = has_content;
                 return;
             };
-            let has_content = self.line_has_content || rest[..lf].iter().any(|&b| b != b'\r');
             if !has_content && self.request_line_seen {
                 self.fresh = None;
                 self.state = State::Request;
                 self.armed = false;
                 self.request_line_seen = false;
                 self.line_has_content = false;
+                self.line = LineCheck::default();
                 self.status = StatusScan::default();
                 return;
             }
@@ -428,7 +529,8 @@ impl DeadlineStream {
         }
     }
 
-    /// Watch bytes the gateway writes in state `Request` for the status of the response head.
+    /// Watch bytes the gateway writes in state `Request` for the response head: its status (`1xx`,
+    /// `101` or final), and for a final one, whether it says `Connection: close`.
     fn on_write(&mut self, bytes: &[u8]) {
         match self.state {
             State::Request => {}
@@ -438,11 +540,19 @@ impl DeadlineStream {
             }
             _ => return,
         }
-        let st = &mut self.status;
-        for &b in bytes {
-            if (st.len as usize) < st.prefix.len() {
-                st.prefix[st.len as usize] = b;
-                st.len += 1;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let st = &mut self.status;
+            if st.final_head {
+                self.scan_final_head(rest);
+                return;
+            }
+            let have = st.len as usize;
+            if have < st.prefix.len() {
+                let take = (st.prefix.len() - have).min(rest.len());
+                st.prefix[have..have + take].copy_from_slice(&rest[..take]);
+                st.len += take as u8;
+                rest = &rest[take..];
                 if st.len as usize == st.prefix.len() {
                     // `HTTP/1.1 NNN`
                     match &st.prefix[9..12] {
@@ -452,15 +562,14 @@ impl DeadlineStream {
                             return;
                         }
                         [b'1', _, _] => {}
-                        _ => {
-                            self.state = State::Responded;
-                            return;
-                        }
+                        _ => st.final_head = true,
                     }
                 }
                 continue;
             }
             // An informational head: find its end; the next bytes are another head.
+            let b = rest[0];
+            rest = &rest[1..];
             st.terminator = match (st.terminator, b) {
                 (0 | 2, b'\r') => st.terminator + 1,
                 (1 | 3, b'\n') => st.terminator + 1,
@@ -471,6 +580,37 @@ impl DeadlineStream {
                 *st = StatusScan::default();
             }
         }
+    }
+
+    /// The rest of a final response head, after its status (`bytes` may go on into the body): once its
+    /// end is in, the connection is `Closing` if the head has Pingora's `Connection: close` line, else
+    /// `Responded`. The status line's CRLF comes after the status, so the line is found whole.
+    fn scan_final_head(&mut self, bytes: &[u8]) {
+        let st = &mut self.status;
+        let close = if st.head.is_empty() {
+            // The whole head in one write, looked at where it is.
+            match HEAD_END.find(bytes) {
+                Some(end) => CONNECTION_CLOSE.find(&bytes[..end + 2]).is_some(),
+                None => {
+                    st.head.extend_from_slice(bytes);
+                    return;
+                }
+            }
+        } else {
+            let from = st.head.len().saturating_sub(3);
+            st.head.extend_from_slice(bytes);
+            match HEAD_END.find(&st.head[from..]) {
+                Some(end) => CONNECTION_CLOSE.find(&st.head[..from + end + 2]).is_some(),
+                None if st.head.len() > MAX_RESPONSE_HEAD => true,
+                None => return,
+            }
+        };
+        self.status = StatusScan::default();
+        self.state = if close {
+            State::Closing
+        } else {
+            State::Responded
+        };
     }
 }
 
@@ -485,6 +625,12 @@ impl AsyncRead for DeadlineStream {
         match Pin::new(&mut *this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.on_read(&buf.filled()[before..]);
+                if this.line_refused && buf.filled().len() > before {
+                    // The parser never sees this read: it gets a byte it refuses outright instead
+                    // (see `REFUSED_READ`), and its `400` is swapped for the gateway's.
+                    buf.set_filled(before);
+                    buf.put_slice(&[REFUSED_READ]);
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -778,6 +924,185 @@ mod tests {
             assert!(!done_early || split == head.len(), "ended early at {split}");
             assert_eq!(s.head_bytes, head.len());
         }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn request_lines_pingora_would_rewrite_are_refused_in_any_split() {
+        let rt = runtime();
+        let _guard = rt.enter();
+        let refused = |head: &[u8], split: usize| {
+            let (mut s, _client) = pair(Duration::from_secs(10));
+            s.on_read(&head[..split]);
+            if !s.line_refused {
+                s.on_read(&head[split..]);
+            }
+            s.line_refused
+        };
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET /a?b=%20&c=<\"> HTTP/1.1\nHost: x\n\n",
+            b"\r\nGET http://x/a HTTP/1.0\r\n\r\n",
+            // Header lines are not the request line: a space, a tab and a CR in them are the parser's.
+            b"GET / HTTP/1.1\r\nA: b c\td\r\r\n\r\n",
+        ] {
+            for split in 0..=head.len() {
+                assert!(
+                    !refused(head, split),
+                    "{:?} at {split}",
+                    head.escape_ascii()
+                );
+            }
+        }
+        for head in [
+            &b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1 HTTP/1.1\r\n\r\n",
+            b"GET /a\x01b HTTP/1.1\r\n\r\n",
+            b"GET /a\tb HTTP/1.1\r\n\r\n",
+            b"GET /a\x7f HTTP/1.1\r\n\r\n",
+            b"GET /a\rb HTTP/1.1\r\n\r\n",
+            b"GET /a\x00 HTTP/1.1\n\n",
+            b"\r\n\r\nGET /a b HTTP/1.1\r\n\r\n",
+        ] {
+            for split in 0..=head.len() {
+                assert!(refused(head, split), "{:?} at {split}", head.escape_ascii());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_line_reaches_the_parser_as_a_nul_and_is_answered_by_the_gateway() {
+        // The bad byte in the first read, and in a later one.
+        for parts in [
+            &[&b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"[..]][..],
+            &[b"GET /a HTTP/1.1", b" x\r\n\r\n"],
+        ] {
+            let (mut s, mut client) = pair(Duration::from_secs(10));
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 64];
+            for part in parts {
+                client.write_all(part).await.unwrap();
+                let n = s.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let mut want = parts[..parts.len() - 1].concat();
+            want.push(REFUSED_READ);
+            assert_eq!(seen, want, "the parser gets a NUL for the bad read");
+            // Pingora's own refusal is swapped for the gateway's, which says why.
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            drop(s);
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            let answer = String::from_utf8(answer).unwrap();
+            assert!(
+                answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{answer}"
+            );
+            assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+            assert!(answer.contains("\"code\":\"bad_request\""), "{answer}");
+            assert!(answer.contains(LINE_REFUSAL), "{answer}");
+        }
+    }
+
+    /// The final head's `Connection` line decides what the client's next bytes are, in any split of the
+    /// head over writes: after `close`, body bytes (Pingora may go on reading an upload it answered
+    /// early) are never a head; after `keep-alive`, they are.
+    #[test]
+    fn the_answers_connection_line_tells_a_new_head_from_body_bytes() {
+        let rt = runtime();
+        let _guard = rt.enter();
+        let cases: [(&[u8], State); 6] = [
+            (
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nDate: x\r\nConnection: close\r\n\r\nok",
+                State::Closing,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                State::Closing,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 23\r\nConnection: keep-alive\r\n\r\n\r\nConnection: close\r\n\r\n",
+                State::Responded,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nX-Connection: close\r\nA: Connection: close\r\nConnection: keep-alive\r\n\r\n",
+                State::Responded,
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n\r\n",
+                State::Closing,
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\nHTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n",
+                State::Responded,
+            ),
+        ];
+        for (answer, want) in cases {
+            for split in 0..=answer.len() {
+                let (mut s, _client) = pair(Duration::from_secs(10));
+                s.on_read(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n");
+                assert_eq!(s.state(), State::Request);
+                s.on_write(&answer[..split]);
+                s.on_write(&answer[split..]);
+                let at = format!("{:?} at {split}", answer.escape_ascii());
+                assert_eq!(s.state(), want, "{at}");
+                // What the client sends now: a body, or a head.
+                s.on_read(b"GET /a b HTTP/1.1\r\nHost: x\r\n");
+                match want {
+                    State::Closing => {
+                        assert_eq!(s.state(), State::Closing, "{at}");
+                        assert!(!s.line_refused && !s.armed, "{at}");
+                    }
+                    _ => assert!(s.line_refused && s.state() == State::Head, "{at}"),
+                }
+            }
+        }
+        // A head in three writes, the last two a byte each, ends where it ends.
+        let (mut s, _client) = pair(Duration::from_secs(10));
+        s.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        for part in [
+            &b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r"[..],
+            b"\n",
+            b"body",
+        ] {
+            s.on_write(part);
+        }
+        assert_eq!(s.state(), State::Closing);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn body_bytes_after_a_close_answer_never_start_the_head_clock() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        let mut buf = [0u8; 128];
+        client
+            .write_all(b"POST /upload HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(s.state(), State::Closing);
+        // The upload goes on, slowly, with bytes that look like a head that never ends.
+        client.write_all(b"GET /a b HTTP/1.1\r\nX: ").await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"GET /a b HTTP/1.1\r\nX: ",
+            "passed through as they are"
+        );
+        let waited = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
+        assert!(waited.is_err(), "cut by a head deadline: {waited:?}");
+        client.write_all(b"rest").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -99,6 +99,202 @@ fn a_fragment_in_the_request_target_is_refused_never_dropped_and_forwarded() {
     assert_eq!(r.json()["path"], "/open/x?tag=%23a");
 }
 
+/// Read one whole answer (its head, then `Content-Length` bytes) from a kept-alive connection.
+fn read_one_answer(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |got: &[u8]| {
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("content-length: "))?
+            .parse()
+            .ok()?;
+        (got.len() >= end + len).then_some(end + len)
+    };
+    while complete(&got).is_none() {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before a whole answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(complete(&got), Some(got.len()), "one answer only");
+    got
+}
+
+/// A request line with a space or a control byte in its target is one Pingora's parser would
+/// percent-encode and parse again (`/a b` routed and forwarded as `/a%20b`): RFC 9112 §3.2 says not
+/// to autocorrect one, so it is refused before the parser sees it, answered, logged and counted like
+/// every other head the parser refuses.
+#[test]
+fn a_request_line_the_parser_would_rewrite_is_refused_never_corrected_and_forwarded() {
+    let be = Backend::start("be", Mode::Echo);
+    let gw = Gateway::in_process(&config(&be, ""));
+    let heads = [
+        "GET /open/a b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open?q=a b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/x HTTP/1.1 HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/a\tb HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/a\x01b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open?q=\x7f HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/a\rb HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        "GET /open/\"a\" b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+    ];
+    for head in heads {
+        let r = raw(&gw, head);
+        assert_eq!(r.status, 400, "{head:?}");
+        assert_eq!(r.error_code(), "bad_request", "{head:?}");
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("control byte or a space"),
+            "{head:?}"
+        );
+        let id = r.header("x-request-id").unwrap().to_string();
+        assert_eq!(r.json()["error"]["request_id"], id.as_str());
+        let line = gw.wait_log(|l| l["request_id"] == id.as_str());
+        assert_eq!(line["status"], 400);
+    }
+    // The bad byte in a later read than the start of the line: the same.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /open/a HTTP/1.1").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b" x\r\nHost: test.local\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let r = common::parse_response(&rest);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "bad_request");
+    // The same on a kept-alive connection, after a request that was served.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /open/ok HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    assert!(read_one_answer(&mut s).starts_with(b"HTTP/1.1 200"));
+    s.write_all(b"GET /open/a b HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
+    assert!(rest.contains("bad_request"), "{rest}");
+    assert_eq!(
+        be.hits.load(Ordering::Relaxed),
+        1,
+        "only the first was forwarded"
+    );
+    let m = gw.admin_request("GET", "/metrics", &[]);
+    let text = String::from_utf8_lossy(&m.body);
+    let want = format!(
+        "tollgate_requests_total{{method=\"OTHER\",route=\"\",status=\"400\"}} {}",
+        heads.len() + 2
+    );
+    assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+
+    // A head sent behind another before its answer (pipelined) is never parsed at all: Pingora's
+    // pipelining is off, so the connection closes after the first answer. This is what lets the
+    // check see every head the parser reads.
+    let r = raw(
+        &gw,
+        "GET /open/first HTTP/1.1\r\nHost: test.local\r\n\r\nGET /open/a b HTTP/1.1\r\nHost: test.local\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/open/first");
+    assert_eq!(
+        be.hits.load(Ordering::Relaxed),
+        2,
+        "the pipelined head was not forwarded"
+    );
+}
+
+/// An upload the upstream answers before it has all of it: Pingora writes `Connection: close` in the
+/// answer and goes on forwarding the body while the answer streams. Those body bytes are never taken
+/// for a new request, whatever they look like and however slowly they come: the client gets exactly
+/// the upstream's one answer, and the upstream every byte of the body.
+#[test]
+fn an_upload_answered_early_is_body_to_its_end_never_a_new_request() {
+    const PART1: &[u8] = b"GET /open/a b HTTP/1.1\r\nHost: test.local\r\nX: \x00\x01";
+    const PART2: &[u8] = b"\r\n\r\nGET /x\tHTTP/1.1\r\n\r\n\x7f\xff end";
+    let body_len = PART1.len() + PART2.len();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let upstream = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&buf[..n]);
+            if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("content-length: {body_len}\r\n")),
+            "{head}"
+        );
+        // Answer now, before the body, and keep the answer open until the body is in.
+        c.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+        )
+        .unwrap();
+        while got.len() - end < body_len {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before the whole body");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let body = got[end..].to_vec();
+        let last = format!("got {}", body.len());
+        c.write_all(format!("{:x}\r\n{last}\r\n0\r\n\r\n", last.len()).as_bytes())
+            .unwrap();
+        body
+    });
+    let gw = Gateway::in_process(&format!(
+        "server: {{ listen: [\"{{listen}}\"], threads: 1, limits: {{ header_read_timeout: 1s }} }}\nupstreams:\n  be: {{ targets: [{{ addr: \"{addr}\" }}], timeouts: {{ read: 10s }} }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: be }}\n"
+    ));
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: test.local\r\nContent-Length: {body_len}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(5).any(|w| w == b"first") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the early answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    // The body, with a request line the check would refuse and no blank line, then a pause longer
+    // than the head deadline, then the rest.
+    s.write_all(PART1).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(PART2).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    got.extend_from_slice(&rest);
+    let answer = String::from_utf8_lossy(&got);
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    assert!(answer.contains(&format!("got {body_len}")), "{answer}");
+    assert!(answer.ends_with("0\r\n\r\n"), "{answer}");
+    assert_eq!(upstream.join().unwrap(), [PART1, PART2].concat());
+    let m = gw.admin_request("GET", "/metrics", &[]);
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        !text.contains("status=\"400\"") && !text.contains("status=\"408\""),
+        "{text}"
+    );
+}
+
 #[test]
 fn request_targets_other_than_origin_absolute_and_asterisk_are_refused() {
     let be = Backend::start("be", Mode::Echo);
