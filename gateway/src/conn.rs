@@ -299,36 +299,38 @@ impl LineCheck {
 
 /// Whether `bytes` has a control byte (below 0x20, or DEL), and how many spaces: eight bytes at a time,
 /// each byte tested exactly (no borrow or carry crosses a byte). A request line is tens of bytes, too
-/// short for the compiler's vectorised loop, which would run its byte-at-a-time tail: this is a third
-/// of the instructions.
+/// short for the compiler's vectorised loop, which would run its byte-at-a-time tail.
 fn classify(bytes: &[u8]) -> (bool, usize) {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    const fn splat(b: u8) -> u64 {
-        u64::from_ne_bytes([b; 8])
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    if bytes.len() < 8 {
+        // Only a request line split over reads has a part this short.
+        let control = bytes.iter().any(|&b| b < 0x20 || b == 0x7f);
+        return (control, bytes.iter().filter(|&&b| b == b' ').count());
     }
     // The high bit of each zero byte of `v`, and only of those.
     let zero = |v: u64| !(((v & LOW7) + LOW7) | v | LOW7);
-    let mut control = 0u64;
-    let mut spaces = 0u32;
-    let mut word = |w: u64| {
-        // Below 0x20: the high bit clear, and the low seven bits plus 0x60 still below 0x80.
-        control |= !(((w & LOW7) + splat(0x60)) | w) & HIGH;
-        control |= zero(w ^ splat(0x7f));
-        spaces += zero(w ^ splat(b' ')).count_ones();
-    };
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
+    let (mut control, mut spaces) = (0u64, 0u64);
+    // Bytes `at..at + 8`, of which `keep` is the mask of those not looked at yet.
+    let mut word = |at: usize, keep: u64| {
         let mut b = [0u8; 8];
-        b.copy_from_slice(c);
-        word(u64::from_ne_bytes(b));
+        b.copy_from_slice(&bytes[at..at + 8]);
+        let w = u64::from_le_bytes(b);
+        // Below 0x20: the high bit clear, and the low seven bits plus 0x60 still below 0x80.
+        let below = !(((w & LOW7) + 0x60 * ONES) | w) & HIGH;
+        control |= (below | zero(w ^ (0x7f * ONES))) & keep;
+        // One per space in its byte's low bit; the multiply sums the eight bytes into the top one.
+        spaces += (((zero(w ^ (u64::from(b' ') * ONES)) & keep) >> 7).wrapping_mul(ONES)) >> 56;
+    };
+    let whole = bytes.len() / 8 * 8;
+    for at in (0..whole).step_by(8) {
+        word(at, u64::MAX);
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        // Padded with a byte that is neither.
-        let mut b = [b'a'; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        word(u64::from_ne_bytes(b));
+    let rest = bytes.len() - whole;
+    if rest > 0 {
+        // The last eight bytes, less those the loop looked at (the low bytes, little-endian).
+        word(bytes.len() - 8, u64::MAX << (8 * (8 - rest)));
     }
     (control != 0, spaces as usize)
 }
