@@ -73,7 +73,10 @@ start_postgres() {
     apt_install postgresql
   fi
   local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  local port=${PG_PORT:-55432}
+  # Below Linux's ephemeral range (32768-60999): there, an outgoing connection of an earlier step can hold
+  # the port without listening on it, which the check below cannot see, and the server's bind fails
+  # (CI saw `could not bind ... Address already in use` on 55432 once).
+  local port=${PG_PORT:-25432}
   # Take the next free port if that one is busy (another checkout's test run, say).
   while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
   PG_DIR=$(mktemp -d /tmp/tollgate-pg.XXXXXX)

@@ -266,8 +266,9 @@ const REFUSED_READ: u8 = 0;
 /// (`escape_illegal_request_line`, pingora-core 0.9.1 `protocols/http/v1/server.rs`), so `GET /a b
 /// HTTP/1.1` would be routed and forwarded as `/a%20b`. RFC 9112 §3.2 says a server should not
 /// autocorrect an invalid request line and process it, "since the invalid request-line might be
-/// deliberately crafted to bypass security filters along the request chain". The other bytes a target
-/// cannot hold (`"`, `<`, `>`, non-ASCII) httparse accepts and the request model refuses.
+/// deliberately crafted to bypass security filters along the request chain". Pingora rewrites only a
+/// line httparse refuses, and httparse accepts the other bytes the rewrite would encode (`"`, `<`, `>`,
+/// non-ASCII): such a line is never rewritten, its target is taken as sent.
 ///
 /// Every head the parser reads passes through this check: a head starts only in `Head` (the first)
 /// or after a `keep-alive` answer (`Responded`); Pingora's pipelining is off (its default), so bytes
@@ -354,9 +355,47 @@ fn says_close(head: &[u8]) -> bool {
     !head.ends_with(KEEP_ALIVE) && CONNECTION_CLOSE.find(head).is_some()
 }
 
-/// A response head longer than this without its end is given up on (as `Closing`: no byte after it is
-/// taken for a head). Far beyond any head Pingora writes.
-const MAX_RESPONSE_HEAD: usize = 1 << 20;
+/// A final response head that takes more than one write (rare: Pingora writes a head in one buffer,
+/// which a socket takes whole unless its send buffer is full), read line by line as it comes: nothing
+/// is kept but the start of the current line, so no head is too long for it.
+#[derive(Debug, Default)]
+struct HeadLines {
+    /// The head's first bytes were seen, here or in the write that started it.
+    started: bool,
+    /// The line being read is a header line (the status line comes first).
+    in_headers: bool,
+    /// The current line's first bytes (as many as `Connection: close\r` has), and its length so far.
+    line: [u8; 18],
+    len: usize,
+    close: bool,
+}
+
+impl HeadLines {
+    /// The next bytes of the head (after its status); once its blank line is in, whether it had the
+    /// `Connection: close` line.
+    fn feed(&mut self, bytes: &[u8]) -> Option<bool> {
+        self.started = true;
+        for &b in bytes {
+            if b != b'\n' {
+                if self.len < self.line.len() {
+                    self.line[self.len] = b;
+                }
+                self.len += 1;
+                continue;
+            }
+            let line = &self.line[..self.len.min(self.line.len())];
+            if self.in_headers {
+                if self.len <= 1 && line.iter().all(|&c| c == b'\r') {
+                    return Some(self.close);
+                }
+                self.close |= self.len == self.line.len() && line == b"Connection: close\r";
+            }
+            self.in_headers = true;
+            self.len = 0;
+        }
+        None
+    }
+}
 
 /// What the gateway's writes have shown of the response head being written (in state `Request`).
 #[derive(Debug, Default)]
@@ -368,9 +407,8 @@ struct StatusScan {
     terminator: u8,
     /// The status is final (not `1xx`): the rest of the head is looked at for its `Connection` line.
     final_head: bool,
-    /// The final head so far, from its status, when it takes more than one write (rare: Pingora writes
-    /// a head in one buffer, which a socket takes whole unless its send buffer is full).
-    head: Vec<u8>,
+    /// The final head, when it takes more than one write.
+    lines: HeadLines,
 }
 
 /// A client connection in one of the [`State`]s.
@@ -482,7 +520,7 @@ impl DeadlineStream {
         .into_bytes();
         out.extend_from_slice(&body);
         self.replacement = Some((out, 0));
-        self.state = State::Responded;
+        self.state = State::Closing;
     }
 
     /// Write what is left of the replacement. `Ready(Ok(()))` once all of it is out.
@@ -632,22 +670,19 @@ impl DeadlineStream {
     /// `Responded`. The status line's CRLF comes after the status, so the line is found whole.
     fn scan_final_head(&mut self, bytes: &[u8]) {
         let st = &mut self.status;
-        let close = if st.head.is_empty() {
-            // The whole head in one write, looked at where it is.
+        let close = if st.lines.started {
+            match st.lines.feed(bytes) {
+                Some(close) => close,
+                None => return,
+            }
+        } else {
+            // The whole head in one write (the usual case), looked at where it is.
             match HEAD_END.find(bytes) {
                 Some(end) => says_close(&bytes[..end + 2]),
                 None => {
-                    st.head.extend_from_slice(bytes);
+                    st.lines.feed(bytes);
                     return;
                 }
-            }
-        } else {
-            let from = st.head.len().saturating_sub(3);
-            st.head.extend_from_slice(bytes);
-            match HEAD_END.find(&st.head[from..]) {
-                Some(end) => says_close(&st.head[..from + end + 2]),
-                None if st.head.len() > MAX_RESPONSE_HEAD => true,
-                None => return,
             }
         };
         self.status = StatusScan::default();
@@ -1088,7 +1123,11 @@ mod tests {
     fn the_answers_connection_line_tells_a_new_head_from_body_bytes() {
         let rt = runtime();
         let _guard = rt.enter();
-        let cases: [(&[u8], State); 7] = [
+        let cases: [(&[u8], State); 8] = [
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: closed\r\nConnection: close \r\nA:\r\nConnection: clos\r\n\r\n",
+                State::Responded,
+            ),
             (
                 b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX: Connection: close\r\n\r\n",
                 State::Responded,
@@ -1137,6 +1176,20 @@ mod tests {
                     _ => assert!(s.line_refused && s.state() == State::Head, "{at}"),
                 }
             }
+        }
+        // A head far longer than any buffer, in three writes: read as it comes.
+        let long = format!(
+            "HTTP/1.1 200 OK\r\nX-Long: {}\r\nConnection: close\r\n\r\nbody",
+            "v".repeat(200_000)
+        );
+        for split in [13, 20, 100_000, long.len() - 30, long.len() - 13] {
+            let (mut s, _client) = pair(Duration::from_secs(10));
+            s.on_read(b"GET / HTTP/1.1\r\n\r\n");
+            s.on_write(&long.as_bytes()[..split]);
+            s.on_write(&long.as_bytes()[split..split + 5]);
+            assert_eq!(s.state(), State::Request, "ended early at {split}");
+            s.on_write(&long.as_bytes()[split + 5..]);
+            assert_eq!(s.state(), State::Closing, "split at {split}");
         }
         // A head in three writes, the last two a byte each, ends where it ends.
         let (mut s, _client) = pair(Duration::from_secs(10));

@@ -156,17 +156,39 @@ fn a_request_line_the_parser_would_rewrite_is_refused_never_corrected_and_forwar
         let line = gw.wait_log(|l| l["request_id"] == id.as_str());
         assert_eq!(line["status"], 400);
     }
-    // The bad byte in a later read than the start of the line: the same.
-    let mut s = TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /open/a HTTP/1.1").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    s.write_all(b" x\r\nHost: test.local\r\n\r\n").unwrap();
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).unwrap();
-    let r = common::parse_response(&rest);
-    assert_eq!(r.status, 400);
-    assert_eq!(r.error_code(), "bad_request");
+    // The bad byte in a later read than the start of the line: the same, wherever the line had come to
+    // (httparse's error differs: in the target, in the version with a target Pingora's rewrite changes,
+    // after the version).
+    for (first, then) in [
+        (
+            &b"GET /open/a"[..],
+            &b" b HTTP/1.1\r\nHost: test.local\r\n\r\n"[..],
+        ),
+        (b"GET /open/\"a HTTP/1", b".1 x\r\nHost: test.local\r\n\r\n"),
+        (b"GET /open/a HTTP/1.1", b" x\r\nHost: test.local\r\n\r\n"),
+        (
+            b"\r\nGET /open/a",
+            b"\x01 HTTP/1.1\r\nHost: test.local\r\n\r\n",
+        ),
+    ] {
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(first).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(then).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        let r = common::parse_response(&rest);
+        let at = String::from_utf8_lossy(first);
+        assert_eq!(r.status, 400, "{at}");
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("control byte or a space"),
+            "{at}"
+        );
+    }
     // The same on a kept-alive connection, after a request that was served.
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -189,7 +211,7 @@ fn a_request_line_the_parser_would_rewrite_is_refused_never_corrected_and_forwar
     let text = String::from_utf8_lossy(&m.body);
     let want = format!(
         "tollgate_requests_total{{method=\"OTHER\",route=\"\",status=\"400\"}} {}",
-        heads.len() + 2
+        heads.len() + 5
     );
     assert!(text.lines().any(|l| l == want), "{want}\n{text}");
 
@@ -287,12 +309,6 @@ fn an_upload_answered_early_is_body_to_its_end_never_a_new_request() {
     assert!(answer.contains(&format!("got {body_len}")), "{answer}");
     assert!(answer.ends_with("0\r\n\r\n"), "{answer}");
     assert_eq!(upstream.join().unwrap(), [PART1, PART2].concat());
-    let m = gw.admin_request("GET", "/metrics", &[]);
-    let text = String::from_utf8_lossy(&m.body);
-    assert!(
-        !text.contains("status=\"400\"") && !text.contains("status=\"408\""),
-        "{text}"
-    );
 }
 
 #[test]
