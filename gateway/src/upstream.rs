@@ -436,6 +436,13 @@ pub struct Upstream {
     /// Some pick or outcome reads or writes `stats` (load-aware balancing, ejection, slow start);
     /// otherwise a pick is the pool's alone.
     tracks: bool,
+    /// The one address of an upstream whose only target is a literal address and which has no health
+    /// check. Nothing can make that target unready (no check runs, and the gateway never disables a
+    /// backend by hand), so Pingora's selection would always return it; a pick skips it. That
+    /// selection hashes the backend three times (SipHash), allocates a set and clones the backend:
+    /// about 1,500 instructions per request, 2 % of a whole proxied request. One address is the
+    /// common case of a Kubernetes Service or a sidecar.
+    sole: Option<SocketAddr>,
     /// Its resilience series, resolved when the snapshot is installed.
     series: Lazy<resilience::Series>,
     pub preserve_host: bool,
@@ -485,6 +492,12 @@ impl Upstream {
             }
         }
         let backends = backends_of(cfg.balance, &targets);
+        let sole = match targets.as_slice() {
+            [t] if !t.named && cfg.health_check.is_none() && t.addrs.len() == 1 && t.weight > 0 => {
+                t.addrs.first().copied()
+            }
+            _ => None,
+        };
         let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
         stats.retain(backends.iter().filter_map(|b| b.addr.as_inet().copied()));
         let discovery = Arc::new(Discovery::new(backends));
@@ -595,6 +608,7 @@ impl Upstream {
             tracks: resilience.outlier.is_some()
                 || resilience.slow_start.is_some()
                 || matches!(cfg.balance, Balance::LeastRequest | Balance::Ewma),
+            sole,
             outlier: resilience.outlier,
             breaker,
             slow_start: resilience.slow_start,
@@ -662,6 +676,9 @@ impl Upstream {
     /// empties an upstream, so a one-target upstream keeps serving while its target is "ejected").
     pub fn pick(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
         if !self.tracks && avoid.is_empty() {
+            if let Some(addr) = self.sole {
+                return Some(addr);
+            }
             let b = match &self.pool {
                 Pool::RoundRobin(lb) => lb.select(key, 256),
                 Pool::Consistent(lb) => lb.select(key, 256),
@@ -1090,6 +1107,34 @@ mod tests {
             .into_iter()
             .map(|(a, w, _)| (a.to_string(), w))
             .collect()
+    }
+
+    /// A pick skips Pingora's selection only where it could not answer otherwise: one literal address
+    /// and no health check. A name (its addresses change), a second target or a health check (it
+    /// can make the target unready) keep the selection.
+    #[test]
+    fn only_one_address_that_nothing_can_make_unready_skips_the_selection() {
+        let cfg = |extra: &str| -> UpstreamConfig {
+            serde_yaml_ng::from_str(&format!(
+                "{{ targets: [{{ addr: \"10.0.0.9:80\" }}]{extra} }}"
+            ))
+            .unwrap()
+        };
+        let one = build(&cfg(""), vec![parse("10.0.0.9:80", 1).unwrap()], None);
+        assert_eq!(one.sole, "10.0.0.9:80".parse().ok());
+        assert_eq!(one.pick(b"", &[]), "10.0.0.9:80".parse().ok());
+        let checked = build(
+            &cfg(", health_check: { path: /healthz }"),
+            vec![parse("10.0.0.9:80", 1).unwrap()],
+            None,
+        );
+        assert_eq!(checked.sole, None);
+        let named = Target {
+            addrs: vec!["10.0.0.1:8080".parse().unwrap()],
+            ..parse("svc.test:8080", 1).unwrap()
+        };
+        assert_eq!(build(&cfg(""), vec![named], None).sole, None);
+        assert_eq!(upstream("round_robin").sole, None);
     }
 
     #[tokio::test]
