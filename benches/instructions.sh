@@ -9,7 +9,8 @@
 #
 # Usage: benches/instructions.sh [N]        (default 2000 requests per target)
 # NO_BUILD=1 TOLLGATE_BIN=... counts a binary built earlier (see bench_start). Needs valgrind and oha.
-# The callgrind files stay in $IR_OUT (default /tmp/tollgate-instructions) for callgrind_annotate.
+# The callgrind files stay in $IR_OUT (default /tmp/tollgate-instructions) for callgrind_annotate; an A/B
+# of two builds, function by function: benches/irdiff.py OLD/tollgate-plain.*.1 NEW/tollgate-plain.*.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
