@@ -677,17 +677,29 @@ impl Upstream {
     pub fn pick(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
         if !self.tracks && avoid.is_empty() {
             if let Some(addr) = self.sole {
+                // Tests run debug builds: should anything ever make the target unready (a drain, an
+                // enablement from discovery), they fail here rather than serve it.
+                debug_assert_eq!(
+                    self.pool_select(key),
+                    Some(addr),
+                    "the sole target is not ready"
+                );
                 return Some(addr);
             }
-            let b = match &self.pool {
-                Pool::RoundRobin(lb) => lb.select(key, 256),
-                Pool::Consistent(lb) => lb.select(key, 256),
-            }?;
-            return b.addr.as_inet().copied();
+            return self.pool_select(key);
         }
         let now = resilience::now();
         self.pick_at(key, avoid, self.slow_start, now, true)
             .or_else(|| self.pick_at(key, &[], None, now, false))
+    }
+
+    /// Pingora's selection, health and enablement included.
+    fn pool_select(&self, key: &[u8]) -> Option<SocketAddr> {
+        let b = match &self.pool {
+            Pool::RoundRobin(lb) => lb.select(key, 256),
+            Pool::Consistent(lb) => lb.select(key, 256),
+        }?;
+        b.addr.as_inet().copied()
     }
 
     fn pick_at(
@@ -1135,6 +1147,19 @@ mod tests {
         };
         assert_eq!(build(&cfg(""), vec![named], None).sole, None);
         assert_eq!(upstream("round_robin").sole, None);
+        // Two literal addresses: the selection, which takes turns.
+        let two = build(
+            &cfg(""),
+            vec![
+                parse("10.0.0.9:80", 1).unwrap(),
+                parse("10.0.0.8:80", 1).unwrap(),
+            ],
+            None,
+        );
+        assert_eq!(two.sole, None);
+        let picked: std::collections::BTreeSet<_> =
+            (0..4).filter_map(|_| two.pick(b"", &[])).collect();
+        assert_eq!(picked.len(), 2, "{picked:?}");
     }
 
     #[tokio::test]

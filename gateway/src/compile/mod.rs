@@ -219,6 +219,18 @@ mod tests {
             s.contains("upstreams.u.targets[0].weight: weight must be at least 1, got 0"),
             "{s}"
         );
+        // Nor so large that a balancer's table is huge, or wraps to nothing.
+        let text = "upstreams:\n  u:\n    targets: [{ addr: \"127.0.0.1:1\", weight: 134217728 }]\n    balance: consistent_hash\n";
+        let l = load_str("t.yaml", text, &|_| None).unwrap();
+        let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(s.contains("t.yaml:3:"), "{s}");
+        assert!(
+            s.contains("upstreams.u.targets[0].weight: weight must be at most 1000, got 134217728"),
+            "{s}"
+        );
     }
 
     #[test]

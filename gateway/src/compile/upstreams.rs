@@ -27,6 +27,11 @@ pub(super) fn compile(
     out
 }
 
+/// The largest target weight. Pingora's balancers size their tables by weight: the weighted round robin
+/// keeps an entry per unit of weight, consistent hashing 160 ring points per unit (in `u32`, which a
+/// weight of 2^27 wraps to an empty ring). A thousand is finer than any share needs.
+const MAX_WEIGHT: i64 = 1000;
+
 fn upstream(
     name: &str,
     u: &UpstreamConfig,
@@ -44,9 +49,16 @@ fn upstream(
         if t.weight < 1 {
             here.at("weight")
                 .error(format!("weight must be at least 1, got {}", t.weight));
+        } else if t.weight > MAX_WEIGHT {
+            here.at("weight").error(format!(
+                "weight must be at most {MAX_WEIGHT}, got {} (weights are relative: 1-{MAX_WEIGHT} \
+                 is a share to a thousandth)",
+                t.weight
+            ));
         }
         let addr = here.at("addr");
-        match Target::parse(&t.addr, t.weight.max(1) as usize, &addr.diagnostic("")) {
+        let weight = t.weight.clamp(1, MAX_WEIGHT) as usize;
+        match Target::parse(&t.addr, weight, &addr.diagnostic("")) {
             Ok(t) => targets.push(t),
             Err(e) => addr.error(e),
         }
