@@ -384,17 +384,23 @@ fn needs_escape(s: &[u8]) -> bool {
     const HIGH: u64 = ONES * 0x80;
     // Some byte of `v` is below `n` (n <= 128): exact, no false positive.
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH != 0;
-    let (words, rest) = s.as_chunks::<8>();
-    for w in words {
+    let word = |w: &[u8; 8]| {
         let v = u64::from_ne_bytes(*w);
-        if below(v, 0x20)
+        below(v, 0x20)
             || below(v ^ (ONES * u64::from(b'"')), 1)
             || below(v ^ (ONES * u64::from(b'\\')), 1)
-        {
-            return true;
-        }
+    };
+    let (words, rest) = s.as_chunks::<8>();
+    if words.iter().any(word) {
+        return true;
     }
-    rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    match s.last_chunk::<8>() {
+        // The last eight bytes, some looked at already: a second look finds nothing new, and it is
+        // cheaper than a byte at a time.
+        Some(last) if !rest.is_empty() => word(last),
+        Some(_) => false,
+        None => rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
+    }
 }
 
 /// `s` as a JSON string: copied when nothing in it needs an escape, else as serde_json escapes it.
