@@ -170,6 +170,15 @@ fn nonzero(at: &Scope, v: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The report of compiling `text` (as `t.yaml`), which must fail.
+    fn refusal(text: &str) -> String {
+        let l = load_str("t.yaml", text, &|_| None).unwrap();
+        Snapshot::from_loaded(&l, &Registry::builtin(), None)
+            .err()
+            .unwrap()
+            .to_string()
+    }
     use crate::config::load::load_str;
     use http::Method;
 
@@ -209,11 +218,7 @@ mod tests {
     fn zero_weight_and_bad_listen() {
         let text = "server:\n  listen: [nowhere]\nupstreams:\n  u:\n    targets: [{ addr: \"127.0.0.1:1\", weight: 0 }]\n";
         // The address is refused when loading (it is typed), the weight when compiling: one report.
-        let l = load_str("t.yaml", text, &|_| None).unwrap();
-        let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
-            .err()
-            .unwrap()
-            .to_string();
+        let s = refusal(text);
         assert!(s.contains("t.yaml:2:12: error: server.listen[0]"), "{s}");
         assert!(
             s.contains("upstreams.u.targets[0].weight: weight must be at least 1, got 0"),
@@ -221,11 +226,7 @@ mod tests {
         );
         // Nor so large that a balancer's table is huge, or wraps to nothing.
         let text = "upstreams:\n  u:\n    targets: [{ addr: \"127.0.0.1:1\", weight: 134217728 }]\n    balance: consistent_hash\n";
-        let l = load_str("t.yaml", text, &|_| None).unwrap();
-        let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
-            .err()
-            .unwrap()
-            .to_string();
+        let s = refusal(text);
         assert!(s.contains("t.yaml:3:"), "{s}");
         assert!(
             s.contains("upstreams.u.targets[0].weight: weight must be at most 1000, got 134217728"),
@@ -236,11 +237,7 @@ mod tests {
     #[test]
     fn an_upstream_on_the_gateways_own_listeners_is_refused() {
         let text = "server:\n  listen: [\"0.0.0.0:8080\"]\n  admin: { listen: \"127.0.0.1:9090\" }\nupstreams:\n  a: { targets: [{ addr: \"127.0.0.1:9090\" }] }\n  b: { targets: [{ addr: \"127.0.0.1:8080\" }, { addr: \"127.0.0.1:8081\" }] }\n";
-        let l = load_str("t.yaml", text, &|_| None).unwrap();
-        let s = Snapshot::from_loaded(&l, &Registry::builtin(), None)
-            .err()
-            .unwrap()
-            .to_string();
+        let s = refusal(text);
         assert!(
             s.contains(
                 "upstreams.a.targets[0].addr: `127.0.0.1:9090` is this gateway's admin listener"
