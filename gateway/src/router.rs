@@ -419,7 +419,7 @@ impl Router {
         headers: &HeaderMap,
         allow: &mut Vec<Method>,
     ) -> Option<usize> {
-        let (seg, tail, done) = match rest.find('/') {
+        let (seg, tail, done) = match memchr::memchr(b'/', rest.as_bytes()) {
             Some(i) => (&rest[..i], &rest[i + 1..], false),
             None => (rest, "", true),
         };
