@@ -395,8 +395,8 @@ fn needs_escape(s: &[u8]) -> bool {
         return true;
     }
     match s.last_chunk::<8>() {
-        // The last eight bytes, some looked at already: a second look finds nothing new, and it is
-        // cheaper than a byte at a time.
+        // The last eight bytes, overlapping words already found clean (so only the `rest` bytes can
+        // match): cheaper than a byte at a time.
         Some(last) if !rest.is_empty() => word(last),
         Some(_) => false,
         None => rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),

@@ -1,6 +1,6 @@
-//! Connection states around every HTTP/1 client connection: reading a head, in a request, responded,
-//! tunnel. This module watches the bytes the HTTP parser reads and the bytes the gateway writes, and
-//! enforces what each state allows.
+//! Connection states around every HTTP/1 client connection: reading a head, in a request,
+//! responded, closing, tunnel. This module watches the bytes the HTTP parser reads and the bytes the
+//! gateway writes, and enforces what each state allows.
 //!
 //! - **Head**: from the start of a request head until its blank line the client has
 //!   `header_read_timeout` in total (Pingora times out each *read*, 60 s, so a client that sends a
@@ -12,8 +12,8 @@
 //! - **Request**: the head is in; body reads are not under the head deadline. An informational
 //!   response (`100 Continue`, `103`) keeps the connection here: a slow upload after `Expect:
 //!   100-continue` is still a request.
-//! - **Responded**: the final response head was written and said `Connection: keep-alive`; the
-//!   client's next byte starts a new head.
+//! - **Responded**: the final response head was written without Pingora's `Connection: close` (it
+//!   writes `keep-alive` then); the client's next byte starts a new head.
 //! - **Closing**: the final response head said `Connection: close`, so Pingora serves no other
 //!   request on this connection. What the client still sends is the rest of a body Pingora may go on
 //!   reading after an early answer (a `401` during an upload is written before the body is in: Pingora
@@ -282,7 +282,7 @@ struct LineCheck {
 
 impl LineCheck {
     /// Take the next bytes of the request line (without its LF). `false` once the line has a control
-    /// byte (a CR only just before the LF), or a third space.
+    /// byte (a CR is allowed only just before the LF) or a third space.
     fn feed(&mut self, part: &[u8]) -> bool {
         let Some((&last, before_last)) = part.split_last() else {
             return true;
@@ -345,7 +345,8 @@ static CONNECTION_CLOSE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\nConnection: close\r\n"));
 /// Does this response head (its lines, each with its CRLF, without the blank line) have Pingora's
 /// `Connection: close` line? Pingora inserts `Date` and then `Connection` as it writes the head, so
-/// unless the answer already had one, that line is the last: looked at first, where it usually is.
+/// unless the answer already had a `Connection` header (whose place the value then takes), that line
+/// is the last: looked at first, where it usually is.
 fn says_close(head: &[u8]) -> bool {
     const CLOSE: &[u8] = b"\r\nConnection: close\r\n";
     const KEEP_ALIVE: &[u8] = b"\r\nConnection: keep-alive\r\n";

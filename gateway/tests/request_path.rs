@@ -158,7 +158,7 @@ fn a_request_line_the_parser_would_rewrite_is_refused_never_corrected_and_forwar
     }
     // The bad byte in a later read than the start of the line: the same, wherever the line had come to
     // (httparse's error differs: in the target, in the version with a target Pingora's rewrite changes,
-    // after the version).
+    // after the version, after a leading empty line).
     for (first, then) in [
         (
             &b"GET /open/a"[..],

@@ -51,8 +51,8 @@ fn upstream(
                 .error(format!("weight must be at least 1, got {}", t.weight));
         } else if t.weight > MAX_WEIGHT {
             here.at("weight").error(format!(
-                "weight must be at most {MAX_WEIGHT}, got {} (weights are relative: 1-{MAX_WEIGHT} \
-                 is a share to a thousandth)",
+                "weight must be at most {MAX_WEIGHT}, got {} (weights are relative: 1 against \
+                 {MAX_WEIGHT} already splits traffic 1:{MAX_WEIGHT})",
                 t.weight
             ));
         }
