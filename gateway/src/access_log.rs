@@ -377,30 +377,10 @@ macro_rules! key {
 use key;
 
 /// Does `s` hold a byte JSON must escape (a control character, `"` or `\`)? Eight bytes at a time
-/// (the classic "has a byte less than n / equal to c" word tricks): the byte-by-byte test was a third
-/// of a log line's cost.
+/// ([`crate::swar`]): the byte-by-byte test was a third of a log line's cost.
 fn needs_escape(s: &[u8]) -> bool {
-    const ONES: u64 = u64::MAX / 255;
-    const HIGH: u64 = ONES * 0x80;
-    // Some byte of `v` is below `n` (n <= 128): exact, no false positive.
-    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH != 0;
-    let word = |w: &[u8; 8]| {
-        let v = u64::from_ne_bytes(*w);
-        below(v, 0x20)
-            || below(v ^ (ONES * u64::from(b'"')), 1)
-            || below(v ^ (ONES * u64::from(b'\\')), 1)
-    };
-    let (words, rest) = s.as_chunks::<8>();
-    if words.iter().any(word) {
-        return true;
-    }
-    match s.last_chunk::<8>() {
-        // The last eight bytes, overlapping words already found clean (so only the `rest` bytes can
-        // match): cheaper than a byte at a time.
-        Some(last) if !rest.is_empty() => word(last),
-        Some(_) => false,
-        None => rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
-    }
+    use crate::swar::{below, eq, words};
+    words(s).any(|(w, keep)| (below(w, 0x20) | eq(w, b'"') | eq(w, b'\\')) & keep != 0)
 }
 
 /// `s` as a JSON string: copied when nothing in it needs an escape, else as serde_json escapes it.

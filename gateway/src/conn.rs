@@ -298,42 +298,16 @@ impl LineCheck {
     }
 }
 
-/// Whether `bytes` has a control byte (below 0x20, or DEL), and how many spaces: eight bytes at a time,
-/// each byte tested exactly (no borrow or carry crosses a byte). A request line is tens of bytes, too
-/// short for the compiler's vectorised loop, which would run its byte-at-a-time tail.
+/// Whether `bytes` has a control byte (below 0x20, or DEL), and how many spaces, eight bytes at a time
+/// ([`crate::swar`]).
 fn classify(bytes: &[u8]) -> (bool, usize) {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    if bytes.len() < 8 {
-        // Only a request line split over reads has a part this short.
-        let control = bytes.iter().any(|&b| b < 0x20 || b == 0x7f);
-        return (control, bytes.iter().filter(|&&b| b == b' ').count());
+    use crate::swar::{below, count, eq, words};
+    let (mut control, mut spaces) = (0u64, 0);
+    for (w, keep) in words(bytes) {
+        control |= (below(w, 0x20) | eq(w, 0x7f)) & keep;
+        spaces += count(eq(w, b' ') & keep);
     }
-    // The high bit of each zero byte of `v`, and only of those.
-    let zero = |v: u64| !(((v & LOW7) + LOW7) | v | LOW7);
-    let (mut control, mut spaces) = (0u64, 0u64);
-    // Bytes `at..at + 8`, of which `keep` is the mask of those not looked at yet.
-    let mut word = |at: usize, keep: u64| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[at..at + 8]);
-        let w = u64::from_le_bytes(b);
-        // Below 0x20: the high bit clear, and the low seven bits plus 0x60 still below 0x80.
-        let below = !(((w & LOW7) + 0x60 * ONES) | w) & HIGH;
-        control |= (below | zero(w ^ (0x7f * ONES))) & keep;
-        // One per space in its byte's low bit; the multiply sums the eight bytes into the top one.
-        spaces += (((zero(w ^ (u64::from(b' ') * ONES)) & keep) >> 7).wrapping_mul(ONES)) >> 56;
-    };
-    let whole = bytes.len() / 8 * 8;
-    for at in (0..whole).step_by(8) {
-        word(at, u64::MAX);
-    }
-    let rest = bytes.len() - whole;
-    if rest > 0 {
-        // The last eight bytes, less those the loop looked at (the low bytes, little-endian).
-        word(bytes.len() - 8, u64::MAX << (8 * (8 - rest)));
-    }
-    (control != 0, spaces as usize)
+    (control != 0, spaces)
 }
 
 /// The end of a response head.
@@ -990,10 +964,7 @@ mod tests {
         // Bytes of one head fed in every split: the end is found exactly once, at the blank line, and
         // empty lines before the request line are not taken for it.
         let head = b"\r\n\nGET / HTTP/1.1\r\nHost: x\r\nA: \r\r\n\r\n";
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         for split in 0..=head.len() {
             let (s, _client) = pair(Duration::from_secs(10));

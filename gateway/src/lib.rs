@@ -34,6 +34,7 @@ pub mod router;
 pub mod schema;
 pub mod server;
 pub mod snapshot;
+pub mod swar;
 pub mod tls;
 pub mod trace;
 pub mod upgrade;

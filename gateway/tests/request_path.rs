@@ -122,6 +122,17 @@ fn read_one_answer(s: &mut TcpStream) -> Vec<u8> {
     got
 }
 
+/// `r` is the refusal of a request line with a control byte or a space (`at` says which).
+fn assert_line_refusal(r: &common::Response, at: &str) {
+    assert_eq!(r.status, 400, "{at:?}");
+    assert_eq!(r.error_code(), "bad_request", "{at:?}");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("control byte or a space"),
+        "{at:?}: {message}"
+    );
+}
+
 /// A request line with a space or a control byte in its target is one Pingora's parser would
 /// percent-encode and parse again (`/a b` routed and forwarded as `/a%20b`): RFC 9112 §3.2 says not
 /// to autocorrect one, so it is refused before the parser sees it, answered, logged and counted like
@@ -142,15 +153,7 @@ fn a_request_line_the_parser_would_rewrite_is_refused_never_corrected_and_forwar
     ];
     for head in heads {
         let r = raw(&gw, head);
-        assert_eq!(r.status, 400, "{head:?}");
-        assert_eq!(r.error_code(), "bad_request", "{head:?}");
-        assert!(
-            r.json()["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("control byte or a space"),
-            "{head:?}"
-        );
+        assert_line_refusal(&r, head);
         let id = r.header("x-request-id").unwrap().to_string();
         assert_eq!(r.json()["error"]["request_id"], id.as_str());
         let line = gw.wait_log(|l| l["request_id"] == id.as_str());
@@ -179,15 +182,7 @@ fn a_request_line_the_parser_would_rewrite_is_refused_never_corrected_and_forwar
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
         let r = common::parse_response(&rest);
-        let at = String::from_utf8_lossy(first);
-        assert_eq!(r.status, 400, "{at}");
-        assert!(
-            r.json()["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("control byte or a space"),
-            "{at}"
-        );
+        assert_line_refusal(&r, &String::from_utf8_lossy(first));
     }
     // The same on a kept-alive connection, after a request that was served.
     let mut s = TcpStream::connect(gw.addr).unwrap();
