@@ -24,7 +24,7 @@ upstreams:
   users:
     targets: [{ addr: "127.0.0.1:8081", weight: 0 }]
   orders:
-    targets: [{ addr: "127.0.0.1:8083" }]
+    targets: [{ addr: "127.0.0.1:8083", weight: 5000 }]
     balanse: round_robin
 routes:
   - name: users
@@ -44,6 +44,7 @@ routes:
     let want = [
         format!("{f}:3:50: error: server.limits.header_read_timeout: duration `10` needs a unit: write `10s` or `10ms`"),
         format!("{f}:6:49: error: upstreams.users.targets[0].weight: weight must be at least 1, got 0"),
+        format!("{f}:8:49: error: upstreams.orders.targets[0].weight: weight must be at most 1000, got 5000 (weights are relative: 1 against 1000 already splits traffic 1:1000)"),
         format!("{f}:9:5: error: upstreams.orders.balanse: unknown field `balanse`: did you mean `balance`?"),
         format!("{f}:12:54: error: routes[0].match.methods[1]: `BAD METHOD` is not an HTTP method"),
         format!("{f}:13:15: error: routes[0].upstream: unknown upstream `userz` (defined: orders, users)"),
