@@ -13,7 +13,9 @@
 //!   response (`100 Continue`, `103`) keeps the connection here: a slow upload after `Expect:
 //!   100-continue` is still a request.
 //! - **Responded**: the final response head was written without Pingora's `Connection: close` (it
-//!   writes `keep-alive` then); the client's next byte starts a new head.
+//!   writes `keep-alive` then); the client's next byte starts a new head. Once the answer is all out
+//!   and Pingora waits for the next head, the keep-alive idle timeout runs (see [`KeepAlive`]); past
+//!   it the connection is closed without a byte, as Pingora's own keep-alive timeout would.
 //! - **Closing**: the final response head said `Connection: close`, so Pingora serves no other
 //!   request on this connection. What the client still sends is the rest of a body Pingora may go on
 //!   reading after an early answer (a `401` during an upload is written before the body is in: Pingora
@@ -113,6 +115,25 @@ impl Drop for Count {
     }
 }
 
+/// The keep-alive idle timeout as the running config has it (`server.limits.keepalive_timeout`: a
+/// reload changes it for the next idle wait).
+///
+/// The wrapper runs this timer, not Pingora: Pingora's (`KeepaliveStatus::Timeout`) is a
+/// `pingora-timeout` timer registered for every request whose next head the client has not sent
+/// yet: about 1,000 instructions of a request's 96,000 (`benches/instructions.sh`). The wrapper's
+/// one timer per connection is pushed back instead (tokio extends a later deadline in place, with no
+/// lock). The gateway tells Pingora to wait without a timeout (`set_keepalive(Some(0))`, Pingora's
+/// `Infinite`) and the wrapper ends the wait.
+///
+/// The timer starts only when the answer is all out. Pingora goes on reading the client while it
+/// still writes a body, to see it go away, but that read is a one-byte probe (pingora-core 0.9.1
+/// `protocols/http/v1/server.rs`, `read_idle_probe`); the read for the next head is into the head
+/// buffer (`read_request`: `INIT_HEADER_BUF_SIZE`, 4 KiB). So a read with room for more than one
+/// byte, in `Responded`, is the wait for the next head, and only that one starts the clock: an
+/// answer streamed for longer than the timeout is never cut (a test through the gateway drives
+/// both).
+pub type KeepAlive = Arc<dyn Fn() -> Duration + Send + Sync>;
+
 /// HTTP/2's connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -129,6 +150,8 @@ pub struct HeaderDeadline<A> {
     /// Who may start a connection with a PROXY protocol header (`server.proxy_protocol`, as
     /// reloaded); TLS connections had theirs read before the handshake.
     pub proxy_protocol: Option<crate::proxy_protocol::Current>,
+    /// The keep-alive idle timeout, which the wrapper enforces in Pingora's stead.
+    pub keepalive: KeepAlive,
 }
 
 impl<A> HeaderDeadline<A> {
@@ -141,7 +164,14 @@ impl<A> HeaderDeadline<A> {
             refused: None,
             h2c: false,
             proxy_protocol: None,
+            keepalive: Arc::new(|| Duration::from_secs(60)),
         }
+    }
+
+    /// Close idle keep-alive connections after what `current` says (default: 60 s).
+    pub fn with_keepalive(mut self, current: KeepAlive) -> Self {
+        self.keepalive = current;
+        self
     }
 
     /// Read a PROXY protocol header first on plain connections from the peers `current` names.
@@ -219,6 +249,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         let mut wrapped = DeadlineStream::new(stream, self.timeout, self.tunnel_idle);
         wrapped.known_h1 = known_h1;
         wrapped.refused = self.refused.clone();
+        wrapped.keepalive = Some(self.keepalive.clone());
         wrapped.fresh = Some(Count::new(&self.tracker, |t| &t.fresh));
         self.inner.process_new(Box::new(wrapped), shutdown).await
     }
@@ -393,10 +424,11 @@ pub struct DeadlineStream {
     known_h1: bool,
     timeout: Duration,
     tunnel_idle: Duration,
-    /// One timer per connection, reset rather than reallocated: the head deadline in `Head`, the idle
-    /// timeout in `Tunnel`.
+    /// One timer per connection, reset rather than reallocated: the head deadline in `Head`, the
+    /// keep-alive idle timeout in `Responded`, the idle timeout in `Tunnel`.
     timer: Pin<Box<Sleep>>,
-    /// The timer is running (`Head` with a start, or `Tunnel`).
+    /// The timer is running (`Head` with a start, `Responded` waiting for the next head, or
+    /// `Tunnel`).
     armed: bool,
     state: State,
     /// Bytes of the current head seen (0: none yet), leading empty lines included.
@@ -413,6 +445,8 @@ pub struct DeadlineStream {
     line_refused: bool,
     /// Counts this connection as waiting for its first request head, until that head is complete.
     fresh: Option<Count>,
+    /// The idle timeout between requests (`None`: no idle timeout, for tests of other states).
+    keepalive: Option<KeepAlive>,
     refused: Option<Arc<dyn RefusedRequests>>,
     /// The gateway's answer in place of Pingora's bare 400, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
@@ -446,6 +480,7 @@ impl DeadlineStream {
             line: LineCheck::default(),
             line_refused: false,
             fresh: None,
+            keepalive: None,
             refused: None,
             replacement: None,
             swallow: false,
@@ -690,15 +725,31 @@ impl AsyncRead for DeadlineStream {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if this.state == State::Responded && !this.armed && buf.remaining() > 1 {
+                    // The answer is out and Pingora waits for the next head (see `KeepAlive`).
+                    if let Some(idle) = &this.keepalive {
+                        let idle = idle();
+                        this.arm(idle);
+                    }
+                }
                 if !this.armed || this.timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 this.armed = false;
-                if this.state == State::Tunnel {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "tunnel idle timeout",
-                    )));
+                match this.state {
+                    State::Tunnel => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "tunnel idle timeout",
+                        )))
+                    }
+                    State::Responded => {
+                        // Idle past the keep-alive timeout: the end of the stream, which Pingora
+                        // takes for a client that closed between requests and closes without a byte.
+                        this.state = State::Closing;
+                        return Poll::Ready(Ok(()));
+                    }
+                    _ => {}
                 }
                 if this.state == State::Head && this.head_bytes > 0 {
                     // Best effort: tell the client why, without waiting on it.
@@ -906,6 +957,75 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(20)).await;
         client.write_all(b"hello").await.unwrap();
         assert_eq!(s.read(&mut buf).await.unwrap(), 5);
+    }
+
+    /// A request on `s` (from `client`), answered with a keep-alive head and an empty body.
+    async fn serve_one(s: &mut DeadlineStream, client: &mut tokio::io::DuplexStream) {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(s.state(), State::Responded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_idle_times_only_the_wait_for_the_next_head() {
+        use std::sync::atomic::AtomicU64;
+        let idle_secs = Arc::new(AtomicU64::new(2));
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        let current = idle_secs.clone();
+        s.keepalive = Some(Arc::new(move || {
+            Duration::from_secs(current.load(Ordering::Relaxed))
+        }));
+        serve_one(&mut s, &mut client).await;
+        // Pingora's one-byte probe while it still writes a body: never timed, however long.
+        let mut probe = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_secs(30), s.read(&mut probe)).await;
+        assert!(waited.is_err(), "a probe was cut: {waited:?}");
+        // The wait for the next head (room for a head): the end of the stream after exactly 2 s.
+        let mut head = [0u8; 4096];
+        let start = tokio::time::Instant::now();
+        assert_eq!(s.read(&mut head).await.unwrap(), 0);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_millis(2100),
+            "{took:?}"
+        );
+        assert_eq!(s.state(), State::Closing);
+        drop(s);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            !rest.windows(3).any(|w| w == b"408"),
+            "closed without a byte"
+        );
+
+        // Each wait is timed from its own start (requests 1.5 s apart live on), with the value the
+        // config has then (a reload): 5 s after it changed.
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        let current = idle_secs.clone();
+        s.keepalive = Some(Arc::new(move || {
+            Duration::from_secs(current.load(Ordering::Relaxed))
+        }));
+        for _ in 0..4 {
+            serve_one(&mut s, &mut client).await;
+            let waited = tokio::time::timeout(Duration::from_millis(1500), s.read(&mut head)).await;
+            assert!(waited.is_err(), "closed before its idle timeout");
+        }
+        idle_secs.store(5, Ordering::Relaxed);
+        serve_one(&mut s, &mut client).await;
+        let start = tokio::time::Instant::now();
+        assert_eq!(s.read(&mut head).await.unwrap(), 0);
+        assert!(
+            start.elapsed() >= Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -771,15 +771,13 @@ impl ProxyHttp for Gateway {
         ctx.secure = ctx.tls
             || (ctx.peer_trusted
                 && crate::https::forwarded_https(req.headers.get_all(&X_FORWARDED_PROTO_NAME)));
-        // Our idle timeout, unless keep-alive is already off: the client asked to close, or Pingora
-        // turned it off because the process is shutting down. Pingora counts whole seconds, and 0 is
-        // "no timeout" to it: a part of a second is rounded up (the config refuses 0).
-        // The timer stays Pingora's, started when it reads for the next request: a timer of the
-        // connection wrapper's, started at the answer's head, would also run while the body is still
-        // being sent (Pingora reads the client then too, to see it go away) and cut long answers.
+        // Keep-alive stays on unless it is already off (the client asked to close, or Pingora turned
+        // it off because the process is shutting down), with no timeout of Pingora's (`Some(0)` is
+        // its `Infinite`): the connection wrapper times the wait for the next head, with the exact
+        // `keepalive_timeout` (see `conn::KeepAlive`, which also says why it is the wrapper's).
+        // HTTP/2 sessions ignore this (`h2_idle_timeout` bounds them).
         if session.get_keepalive().is_some() {
-            let idle = snap.settings.keepalive_timeout;
-            session.set_keepalive(Some(idle.as_secs() + u64::from(idle.subsec_nanos() > 0)));
+            session.set_keepalive(Some(0));
         }
         if snap.settings.grpc_web {
             // Runs before routing (Pingora calls the modules' request filter right after this

@@ -439,7 +439,11 @@ fn assemble(
         settings.tunnel_idle_timeout,
     )
     .with_refused(refused)
-    .with_h2c(settings.h2c);
+    .with_h2c(settings.h2c)
+    .with_keepalive({
+        let shared = shared.clone();
+        Arc::new(move || shared.load().settings.keepalive_timeout)
+    });
     // `server.proxy_protocol` as the running snapshot has it (a reload changes who is trusted), with
     // the head deadline the header must arrive within.
     let pp_snapshot = shared.clone();

@@ -703,30 +703,62 @@ fn slow_request_heads_are_cut_off_but_idle_keepalive_is_not() {
     assert_eq!(r.json()["path"], "/two");
 }
 
+/// An upstream whose answers to `/stream` send their body a chunk every 400 ms for 2.4 s (`0\n` ..
+/// `5\n`); other paths get `ok` at once. Keeps its connections alive.
+fn slow_chunked_upstream() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = up.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in up.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let slow = line.contains("/stream");
+                    while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    if !slow {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        continue;
+                    }
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
+                    );
+                    for i in 0..6 {
+                        std::thread::sleep(Duration::from_millis(400));
+                        let _ = s.write_all(format!("2\r\n{i}\n\r\n").as_bytes());
+                    }
+                    let _ = s.write_all(b"0\r\n\r\n");
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn assert_streamed_whole(text: &str) {
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for i in 0..6 {
+        assert!(
+            text.contains(&format!("{i}\n")),
+            "chunk {i} missing: {text}"
+        );
+    }
+    assert!(text.ends_with("0\r\n\r\n"), "the answer was cut: {text}");
+}
+
 #[test]
 fn an_answer_streamed_for_longer_than_the_keepalive_timeout_is_not_cut() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    // An upstream that sends its body a chunk every 400 ms for 2.4 s: the keep-alive timeout (1 s)
-    // is for idle connections, not for an answer still on its way.
-    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = up.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let Ok((s, _)) = up.accept() else { return };
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut line = String::new();
-        while r.read_line(&mut line).is_ok_and(|n| n > 2) {
-            line.clear();
-        }
-        let mut s = s;
-        let _ = s.write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
-        );
-        for i in 0..6 {
-            std::thread::sleep(Duration::from_millis(400));
-            let _ = s.write_all(format!("2\r\n{i}\n\r\n").as_bytes());
-        }
-        let _ = s.write_all(b"0\r\n\r\n");
-    });
+    use std::io::{Read, Write};
+    // The keep-alive timeout (1 s) is for idle connections, not for an answer still on its way
+    // (2.4 s), whether the connection is to close after it or to stay.
+    let up_addr = slow_chunked_upstream();
     let cfg = format!(
         "server: {{ listen: [\"{{listen}}\"], threads: 1, limits: {{ keepalive_timeout: 1s }} }}
 upstreams:
@@ -742,23 +774,44 @@ routes:
         .unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    for i in 0..6 {
+    assert_streamed_whole(&String::from_utf8_lossy(&raw));
+
+    // Kept alive: Pingora reads the client while it writes the body (to see it go away); that wait
+    // is not the idle one. The whole answer arrives, and the connection serves the next request.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.ends_with(b"0\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
         assert!(
-            text.contains(&format!("{i}\n")),
-            "chunk {i} missing: {text}"
+            n > 0,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&raw)
         );
+        raw.extend_from_slice(&buf[..n]);
     }
-    assert!(text.ends_with("0\r\n\r\n"), "the answer was cut: {text}");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("Connection: keep-alive"), "{text}");
+    assert_streamed_whole(&text);
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let n = s.read(&mut buf).unwrap();
+    let next = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        next.starts_with("HTTP/1.1 200") && next.ends_with("ok"),
+        "{next}"
+    );
 }
 
 #[test]
 fn an_idle_keepalive_connection_is_closed_after_the_keepalive_timeout() {
     use std::io::{Read, Write};
     let be = Backend::start("be", Mode::Echo);
-    // Pingora's keep-alive counts whole seconds: 1.9s is rounded up to 2s (it was cut to 1s, and
-    // 600ms meant no timeout at all).
+    // The connection wrapper times the idle wait (`conn::KeepAlive`) to the millisecond: Pingora's
+    // own timeout counts whole seconds (1.9s was cut to 1s once, and 600ms meant no timeout at all).
     let cfg = one_backend_config(&be, "").replace(
         "threads: 1",
         "threads: 1, limits: { keepalive_timeout: 1900ms }",
@@ -768,23 +821,27 @@ fn an_idle_keepalive_connection_is_closed_after_the_keepalive_timeout() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 4096];
     // Requests closer together than the timeout keep the connection, for longer than the timeout.
+    let mut answered = Instant::now();
     for i in 0..4 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(1200));
+        }
         s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .unwrap();
         let n = s.read(&mut buf).unwrap();
+        answered = Instant::now();
         assert!(
             String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
             "request {i}"
         );
-        std::thread::sleep(Duration::from_millis(1200));
     }
-    // Then idle: closed by the gateway, without a byte, soon after the timeout.
-    let idle = Instant::now();
+    // Then idle: closed by the gateway, without a byte, soon after the timeout (counted from the
+    // last answer: not before 1.9 s, which a whole-second timer would have cut to 1 s).
     let n = s.read(&mut buf).unwrap();
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
-    let took = idle.elapsed();
+    let took = answered.elapsed();
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(6),
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
         "closed after {took:?}"
     );
 }
