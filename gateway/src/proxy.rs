@@ -339,23 +339,30 @@ impl Gateway {
     }
 
     /// Write an answer of the gateway's own, after the chain's response phase. Returns `Ok(true)`.
-    async fn send(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+    ///
+    /// Boxed, because it is the rare path: Pingora's write futures make this one 1.3 KB, and inline
+    /// it would be in every future that may answer (`respond`, `reply`, the chain, `admit`), up to
+    /// `request_filter`'s, which every request builds and moves into Pingora's box: 2.6 KB copied per
+    /// request for an answer most requests never give (`-Zprint-type-sizes`).
+    fn send<'a>(
+        &'a self,
+        session: &'a mut Session,
+        ctx: &'a mut Ctx,
         mut resp: ResponseHeader,
         body: bytes::Bytes,
-    ) -> Result<bool> {
-        if let Some(chain) = ctx.chain() {
-            chain.response(&mut resp, session.req_header(), &ctx.plugins);
-        }
-        Self::hsts(&mut resp, ctx)?;
-        let end = body.is_empty() || session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), end).await?;
-        if !end {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(true)
+    ) -> futures::future::BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            if let Some(chain) = ctx.chain() {
+                chain.response(&mut resp, session.req_header(), &ctx.plugins);
+            }
+            Self::hsts(&mut resp, ctx)?;
+            let end = body.is_empty() || session.req_header().method == http::Method::HEAD;
+            session.write_response_header(Box::new(resp), end).await?;
+            if !end {
+                session.write_response_body(Some(body), true).await?;
+            }
+            Ok(true)
+        })
     }
 
     /// Run `chain`'s early phase, then its request phase (only the early one for a request routed as the
@@ -833,7 +840,8 @@ impl ProxyHttp for Gateway {
         }
         let routed = Self::route(&snap, session.req_header(), ctx);
         if let Some(offer) = ctx.offer.take() {
-            if self.offer(session, ctx, offer).await? {
+            // Boxed, as the rare path (see `send`).
+            if Box::pin(self.offer(session, ctx, offer)).await? {
                 return Ok(true);
             }
         }
@@ -870,7 +878,8 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         match route.composition() {
-            Some(comp) => self.compose(session, ctx, &route, comp).await,
+            // Boxed (see `send`): a composition's fan-out future is over 2 KB.
+            Some(comp) => Box::pin(self.compose(session, ctx, &route, comp)).await,
             None => self.admit(session, ctx, &route).await,
         }
     }
