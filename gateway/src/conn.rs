@@ -120,10 +120,18 @@ impl Drop for Count {
 ///
 /// The wrapper runs this timer, not Pingora: Pingora's (`KeepaliveStatus::Timeout`) is a
 /// `pingora-timeout` timer registered for every request whose next head the client has not sent
-/// yet: about 1,000 instructions of a request's 96,000 (`benches/instructions.sh`). The wrapper's
-/// one timer per connection is pushed back instead (tokio extends a later deadline in place, with no
-/// lock). The gateway tells Pingora to wait without a timeout (`set_keepalive(Some(0))`, Pingora's
-/// `Infinite`) and the wrapper ends the wait.
+/// yet: with its future and wake-up, 630 instructions more per request than this one
+/// (`benches/instructions.sh`, benches/README.md). The wrapper's one timer per connection is
+/// pushed back instead: tokio moves a deadline later in place, without the driver's lock, unless
+/// the old one has fired (tokio 1.54 `runtime/time/entry.rs`, `reset` and `extend_expiration`),
+/// and files the entry again when its old slot comes up. The gateway tells Pingora to wait
+/// without a timeout (`set_keepalive(Some(0))`, Pingora's `Infinite`) and the wrapper ends the
+/// wait.
+///
+/// So the wait for a head has no bound but the wrapper's: every state in which Pingora may read a
+/// head is timed ([`State::Head`] always, from accept or from a head's first byte; `Responded`
+/// once the answer is out), and the states that are not timed (`Request`, `Closing`, `Tunnel`'s
+/// own timer aside) are ones in which Pingora reads no head.
 ///
 /// The timer starts only when the answer is all out. Pingora goes on reading the client while it
 /// still writes a body, to see it go away, but that read is a one-byte probe (pingora-core 0.9.1

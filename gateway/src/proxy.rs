@@ -782,7 +782,9 @@ impl ProxyHttp for Gateway {
         // it off because the process is shutting down), with no timeout of Pingora's (`Some(0)` is
         // its `Infinite`): the connection wrapper times the wait for the next head, with the exact
         // `keepalive_timeout` (see `conn::KeepAlive`, which also says why it is the wrapper's).
-        // HTTP/2 sessions ignore this (`h2_idle_timeout` bounds them).
+        // Pingora's `respect_keepalive` has already set `Infinite` for a keep-alive head (it parses
+        // no `Keep-Alive: timeout=`): this keeps it so if a later Pingora starts to. HTTP/2
+        // sessions ignore it (`h2_idle_timeout` bounds them).
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(0));
         }

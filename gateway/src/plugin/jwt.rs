@@ -609,6 +609,10 @@ impl Provider {
     /// fetching anything: what [`Provider::verify`] does between its fetches, and all that
     /// `tollgate explain` may do offline. A key the provider does not hold is `UnknownKey`.
     pub fn verify_with_keys(&self, token: &str) -> Result<Map<String, Json>, Rejection> {
+        // A JWS compact serialization is base64url segments and dots (RFC 7515 §7.1).
+        if !token.is_ascii() {
+            return Err(Rejection::Malformed);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         // Like `jku`/`x5u`/`jwk`, decided from the header alone, before any key is looked at. Any
         // `crit` names an extension we do not implement, and RFC 7515 §4.1.11 says to refuse it.
@@ -1066,10 +1070,12 @@ pub fn extract_token<'a>(
             v.to_str().map_err(|_| Rejection::Malformed)?;
             continue;
         }
-        // Visible ASCII without spaces or commas (a second credential); a header value holds no
-        // other control character than a tab. Vectorised scans, not a loop over the bytes.
+        // No spaces or commas (a second credential); a header value holds no other control
+        // character than a tab. Vectorised scans, not a loop over the bytes. A byte outside ASCII
+        // (if the value is UTF-8 at all) is refused by `verify_with_keys`, on a cache miss: only
+        // verified tokens are in the cache, so a hit needs no second scan of the token.
         let t = rest.trim_ascii();
-        if t.is_empty() || memchr::memchr3(b' ', b',', b'\t', t).is_some() || !t.is_ascii() {
+        if t.is_empty() || memchr::memchr3(b' ', b',', b'\t', t).is_some() {
             return Err(Rejection::Malformed);
         }
         take(std::str::from_utf8(t).map_err(|_| Rejection::Malformed)?)?;
@@ -1395,6 +1401,21 @@ mod tests {
             p.verify("not.a.token").await.unwrap_err(),
             Rejection::Malformed
         );
+        // A byte outside ASCII anywhere, even next to a token verified (and cached) a moment ago.
+        let (head, rest) = good.split_once('.').unwrap();
+        for bad in [
+            format!("{good}é"),
+            format!("{head}é.{rest}"),
+            format!("é{good}"),
+            good.replacen('.', ".é", 2),
+        ] {
+            assert_eq!(
+                p.verify(&bad).await.unwrap_err(),
+                Rejection::Malformed,
+                "{bad}"
+            );
+        }
+        assert!(p.verify(&good).await.is_ok());
     }
 
     #[test]

@@ -860,13 +860,15 @@ impl Plugin for RateLimit {
     }
 
     fn response(&self, resp: &mut ResponseHeader, _req: &RequestHeader, state: &PluginState) {
-        let mine: Vec<&Quota> = state
-            .slot::<Taken>()
-            .map(|t| &t.quotas[..])
-            .unwrap_or_default()
-            .iter()
-            .filter(|q| self.policies.iter().any(|p| Arc::ptr_eq(p, &q.policy)))
-            .collect();
+        // This plugin's quotas (a chain may have several rate limits), walked where they are.
+        let mine = || {
+            state
+                .slot::<Taken>()
+                .map(|t| &t.quotas[..])
+                .unwrap_or_default()
+                .iter()
+                .filter(|q| self.policies.iter().any(|p| Arc::ptr_eq(p, &q.policy)))
+        };
         // Straight into the head's map by parsed name (see `headers::edit_response`).
         crate::headers::edit_response(resp, |resp| {
             let h = &mut resp.headers;
@@ -874,13 +876,13 @@ impl Plugin for RateLimit {
                 h.append(RATELIMIT_POLICY, v.clone());
             }
             // On a refusal there is no quota state: the policies, with nothing remaining.
-            let status = if mine.is_empty() {
+            let status = if mine().next().is_none() {
                 self.refused_value.clone()
             } else {
                 // One buffer for the whole value (per response on the common path).
-                let mut v = String::with_capacity(mine.len() * 32);
+                let mut v = String::with_capacity(self.policies.len() * 32);
                 let mut n = itoa::Buffer::new();
-                for (i, q) in mine.iter().enumerate() {
+                for (i, q) in mine().enumerate() {
                     if i > 0 {
                         v.push_str(", ");
                     }
@@ -899,7 +901,7 @@ impl Plugin for RateLimit {
                 h.append(RATELIMIT, v);
             }
             if self.legacy {
-                let tightest = mine.iter().min_by_key(|q| q.remaining);
+                let tightest = mine().min_by_key(|q| q.remaining);
                 let (limit, remaining, reset) = match tightest {
                     Some(q) => (limit_of(&q.policy), q.remaining, q.reset_secs),
                     None => (
