@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_yaml_ng::{Mapping, Value};
 
 use super::diag::{Diagnostic, Severity};
-use super::load::{locate_included, Locations, MAX_FILES};
+use super::load::{parse_included, Locations, MAX_FILES};
 use super::raw::RouteConfig;
 use super::sink::Scope;
 
@@ -584,21 +584,10 @@ fn merge_file(
         return;
     }
     let offset = route_count(root);
-    let local = match locate_included(path, text, locations.file_count(), offset) {
-        Ok(l) => l,
+    let (local, mut value) = match parse_included(path, text, locations.file_count(), offset) {
+        Ok(parsed) => parsed,
         Err(d) => {
             early.push(d);
-            return;
-        }
-    };
-    let mut value: Value = match serde_yaml_ng::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            let (line, col) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            early.push(file_error(line, col, format!("YAML error: {e}")));
             return;
         }
     };

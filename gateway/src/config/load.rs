@@ -1,10 +1,12 @@
 //! Reading a config file: YAML syntax, `${ENV}` interpolation, typed sections, and the place of every node.
 //!
-//! Two parsers look at the text. `yaml-rust2`'s event parser gives the line and column of every key and
-//! value, stored by field path in [`Locations`]; `serde_yaml_ng` turns the text into a value tree that the
-//! typed sections are deserialized from through [`crate::config::de`], whose errors keep their structure
-//! and their field path. Each upstream and each route is deserialized on its own and every problem of it
-//! is reported, so one bad route hides neither its own other problems nor the next route's.
+//! `yaml-rust2`'s event parser reads the text once: its events give the line and column of every key
+//! and value, stored by field path in [`Locations`], and build the value tree ([`super::tree`]: the
+//! one `serde_yaml_ng` would build, which parses the text itself only for what that builder leaves to
+//! it). The typed sections are deserialized from the tree through [`crate::config::de`], whose errors
+//! keep their structure and their field path. Each upstream and each route is deserialized on its own
+//! and every problem of it is reported, so one bad route hides neither its own other problems nor the
+//! next route's.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -309,6 +311,10 @@ struct Indexer {
     /// Where the file's top-level `routes:` list starts in the merged config.
     route_offset: usize,
     routes_hash: u64,
+    /// The value tree, built from the same events (`None`: places only).
+    tree: Option<super::tree::Tree>,
+    /// The first document has ended: later events only count documents (for the tree).
+    ended: bool,
 }
 
 impl Indexer {
@@ -352,8 +358,20 @@ impl Indexer {
 
 impl MarkedEventReceiver for Indexer {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        if !self.ended {
+            self.index(&ev, mark);
+            self.ended = ev == Event::DocumentEnd;
+        }
+        if let Some(tree) = &mut self.tree {
+            tree.event(ev);
+        }
+    }
+}
+
+impl Indexer {
+    fn index(&mut self, ev: &Event, mark: Marker) {
         let pos = self.position(mark);
-        match ev {
+        match *ev {
             Event::Scalar(ref s, ..) => {
                 if let Some(p) = self.place(mark, Some(s)) {
                     self.values.insert(p.hash, pos);
@@ -476,21 +494,62 @@ pub fn load_source(
 /// Where every key and value of the YAML `text` is, by field path: for other YAML files that want
 /// FILE:LINE diagnostics the way the config has them (`tollgate test`'s cases file).
 pub fn locate(file: &str, text: &str) -> Result<Locations, Diagnostics> {
-    index(file, text, 0, 0).map_err(|d| Diagnostics(vec![d]))
+    index(file, text, 0, 0, false)
+        .map(|(l, _)| l)
+        .map_err(|d| Diagnostics(vec![d]))
 }
 
-/// The places of an included file, the `index`th of the config, whose routes start at `route_offset`
-/// in the merged list: to [`Locations::merge`] into the main file's.
-pub(crate) fn locate_included(
+/// The places and the value tree of an included file, the `index`th of the config, whose routes
+/// start at `route_offset` in the merged list: to [`Locations::merge`] into the main file's.
+pub(crate) fn parse_included(
     file: &str,
     text: &str,
     index_in_config: usize,
     route_offset: usize,
-) -> Result<Locations, Diagnostic> {
-    index(file, text, index_in_config, route_offset)
+) -> Result<(Locations, Value), Diagnostic> {
+    let (l, tree) = index(file, text, index_in_config, route_offset, true)?;
+    Ok((l, tree_or_serde(file, text, tree)?))
 }
 
-fn index(file: &str, text: &str, nth: usize, route_offset: usize) -> Result<Locations, Diagnostic> {
+/// The tree the events built, or (where that builder gave up) `serde_yaml_ng`'s own, with its errors.
+/// Debug builds parse with both and assert that the trees are the same.
+fn tree_or_serde(file: &str, text: &str, tree: Option<Value>) -> Result<Value, Diagnostic> {
+    #[cfg(debug_assertions)]
+    if let Some(t) = &tree {
+        let theirs = serde_yaml_ng::from_str::<Value>(text);
+        debug_assert!(
+            theirs
+                .as_ref()
+                .is_ok_and(|v| format!("{v:?}") == format!("{t:?}")),
+            "the tree built from the events differs from serde_yaml_ng's for {text:?}: {t:?} vs {theirs:?}"
+        );
+    }
+    if let Some(t) = tree {
+        return Ok(t);
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| {
+        let (line, col) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        Diagnostic {
+            file: file.to_string(),
+            line,
+            col,
+            path: String::new(),
+            message: format!("YAML error: {e}"),
+            severity: Severity::Error,
+        }
+    })
+}
+
+fn index(
+    file: &str,
+    text: &str,
+    nth: usize,
+    route_offset: usize,
+    build: bool,
+) -> Result<(Locations, Option<Value>), Diagnostic> {
     // About one value per 10 bytes of YAML and a key for most: sized once rather than regrown (and
     // rehashed) a dozen times for a large file.
     let nodes = text.len() / 10;
@@ -501,9 +560,12 @@ fn index(file: &str, text: &str, nth: usize, route_offset: usize) -> Result<Loca
         file_bits: u32::try_from(nth.min(MAX_FILES - 1)).unwrap_or(0) << COL_BITS,
         route_offset,
         routes_hash: PathState::ROOT.key("routes").hash,
+        tree: build.then(super::tree::Tree::default),
+        ended: false,
     };
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut indexer, false) {
+    // The tree needs to see a second document (serde_yaml_ng refuses one); places are the first's.
+    if let Err(e) = parser.load(&mut indexer, build) {
         let m = e.marker();
         return Err(Diagnostic {
             file: file.to_string(),
@@ -514,7 +576,8 @@ fn index(file: &str, text: &str, nth: usize, route_offset: usize) -> Result<Loca
             severity: Severity::Error,
         });
     }
-    Ok(Locations {
+    let tree = indexer.tree.and_then(super::tree::Tree::finish);
+    let locations = Locations {
         files: vec![FileInfo {
             name: file.to_string(),
             route_offset,
@@ -522,7 +585,8 @@ fn index(file: &str, text: &str, nth: usize, route_offset: usize) -> Result<Loca
         first: nth,
         values: indexer.values,
         keys: indexer.keys,
-    })
+    };
+    Ok((locations, tree))
 }
 
 /// Parse config text as the content of file `file`. `env` resolves `${VAR}` (a seam for tests); the
@@ -544,7 +608,7 @@ fn load_from(
     env: &dyn Fn(&str) -> Option<String>,
     files: &dyn Files,
 ) -> Result<Loaded, Diagnostics> {
-    let mut locations = locate(file, text)?;
+    let (mut locations, tree) = index(file, text, 0, 0, true).map_err(|d| Diagnostics(vec![d]))?;
 
     // An empty file is never a config: it is what a truncated write or a ConfigMap glitch leaves, and
     // applying it would turn every route into a 404 and the admin API off (so it could not be mended
@@ -560,20 +624,7 @@ fn load_from(
             severity: Severity::Error,
         }]));
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| {
-            let (line, col) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            Diagnostics(vec![Diagnostic {
-                file: file.to_string(),
-                line,
-                col,
-                path: String::new(),
-                message: format!("YAML error: {e}"),
-                severity: Severity::Error,
-            }])
-        })?
+        tree_or_serde(file, text, tree).map_err(|d| Diagnostics(vec![d]))?
     };
     if let Err(e) = root.apply_merge() {
         return Err(Diagnostics(vec![

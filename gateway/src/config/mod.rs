@@ -7,6 +7,7 @@ pub mod include;
 pub mod load;
 pub mod raw;
 pub mod sink;
+mod tree;
 pub mod types;
 pub mod units;
 
