@@ -519,7 +519,7 @@ pub fn mint_token(req: &TokenRequest) -> Result<String, String> {
         .and_then(serde_yaml_ng::Value::as_mapping);
     for (name, v) in jwt.into_iter().flatten() {
         let name = name.as_str().unwrap_or_default().to_string();
-        let p: crate::plugin::jwt::ProviderConfig = crate::config::de::from_value(v.clone())
+        let p: crate::plugin::jwt::ProviderConfig = crate::config::de::from_value(v)
             .map_err(|e| format!("auth.jwt.{name}: {}", e.error))?;
         providers.insert(name, p);
     }

@@ -207,23 +207,26 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -
         .map(|(c, _, _)| c)
 }
 
-/// A deserializer over a YAML value tree with [`Error`] as its error.
-pub struct De(pub Value);
+/// A deserializer over a YAML value tree with [`Error`] as its error. It reads the tree where it is
+/// (strings are copied out, nothing is moved), so that [`collect`] can try a section again after a
+/// problem without a copy of the section per try: the copy was most of a route's cost to load at
+/// 100,000 routes.
+pub struct De<'a>(pub &'a Value);
 
-impl<'de> IntoDeserializer<'de, Error> for De {
-    type Deserializer = De;
-    fn into_deserializer(self) -> De {
+impl<'de> IntoDeserializer<'de, Error> for De<'_> {
+    type Deserializer = Self;
+    fn into_deserializer(self) -> Self {
         self
     }
 }
 
-impl<'de> de::Deserializer<'de> for De {
+impl<'de> de::Deserializer<'de> for De<'_> {
     type Error = Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         match self.0 {
             Value::Null => v.visit_unit(),
-            Value::Bool(b) => v.visit_bool(b),
+            Value::Bool(b) => v.visit_bool(*b),
             Value::Number(n) => {
                 if let Some(u) = n.as_u64() {
                     v.visit_u64(u)
@@ -233,15 +236,15 @@ impl<'de> de::Deserializer<'de> for De {
                     v.visit_f64(n.as_f64().unwrap_or(f64::NAN))
                 }
             }
-            Value::String(s) => v.visit_string(s),
+            Value::String(s) => v.visit_str(s),
             Value::Sequence(items) => {
-                let mut seq = SeqDeserializer::new(items.into_iter().map(De));
+                let mut seq = SeqDeserializer::new(items.iter().map(De));
                 let out = v.visit_seq(&mut seq)?;
                 seq.end()?;
                 Ok(out)
             }
             Value::Mapping(m) => {
-                let mut map = MapDeserializer::new(m.into_iter().map(|(k, v)| (De(k), De(v))));
+                let mut map = MapDeserializer::new(m.iter().map(|(k, v)| (De(k), De(v))));
                 let out = v.visit_map(&mut map)?;
                 map.end()?;
                 Ok(out)
@@ -275,12 +278,12 @@ impl<'de> de::Deserializer<'de> for De {
         v: V,
     ) -> Result<V::Value, Error> {
         match self.0 {
-            Value::String(s) => v.visit_enum(s.into_deserializer()),
+            Value::String(s) => v.visit_enum(s.as_str().into_deserializer()),
             Value::Mapping(m) if m.len() == 1 => v.visit_enum(MapAccessDeserializer::new(
-                MapDeserializer::new(m.into_iter().map(|(k, v)| (De(k), De(v)))),
+                MapDeserializer::new(m.iter().map(|(k, v)| (De(k), De(v)))),
             )),
             other => Err(de::Error::invalid_type(
-                unexpected_of(&other),
+                unexpected_of(other),
                 &"a value name, or a one-key mapping",
             )),
         }
@@ -320,7 +323,7 @@ impl Problem {
 }
 
 /// Deserialize `T` from `v`; the first problem with its field path.
-pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, Problem> {
+pub fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, Problem> {
     serde_path_to_error::deserialize(De(v)).map_err(|e| Problem {
         path: path_string(e.path()),
         error: e.into_inner(),
@@ -341,8 +344,8 @@ pub fn collect<T: DeserializeOwned>(mut v: Value) -> (Option<T>, Vec<Problem>) {
     // (the list's path, the item's index in the file), so later problems keep the file's numbering.
     let mut taken: Vec<(String, usize)> = Vec::new();
     loop {
-        // A copy, so that the tree is still there to retry after a problem.
-        match from_value::<T>(v.clone()) {
+        // Read in place: the tree is still there to retry after a problem.
+        match from_value::<T>(&v) {
             Ok(t) => return (Some(t), problems),
             Err(mut p) => {
                 // A blanked list item that is still wrong said what it had to say the first time:

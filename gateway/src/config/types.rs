@@ -193,7 +193,7 @@ mod tests {
     use crate::config::de::from_value;
 
     fn de<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, String> {
-        from_value(serde_yaml_ng::from_str(yaml).unwrap()).map_err(|p| p.error.to_string())
+        from_value(&serde_yaml_ng::from_str(yaml).unwrap()).map_err(|p| p.error.to_string())
     }
 
     #[test]
