@@ -514,6 +514,7 @@ pub(crate) fn parse_included(
 /// The tree the events built, or (where that builder gave up) `serde_yaml_ng`'s own, with its errors.
 /// Debug builds parse with both and assert that the trees are the same.
 fn tree_or_serde(file: &str, text: &str, tree: Option<Value>) -> Result<Value, Diagnostic> {
+    let text = without_bom(text);
     #[cfg(debug_assertions)]
     if let Some(t) = &tree {
         let theirs = serde_yaml_ng::from_str::<Value>(text);
@@ -543,6 +544,13 @@ fn tree_or_serde(file: &str, text: &str, tree: Option<Value>) -> Result<Value, D
     })
 }
 
+/// `text` without a leading byte-order mark, which some Windows editors write: it is not part of the
+/// first key (yaml-rust2 would read it as one), and a column counts from after it, as an editor
+/// shows it. serde_yaml_ng refused such a file as "more than one document".
+fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 fn index(
     file: &str,
     text: &str,
@@ -550,6 +558,7 @@ fn index(
     route_offset: usize,
     build: bool,
 ) -> Result<(Locations, Option<Value>), Diagnostic> {
+    let text = without_bom(text);
     // About one value per 10 bytes of YAML and a key for most: sized once rather than regrown (and
     // rehashed) a dozen times for a large file.
     let nodes = text.len() / 10;
@@ -560,12 +569,12 @@ fn index(
         file_bits: u32::try_from(nth.min(MAX_FILES - 1)).unwrap_or(0) << COL_BITS,
         route_offset,
         routes_hash: PathState::ROOT.key("routes").hash,
-        tree: build.then(super::tree::Tree::default),
+        tree: (build && super::tree::builds(text)).then(super::tree::Tree::default),
         ended: false,
     };
-    let mut parser = Parser::new_from_str(text);
     // The tree needs to see a second document (serde_yaml_ng refuses one); places are the first's.
-    if let Err(e) = parser.load(&mut indexer, build) {
+    let multi = indexer.tree.is_some();
+    if let Err(e) = drive(&mut Parser::new_from_str(text), &mut indexer, multi) {
         let m = e.marker();
         return Err(Diagnostic {
             file: file.to_string(),
@@ -587,6 +596,24 @@ fn index(
         keys: indexer.keys,
     };
     Ok((locations, tree))
+}
+
+/// Feed `recv` the parser's events: those of the first document, or with `multi` all of them. As
+/// `Parser::load` does, but in a loop: `load` recurses once per level of nesting, and a file of a few
+/// kilobytes of `- - - -` overflowed the stack (a reload's thread, taking the gateway with it).
+pub(crate) fn drive<R: MarkedEventReceiver>(
+    parser: &mut Parser<std::str::Chars<'_>>,
+    recv: &mut R,
+    multi: bool,
+) -> Result<(), yaml_rust2::ScanError> {
+    loop {
+        let (ev, mark) = parser.next_token()?;
+        let last = ev == Event::StreamEnd || (!multi && ev == Event::DocumentEnd);
+        recv.on_event(ev, mark);
+        if last {
+            return Ok(());
+        }
+    }
 }
 
 /// Parse config text as the content of file `file`. `env` resolves `${VAR}` (a seam for tests); the

@@ -4,24 +4,44 @@
 //! Before, `serde_yaml_ng` parsed the text a second time: it keeps every event of a document in memory
 //! before it builds a value (hundreds of megabytes for 100,000 routes), and at that size `validate`
 //! spent most of its time in the kernel zeroing the pages (benches/README.md, config compile time).
-//! The tree built here is the one `serde_yaml_ng::from_str::<Value>` gives, node for node: plain
-//! scalars are resolved by the same rules (the YAML 1.2 core schema as serde_yaml_ng 0.10 reads it,
-//! `de.rs`: null, bool, int, float, else a string), every other style is a string, mappings keep their
-//! order.
 //!
-//! What this builder does not do exactly as serde_yaml_ng does, it does not do at all: on a tag, an
-//! alias (whose expansion serde_yaml_ng bounds against a billion laughs), a second document, a
-//! duplicate key, nesting deeper than serde_yaml_ng's recursion limit, or an integer only a 128-bit
-//! type holds (which serde_yaml_ng's `Value` refuses), it gives up, and the file is parsed by
-//! serde_yaml_ng as before, with its values and its errors. Debug builds (every test) build both
-//! trees for every config they load and assert they are equal.
+//! The tree built here is the one `serde_yaml_ng::from_str::<Value>` gives for the files it builds:
+//! plain scalars are resolved by the same rules (the YAML 1.2 core schema as serde_yaml_ng 0.10 reads
+//! it, `de.rs`: null, bool, int, float, else a string), every other style is a string, mappings keep
+//! their order. Where yaml-rust2 and libyaml (serde_yaml_ng's parser) read the same text differently,
+//! or where serde_yaml_ng does more than build, this builder does nothing and the file is parsed by
+//! serde_yaml_ng as before, with its values and its errors:
+//! - text with a byte outside printable ASCII, LF and CR ([`builds`]): libyaml refuses control
+//!   characters that yaml-rust2 takes (a NUL ends the file for yaml-rust2), skips a byte-order mark
+//!   at the start of a line that yaml-rust2 keeps (the loader strips one at the start of the file
+//!   for both), and breaks lines at U+0085, U+2028 and U+2029; a tab (whose use as indentation both
+//!   refuse, each its own way);
+//! - a directive line (`%YAML 2.0`, which libyaml refuses);
+//! - a literal or folded scalar as the last value (yaml-rust2 ends the file with a line break that
+//!   changes its value);
+//! - a tag, an alias (whose expansion serde_yaml_ng bounds against a billion laughs), a second
+//!   document, a duplicate key, nesting near serde_yaml_ng's recursion limit, or an integer only a
+//!   128-bit type holds (which its `Value` refuses).
+//!
+//! Builds with debug assertions (every `cargo test` of the suite) also parse each file that was built
+//! with serde_yaml_ng, and assert that the two trees are the same.
 
 use serde_yaml_ng::{Mapping, Number, Value};
 use yaml_rust2::parser::Event;
 use yaml_rust2::scanner::TScalarStyle;
 
-/// serde_yaml_ng's recursion limit (`remaining_depth: 128`); deeper is left to it (it refuses).
+/// serde_yaml_ng builds 128 levels of nesting and refuses more (`remaining_depth: 128`); a file
+/// nested deeper than 127 levels this builder leaves to it.
 const MAX_DEPTH: usize = 127;
+
+/// Does the builder take `text` at all (see the module docs)? Printable ASCII, LF and CR only, and no
+/// directive line.
+pub fn builds(text: &str) -> bool {
+    text.bytes()
+        .all(|b| matches!(b, b'\n' | b'\r' | 0x20..=0x7e))
+        && !text.starts_with('%')
+        && !text.contains("\n%")
+}
 
 enum Open {
     Map { map: Mapping, key: Option<Value> },
@@ -35,12 +55,17 @@ pub struct Tree {
     root: Option<Value>,
     documents: usize,
     gave_up: bool,
+    /// The last scalar was a literal or folded block.
+    last_was_block: bool,
 }
 
 impl Tree {
     /// Take the next event (after the places were taken from it).
     pub fn event(&mut self, ev: Event) {
         if self.gave_up {
+            // What was built is of no use: freed now, before serde_yaml_ng parses.
+            self.stack = Vec::new();
+            self.root = None;
             return;
         }
         match ev {
@@ -51,6 +76,7 @@ impl Tree {
                 }
             }
             Event::Scalar(s, style, _, None) => {
+                self.last_was_block = matches!(style, TScalarStyle::Literal | TScalarStyle::Folded);
                 let v = match style {
                     TScalarStyle::Plain => match resolve(s) {
                         Some(v) => v,
@@ -93,14 +119,13 @@ impl Tree {
             Some(Open::Seq(seq)) => seq.push(v),
             Some(Open::Map { map, key }) => match key.take() {
                 None => *key = Some(v),
-                Some(k) => {
-                    if map.contains_key(&k) {
-                        // serde_yaml_ng refuses it, with its message.
-                        self.gave_up = true;
-                        return;
+                Some(k) => match map.entry(k) {
+                    serde_yaml_ng::mapping::Entry::Vacant(e) => {
+                        e.insert(v);
                     }
-                    map.insert(k, v);
-                }
+                    // serde_yaml_ng refuses it, with its message.
+                    serde_yaml_ng::mapping::Entry::Occupied(_) => self.gave_up = true,
+                },
             },
         }
     }
@@ -108,7 +133,7 @@ impl Tree {
     /// The tree (`Value::Null` for a file with no document, as serde_yaml_ng has it), or `None` when
     /// the builder gave up and serde_yaml_ng is to parse the file.
     pub fn finish(self) -> Option<Value> {
-        if self.gave_up || !self.stack.is_empty() {
+        if self.gave_up || self.last_was_block || !self.stack.is_empty() {
             return None;
         }
         Some(self.root.unwrap_or(Value::Null))
@@ -226,25 +251,39 @@ fn digits_but_not_number(scalar: &str) -> bool {
     scalar.len() > 1 && scalar.starts_with('0') && scalar[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Build the tree of `text` alone (tests; the loader builds it while it indexes).
+/// The tree of `text` alone, as the loader would build it while it indexes: `Ok(None)` where it
+/// leaves the file to serde_yaml_ng, `Err` for a syntax error (tests).
 #[cfg(test)]
-fn build(text: &str) -> Option<Value> {
+fn build(text: &str) -> Result<Option<Value>, String> {
     struct R(Tree);
     impl yaml_rust2::parser::MarkedEventReceiver for R {
         fn on_event(&mut self, ev: Event, _: yaml_rust2::scanner::Marker) {
             self.0.event(ev);
         }
     }
+    if !builds(text) {
+        return Ok(None);
+    }
     let mut r = R(Tree::default());
-    yaml_rust2::parser::Parser::new_from_str(text)
-        .load(&mut r, true)
-        .ok()?;
-    r.0.finish()
+    super::load::drive(
+        &mut yaml_rust2::parser::Parser::new_from_str(text),
+        &mut r,
+        true,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(r.0.finish())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What serde_yaml_ng makes of `text`, in the form compared (its Debug: NaN equals NaN there).
+    fn theirs(text: &str) -> Result<String, String> {
+        serde_yaml_ng::from_str::<Value>(text)
+            .map(|v| format!("{v:?}"))
+            .map_err(|e| e.to_string())
+    }
 
     #[test]
     fn every_scalar_form_resolves_as_serde_yaml_ng_resolves_it() {
@@ -299,60 +338,53 @@ mod tests {
             "inf",
             "infinity",
             "18446744073709551615",
-            "18446744073709551616",
             "-9223372036854775808",
-            "-9223372036854775809",
             "1e400",
             "-1e400",
             "12:30",
             "1.0.0",
-            "- x",
             "a b",
             "/p{i}",
             "127.0.0.1:8080",
             "10s",
             "1.5s",
-            "-",
-            "+",
-            ".",
-            "..",
             "-.",
             "0.0",
             "-0.0",
             "00.5",
             "0e0",
             "01e2",
+            "'q'",
+            "\"d\"",
         ];
         for s in scalars {
             for text in [format!("k: {s}\n"), format!("[{s}]\n")] {
-                let ours = build(&text);
-                let theirs = serde_yaml_ng::from_str::<Value>(&text);
-                match (&ours, &theirs) {
-                    (Some(a), Ok(b)) => {
-                        assert_eq!(format!("{a:?}"), format!("{b:?}"), "{text:?}");
-                    }
-                    // Given up: serde_yaml_ng decides (a value, or its error).
-                    (None, _) => {}
-                    (Some(a), Err(e)) => {
-                        panic!("{text:?}: built {a:?} where serde_yaml_ng says {e}")
-                    }
+                if text.starts_with('[') && theirs(&text).is_err() {
+                    // Not a flow scalar (`{` is a flow indicator): refused by both.
+                    assert!(build(&text).is_err(), "{text:?}");
+                    continue;
                 }
+                let ours = build(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                let ours = ours.unwrap_or_else(|| panic!("{text:?} was left to serde_yaml_ng"));
+                assert_eq!(Ok(format!("{ours:?}")), theirs(&text), "{text:?}");
             }
         }
-        // Only the 128-bit integers give up; every other scalar above is built.
-        assert!(build("k: 18446744073709551616\n").is_none());
-        assert!(build("k: -9223372036854775809\n").is_none());
-        assert!(build("k: 1e400\n").is_some());
+        // Integers only 128 bits hold: left to serde_yaml_ng, which refuses them.
+        for text in ["k: 18446744073709551616\n", "k: -9223372036854775809\n"] {
+            assert_eq!(build(text), Ok(None), "{text}");
+            assert!(theirs(text).is_err(), "{text}");
+        }
     }
 
     #[test]
-    fn styles_structure_and_what_gives_up() {
+    fn styles_and_structure_are_built_as_serde_yaml_ng_builds_them() {
         let text = r#"
 a: 'quoted 12'
-b: "double\tescape \u00e9"
+b: "double\tescape \u00e9 \x41"
 c: |
   literal
   block
+
 d: >-
   folded
   text
@@ -369,17 +401,20 @@ g:
 h: &anchor 5
 empty: {}
 none: []
+"trailing spaces": "a  "
+last: plain
 "#;
-        let ours = build(text).expect("built");
-        let theirs: Value = serde_yaml_ng::from_str(text).unwrap();
-        assert_eq!(ours, theirs);
-        assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
+        for text in [text.to_string(), text.replace('\n', "\r\n")] {
+            let ours = build(&text).unwrap().expect("built");
+            assert_eq!(Ok(format!("{ours:?}")), theirs(&text), "{text:?}");
+        }
         // No document: null, as serde_yaml_ng has it.
-        assert_eq!(build("# only a comment\n"), Some(Value::Null));
-        assert_eq!(
-            serde_yaml_ng::from_str::<Value>("# only a comment\n").unwrap(),
-            Value::Null
-        );
+        assert_eq!(build("# only a comment\n"), Ok(Some(Value::Null)));
+        assert_eq!(theirs("# only a comment\n"), Ok("Null".into()));
+    }
+
+    #[test]
+    fn what_the_two_parsers_read_differently_is_left_to_serde_yaml_ng() {
         for (text, why) in [
             ("a: &x 1\nb: *x\n", "an alias"),
             ("a: !!str 1\n", "a tag"),
@@ -387,18 +422,82 @@ none: []
             ("a: !!map {}\n", "a tag on a mapping"),
             ("a: 1\n---\nb: 2\n", "a second document"),
             ("a: 1\na: 2\n", "a duplicate key"),
-            ("k: 99999999999999999999999\n", "a 128-bit integer"),
+            (
+                "a: 1\n\0\0b: 2\n",
+                "a NUL (the end of the file to yaml-rust2)",
+            ),
+            ("a: 1\n\x01\n", "a control character libyaml refuses"),
+            ("\u{feff}a: 1\n", "a byte-order mark (libyaml strips it)"),
+            ("a: \"x\u{85}y\"\n", "a NEL (a line break to libyaml)"),
+            ("a: \"x\u{2028}y\"\n", "a line separator"),
+            ("a:\t1\n", "a tab"),
+            ("a: café\n", "any other non-ASCII text"),
+            ("%YAML 2.0\n---\na: 1\n", "a directive"),
+            (
+                "a: |\n  x",
+                "a literal block at the end of the file, without a line break",
+            ),
+            ("a: |\n", "an empty literal block at the end of the file"),
+            ("a: >\n  x\n", "a folded block as the last value"),
         ] {
-            assert!(build(text).is_none(), "{why}");
+            assert_eq!(build(text), Ok(None), "{why}");
         }
+        // Before another value, a block scalar ends at the dedent: built.
+        let text = "a: |\n  x\nb: 1\n";
+        let ours = build(text).unwrap().expect("built");
+        assert_eq!(Ok(format!("{ours:?}")), theirs(text));
         // Around serde_yaml_ng's recursion limit: built only where it builds the same.
+        let mut built = 0;
         for depth in MAX_DEPTH - 3..MAX_DEPTH + 3 {
             let text = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
-            let theirs = serde_yaml_ng::from_str::<Value>(&text).ok();
-            if let Some(ours) = build(&text) {
-                assert_eq!(Some(ours), theirs, "depth {depth}");
+            if let Some(ours) = build(&text).unwrap() {
+                assert_eq!(Ok(format!("{ours:?}")), theirs(&text), "depth {depth}");
+                built += 1;
             }
         }
-        assert!(build(&format!("{}1{}", "[".repeat(200), "]".repeat(200))).is_none());
+        assert_eq!(built, 4, "up to a depth of {MAX_DEPTH}");
+    }
+
+    #[test]
+    fn a_file_cut_by_a_nul_is_refused_and_one_with_a_byte_order_mark_loads() {
+        use super::super::load::load_str;
+        let cfg = "upstreams:\n  u: { targets: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: u }\n";
+        // What a crashed writer leaves: the text then zeros. yaml-rust2 reads a NUL as the end.
+        let cut = format!("{cfg}\0\0\0\0");
+        let err = load_str("c.yaml", &cut, &|_| None).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("control characters"), "{err}");
+        // A byte-order mark (Windows editors write one) is not part of the first key (serde_yaml_ng
+        // refused the file as "more than one document").
+        let bom = format!("\u{feff}{cfg}");
+        let loaded = load_str("c.yaml", &bom, &|_| None)
+            .map_err(|d| d.to_string())
+            .unwrap();
+        assert!(
+            loaded.diagnostics.0.is_empty(),
+            "{:?}",
+            loaded.diagnostics.0
+        );
+        assert_eq!(loaded.config.routes.len(), 1);
+    }
+
+    #[test]
+    fn deep_block_nesting_is_an_error_not_a_stack_overflow() {
+        // yaml-rust2's own `load` recursed once per level: this overflowed the 2 MiB stack of the
+        // thread a reload runs on (tokio's blocking threads). serde_yaml_ng, which the file is then
+        // left to, stops at 128 levels.
+        let text = format!("{}x\n", "- ".repeat(50_000));
+        let big = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let places = super::super::load::locate("deep.yaml", &text).is_ok();
+                let loaded = super::super::load::load_str("deep.yaml", &text, &|_| None);
+                (places, loaded.map(|_| ()).map_err(|d| d.to_string()))
+            })
+            .unwrap()
+            .join()
+            .expect("no overflow");
+        assert!(big.0, "the places are found");
+        let err = big.1.unwrap_err();
+        assert!(err.contains("recursion limit"), "{err}");
     }
 }
