@@ -939,18 +939,25 @@ mod tests {
         assert_eq!(body.len(), 119, "content-length matches the body");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn complete_head_stops_the_clock_and_keepalive_idle_is_free() {
-        let (mut s, mut client) = pair(Duration::from_secs(10));
+    /// A request on `s` (from `client`), answered with a keep-alive head and an empty body.
+    async fn serve_one(s: &mut DeadlineStream, client: &mut tokio::io::DuplexStream) {
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
         let mut buf = [0u8; 64];
         assert!(s.read(&mut buf).await.unwrap() > 0);
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n")
             .await
             .unwrap();
+        assert_eq!(s.state(), State::Responded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn complete_head_stops_the_clock_and_keepalive_idle_is_free() {
+        let (mut s, mut client) = pair(Duration::from_secs(10));
+        serve_one(&mut s, &mut client).await;
+        let mut buf = [0u8; 64];
         // Idle for longer than the head deadline, then a second request: fine.
         tokio::time::sleep(Duration::from_secs(30)).await;
         client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
@@ -967,29 +974,23 @@ mod tests {
         assert_eq!(s.read(&mut buf).await.unwrap(), 5);
     }
 
-    /// A request on `s` (from `client`), answered with a keep-alive head and an empty body.
-    async fn serve_one(s: &mut DeadlineStream, client: &mut tokio::io::DuplexStream) {
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        assert!(s.read(&mut buf).await.unwrap() > 0);
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(s.state(), State::Responded);
+    /// A connection whose keep-alive timeout is `secs` seconds as it is when a wait starts.
+    fn idle_pair(
+        secs: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> (DeadlineStream, tokio::io::DuplexStream) {
+        let (mut s, client) = pair(Duration::from_secs(10));
+        let current = secs.clone();
+        s.keepalive = Some(Arc::new(move || {
+            Duration::from_secs(current.load(Ordering::Relaxed))
+        }));
+        (s, client)
     }
 
     #[tokio::test(start_paused = true)]
     async fn keepalive_idle_times_only_the_wait_for_the_next_head() {
         use std::sync::atomic::AtomicU64;
         let idle_secs = Arc::new(AtomicU64::new(2));
-        let (mut s, mut client) = pair(Duration::from_secs(10));
-        let current = idle_secs.clone();
-        s.keepalive = Some(Arc::new(move || {
-            Duration::from_secs(current.load(Ordering::Relaxed))
-        }));
+        let (mut s, mut client) = idle_pair(&idle_secs);
         serve_one(&mut s, &mut client).await;
         // Pingora's one-byte probe while it still writes a body: never timed, however long.
         let mut probe = [0u8; 1];
@@ -1015,11 +1016,7 @@ mod tests {
 
         // Each wait is timed from its own start (requests 1.5 s apart live on), with the value the
         // config has then (a reload): 5 s after it changed.
-        let (mut s, mut client) = pair(Duration::from_secs(10));
-        let current = idle_secs.clone();
-        s.keepalive = Some(Arc::new(move || {
-            Duration::from_secs(current.load(Ordering::Relaxed))
-        }));
+        let (mut s, mut client) = idle_pair(&idle_secs);
         for _ in 0..4 {
             serve_one(&mut s, &mut client).await;
             let waited = tokio::time::timeout(Duration::from_millis(1500), s.read(&mut head)).await;
