@@ -574,7 +574,7 @@ fn merge_file(
         severity: Severity::Error,
     };
     // As for the main file: an empty file is what a truncated write leaves, never a team's intent.
-    if text.trim().is_empty() {
+    if super::load::without_bom(text).trim().is_empty() {
         early.push(file_error(
             1,
             1,

@@ -547,7 +547,7 @@ fn tree_or_serde(file: &str, text: &str, tree: Option<Value>) -> Result<Value, D
 /// `text` without a leading byte-order mark, which some Windows editors write: it is not part of the
 /// first key (yaml-rust2 would read it as one), and a column counts from after it, as an editor
 /// shows it. serde_yaml_ng refused such a file as "more than one document".
-fn without_bom(text: &str) -> &str {
+pub(crate) fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
@@ -640,7 +640,7 @@ fn load_from(
     // An empty file is never a config: it is what a truncated write or a ConfigMap glitch leaves, and
     // applying it would turn every route into a 404 and the admin API off (so it could not be mended
     // through the API). A reload of it keeps the running config.
-    let mut root: Value = if text.trim().is_empty() {
+    let mut root: Value = if without_bom(text).trim().is_empty() {
         return Err(Diagnostics(vec![Diagnostic {
             file: file.to_string(),
             line: 1,

@@ -478,6 +478,14 @@ last: plain
             loaded.diagnostics.0
         );
         assert_eq!(loaded.config.routes.len(), 1);
+        // A mark and nothing else is an empty file, said as such.
+        let err = load_str("c.yaml", "\u{feff}\n", &|_| None)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("the config file is empty"),
+            "{err}"
+        );
     }
 
     #[test]
