@@ -591,7 +591,10 @@ fn merge_file(
             return;
         }
     };
-    if let Err(e) = value.apply_merge() {
+    if let Err(e) = super::load::may_merge(text)
+        .then(|| value.apply_merge())
+        .unwrap_or(Ok(()))
+    {
         early.push(local.error("", format!("YAML merge key error: {e}")));
         return;
     }
