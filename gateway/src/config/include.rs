@@ -591,10 +591,12 @@ fn merge_file(
             return;
         }
     };
-    if let Err(e) = super::load::may_merge(text)
-        .then(|| value.apply_merge())
-        .unwrap_or(Ok(()))
-    {
+    let merged = if super::load::may_merge(text) {
+        value.apply_merge()
+    } else {
+        Ok(())
+    };
+    if let Err(e) = merged {
         early.push(local.error("", format!("YAML merge key error: {e}")));
         return;
     }

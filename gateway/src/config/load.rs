@@ -660,10 +660,12 @@ fn load_from(
     } else {
         tree_or_serde(file, text, tree).map_err(|d| Diagnostics(vec![d]))?
     };
-    if let Err(e) = may_merge(text)
-        .then(|| root.apply_merge())
-        .unwrap_or(Ok(()))
-    {
+    let merged = if may_merge(text) {
+        root.apply_merge()
+    } else {
+        Ok(())
+    };
+    if let Err(e) = merged {
         return Err(Diagnostics(vec![
             locations.error("", format!("YAML merge key error: {e}"))
         ]));
