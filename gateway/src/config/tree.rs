@@ -11,7 +11,7 @@
 //! their order. Where yaml-rust2 and libyaml (serde_yaml_ng's parser) read the same text differently,
 //! or where serde_yaml_ng does more than build, this builder does nothing and the file is parsed by
 //! serde_yaml_ng as before, with its values and its errors:
-//! - text with a byte outside printable ASCII, LF and CR ([`builds`]): libyaml refuses control
+//! - text with a character that is not printable, LF or CR ([`builds`]): libyaml refuses control
 //!   characters that yaml-rust2 takes (a NUL ends the file for yaml-rust2), skips a byte-order mark
 //!   at the start of a line that yaml-rust2 keeps (the loader strips one at the start of the file
 //!   for both), and breaks lines at U+0085, U+2028 and U+2029; a tab (whose use as indentation both
@@ -34,13 +34,25 @@ use yaml_rust2::scanner::TScalarStyle;
 /// nested deeper than 127 levels this builder leaves to it.
 const MAX_DEPTH: usize = 127;
 
-/// Does the builder take `text` at all (see the module docs)? Printable ASCII, LF and CR only, and no
-/// directive line.
+/// Does the builder take `text` at all (see the module docs)? Printable text, LF and CR only, and no
+/// directive line. Printable beyond ASCII is what both parsers take as ordinary text: from U+00A0 on
+/// (not the C1 controls, among them NEL), without the line and paragraph separators, the byte-order
+/// mark and the two noncharacters U+FFFE and U+FFFF (libyaml's `IS_PRINTABLE`, `IS_BREAK`, `IS_BOM`).
 pub fn builds(text: &str) -> bool {
-    text.bytes()
-        .all(|b| matches!(b, b'\n' | b'\r' | 0x20..=0x7e))
-        && !text.starts_with('%')
-        && !text.contains("\n%")
+    let printable = if text.is_ascii() {
+        text.bytes()
+            .all(|b| matches!(b, b'\n' | b'\r' | 0x20..=0x7e))
+    } else {
+        text.chars().all(|c| {
+            matches!(c, '\n' | '\r' | ' '..='~')
+                || (c >= '\u{a0}'
+                    && !matches!(
+                        c,
+                        '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+                    ))
+        })
+    };
+    printable && !text.starts_with('%') && !text.contains("\n%")
 }
 
 enum Open {
@@ -404,7 +416,12 @@ none: []
 "trailing spaces": "a  "
 last: plain
 "#;
-        for text in [text.to_string(), text.replace('\n', "\r\n")] {
+        let unicode = "# Équipe commandes — 注文チーム 🚀\nname: café\nk: { 键: \"值 ✓\", 'ключ': значение }\nfolded: >\n  сложенный\n  текст\nlast: ü\n";
+        for text in [
+            text.to_string(),
+            text.replace('\n', "\r\n"),
+            unicode.to_string(),
+        ] {
             let ours = build(&text).unwrap().expect("built");
             assert_eq!(Ok(format!("{ours:?}")), theirs(&text), "{text:?}");
         }
@@ -431,7 +448,8 @@ last: plain
             ("a: \"x\u{85}y\"\n", "a NEL (a line break to libyaml)"),
             ("a: \"x\u{2028}y\"\n", "a line separator"),
             ("a:\t1\n", "a tab"),
-            ("a: café\n", "any other non-ASCII text"),
+            ("a: \"x\u{9f}y\"\n", "a C1 control"),
+            ("a: \"x\u{fffe}y\"\n", "a noncharacter"),
             ("%YAML 2.0\n---\na: 1\n", "a directive"),
             (
                 "a: |\n  x",
