@@ -55,30 +55,39 @@ pub fn words(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
         .chain(tail)
 }
 
+/// Every byte value at every position of strings up to 19 bytes long, among neighbours that could
+/// borrow or carry into it (0x00, 0x01, 0x20, 0x21, 0x7f, 0x80, 0xff) or not: the strings a test of a
+/// word-at-a-time scan checks it on, against a byte-at-a-time one.
+#[cfg(test)]
+pub(crate) fn each_probe(mut f: impl FnMut(&[u8])) {
+    for len in 0..20 {
+        for at in 0..len {
+            for fill in [b'a', 0x00, 0x01, b' ', b'!', 0x7f, 0x80, 0xff] {
+                for b in 0..=255u8 {
+                    let mut s = vec![fill; len];
+                    s[at] = b;
+                    f(&s);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every byte value at every position of strings up to 19 bytes long, among neighbours that could
-    /// borrow or carry into it, against a byte-at-a-time test.
+    /// Every probe ([`each_probe`]) against a byte-at-a-time test.
     #[test]
     fn every_byte_is_tested_exactly_and_once() {
-        for len in 0..20 {
-            for at in 0..len {
-                for fill in [b'a', 0x00, 0x01, b' ', b'!', 0x7f, 0x80, 0xff] {
-                    for b in 0..=255u8 {
-                        let mut s = vec![fill; len];
-                        s[at] = b;
-                        let (mut under, mut spaces) = (0, 0);
-                        for (w, keep) in words(&s) {
-                            under += count(below(w, 0x20) & keep);
-                            spaces += count(eq(w, b' ') & keep);
-                        }
-                        assert_eq!(under, s.iter().filter(|&&c| c < 0x20).count(), "{s:?}");
-                        assert_eq!(spaces, s.iter().filter(|&&c| c == b' ').count(), "{s:?}");
-                    }
-                }
+        each_probe(|s| {
+            let (mut under, mut spaces) = (0, 0);
+            for (w, keep) in words(s) {
+                under += count(below(w, 0x20) & keep);
+                spaces += count(eq(w, b' ') & keep);
             }
-        }
+            assert_eq!(under, s.iter().filter(|&&c| c < 0x20).count(), "{s:?}");
+            assert_eq!(spaces, s.iter().filter(|&&c| c == b' ').count(), "{s:?}");
+        });
     }
 }

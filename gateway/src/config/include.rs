@@ -565,6 +565,8 @@ fn merge_file(
     early: &mut Vec<Diagnostic>,
     tainted: &mut Vec<String>,
 ) {
+    // A leading byte-order mark is not part of the file (see `without_bom`).
+    let text = super::load::without_bom(text);
     let file_error = |line: usize, col: usize, message: String| Diagnostic {
         file: path.to_string(),
         line,
@@ -574,7 +576,7 @@ fn merge_file(
         severity: Severity::Error,
     };
     // As for the main file: an empty file is what a truncated write leaves, never a team's intent.
-    if super::load::without_bom(text).trim().is_empty() {
+    if text.trim().is_empty() {
         early.push(file_error(
             1,
             1,

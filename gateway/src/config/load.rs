@@ -494,7 +494,7 @@ pub fn load_source(
 /// Where every key and value of the YAML `text` is, by field path: for other YAML files that want
 /// FILE:LINE diagnostics the way the config has them (`tollgate test`'s cases file).
 pub fn locate(file: &str, text: &str) -> Result<Locations, Diagnostics> {
-    index(file, text, 0, 0, false)
+    index(file, without_bom(text), 0, 0, false)
         .map(|(l, _)| l)
         .map_err(|d| Diagnostics(vec![d]))
 }
@@ -514,7 +514,6 @@ pub(crate) fn parse_included(
 /// The tree the events built, or (where that builder gave up) `serde_yaml_ng`'s own, with its errors.
 /// Debug builds parse with both and assert that the trees are the same.
 fn tree_or_serde(file: &str, text: &str, tree: Option<Value>) -> Result<Value, Diagnostic> {
-    let text = without_bom(text);
     #[cfg(debug_assertions)]
     if let Some(t) = &tree {
         let theirs = serde_yaml_ng::from_str::<Value>(text);
@@ -544,9 +543,6 @@ fn tree_or_serde(file: &str, text: &str, tree: Option<Value>) -> Result<Value, D
     })
 }
 
-/// `text` without a leading byte-order mark, which some Windows editors write: it is not part of the
-/// first key (yaml-rust2 would read it as one), and a column counts from after it, as an editor
-/// shows it. serde_yaml_ng refused such a file as "more than one document".
 /// Can `text` have a YAML merge key (`<<`)? Only with those two characters in it, or with an escape
 /// in a double-quoted key (`"\x3c<"`): else `apply_merge`, a walk of the whole tree, has nothing to
 /// do (2 % of `validate` at 100,000 routes).
@@ -554,6 +550,10 @@ pub(crate) fn may_merge(text: &str) -> bool {
     text.contains("<<") || text.contains('\\')
 }
 
+/// `text` without a leading byte-order mark, which some Windows editors write: it is not part of the
+/// first key (yaml-rust2 would read it as one), and a column counts from after it, as an editor
+/// shows it. serde_yaml_ng refused such a file as "more than one document". Stripped where a file's
+/// text enters loading (`load_from`, `merge_file`, `locate`), for both parsers.
 pub(crate) fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
@@ -565,7 +565,6 @@ fn index(
     route_offset: usize,
     build: bool,
 ) -> Result<(Locations, Option<Value>), Diagnostic> {
-    let text = without_bom(text);
     // About one value per 10 bytes of YAML and a key for most: sized once rather than regrown (and
     // rehashed) a dozen times for a large file.
     let nodes = text.len() / 10;
@@ -642,12 +641,13 @@ fn load_from(
     env: &dyn Fn(&str) -> Option<String>,
     files: &dyn Files,
 ) -> Result<Loaded, Diagnostics> {
+    let text = without_bom(text);
     let (mut locations, tree) = index(file, text, 0, 0, true).map_err(|d| Diagnostics(vec![d]))?;
 
     // An empty file is never a config: it is what a truncated write or a ConfigMap glitch leaves, and
     // applying it would turn every route into a 404 and the admin API off (so it could not be mended
     // through the API). A reload of it keeps the running config.
-    let mut root: Value = if without_bom(text).trim().is_empty() {
+    let mut root: Value = if text.trim().is_empty() {
         return Err(Diagnostics(vec![Diagnostic {
             file: file.to_string(),
             line: 1,
