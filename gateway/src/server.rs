@@ -405,6 +405,12 @@ fn assemble(
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 512,
         upgrade_sock: settings.upgrade_sock.clone(),
+        // Every Pingora timeout of a second or more (the upstream read, write and pool idle timeouts)
+        // on tokio's timer rather than pingora-timeout's shared 10 ms wheel: its registration (a
+        // lock, a map lookup, a boxed waiter on a shared `Notify`) cost about 2,000 instructions per
+        // proxied request more than tokio's (callgrind, benches/README.md "Timers"), and no clock
+        // thread wakes 100 times a second. Tokio's timer is also exact to the millisecond.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -99,6 +99,9 @@ fn main() -> ExitCode {
         upstream_keepalive_pool_size: 512,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        // As Tollgate's `server::run`: Pingora's timeouts on tokio's timer (the floor without
+        // `--timeouts` arms none).
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
