@@ -455,6 +455,7 @@ impl Gateway {
             req.version,
         )?;
         request::check_framing(&req.headers)?;
+        request::check_connection(&req.headers)?;
         if target.form == Form::Asterisk {
             return Ok(Form::Asterisk);
         }
@@ -1046,6 +1047,10 @@ impl ProxyHttp for Gateway {
         let uri = http::Uri::try_from(target)
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "upstream uri"))?;
         let peer = ctx.peer;
+        // Set again after the client's hop-by-hop headers are out, towards HTTP/1 only (an h2
+        // upstream has no connection headers; Pingora turns the upgrade into nothing there).
+        let websocket = up.version == http::Version::HTTP_11
+            && headers::websocket_upgrade(session.req_header());
         let original_host = match &ctx.authority {
             Some(a) => HeaderValue::from_str(a).ok(),
             None => session.req_header().headers.get(HOST).cloned(),
@@ -1056,6 +1061,13 @@ impl ProxyHttp for Gateway {
             up.uri = uri;
             let h = &mut up.headers;
             strip_for_upstream(h, ctx);
+            if websocket {
+                h.insert(
+                    http::header::CONNECTION,
+                    HeaderValue::from_static("Upgrade"),
+                );
+                h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
             // X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, Host, grpc-timeout.
             h.reserve(7);
             // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
@@ -1935,7 +1947,7 @@ fn headers_as_forwarded(req: &RequestHeader, ctx: &Ctx) -> http::HeaderMap {
 /// only a trusted proxy may send, and `_` spellings of what the gateway sets), except where the chain
 /// itself sets or removes the name.
 fn strip_for_upstream(h: &mut http::HeaderMap, ctx: &Ctx) {
-    for name in headers::hop_by_hop_present(h) {
+    for name in headers::request_hop_by_hop(h) {
         h.remove(&name);
     }
     let plugins = &ctx.plugins;

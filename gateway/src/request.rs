@@ -233,11 +233,6 @@ fn bad_framing(message: &'static str) -> GatewayError {
     GatewayError::new(400, "invalid_framing", message)
 }
 
-/// Message framing of a request head (RFC 9112 §6): the only transfer coding a request may name is
-/// `chunked`, once and last; `Transfer-Encoding` with `Content-Length` is refused (a classic
-/// smuggling vector: a front end and a back end may each believe a different one, §6.1 says such a
-/// message "ought to be handled as an error", and Envoy refuses it by default); several
-/// `Content-Length` values must agree. The connection is closed after the 400.
 /// The request announces a body: chunked, or a `Content-Length` other than 0 (framing already checked
 /// by [`check_framing`]).
 pub fn has_body(headers: &HeaderMap) -> bool {
@@ -252,6 +247,11 @@ pub fn has_body(headers: &HeaderMap) -> bool {
             })
 }
 
+/// Message framing of a request head (RFC 9112 §6): the only transfer coding a request may name is
+/// `chunked`, once and last; `Transfer-Encoding` with `Content-Length` is refused (a classic
+/// smuggling vector: a front end and a back end may each believe a different one, §6.1 says such a
+/// message "ought to be handled as an error", and Envoy refuses it by default); several
+/// `Content-Length` values must agree. The connection is closed after the 400.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
     let mut codings = 0usize;
@@ -296,6 +296,57 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
         ));
     }
     Ok(())
+}
+
+/// The options of a request's `Connection` headers (RFC 9110 §7.6.1), each a header the gateway will
+/// remove before the request goes upstream ([`crate::headers::request_hop_by_hop`]). Refused, as
+/// Pingora's default upstream policy refuses them (pingora-proxy 0.9.1 `ConnectionNominations::parse`,
+/// after Envoy; the gateway does that policy's work itself, see `Upstream::peer`): a tenth option (a
+/// bound on the work a request can ask for), a pseudo-header (`:authority`), an option that is not a
+/// token (`"X-Forwarded-For"`, which a lenient hop could read as the name), and `Host` or
+/// `X-Forwarded-For/-Host/-Proto`, which a client must not take away from what the upstream is told.
+/// Checked before routing: such a request is never authenticated, counted against a limit or
+/// forwarded. `Connection: keep-alive` or `close`, nearly every HTTP/1 request's, is one short token.
+pub fn check_connection(headers: &HeaderMap) -> Result<(), GatewayError> {
+    /// Pingora's `MAX_CONNECTION_NOMINATIONS`: the tenth option is refused.
+    const MAX_OPTIONS: usize = 10;
+    const PROTECTED: [&[u8]; 4] = [
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+    ];
+    let refuse = |message| Err(GatewayError::new(400, "invalid_connection", message));
+    let mut options = 0usize;
+    for v in headers.get_all(http::header::CONNECTION) {
+        for t in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if t.is_empty() {
+                continue;
+            }
+            options += 1;
+            if options >= MAX_OPTIONS {
+                return refuse("the request's Connection header names more than 9 options");
+            }
+            if t[0] == b':' {
+                return refuse("the request's Connection header names a pseudo-header");
+            }
+            // `HeaderName` takes every token up to 65,535 bytes.
+            if !t.iter().all(|&b| is_tchar(b)) || t.len() > usize::from(u16::MAX) {
+                return refuse("an option of the request's Connection header is not a token");
+            }
+            if PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)) {
+                return refuse(
+                    "the request's Connection header names Host or an X-Forwarded-* header",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `tchar` (RFC 9110 §5.6.2): what a token, a method or a header name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Percent-encode `value` for the position it is put in by a rewrite: a path segment keeps what a
@@ -365,6 +416,50 @@ pub fn upstream_target(path: &str, query: Option<&str>, remove: &[String]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_options_pingora_refuses_are_refused() {
+        let check = |values: &[&[u8]]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            check_connection(&h).map_err(|e| (e.status, e.code))
+        };
+        for ok in [
+            &[&b"keep-alive"[..]][..],
+            &[b"close"],
+            &[b"Upgrade"],
+            &[b"close, X-Secret, te"],
+            &[b" , ,keep-alive,, "],
+            &[b"a,b,c,d,e", b"f,g,h,i"],
+            &[b"X-Forwarded-Port, Forwarded, x-forwarded-hostname"],
+            &[b"!#$%&'*+-.^_`|~09AZaz"],
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            &[&b"a,b,c,d,e,f,g,h,i,j"[..]][..],
+            &[b"a,b,c,d,e", b"f,g,h,i,j"],
+            &[b":authority"],
+            &[b"close, :path"],
+            &[b"\"X-Forwarded-For\""],
+            &[b"x forwarded"],
+            &[b"x/y"],
+            &[b"caf\xc3\xa9"],
+            &[b"Host"],
+            &[b"close, host"],
+            &[b"X-Forwarded-For"],
+            &[b"keep-alive", b"x-forwarded-HOST"],
+            &[b"X-Forwarded-Proto"],
+        ] {
+            assert_eq!(check(bad), Err((400, "invalid_connection")), "{bad:?}");
+        }
+        assert_eq!(check(&[]), Ok(()));
+    }
 
     #[test]
     fn a_fragment_in_the_sent_request_line_is_refused() {

@@ -762,6 +762,19 @@ fn explain_refusals_before_routing() {
         "Access-Control-Request-Method: POST",
     ]);
     assert!(out.contains("answer:   204 by cors"), "{out}");
+    let (_, out, _) = in_root(&[
+        "explain",
+        "GET",
+        "/api/users/7",
+        "-H",
+        "Connection: close, X-Forwarded-For",
+    ]);
+    assert!(
+        out.contains(
+            "answer:   400: the request's Connection header names Host or an X-Forwarded-* header"
+        ),
+        "{out}"
+    );
 }
 
 #[test]

@@ -122,8 +122,31 @@ fn serve(
             .find(|(k, _)| k == "content-length")
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
         let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
+        if chunked {
+            // `size CRLF data CRLF` ... `0 CRLF CRLF` (no extensions or trailers in these tests).
+            body.clear();
+            loop {
+                let mut size = String::new();
+                if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let Ok(n) = usize::from_str_radix(size.trim_end(), 16) else {
+                    return;
+                };
+                let mut chunk = vec![0; n + 2];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if reader.read_exact(&mut body).is_err() {
             return;
         }
         if target == "/healthz" {
