@@ -86,12 +86,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Header names to remove: on the stack for the few a message has (no allocation per request).
 pub type Names = smallvec::SmallVec<[HeaderName; 4]>;
 
-/// The headers of `h` that its `Connection` headers list (RFC 9110 §7.6.1), skipping tokens that are
-/// hop-by-hop anyway (`keep-alive`, `upgrade`). A token is matched against the names present rather
-/// than parsed into a name: `Connection: keep-alive` or `close` on nearly every message then costs a
-/// few byte compares and no allocation.
-fn connection_listed(h: &HeaderMap, out: &mut Names) {
-    for v in h.get_all(CONNECTION) {
+/// The headers of `h` that the `Connection` headers of `listing` list (RFC 9110 §7.6.1; `listing` is
+/// `h` itself but for a request on its way to an HTTP/2 upstream, see [`request_hop_by_hop`]),
+/// skipping tokens that are hop-by-hop anyway (`keep-alive`, `upgrade`). A token is matched against
+/// the names present rather than parsed into a name: `Connection: keep-alive` or `close` on nearly
+/// every message then costs a few byte compares and no allocation.
+fn connection_listed(h: &HeaderMap, listing: &HeaderMap, out: &mut Names) {
+    for v in listing.get_all(CONNECTION) {
         // Most messages: a token that names no other header.
         if v.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
             continue;
@@ -128,7 +129,7 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// (a handful), rather than a hashed lookup per name this function knows; it returns nothing, without
 /// allocating, in the common case.
 pub fn hop_by_hop_present(h: &HeaderMap) -> Names {
-    hop_by_hop(h, false)
+    hop_by_hop(h, h, false)
 }
 
 /// The hop-by-hop headers present in a request's `h`, to be removed before it goes upstream: those of
@@ -142,8 +143,12 @@ pub fn hop_by_hop_present(h: &HeaderMap) -> Names {
 /// `sanitize_h1_upstream_request`), which `Upstream::peer` turns off: Pingora removed each of 13 names
 /// from both maps of its head, present or not (about 2,800 instructions per request, callgrind),
 /// where this is one pass over the names the request has.
-pub fn request_hop_by_hop(h: &HeaderMap) -> Names {
-    hop_by_hop(h, true)
+///
+/// `client` is the client's own head, whose `Connection` says what to remove: towards an HTTP/2
+/// upstream Pingora has taken `Connection` out of `h` before the gateway's filter runs (pingora-proxy
+/// 0.9.1 `proxy_h2.rs`, `proxy_down_to_up`), and the headers it named would otherwise go up.
+pub fn request_hop_by_hop(h: &HeaderMap, client: &HeaderMap) -> Names {
+    hop_by_hop(h, client, true)
 }
 
 /// A WebSocket upgrade, as Pingora tells one (pingora-proxy 0.9.1 `is_websocket_upgrade_request`):
@@ -157,17 +162,16 @@ pub fn websocket_upgrade(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-fn hop_by_hop(h: &HeaderMap, request: bool) -> Names {
+fn hop_by_hop(h: &HeaderMap, listing: &HeaderMap, request: bool) -> Names {
     use http::header::TRANSFER_ENCODING;
     let mut out = Names::new();
-    let mut connection = false;
     for name in h.keys() {
-        connection |= *name == CONNECTION;
         if is_hop_by_hop(name) || (request && *name == TRANSFER_ENCODING) {
             out.push(name.clone());
         }
     }
-    if out.is_empty() {
+    let connection = listing.contains_key(CONNECTION);
+    if out.is_empty() && !connection {
         return out;
     }
     if !request && is_upgrade(h) {
@@ -175,7 +179,7 @@ fn hop_by_hop(h: &HeaderMap, request: bool) -> Names {
     }
     if connection {
         let before = out.len();
-        connection_listed(h, &mut out);
+        connection_listed(h, listing, &mut out);
         // Never let `Connection: host` or similar take away what the proxy itself needs.
         let mut i = before;
         while i < out.len() {
@@ -512,7 +516,7 @@ mod tests {
             h.insert("upgrade", HeaderValue::from_str(upgrade).unwrap());
             h.insert("x-named", HeaderValue::from_static("1"));
             h.insert("x-kept", HeaderValue::from_static("1"));
-            let mut got = names(request_hop_by_hop(&h));
+            let mut got = names(request_hop_by_hop(&h, &h));
             got.sort();
             let mut want: Vec<String> = all.iter().map(|n| n.to_string()).collect();
             want.push("x-named".into());
@@ -523,14 +527,22 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("h"));
         h.insert("connection", HeaderValue::from_static("keep-alive"));
-        assert_eq!(names(request_hop_by_hop(&h)), ["connection"]);
+        assert_eq!(names(request_hop_by_hop(&h, &h)), ["connection"]);
         // What the proxy needs stays, even when named (`Host` is refused before routing).
         h.insert(
             "connection",
             HeaderValue::from_static("close, Content-Length, Host"),
         );
         h.insert("content-length", HeaderValue::from_static("5"));
-        assert_eq!(names(request_hop_by_hop(&h)), ["connection"]);
+        assert_eq!(names(request_hop_by_hop(&h, &h)), ["connection"]);
+        // Towards HTTP/2, `Connection` is already out of the head: the client's still says.
+        let mut client = HeaderMap::new();
+        client.insert("connection", HeaderValue::from_static("close, X-Hop"));
+        let mut up = HeaderMap::new();
+        up.insert("x-hop", HeaderValue::from_static("1"));
+        up.insert("x-kept", HeaderValue::from_static("1"));
+        assert_eq!(names(request_hop_by_hop(&up, &client)), ["x-hop"]);
+        assert!(request_hop_by_hop(&up, &up).is_empty());
     }
 
     #[test]

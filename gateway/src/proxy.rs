@@ -981,7 +981,13 @@ impl ProxyHttp for Gateway {
             o.read_timeout = cap(o.read_timeout);
             o.write_timeout = cap(o.write_timeout);
         }
-        if session.is_upgrade_req() {
+        // Only what goes up as an upgrade (see `upstream_request_filter`): a WebSocket one, to an
+        // HTTP/1 upstream. Any other `Upgrade` header is removed, and its request keeps its timeouts.
+        let h2_only = matches!(
+            up.protocol,
+            crate::config::raw::Protocol::H2 | crate::config::raw::Protocol::H2c
+        );
+        if !h2_only && headers::websocket_upgrade(session.req_header()) {
             // Pingora applies the upstream read timeout to every read, tunnel reads too, and it
             // cannot be changed once the 101 arrives: an upgrade request waits for its 101, and its
             // tunnel for upstream bytes, up to the tunnel idle timeout instead (the connection's own
@@ -1051,6 +1057,11 @@ impl ProxyHttp for Gateway {
         // upstream has no connection headers; Pingora turns the upgrade into nothing there).
         let websocket = up.version == http::Version::HTTP_11
             && headers::websocket_upgrade(session.req_header());
+        let client = &session.req_header().headers;
+        // gRPC over HTTP/2 carries `TE: trailers` end to end (the gRPC protocol requires it, RFC 9113
+        // §8.2.2 allows that value only): the hop-by-hop pass takes the client's out, and it is set
+        // again (also for gRPC-Web, whose bridge set it before this filter ran).
+        let te_trailers = ctx.grpc && up.version == http::Version::HTTP_2;
         let original_host = match &ctx.authority {
             Some(a) => HeaderValue::from_str(a).ok(),
             None => session.req_header().headers.get(HOST).cloned(),
@@ -1060,7 +1071,10 @@ impl ProxyHttp for Gateway {
         headers::edit_request(up, |up| -> Result<()> {
             up.uri = uri;
             let h = &mut up.headers;
-            strip_for_upstream(h, ctx);
+            strip_for_upstream(h, client, ctx);
+            if te_trailers {
+                h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+            }
             if websocket {
                 h.insert(
                     http::header::CONNECTION,
@@ -1068,8 +1082,8 @@ impl ProxyHttp for Gateway {
                 );
                 h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
             }
-            // X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, Host, grpc-timeout.
-            h.reserve(7);
+            // X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, Host, grpc-timeout, TE.
+            h.reserve(8);
             // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
             let mut buf = headers::AddrBuf::new();
             let peer_ip = peer.map_or(&[][..], |p| buf.ip(p));
@@ -1938,7 +1952,7 @@ impl Gateway {
 /// reads, so a template sees the chain's `X-User-Id`, never the client's forged one.
 fn headers_as_forwarded(req: &RequestHeader, ctx: &Ctx) -> http::HeaderMap {
     let mut h = req.headers.clone();
-    strip_for_upstream(&mut h, ctx);
+    strip_for_upstream(&mut h, &req.headers, ctx);
     ctx.plugins.apply_upstream_headers(&mut h);
     h
 }
@@ -1946,8 +1960,10 @@ fn headers_as_forwarded(req: &RequestHeader, ctx: &Ctx) -> http::HeaderMap {
 /// Out of a request's headers before they go upstream: hop-by-hop ones, and the spoofable ones (those
 /// only a trusted proxy may send, and `_` spellings of what the gateway sets), except where the chain
 /// itself sets or removes the name.
-fn strip_for_upstream(h: &mut http::HeaderMap, ctx: &Ctx) {
-    for name in headers::request_hop_by_hop(h) {
+/// `client` is the client's head (what its `Connection` names goes too, see
+/// `headers::request_hop_by_hop`).
+fn strip_for_upstream(h: &mut http::HeaderMap, client: &http::HeaderMap, ctx: &Ctx) {
+    for name in headers::request_hop_by_hop(h, client) {
         h.remove(&name);
     }
     let plugins = &ctx.plugins;

@@ -543,7 +543,28 @@ fn connection_cannot_take_away_framing_or_host() {
 }
 
 #[test]
-fn no_hop_by_hop_header_and_no_upgrade_but_a_websocket_one_reaches_the_upstream() {
+fn an_upgrade_that_is_not_passed_on_keeps_the_read_timeout() {
+    // Only a WebSocket upgrade waits for its `101` (and its tunnel) up to the tunnel idle timeout;
+    // an `h2c` one goes up as a plain request, and times out as one.
+    let be = Backend::start("be", Mode::Delay(3000));
+    let gw = Gateway::in_process(&format!(
+        r#"
+server: {{ listen: ["{{listen}}"], threads: 1 }}
+upstreams:
+  be: {{ targets: [{{ addr: "{}" }}], timeouts: {{ read: 1s }} }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: be, retry: {{ attempts: 1 }} }}
+"#,
+        be.addr
+    ));
+    let r =
+        gw.send("GET /x HTTP/1.1\r\nHost: t\r\nConnection: close, Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    assert_eq!(r.status, 504, "{}", r.json());
+    assert_eq!(r.error_code(), "upstream_timeout");
+}
+
+#[test]
+fn no_hop_by_hop_header_reaches_the_upstream_and_only_a_websocket_upgrade_does() {
     let be = Backend::start("be", Mode::Echo);
     let gw = Gateway::in_process(&one_backend_config(&be, ""));
     // An h2c upgrade (passed on, a known way around a proxy's routing and checks: the upstream
@@ -565,7 +586,8 @@ fn no_hop_by_hop_header_and_no_upgrade_but_a_websocket_one_reaches_the_upstream(
     assert_eq!(r.upstream_header("x-kept").as_deref(), Some("yes"));
     // A chunked upload: the client's `Transfer-Encoding` is not passed on as sent; Pingora frames
     // the body it forwards again (chunked: there is no `Content-Length`).
-    let r = gw.send("POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    // (`Chunked` as sent: a copy passed on would keep its capital.)
+    let r = gw.send("POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
     assert_eq!(r.status, 200, "{}", r.json());
     assert_eq!(r.json()["body"], "hello world");
     assert_eq!(
@@ -573,6 +595,23 @@ fn no_hop_by_hop_header_and_no_upgrade_but_a_websocket_one_reaches_the_upstream(
         Some("chunked")
     );
     assert_eq!(r.upstream_header("content-length"), None);
+    // A WebSocket upgrade goes up with Pingora's own two headers, whatever else `Connection` said
+    // (this upstream answers 200: no tunnel, the answer is proxied as any other).
+    let r = gw.send("GET /ws HTTP/1.1\r\nHost: t\r\nConnection: close, Upgrade, X-A\r\nUpgrade: websocket\r\nX-A: 1\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.upstream_header("connection").as_deref(), Some("Upgrade"));
+    assert_eq!(r.upstream_header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(r.upstream_header("x-a"), None);
+    assert_eq!(
+        r.upstream_header("sec-websocket-version").as_deref(),
+        Some("13")
+    );
+    // Not over HTTP/1.0, where there is no upgrade.
+    let r =
+        gw.send("GET /ws HTTP/1.0\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.upstream_header("connection"), None);
+    assert_eq!(r.upstream_header("upgrade"), None);
 }
 
 #[test]
