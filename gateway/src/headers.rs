@@ -165,12 +165,17 @@ pub fn websocket_upgrade(req: &RequestHeader) -> bool {
 fn hop_by_hop(h: &HeaderMap, listing: &HeaderMap, request: bool) -> Names {
     use http::header::TRANSFER_ENCODING;
     let mut out = Names::new();
+    let mut connection = false;
     for name in h.keys() {
+        connection |= *name == CONNECTION;
         if is_hop_by_hop(name) || (request && *name == TRANSFER_ENCODING) {
             out.push(name.clone());
         }
     }
-    let connection = listing.contains_key(CONNECTION);
+    // A lookup only when the listing is another map (the client's head, towards HTTP/2).
+    if !std::ptr::eq(listing, h) {
+        connection = listing.contains_key(CONNECTION);
+    }
     if out.is_empty() && !connection {
         return out;
     }
