@@ -388,12 +388,20 @@ impl Gateway {
                 stdout,
                 stderr,
             };
+            // Every listener the config has: Pingora starts its services one by one, so the proxy
+            // may accept before the admin listener does (a test that went to admin first got a
+            // refused connection).
+            let mut listening = vec![addr];
+            if config.contains("{admin}") {
+                listening.push(admin);
+            }
+            listening.extend(tls);
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Some(Ok(Some(_))) = g.child_mut().map(|c| c.try_wait()) {
                     break;
                 }
-                if TcpStream::connect(addr).is_ok() {
+                if listening.iter().all(|a| TcpStream::connect(a).is_ok()) {
                     return g;
                 }
                 std::thread::sleep(Duration::from_millis(25));
