@@ -3,10 +3,10 @@
 //! The answer is built from the functions the proxy's `request_filter` and `upstream_request_filter`
 //! call, in the same order ([`request::parse_target`], [`request::host`], [`request::check_framing`],
 //! [`request::check_connection`], [`path::normalize`], [`Router::find`], [`Route::upstream_path`],
-//! [`request::upstream_target`] with the chain's query removals), so explain cannot say one thing while the proxy does another. What
-//! only the explanation needs (why close routes did not match: [`Router::near`]; what each plugin
-//! would decide: [`crate::plugin::Plugin::explain`]) sits beside them and never runs for a real
-//! request. Nothing here binds a socket, resolves a name, fetches a JWKS or counts a rate limit.
+//! [`request::upstream_target`] with the chain's query removals), so explain cannot say one thing
+//! while the proxy does another. What only the explanation needs (why close routes did not match:
+//! [`Router::near`]; what each plugin would decide: [`crate::plugin::Plugin::explain`]) sits beside
+//! them and never runs for a real request. Nothing here binds a socket, resolves a name, fetches a JWKS or counts a rate limit.
 //!
 //! The request-header limits (`server.limits`: URI, header count and size) are the proxy's own check
 //! and are not repeated here.

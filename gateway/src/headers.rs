@@ -87,7 +87,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub type Names = smallvec::SmallVec<[HeaderName; 4]>;
 
 /// The headers of `h` that the `Connection` headers of `listing` list (RFC 9110 §7.6.1; `listing` is
-/// `h` itself but for a request on its way to an HTTP/2 upstream, see [`request_hop_by_hop`]),
+/// `h` itself for an answer, the client's head for a request, see [`request_hop_by_hop`]),
 /// skipping tokens that are hop-by-hop anyway (`keep-alive`, `upgrade`). A token is matched against
 /// the names present rather than parsed into a name: `Connection: keep-alive` or `close` on nearly
 /// every message then costs a few byte compares and no allocation.
@@ -129,7 +129,7 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// (a handful), rather than a hashed lookup per name this function knows; it returns nothing, without
 /// allocating, in the common case.
 pub fn hop_by_hop_present(h: &HeaderMap) -> Names {
-    hop_by_hop(h, h, false)
+    hop_by_hop(h, None, false)
 }
 
 /// The hop-by-hop headers present in a request's `h`, to be removed before it goes upstream: those of
@@ -148,7 +148,7 @@ pub fn hop_by_hop_present(h: &HeaderMap) -> Names {
 /// upstream Pingora has taken `Connection` out of `h` before the gateway's filter runs (pingora-proxy
 /// 0.9.1 `proxy_h2.rs`, `proxy_down_to_up`), and the headers it named would otherwise go up.
 pub fn request_hop_by_hop(h: &HeaderMap, client: &HeaderMap) -> Names {
-    hop_by_hop(h, client, true)
+    hop_by_hop(h, Some(client), true)
 }
 
 /// A WebSocket upgrade, as Pingora tells one (pingora-proxy 0.9.1 `is_websocket_upgrade_request`):
@@ -162,7 +162,8 @@ pub fn websocket_upgrade(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-fn hop_by_hop(h: &HeaderMap, listing: &HeaderMap, request: bool) -> Names {
+/// `listing`: the head whose `Connection` names what else to remove (`None`: `h` itself).
+fn hop_by_hop(h: &HeaderMap, listing: Option<&HeaderMap>, request: bool) -> Names {
     use http::header::TRANSFER_ENCODING;
     let mut out = Names::new();
     let mut connection = false;
@@ -172,9 +173,8 @@ fn hop_by_hop(h: &HeaderMap, listing: &HeaderMap, request: bool) -> Names {
             out.push(name.clone());
         }
     }
-    // A lookup only when the listing is another map (the client's head, towards HTTP/2).
-    if !std::ptr::eq(listing, h) {
-        connection = listing.contains_key(CONNECTION);
+    if let Some(l) = listing {
+        connection = l.contains_key(CONNECTION);
     }
     if out.is_empty() && !connection {
         return out;
@@ -184,7 +184,7 @@ fn hop_by_hop(h: &HeaderMap, listing: &HeaderMap, request: bool) -> Names {
     }
     if connection {
         let before = out.len();
-        connection_listed(h, listing, &mut out);
+        connection_listed(h, listing.unwrap_or(h), &mut out);
         // Never let `Connection: host` or similar take away what the proxy itself needs.
         let mut i = before;
         while i < out.len() {

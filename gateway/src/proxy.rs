@@ -1072,6 +1072,9 @@ impl ProxyHttp for Gateway {
             up.uri = uri;
             let h = &mut up.headers;
             strip_for_upstream(h, client, ctx);
+            // X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, Host, and gRPC's
+            // grpc-timeout and TE or a WebSocket's Connection and Upgrade: one growth at most.
+            h.reserve(8);
             if te_trailers {
                 h.insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
@@ -1082,8 +1085,6 @@ impl ProxyHttp for Gateway {
                 );
                 h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
             }
-            // X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, Host, grpc-timeout, TE.
-            h.reserve(8);
             // X-Forwarded-For: append the peer to a trusted chain, otherwise replace it.
             let mut buf = headers::AddrBuf::new();
             let peer_ip = peer.map_or(&[][..], |p| buf.ip(p));
